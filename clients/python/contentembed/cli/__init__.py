@@ -1,0 +1,1 @@
+"""The ``contentembed`` command line."""

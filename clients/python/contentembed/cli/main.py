@@ -1,0 +1,263 @@
+"""``contentembed``: run the services locally, ingest catalogs, search."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from contentembed.cli.catalog import (
+    DEMO_CATALOG,
+    CatalogError,
+    read_catalog,
+    read_labelled_queries,
+)
+from contentembed.cli.stack import LocalStack, StackError
+from contentembed.client import ApiError, Client, SearchResult
+from contentembed.client.sync import DEFAULT_TARGET
+
+app = typer.Typer(
+    help="contentembed: content-embedding retrieval over gRPC.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+TargetOption = Annotated[
+    str, typer.Option("--target", "-t", envvar="CONTENTEMBED_TARGET", help="Gateway host:port.")
+]
+CollectionOption = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
+DEMO_COLLECTION = "products"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def ingest_documents(
+    client: Client, collection: str, path: Path, batch_size: int, show_progress: bool = True
+) -> tuple[int, list[str]]:
+    """Creates the collection if needed and upserts the catalog in batches."""
+    client.create_collection(collection, exist_ok=True)
+    written = 0
+    truncated: list[str] = []
+    records = read_catalog(path)
+    with tqdm(desc=f"ingest {path.name}", unit="doc", disable=not show_progress) as progress:
+        while batch := list(itertools.islice(records, batch_size)):
+            count, cut = client.upsert_documents(collection, batch, timeout=120.0)
+            written += count
+            truncated += cut
+            progress.update(count)
+    return written, truncated
+
+
+def print_hits(result: SearchResult, query: str, expected_id: str | None = None) -> None:
+    title = f"[bold]{query}[/]"
+    table = Table(title=title, title_justify="left", show_lines=False, expand=False)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("id")
+    table.add_column("category")
+    table.add_column("price", justify="right")
+    for rank, hit in enumerate(result.hits, start=1):
+        marker = " [green](expected)[/]" if hit.id == expected_id else ""
+        price = hit.metadata.get("price")
+        table.add_row(
+            str(rank),
+            f"{hit.score:.3f}",
+            hit.id + marker,
+            str(hit.metadata.get("category", "")),
+            f"{price:.2f}" if isinstance(price, (int, float)) else "",
+        )
+    console.print(table)
+    flags = " [yellow]PARTIAL[/]" if result.partial else ""
+    console.print(
+        f"  space {result.space_id} · {len(result.shards)} shards · "
+        f"{result.latency_ms['total']:.1f} ms (encode {result.latency_ms['encode']:.1f}, "
+        f"search {result.latency_ms['search']:.1f}){flags}\n",
+        style="dim",
+    )
+
+
+@app.command()
+def up(
+    shards: Annotated[int, typer.Option(help="Number of index shards.")] = 2,
+    gateway_port: Annotated[int, typer.Option(help="Gateway port clients use.")] = 50051,
+    encoder_port: int = 50052,
+    index_base_port: Annotated[int, typer.Option(help="Shard i listens on this + i.")] = 50061,
+    metrics_base_port: Annotated[int, typer.Option(help="/metrics ports from here; 0: any.")] = 9100,
+    run_dir: Annotated[Path, typer.Option(help="Logs and port files.")] = Path(".contentembed/run"),
+    text_model: Annotated[Optional[str], typer.Option(help="Model dir for the text-encoder.")] = None,
+) -> None:
+    """Start text-encoder, index shards and gateway locally; Ctrl-C stops them all."""
+    stack = LocalStack(
+        run_dir=run_dir,
+        shard_count=shards,
+        gateway_port=gateway_port,
+        encoder_port=encoder_port,
+        index_base_port=index_base_port,
+        metrics_base_port=metrics_base_port,
+        text_model=text_model,
+    )
+    console.print(f"starting {shards + 2} services, logs in {run_dir / 'logs'} ...")
+    try:
+        stack.start()
+    except StackError as error:
+        raise fail(str(error)) from None
+    table = Table(title="contentembed is up")
+    for column in ("service", "gRPC", "metrics", "pid", "log"):
+        table.add_column(column)
+    for service in stack.services:
+        table.add_row(
+            service.name,
+            service.address,
+            f"http://{service.address.split(':')[0]}:{service.metrics_port}/metrics",
+            str(service.pid),
+            str(service.log_path),
+        )
+    console.print(table)
+    console.print(f"clients use [bold]{stack.gateway_address}[/]; Ctrl-C stops everything.")
+    try:
+        while True:
+            stack.check_alive()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    except StackError as error:
+        err_console.print(f"[bold red]a service died:[/] {error}")
+        stack.stop()
+        raise typer.Exit(1) from None
+    stack.stop()
+
+
+@app.command()
+def ingest(
+    catalog: Annotated[
+        Optional[Path], typer.Argument(help="JSONL: {'id','text','metadata'} per line.")
+    ] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Ingest the built-in demo catalog.")] = False,
+    collection: CollectionOption = DEMO_COLLECTION,
+    batch_size: Annotated[int, typer.Option(min=1, max=1000)] = 64,
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """Embed a JSONL catalog and upsert it into a collection (created if missing)."""
+    if (catalog is None) == (not demo):
+        raise fail("give a catalog path or --demo")
+    path = DEMO_CATALOG if demo else catalog
+    assert path is not None
+    if not path.is_file():
+        raise fail(f"{path} is not a file")
+    with Client(target) as client:
+        try:
+            written, truncated = ingest_documents(client, collection, path, batch_size)
+            info = client.get_collection(collection)
+        except (ApiError, CatalogError) as error:
+            raise fail(str(error)) from None
+    console.print(
+        f"upserted {written} documents into [bold]{collection}[/] "
+        f"({info.item_count} items on {info.shard_count} shards, space {info.space_id})"
+    )
+    if truncated:
+        console.print(f"[yellow]{len(truncated)} texts were truncated to the model's length[/]")
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="Query text.")],
+    collection: CollectionOption = DEMO_COLLECTION,
+    top_k: Annotated[int, typer.Option("--top-k", "-k")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    allow_partial: Annotated[bool, typer.Option(help="Answer even if a shard is down.")] = False,
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """Print the ranked hits for a text query."""
+    with Client(target) as client:
+        try:
+            result = client.search(collection, text=query, top_k=top_k, allow_partial=allow_partial)
+        except ApiError as error:
+            raise fail(str(error)) from None
+    if as_json:
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        print_hits(result, query)
+
+
+@app.command()
+def collections(target: TargetOption = DEFAULT_TARGET) -> None:
+    """List collections with their item counts."""
+    with Client(target) as client:
+        try:
+            found = list(client.list_collections())
+        except ApiError as error:
+            raise fail(str(error)) from None
+    table = Table()
+    for column in ("name", "items", "shards", "space", "version"):
+        table.add_column(column)
+    for info in found:
+        table.add_row(info.name, str(info.item_count), str(info.shard_count), info.space_id, info.version)
+    console.print(table)
+
+
+@app.command()
+def health(target: TargetOption = DEFAULT_TARGET) -> None:
+    """Show the gateway's grpc.health.v1 status (exit 1 unless SERVING)."""
+    with Client(target) as client:
+        try:
+            status = client.health(timeout=3.0)
+        except ApiError as error:
+            raise fail(str(error)) from None
+    console.print(status)
+    if status != "SERVING":
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    shards: Annotated[int, typer.Option(help="Number of index shards.")] = 2,
+    run_dir: Annotated[Path, typer.Option(help="Logs and port files.")] = Path(".contentembed/demo"),
+    queries: Annotated[int, typer.Option(help="How many example queries to show.")] = 6,
+) -> None:
+    """The main job on built-in data: start the services, ingest the demo catalog,
+    run example queries, print ranked results and recall@5, stop."""
+    labelled = read_labelled_queries()
+    console.print(f"[bold]1/3[/] starting text-encoder, {shards} index shards and gateway ...")
+    started = time.perf_counter()
+    try:
+        with LocalStack(run_dir=run_dir, shard_count=shards) as stack:
+            console.print(f"    all SERVING after {time.perf_counter() - started:.1f} s "
+                          f"(gateway {stack.gateway_address}, logs in {run_dir / 'logs'})")
+            with Client(stack.gateway_address, timeout=30.0) as client:
+                console.print(f"[bold]2/3[/] ingesting {DEMO_CATALOG.name} into '{DEMO_COLLECTION}'")
+                written, _ = ingest_documents(client, DEMO_COLLECTION, DEMO_CATALOG, 64)
+                info = client.get_collection(DEMO_COLLECTION)
+                console.print(f"    {written} documents, {info.item_count} items on "
+                              f"{info.shard_count} shards, space {info.space_id}")
+                console.print(f"[bold]3/3[/] example queries (paraphrases of catalog items)\n")
+                found = 0
+                for number, item in enumerate(labelled):
+                    result = client.search(DEMO_COLLECTION, text=item.query, top_k=5)
+                    found += item.expected_id in [hit.id for hit in result.hits]
+                    if number < queries:
+                        print_hits(result, item.query, item.expected_id)
+                console.print(
+                    f"[bold]recall@5[/] over {len(labelled)} hand-written paraphrased queries: "
+                    f"[bold green]{found / len(labelled):.2f}[/] ({found}/{len(labelled)})"
+                )
+    except (StackError, ApiError, CatalogError) as error:
+        raise fail(str(error)) from None
+    console.print("services stopped.")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,12 @@
+"""Python SDK for contentembed: typed results, deadlines by default, no torch."""
+
+from contentembed.client.sync import (
+    ApiError,
+    Client,
+    CollectionInfo,
+    Hit,
+    SearchResult,
+    ShardResult,
+)
+
+__all__ = ["ApiError", "Client", "CollectionInfo", "Hit", "SearchResult", "ShardResult"]

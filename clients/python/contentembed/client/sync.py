@@ -1,0 +1,266 @@
+"""Synchronous client for the gateway's SearchService and AdminService."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from contentembed.admin.v1 import admin_service_pb2 as admin_pb
+from contentembed.admin.v1 import admin_service_pb2_grpc as admin_grpc
+from contentembed.search.v1 import search_service_pb2 as search_pb
+from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT_S = 10.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ApiError(Exception):
+    """A failed call: canonical code name, server message and machine-readable reason."""
+
+    def __init__(self, code: str, message: str, reason: str = "") -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.reason = reason
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> "ApiError":
+        code = error.code().name  # type: ignore[attr-defined]
+        reason = ""
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        if status is not None:
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    reason = info.reason
+        return cls(code, error.details() or code, reason)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    metadata: dict[str, Any]
+    shard_index: int
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard_index: int
+    ok: bool
+    error: str
+    hit_count: int
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    space_id: str
+    version: str
+    partial: bool
+    shards: list[ShardResult]
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    query_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    space_id: str
+    dim: int
+    item_count: int
+    shard_count: int
+    version: str
+
+
+def _struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    if values:
+        struct.update(dict(values))
+    return struct
+
+
+def _collection(message: admin_pb.CollectionSummary) -> CollectionInfo:
+    return CollectionInfo(
+        name=message.name,
+        space_id=message.space_id,
+        dim=message.dim,
+        item_count=message.item_count,
+        shard_count=message.shard_count,
+        version=message.version,
+    )
+
+
+class Client:
+    """``with Client("127.0.0.1:50051") as client: client.search("products", text="...")``.
+
+    Every call has a deadline (``timeout`` seconds unless the call gives its own); failures
+    raise ``ApiError`` with the canonical code name.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = channel or grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._search = search_grpc.SearchServiceStub(self._channel)
+        self._admin = admin_grpc.AdminServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as error:
+            raise ApiError.from_rpc_error(error) from None
+
+    # -- search ----------------------------------------------------------------------
+    def search(
+        self,
+        collection: str,
+        text: str | None = None,
+        *,
+        image: bytes | None = None,
+        top_k: int = 10,
+        allow_partial: bool = False,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        if (text is None) == (image is None):
+            raise ValueError("give exactly one of text or image")
+        request = search_pb.SearchRequest(
+            collection=collection,
+            top_k=top_k,
+            partial_result_policy=(
+                search_pb.PARTIAL_RESULT_POLICY_ALLOW
+                if allow_partial
+                else search_pb.PARTIAL_RESULT_POLICY_FAIL
+            ),
+        )
+        if text is not None:
+            request.text = text
+        else:
+            request.image.data = image  # type: ignore[assignment]
+        response = self._call(self._search.Search, request, timeout)
+        return SearchResult(
+            hits=[
+                Hit(h.id, h.score, json_format.MessageToDict(h.metadata), h.shard_index)
+                for h in response.hits
+            ],
+            space_id=response.space_id,
+            version=response.version,
+            partial=response.partial,
+            shards=[
+                ShardResult(s.shard_index, s.ok, s.error, s.hit_count, s.latency_ms)
+                for s in response.shards
+            ],
+            latency_ms={
+                "encode": response.latency.encode_ms,
+                "search": response.latency.search_ms,
+                "merge": response.latency.merge_ms,
+                "total": response.latency.total_ms,
+            },
+            query_truncated=response.query_truncated,
+        )
+
+    # -- collections -----------------------------------------------------------------
+    def create_collection(
+        self, name: str, *, exist_ok: bool = False, timeout: float | None = None
+    ) -> tuple[CollectionInfo, bool]:
+        response = self._call(
+            self._admin.CreateCollection,
+            admin_pb.CreateCollectionRequest(name=name, exist_ok=exist_ok),
+            timeout,
+        )
+        return _collection(response.collection), response.created
+
+    def get_collection(self, name: str, *, timeout: float | None = None) -> CollectionInfo:
+        response = self._call(
+            self._admin.GetCollection, admin_pb.GetCollectionRequest(name=name), timeout
+        )
+        return _collection(response.collection)
+
+    def list_collections(
+        self, *, page_size: int = 100, timeout: float | None = None
+    ) -> Iterator[CollectionInfo]:
+        """Every collection, following page tokens."""
+        token = ""
+        while True:
+            response = self._call(
+                self._admin.ListCollections,
+                admin_pb.ListCollectionsRequest(page_size=page_size, page_token=token),
+                timeout,
+            )
+            yield from (_collection(c) for c in response.collections)
+            token = response.next_page_token
+            if not token:
+                return
+
+    def delete_collection(self, name: str, *, timeout: float | None = None) -> None:
+        self._call(self._admin.DeleteCollection, admin_pb.DeleteCollectionRequest(name=name), timeout)
+
+    # -- documents -------------------------------------------------------------------
+    def upsert_documents(
+        self,
+        collection: str,
+        documents: Iterable[Mapping[str, Any]],
+        *,
+        timeout: float | None = None,
+    ) -> tuple[int, list[str]]:
+        """Documents are mappings with ``id``, ``text`` and optional ``metadata``.
+        Returns (how many were written, ids whose text the model truncated)."""
+        request = admin_pb.UpsertDocumentsRequest(
+            collection=collection,
+            documents=[
+                admin_pb.Document(
+                    id=str(doc["id"]), text=str(doc["text"]), metadata=_struct(doc.get("metadata"))
+                )
+                for doc in documents
+            ],
+        )
+        response = self._call(self._admin.UpsertDocuments, request, timeout)
+        return response.upserted_count, list(response.truncated_ids)
+
+    def delete_documents(
+        self, collection: str, ids: Iterable[str], *, timeout: float | None = None
+    ) -> int:
+        response = self._call(
+            self._admin.DeleteDocuments,
+            admin_pb.DeleteDocumentsRequest(collection=collection, ids=list(ids)),
+            timeout,
+        )
+        return response.deleted_count
+
+    # -- health ----------------------------------------------------------------------
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """grpc.health.v1 status name: SERVING, NOT_SERVING, ..."""
+        response = self._call(
+            self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

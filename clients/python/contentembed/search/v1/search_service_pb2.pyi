@@ -1,0 +1,89 @@
+from contentembed.common.v1 import types_pb2 as _types_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PartialResultPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PARTIAL_RESULT_POLICY_UNSPECIFIED: _ClassVar[PartialResultPolicy]
+    PARTIAL_RESULT_POLICY_FAIL: _ClassVar[PartialResultPolicy]
+    PARTIAL_RESULT_POLICY_ALLOW: _ClassVar[PartialResultPolicy]
+PARTIAL_RESULT_POLICY_UNSPECIFIED: PartialResultPolicy
+PARTIAL_RESULT_POLICY_FAIL: PartialResultPolicy
+PARTIAL_RESULT_POLICY_ALLOW: PartialResultPolicy
+
+class SearchRequest(_message.Message):
+    __slots__ = ("collection", "text", "image", "top_k", "partial_result_policy")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_RESULT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    text: str
+    image: _types_pb2.Image
+    top_k: int
+    partial_result_policy: PartialResultPolicy
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., top_k: _Optional[int] = ..., partial_result_policy: _Optional[_Union[PartialResultPolicy, str]] = ...) -> None: ...
+
+class Hit(_message.Message):
+    __slots__ = ("id", "score", "metadata", "shard_index")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    score: float
+    metadata: _struct_pb2.Struct
+    shard_index: int
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., shard_index: _Optional[int] = ...) -> None: ...
+
+class ShardResult(_message.Message):
+    __slots__ = ("shard_index", "ok", "error", "hit_count", "latency_ms")
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    HIT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    shard_index: int
+    ok: bool
+    error: str
+    hit_count: int
+    latency_ms: float
+    def __init__(self, shard_index: _Optional[int] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., hit_count: _Optional[int] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
+class LatencyBreakdown(_message.Message):
+    __slots__ = ("encode_ms", "search_ms", "merge_ms", "total_ms")
+    ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_MS_FIELD_NUMBER: _ClassVar[int]
+    MERGE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    encode_ms: float
+    search_ms: float
+    merge_ms: float
+    total_ms: float
+    def __init__(self, encode_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., merge_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("hits", "space_id", "version", "partial", "shards", "latency", "query_truncated")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    space_id: str
+    version: str
+    partial: bool
+    shards: _containers.RepeatedCompositeFieldContainer[ShardResult]
+    latency: LatencyBreakdown
+    query_truncated: bool
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., partial: _Optional[bool] = ..., shards: _Optional[_Iterable[_Union[ShardResult, _Mapping]]] = ..., latency: _Optional[_Union[LatencyBreakdown, _Mapping]] = ..., query_truncated: _Optional[bool] = ...) -> None: ...

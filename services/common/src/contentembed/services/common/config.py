@@ -1,0 +1,63 @@
+"""Typed service configuration: command-line flags, with ``CONTENTEMBED_*`` environment
+variables as the fallback (flags win), then the defaults below."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
+
+SettingsT = TypeVar("SettingsT", bound="ServiceSettings")
+
+# Comma-separated in flags and environment alike ("a:1,b:2"), a JSON list also works.
+EndpointList = Annotated[list[str], NoDecode]
+
+
+def split_endpoints(value: object) -> object:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONTENTEMBED_",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        extra="forbid",
+    )
+
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 in containers.")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int = Field(
+        0, ge=-1, le=65535, description="Prometheus /metrics port; 0 picks a free one, -1 disables."
+    )
+    port_file: Path | None = Field(
+        None, description="Write the bound ports here as JSON once listening (for launchers)."
+    )
+    max_workers: int = Field(16, ge=1, le=1024, description="gRPC handler threads.")
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest gRPC message received or sent."
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = Field(True, description="JSON lines logs (false: plain text).")
+
+
+def load_settings(settings_cls: type[SettingsT], argv: list[str] | None) -> SettingsT:
+    """Parses flags (argv) over environment over defaults."""
+    return CliApp.run(settings_cls, cli_args=argv or [])
+
+
+__all__ = ["EndpointList", "ServiceSettings", "field_validator", "load_settings", "split_endpoints"]

@@ -1,0 +1,100 @@
+"""Calling other contentembed services: deadlines, channels and error translation.
+
+A downstream failure becomes a domain error that keeps the canonical code and says
+which service failed, so the caller's own interceptor maps it back to a status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from contentembed.services.common.errors import (
+    Cancelled,
+    ContentEmbedError,
+    DeadlineExceeded,
+    error_for_code,
+)
+from contentembed.services.common.server import channel_options
+
+ResponseT = TypeVar("ResponseT")
+ResultT = TypeVar("ResultT")
+
+
+def remaining_timeout(deadline: float, downstream: str) -> float:
+    """Seconds left until ``deadline`` (a time.monotonic() value)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DeadlineExceeded(f"deadline passed before calling {downstream}")
+    return remaining
+
+
+def error_from_rpc(error: grpc.RpcError, downstream: str) -> ContentEmbedError:
+    code = error.code()  # type: ignore[attr-defined]
+    details = error.details() or code.name  # type: ignore[attr-defined]
+    reason = None
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is not None:
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                reason = info.reason
+    return error_for_code(code.name, f"{downstream}: {details}", reason)
+
+
+def open_channel(endpoint: str, max_message_bytes: int) -> grpc.Channel:
+    return grpc.insecure_channel(endpoint, options=channel_options(max_message_bytes))
+
+
+class PendingCall(Generic[ResponseT, ResultT]):
+    """A started unary call; ``result()`` converts the response or raises a domain error."""
+
+    def __init__(
+        self,
+        future: grpc.Future,
+        convert: Callable[[ResponseT], ResultT],
+        downstream: str,
+    ) -> None:
+        self._future = future
+        self._convert = convert
+        self.downstream = downstream
+        self.started = time.perf_counter()
+        self.finished: float | None = None
+
+    def result(self) -> ResultT:
+        try:
+            response = self._future.result()
+        except grpc.FutureCancelledError:
+            raise Cancelled(f"call to {self.downstream} was cancelled") from None
+        except grpc.RpcError as error:
+            raise error_from_rpc(error, self.downstream) from None
+        finally:
+            self.finished = time.perf_counter()
+        return self._convert(response)
+
+    @property
+    def latency_ms(self) -> float:
+        end = self.finished if self.finished is not None else time.perf_counter()
+        return (end - self.started) * 1000.0
+
+    def cancel(self) -> None:
+        self._future.cancel()
+
+
+def results_of_all(calls: Sequence[PendingCall[object, ResultT]]) -> list[ResultT]:
+    """Waits for every call, then raises the first failure (if any) in call order."""
+    outcomes: list[ResultT | ContentEmbedError] = []
+    for call in calls:
+        try:
+            outcomes.append(call.result())
+        except ContentEmbedError as error:
+            outcomes.append(error)
+    for outcome in outcomes:
+        if isinstance(outcome, ContentEmbedError):
+            raise outcome
+    return outcomes  # type: ignore[return-value]

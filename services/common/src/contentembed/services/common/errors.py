@@ -1,0 +1,106 @@
+"""Domain errors, raised by model, index and merge code that never imports grpc.
+
+Each carries the name of the canonical gRPC code it maps to; the one error-mapping
+interceptor (``interceptor.py``) turns it into a ``google.rpc.Status`` with an
+``ErrorInfo`` detail. Anything else that escapes a handler becomes INTERNAL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+ERROR_DOMAIN = "contentembed.dev"
+
+
+class ContentEmbedError(Exception):
+    """An error with a canonical code name, a human message and a machine reason."""
+
+    code: str = "INTERNAL"
+    default_reason: str = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code}: {self.message})"
+
+
+class InvalidArgument(ContentEmbedError):
+    code = "INVALID_ARGUMENT"
+    default_reason = "INVALID_ARGUMENT"
+
+
+class NotFound(ContentEmbedError):
+    code = "NOT_FOUND"
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(ContentEmbedError):
+    code = "ALREADY_EXISTS"
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(ContentEmbedError):
+    code = "FAILED_PRECONDITION"
+    default_reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(ContentEmbedError):
+    code = "RESOURCE_EXHAUSTED"
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(ContentEmbedError):
+    code = "UNAVAILABLE"
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(ContentEmbedError):
+    code = "DEADLINE_EXCEEDED"
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(ContentEmbedError):
+    code = "CANCELLED"
+    default_reason = "CANCELLED"
+
+
+class Internal(ContentEmbedError):
+    code = "INTERNAL"
+    default_reason = "INTERNAL"
+
+
+ERRORS_BY_CODE: dict[str, type[ContentEmbedError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+        Cancelled,
+        Internal,
+    )
+}
+
+# Codes that say the request itself is wrong: retrying elsewhere will not help,
+# so the gateway passes them through instead of treating the shard as down.
+CLIENT_ERROR_CODES = frozenset(
+    {"INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION"}
+)
+
+
+def error_for_code(code: str, message: str, reason: str | None = None) -> ContentEmbedError:
+    """Builds the domain error for a canonical code name (unknown names become INTERNAL)."""
+    return ERRORS_BY_CODE.get(code, Internal)(message, reason=reason)

@@ -1,0 +1,181 @@
+"""Server factory and lifecycle shared by all services.
+
+A service supplies its domain part (``Service``); the runtime supplies the rest:
+gRPC server with explicit message limits, the error-mapping interceptor, grpc.health.v1
+(NOT_SERVING until ``Service.load`` returns), server reflection, Prometheus metrics on
+their own port, structured logs and a graceful SIGTERM (NOT_SERVING, then drain).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import Protocol, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from contentembed.services.common.config import ServiceSettings, load_settings
+from contentembed.services.common.interceptor import ErrorMappingInterceptor
+from contentembed.services.common.logs import configure_logging
+from contentembed.services.common.metrics import MetricsEndpoint, RpcMetrics
+
+log = logging.getLogger(__name__)
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+class Service(Protocol):
+    """The domain part of a service process."""
+
+    name: str
+
+    def register(self, server: grpc.Server) -> list[str]:
+        """Adds servicers to ``server``; returns their full service names."""
+
+    def load(self) -> None:
+        """Loads models or data and warms up; health turns SERVING when this returns."""
+
+    def close(self) -> None:
+        """Releases resources after the server stopped."""
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+class ServiceRuntime:
+    """Runs one ``Service`` behind a gRPC server; usable in-process (tests) or as a process."""
+
+    def __init__(self, service: Service, settings: ServiceSettings, registry: CollectorRegistry):
+        self.service = service
+        self.settings = settings
+        self.registry = registry
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.port: int = 0
+        self.metrics_port: int | None = None
+        self.load_error: BaseException | None = None
+        self._service_names: list[str] = []
+        self._server: grpc.Server | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self._loaded = threading.Event()
+        self._stopped = threading.Event()
+        self._terminated = threading.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    def start(self) -> None:
+        settings = self.settings
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=settings.max_workers, thread_name_prefix=f"{self.service.name}-rpc"
+            ),
+            interceptors=[ErrorMappingInterceptor(RpcMetrics(self.registry, self.service.name))],
+            options=channel_options(settings.max_message_bytes),
+            maximum_concurrent_rpcs=settings.max_workers * 4,
+        )
+        self._service_names = self.service.register(self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        reflection.enable_server_reflection(
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {settings.host}:{settings.port}")
+        if settings.metrics_port >= 0:
+            self._metrics_endpoint = MetricsEndpoint(self.registry, settings.host, settings.metrics_port)
+            self.metrics_port = self._metrics_endpoint.port
+        self._server.start()
+        self._write_port_file()
+        log.info(
+            "listening",
+            extra={"address": self.address, "metrics_port": self.metrics_port},
+        )
+        threading.Thread(target=self._load, name=f"{self.service.name}-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            self.service.load()
+        except BaseException as error:  # noqa: BLE001 - a failed load must never kill the process
+            self.load_error = error
+            log.exception("load failed; staying NOT_SERVING")
+        else:
+            if not self._stopped.is_set():
+                self._set_health(health_pb2.HealthCheckResponse.SERVING)
+                log.info("serving", extra={"services": ",".join(self._service_names)})
+        finally:
+            self._loaded.set()
+
+    def wait_until_loaded(self, timeout: float | None = None) -> bool:
+        """True once loading finished (successfully or not) within timeout."""
+        return self._loaded.wait(timeout)
+
+    def _set_health(self, status: int) -> None:
+        self.health.set("", status)
+        for name in self._service_names:
+            self.health.set(name, status)
+
+    def _write_port_file(self) -> None:
+        path = self.settings.port_file
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(
+            json.dumps({"port": self.port, "metrics_port": self.metrics_port, "pid": os.getpid()})
+        )
+        os.replace(tmp, path)  # a launcher polling the file never reads half of it
+
+    def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first (so balancers move away), then drain in-flight calls."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.close()
+        self.service.close()
+        log.info("stopped")
+        self._terminated.set()
+
+    def wait_for_termination(self) -> None:
+        self._terminated.wait()
+
+
+def run_service(
+    settings_cls: type[SettingsT],
+    service_factory: Callable[[SettingsT, CollectorRegistry], Service],
+    argv: list[str] | None = None,
+) -> int:
+    """Process entry point: parse config, start, stop on SIGTERM/SIGINT."""
+    settings = load_settings(settings_cls, argv)
+    registry = CollectorRegistry()
+    service = service_factory(settings, registry)
+    configure_logging(service.name, settings.log_level, settings.log_json)
+    runtime = ServiceRuntime(service, settings, registry)
+    runtime.start()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal received, draining", extra={"signal": signal.Signals(signum).name})
+        threading.Thread(target=runtime.stop, name="shutdown").start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    runtime.wait_for_termination()
+    return 0

@@ -1,0 +1,1 @@
+"""Gateway: the public SearchService and the AdminService."""

@@ -1,0 +1,210 @@
+"""Typed clients for the encoder and the index shards, as the gateway uses them.
+
+They convert protobuf to gateway types at this one edge; the search and ingest flows
+work on numpy arrays and dataclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from contentembed.encoder.v1 import encoder_service_pb2 as encoder_pb
+from contentembed.encoder.v1 import encoder_service_pb2_grpc as encoder_grpc
+from contentembed.index.v1 import index_service_pb2 as index_pb
+from contentembed.index.v1 import index_service_pb2_grpc as index_grpc
+from contentembed.services.common.downstream import (
+    PendingCall,
+    error_from_rpc,
+    open_channel,
+    remaining_timeout,
+)
+from contentembed.services.common.protoconv import (
+    dict_to_struct,
+    matrix_from_pb,
+    struct_to_dict,
+    vector_to_pb,
+)
+from contentembed.services.gateway.merge import Hit
+
+import grpc
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    space_id: str
+    dim: int
+    max_batch_size: int
+    max_input_bytes: int
+    backend: str
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: np.ndarray
+    space_id: str
+    truncated: list[bool]
+
+
+@dataclass(frozen=True)
+class ShardCollection:
+    name: str
+    space_id: str
+    dim: int
+    item_count: int
+    version: str
+
+
+@dataclass(frozen=True)
+class ShardAnswer:
+    shard_index: int
+    hits: list[Hit]
+    space_id: str
+    version: str
+
+
+def _collection(message: index_pb.Collection) -> ShardCollection:
+    return ShardCollection(
+        name=message.name,
+        space_id=message.space_id,
+        dim=message.dim,
+        item_count=message.item_count,
+        version=message.version,
+    )
+
+
+class EncoderClient:
+    def __init__(self, endpoint: str, max_message_bytes: int) -> None:
+        self.endpoint = endpoint
+        self.label = f"encoder {endpoint}"
+        self._channel = open_channel(endpoint, max_message_bytes)
+        self._stub = encoder_grpc.EncoderServiceStub(self._channel)
+
+    def info(self, deadline: float, wait_for_ready: bool = False) -> EncoderInfo:
+        try:
+            response = self._stub.GetEncoderInfo(
+                encoder_pb.GetEncoderInfoRequest(),
+                timeout=remaining_timeout(deadline, self.label),
+                wait_for_ready=wait_for_ready,
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error, self.label) from None
+        return EncoderInfo(
+            space_id=response.space.space_id,
+            dim=response.space.dim,
+            max_batch_size=response.max_batch_size,
+            max_input_bytes=response.max_input_bytes,
+            backend=response.backend,
+        )
+
+    def embed_texts(self, texts: Sequence[str], deadline: float) -> PendingCall[Any, Embedded]:
+        request = encoder_pb.EmbedRequest(inputs=[encoder_pb.EmbedInput(text=t) for t in texts])
+        future = self._stub.Embed.future(request, timeout=remaining_timeout(deadline, self.label))
+
+        def convert(response: encoder_pb.EmbedResponse) -> Embedded:
+            return Embedded(
+                vectors=matrix_from_pb(response.vectors, what=f"{self.label} vectors"),
+                space_id=response.space_id,
+                truncated=list(response.truncated),
+            )
+
+        return PendingCall(future, convert, self.label)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class IndexShardClient:
+    def __init__(self, shard_index: int, endpoint: str, max_message_bytes: int) -> None:
+        self.shard_index = shard_index
+        self.endpoint = endpoint
+        self.label = f"index shard {shard_index} ({endpoint})"
+        self._channel = open_channel(endpoint, max_message_bytes)
+        self._stub = index_grpc.IndexServiceStub(self._channel)
+
+    def _call(self, method: Any, request: Any, deadline: float, convert: Any, **kwargs: Any):
+        future = method.future(request, timeout=remaining_timeout(deadline, self.label), **kwargs)
+        return PendingCall(future, convert, self.label)
+
+    def search(
+        self, collection: str, query: np.ndarray, space_id: str, top_k: int, deadline: float
+    ) -> PendingCall[Any, ShardAnswer]:
+        request = index_pb.SearchRequest(
+            collection=collection, query=vector_to_pb(query), top_k=top_k, space_id=space_id
+        )
+
+        def convert(response: index_pb.SearchResponse) -> ShardAnswer:
+            return ShardAnswer(
+                shard_index=self.shard_index,
+                hits=[
+                    Hit(h.id, h.score, self.shard_index, struct_to_dict(h.metadata))
+                    for h in response.hits
+                ],
+                space_id=response.space_id,
+                version=response.version,
+            )
+
+        return self._call(self._stub.Search, request, deadline, convert)
+
+    def upsert(
+        self,
+        collection: str,
+        space_id: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[dict[str, Any]],
+        deadline: float,
+    ) -> PendingCall[Any, int]:
+        request = index_pb.UpsertRequest(
+            collection=collection,
+            space_id=space_id,
+            items=[
+                index_pb.Item(id=i, vector=vector_to_pb(v), metadata=dict_to_struct(m))
+                for i, v, m in zip(ids, vectors, metadata)
+            ],
+        )
+        return self._call(self._stub.Upsert, request, deadline, lambda r: r.upserted_count)
+
+    def delete_items(self, collection: str, ids: Sequence[str], deadline: float):
+        request = index_pb.DeleteItemsRequest(collection=collection, ids=list(ids))
+        return self._call(self._stub.DeleteItems, request, deadline, lambda r: r.deleted_count)
+
+    def create_collection(
+        self, name: str, space_id: str, dim: int, exist_ok: bool, deadline: float
+    ) -> PendingCall[Any, tuple[ShardCollection, bool]]:
+        request = index_pb.CreateCollectionRequest(
+            name=name, space_id=space_id, dim=dim, metric=index_pb.METRIC_COSINE, exist_ok=exist_ok
+        )
+        return self._call(
+            self._stub.CreateCollection,
+            request,
+            deadline,
+            lambda r: (_collection(r.collection), r.created),
+        )
+
+    def get_collection(self, name: str, deadline: float) -> PendingCall[Any, ShardCollection]:
+        request = index_pb.GetCollectionRequest(name=name)
+        return self._call(
+            self._stub.GetCollection, request, deadline, lambda r: _collection(r.collection)
+        )
+
+    def list_collections(
+        self, page_size: int, page_token: str, deadline: float
+    ) -> PendingCall[Any, tuple[list[ShardCollection], str]]:
+        request = index_pb.ListCollectionsRequest(page_size=page_size, page_token=page_token)
+        return self._call(
+            self._stub.ListCollections,
+            request,
+            deadline,
+            lambda r: ([_collection(c) for c in r.collections], r.next_page_token),
+        )
+
+    def delete_collection(self, name: str, deadline: float) -> PendingCall[Any, None]:
+        request = index_pb.DeleteCollectionRequest(name=name)
+        return self._call(self._stub.DeleteCollection, request, deadline, lambda r: None)
+
+    def close(self) -> None:
+        self._channel.close()

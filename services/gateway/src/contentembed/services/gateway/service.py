@@ -1,0 +1,215 @@
+"""gRPC edge of the gateway: SearchService (public) and AdminService."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from prometheus_client import CollectorRegistry
+from pydantic import Field, field_validator
+
+from contentembed.admin.v1 import admin_service_pb2 as admin_pb
+from contentembed.admin.v1 import admin_service_pb2_grpc as admin_grpc
+from contentembed.search.v1 import search_service_pb2 as search_pb
+from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
+from contentembed.services.common.config import EndpointList, ServiceSettings, split_endpoints
+from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
+from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
+from contentembed.services.common.server import run_service
+from contentembed.services.gateway.downstream import EncoderClient, IndexShardClient
+from contentembed.services.gateway.flows import (
+    CollectionSummary,
+    Gateway,
+    SearchOutcome,
+    TextDocument,
+)
+
+
+class GatewaySettings(ServiceSettings):
+    encoder_endpoint: str = Field("127.0.0.1:50052", description="Text encoder host:port.")
+    index_endpoints: EndpointList = Field(
+        default_factory=lambda: ["127.0.0.1:50061"],
+        description="Index shards host:port, comma-separated, in shard order.",
+    )
+    max_top_k: int = Field(1000, ge=1)
+    max_documents_per_upsert: int = Field(1000, ge=1)
+    default_timeout_s: float = Field(
+        10.0, gt=0, description="Deadline for calls that arrive without one."
+    )
+    max_timeout_s: float = Field(120.0, gt=0, description="Longest deadline honoured.")
+    downstream_wait_s: float = Field(
+        600.0, gt=0, description="How long start-up waits for the encoder and shards."
+    )
+
+    _split_endpoints = field_validator("index_endpoints", mode="before")(split_endpoints)
+
+    @field_validator("index_endpoints")
+    @classmethod
+    def _at_least_one(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one index endpoint is required")
+        return value
+
+
+def deadline_of(context: grpc.ServicerContext, settings: GatewaySettings) -> float:
+    """The caller's deadline as a time.monotonic() value (default when it sent none)."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        remaining = settings.default_timeout_s
+    return time.monotonic() + min(remaining, settings.max_timeout_s)
+
+
+def summary_pb(summary: CollectionSummary) -> admin_pb.CollectionSummary:
+    return admin_pb.CollectionSummary(
+        name=summary.name,
+        space_id=summary.space_id,
+        dim=summary.dim,
+        item_count=summary.item_count,
+        shard_count=summary.shard_count,
+        version=summary.version,
+    )
+
+
+def search_response_pb(outcome: SearchOutcome) -> search_pb.SearchResponse:
+    return search_pb.SearchResponse(
+        hits=[
+            search_pb.Hit(
+                id=hit.id,
+                score=hit.score,
+                metadata=dict_to_struct(hit.metadata),
+                shard_index=hit.shard_index,
+            )
+            for hit in outcome.hits
+        ],
+        space_id=outcome.space_id,
+        version=outcome.version,
+        partial=outcome.partial,
+        shards=[
+            search_pb.ShardResult(
+                shard_index=s.shard_index,
+                ok=s.ok,
+                error=s.error,
+                hit_count=s.hit_count,
+                latency_ms=s.latency_ms,
+            )
+            for s in outcome.shards
+        ],
+        latency=search_pb.LatencyBreakdown(
+            encode_ms=outcome.encode_ms,
+            search_ms=outcome.search_ms,
+            merge_ms=outcome.merge_ms,
+            total_ms=outcome.encode_ms + outcome.search_ms + outcome.merge_ms,
+        ),
+        query_truncated=outcome.query_truncated,
+    )
+
+
+class SearchServicer(search_grpc.SearchServiceServicer):
+    def __init__(self, gateway: Gateway, settings: GatewaySettings) -> None:
+        self.gateway = gateway
+        self.settings = settings
+
+    def Search(self, request: search_pb.SearchRequest, context: grpc.ServicerContext):
+        deadline = deadline_of(context, self.settings)
+        query = request.WhichOneof("query")
+        if query is None:
+            raise InvalidArgument("query: give text or image", reason="EMPTY_QUERY")
+        if query == "image":
+            raise FailedPrecondition(
+                "this gateway has no image encoder configured", reason="NO_IMAGE_ENCODER"
+            )
+        outcome = self.gateway.search_text(
+            request.collection,
+            request.text,
+            request.top_k,
+            allow_partial=request.partial_result_policy == search_pb.PARTIAL_RESULT_POLICY_ALLOW,
+            deadline=deadline,
+            register_cancel=context.add_callback,
+        )
+        return search_response_pb(outcome)
+
+
+class AdminServicer(admin_grpc.AdminServiceServicer):
+    def __init__(self, gateway: Gateway, settings: GatewaySettings) -> None:
+        self.gateway = gateway
+        self.settings = settings
+
+    def CreateCollection(self, request: admin_pb.CreateCollectionRequest, context):
+        summary, created = self.gateway.create_collection(
+            request.name, request.exist_ok, deadline_of(context, self.settings)
+        )
+        return admin_pb.CreateCollectionResponse(collection=summary_pb(summary), created=created)
+
+    def GetCollection(self, request: admin_pb.GetCollectionRequest, context):
+        summary = self.gateway.get_collection(request.name, deadline_of(context, self.settings))
+        return admin_pb.GetCollectionResponse(collection=summary_pb(summary))
+
+    def ListCollections(self, request: admin_pb.ListCollectionsRequest, context):
+        summaries, token = self.gateway.list_collections(
+            request.page_size, request.page_token, deadline_of(context, self.settings)
+        )
+        return admin_pb.ListCollectionsResponse(
+            collections=[summary_pb(s) for s in summaries], next_page_token=token
+        )
+
+    def DeleteCollection(self, request: admin_pb.DeleteCollectionRequest, context):
+        self.gateway.delete_collection(request.name, deadline_of(context, self.settings))
+        return admin_pb.DeleteCollectionResponse()
+
+    def UpsertDocuments(self, request: admin_pb.UpsertDocumentsRequest, context):
+        documents = []
+        for position, document in enumerate(request.documents):
+            if document.WhichOneof("content") != "text":
+                raise FailedPrecondition(
+                    f"documents[{position}]: only text documents are supported by this gateway",
+                    reason="NO_IMAGE_ENCODER",
+                )
+            documents.append(
+                TextDocument(document.id, document.text, struct_to_dict(document.metadata))
+            )
+        count, truncated = self.gateway.upsert_documents(
+            request.collection, documents, deadline_of(context, self.settings)
+        )
+        return admin_pb.UpsertDocumentsResponse(upserted_count=count, truncated_ids=truncated)
+
+    def DeleteDocuments(self, request: admin_pb.DeleteDocumentsRequest, context):
+        deleted = self.gateway.delete_documents(
+            request.collection, list(request.ids), deadline_of(context, self.settings)
+        )
+        return admin_pb.DeleteDocumentsResponse(deleted_count=deleted)
+
+
+class GatewayService:
+    name = "gateway"
+
+    def __init__(self, settings: GatewaySettings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.gateway = Gateway(
+            EncoderClient(settings.encoder_endpoint, settings.max_message_bytes),
+            [
+                IndexShardClient(index, endpoint, settings.max_message_bytes)
+                for index, endpoint in enumerate(settings.index_endpoints)
+            ],
+            max_top_k=settings.max_top_k,
+            max_documents_per_upsert=settings.max_documents_per_upsert,
+        )
+
+    def register(self, server: grpc.Server) -> list[str]:
+        search_grpc.add_SearchServiceServicer_to_server(
+            SearchServicer(self.gateway, self.settings), server
+        )
+        admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.gateway, self.settings), server)
+        return [
+            search_pb.DESCRIPTOR.services_by_name["SearchService"].full_name,
+            admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name,
+        ]
+
+    def load(self) -> None:
+        self.gateway.connect(time.monotonic() + self.settings.downstream_wait_s)
+
+    def close(self) -> None:
+        self.gateway.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_service(GatewaySettings, GatewayService, argv)

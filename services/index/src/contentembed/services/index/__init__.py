@@ -1,0 +1,1 @@
+"""Index service: hnswlib collections on one shard."""

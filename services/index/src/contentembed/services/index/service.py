@@ -1,0 +1,180 @@
+"""gRPC edge of the index service: validate, convert once, call the store, convert back."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry
+from pydantic import Field, model_validator
+
+from contentembed.index.v1 import index_service_pb2 as pb
+from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
+from contentembed.services.common.config import ServiceSettings
+from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
+from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict, vector_from_pb
+from contentembed.services.common.server import run_service
+from contentembed.services.common.validation import validate_top_k
+from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.store import CollectionStore, ShardPosition
+
+
+class IndexSettings(ServiceSettings):
+    shard_index: int = Field(0, ge=0, description="This shard's number, 0-based.")
+    shard_count: int = Field(1, ge=1, le=4096, description="How many shards share the ids.")
+    max_top_k: int = Field(1000, ge=1, description="Largest top_k a search may ask for.")
+    max_items_per_upsert: int = Field(10_000, ge=1)
+    hnsw_m: int = Field(16, ge=2, le=128)
+    hnsw_ef_construction: int = Field(200, ge=1)
+    hnsw_ef_search: int = Field(100, ge=1)
+    max_ef: int = Field(10_000, ge=1, description="Largest per-request ef.")
+    initial_capacity: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> "IndexSettings":
+        if self.shard_index >= self.shard_count:
+            raise ValueError(f"shard_index {self.shard_index} must be below shard_count {self.shard_count}")
+        return self
+
+
+def params_from_pb(message: pb.HnswParams, defaults: HnswParams) -> HnswParams:
+    return HnswParams(
+        m=message.m or defaults.m,
+        ef_construction=message.ef_construction or defaults.ef_construction,
+        ef_search=message.ef_search or defaults.ef_search,
+    )
+
+
+def check_space(collection: HnswCollection, space_id: str, *, what: str) -> None:
+    """Vectors of another space would be answered with meaningless neighbours."""
+    if space_id and space_id != collection.space_id:
+        raise FailedPrecondition(
+            f"{what} is in space {space_id}, collection {collection.name!r} "
+            f"is in space {collection.space_id}",
+            reason="SPACE_MISMATCH",
+        )
+
+
+class IndexService(pb_grpc.IndexServiceServicer):
+    name = "index"
+
+    def __init__(self, settings: IndexSettings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.shard = ShardPosition(settings.shard_index, settings.shard_count)
+        self.store = CollectionStore(
+            HnswParams(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search),
+            settings.initial_capacity,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
+    def register(self, server: grpc.Server) -> list[str]:
+        pb_grpc.add_IndexServiceServicer_to_server(self, server)
+        return [pb.DESCRIPTOR.services_by_name["IndexService"].full_name]
+
+    def load(self) -> None:
+        """In-memory collections load nothing; persistence and bundles will load here."""
+
+    def close(self) -> None:
+        pass
+
+    # -- conversions ----------------------------------------------------------------
+    def _shard_pb(self) -> pb.ShardInfo:
+        return pb.ShardInfo(shard_index=self.shard.index, shard_count=self.shard.count)
+
+    def _collection_pb(self, collection: HnswCollection) -> pb.Collection:
+        return pb.Collection(
+            name=collection.name,
+            space_id=collection.space_id,
+            dim=collection.dim,
+            metric=pb.METRIC_COSINE,
+            hnsw=pb.HnswParams(
+                m=collection.params.m,
+                ef_construction=collection.params.ef_construction,
+                ef_search=collection.params.ef_search,
+            ),
+            item_count=collection.item_count,
+            version=collection.version,
+            shard=self._shard_pb(),
+        )
+
+    # -- RPCs -----------------------------------------------------------------------
+    def CreateCollection(self, request: pb.CreateCollectionRequest, context: grpc.ServicerContext):
+        if request.metric not in (pb.METRIC_UNSPECIFIED, pb.METRIC_COSINE):
+            raise InvalidArgument(f"metric {request.metric} is not supported; use METRIC_COSINE")
+        collection, created = self.store.create(
+            request.name,
+            request.space_id,
+            request.dim,
+            params_from_pb(request.hnsw, self.store.default_params),
+            exist_ok=request.exist_ok,
+        )
+        return pb.CreateCollectionResponse(collection=self._collection_pb(collection), created=created)
+
+    def GetCollection(self, request: pb.GetCollectionRequest, context: grpc.ServicerContext):
+        return pb.GetCollectionResponse(collection=self._collection_pb(self.store.get(request.name)))
+
+    def ListCollections(self, request: pb.ListCollectionsRequest, context: grpc.ServicerContext):
+        collections, token = self.store.list_page(request.page_size, request.page_token)
+        return pb.ListCollectionsResponse(
+            collections=[self._collection_pb(c) for c in collections], next_page_token=token
+        )
+
+    def DeleteCollection(self, request: pb.DeleteCollectionRequest, context: grpc.ServicerContext):
+        self.store.delete(request.name)
+        return pb.DeleteCollectionResponse(shard=self._shard_pb())
+
+    def Upsert(self, request: pb.UpsertRequest, context: grpc.ServicerContext):
+        collection = self.store.get(request.collection)
+        check_space(collection, request.space_id, what="vectors")
+        items = request.items
+        if not items:
+            raise InvalidArgument("items: at least one item is required", reason="EMPTY_BATCH")
+        if len(items) > self.settings.max_items_per_upsert:
+            raise InvalidArgument(
+                f"items: {len(items)} items exceed the limit of {self.settings.max_items_per_upsert}"
+            )
+        ids = [item.id for item in items]
+        self.shard.check_owns(ids, what="items")
+        vectors = np.empty((len(items), collection.dim), dtype=np.float32)
+        for position, item in enumerate(items):
+            if item.vector.dim != collection.dim:
+                raise InvalidArgument(
+                    f"items[{position}]: vector has dimension {item.vector.dim}, "
+                    f"collection {collection.name!r} has {collection.dim}",
+                    reason="DIMENSION_MISMATCH",
+                )
+            vectors[position] = vector_from_pb(item.vector, what=f"items[{position}].vector")
+        metadata = [struct_to_dict(item.metadata) for item in items]
+        upserted = collection.upsert(ids, vectors, metadata)
+        return pb.UpsertResponse(upserted_count=upserted, shard=self._shard_pb())
+
+    def DeleteItems(self, request: pb.DeleteItemsRequest, context: grpc.ServicerContext):
+        collection = self.store.get(request.collection)
+        if not request.ids:
+            raise InvalidArgument("ids: at least one id is required", reason="EMPTY_BATCH")
+        deleted = collection.delete(list(request.ids))
+        return pb.DeleteItemsResponse(deleted_count=deleted, shard=self._shard_pb())
+
+    def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext):
+        validate_top_k(request.top_k, self.settings.max_top_k)
+        if request.ef > self.settings.max_ef:
+            raise InvalidArgument(f"ef must be at most {self.settings.max_ef}, got {request.ef}")
+        collection = self.store.get(request.collection)
+        check_space(collection, request.space_id, what="query vector")
+        if request.query.dim != collection.dim:
+            raise InvalidArgument(
+                f"query: vector has dimension {request.query.dim}, "
+                f"collection {collection.name!r} has {collection.dim}",
+                reason="DIMENSION_MISMATCH",
+            )
+        query = vector_from_pb(request.query, what="query")
+        hits = collection.search(query, request.top_k, request.ef)
+        return pb.SearchResponse(
+            hits=[pb.Hit(id=h.id, score=h.score, metadata=dict_to_struct(h.metadata)) for h in hits],
+            space_id=collection.space_id,
+            version=collection.version,
+            shard=self._shard_pb(),
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_service(IndexSettings, IndexService, argv)
