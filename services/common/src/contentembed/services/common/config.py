@@ -51,6 +51,12 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish."
     )
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="On SIGTERM, keep accepting calls this long after health turns "
+        "NOT_SERVING, so load balancers and readiness probes notice first.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(True, description="JSON lines logs (false: plain text).")
 

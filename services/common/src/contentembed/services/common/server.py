@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Protocol, TypeVar
@@ -146,6 +147,7 @@ class ServiceRuntime:
         self._stopped.set()
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self.health.enter_graceful_shutdown()
+        time.sleep(self.settings.drain_delay_s)
         if self._server is not None:
             self._server.stop(grace).wait()
         if self._metrics_endpoint is not None:

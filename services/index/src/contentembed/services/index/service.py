@@ -13,7 +13,7 @@ from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
 from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict, vector_from_pb
 from contentembed.services.common.server import run_service
-from contentembed.services.common.validation import validate_top_k
+from contentembed.services.common.validation import validate_ids, validate_top_k
 from contentembed.services.index.collection import HnswCollection, HnswParams
 from contentembed.services.index.store import CollectionStore, ShardPosition
 
@@ -133,6 +133,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
                 f"items: {len(items)} items exceed the limit of {self.settings.max_items_per_upsert}"
             )
         ids = [item.id for item in items]
+        validate_ids(ids, what="items")  # a malformed id is INVALID_ARGUMENT, not WRONG_SHARD
         self.shard.check_owns(ids, what="items")
         vectors = np.empty((len(items), collection.dim), dtype=np.float32)
         for position, item in enumerate(items):

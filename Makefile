@@ -1,0 +1,40 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+# Everything they need is installed here: the virtualenv with the pinned packages
+# (torch 2.14.1 / torchvision 0.29.1 come from this machine's disk) and buf from npm.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Reinstall when the dependency pins change.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+BUF    := node_modules/.bin/buf
+
+.PHONY: setup demo test lint-protos codegen bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --progress-bar off -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: $(STAMP) $(BUF)
+
+demo: $(STAMP)
+	$(VENV)/bin/contentembed demo
+
+lint-protos: $(BUF)
+	cd protos && ../$(BUF) lint
+
+codegen: $(STAMP)
+	$(PY) protos/codegen.py
+
+test: setup lint-protos
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) node_modules .contentembed

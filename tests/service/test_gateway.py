@@ -1,0 +1,202 @@
+"""Gateway over real gRPC: real encoder, two real index shards, all on port 0."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+
+from contentembed.client import ApiError, Client
+from contentembed.encoder.v1 import encoder_service_pb2 as encoder_pb
+from contentembed.encoder.v1 import encoder_service_pb2_grpc as encoder_grpc
+from contentembed.index.v1 import index_service_pb2 as index_pb
+from contentembed.index.v1 import index_service_pb2_grpc as index_grpc
+from contentembed.services.common.sharding import shard_for_id
+from contentembed.services.gateway.service import GatewayService, GatewaySettings
+from contentembed.services.index.service import IndexService, IndexSettings
+from tests.conftest import running_service, settings_for_test
+
+DOCUMENTS = [
+    {"id": "headphones", "text": "over-ear noise cancelling wireless headphones", "metadata": {"price": 199}},
+    {"id": "earbuds", "text": "true wireless bluetooth earbuds with charging case", "metadata": {"price": 89}},
+    {"id": "speaker", "text": "waterproof portable bluetooth speaker for the beach"},
+    {"id": "espresso", "text": "espresso machine with milk frother"},
+    {"id": "grinder", "text": "burr coffee grinder with 40 settings"},
+    {"id": "kettle", "text": "gooseneck electric kettle for pour-over coffee"},
+    {"id": "tent", "text": "two-person backpacking tent, 1.4 kg"},
+    {"id": "sleeping-bag", "text": "down sleeping bag rated to minus ten degrees"},
+    {"id": "stove", "text": "compact camping stove that runs on gas canisters"},
+    {"id": "yoga-mat", "text": "non-slip yoga mat, 6 mm thick"},
+    {"id": "dumbbells", "text": "adjustable dumbbells from 2 to 24 kg"},
+    {"id": "running-shoes", "text": "cushioned road running shoes for long distances"},
+]
+
+
+@dataclass
+class Stack:
+    gateway: object
+    shards: list
+    encoder: object
+
+
+@contextmanager
+def gateway_stack(text_encoder, shard_count: int = 2, **gateway_overrides):
+    with ExitStack() as stack:
+        shards = [
+            stack.enter_context(
+                running_service(
+                    IndexService,
+                    settings_for_test(IndexSettings, shard_index=i, shard_count=shard_count),
+                )
+            )
+            for i in range(shard_count)
+        ]
+        settings = settings_for_test(
+            GatewaySettings,
+            encoder_endpoint=text_encoder.address,
+            index_endpoints=[s.address for s in shards],
+            downstream_wait_s=30.0,
+            **gateway_overrides,
+        )
+        gateway = stack.enter_context(running_service(GatewayService, settings))
+        assert gateway.load_error is None, gateway.load_error
+        yield Stack(gateway, shards, text_encoder)
+
+
+@pytest.fixture(scope="module")
+def loaded(text_encoder):
+    with gateway_stack(text_encoder) as stack:
+        with Client(stack.gateway.address) as client:
+            client.create_collection("shop")
+            assert client.upsert_documents("shop", DOCUMENTS) == (len(DOCUMENTS), [])
+        yield stack
+
+
+@pytest.fixture
+def client(loaded):
+    with Client(loaded.gateway.address) as client:
+        yield client
+
+
+def encode(encoder_address: str, texts: list[str]) -> np.ndarray:
+    with grpc.insecure_channel(encoder_address) as channel:
+        response = encoder_grpc.EncoderServiceStub(channel).Embed(
+            encoder_pb.EmbedRequest(inputs=[encoder_pb.EmbedInput(text=t) for t in texts])
+        )
+    return np.frombuffer(response.vectors.data, "<f4").reshape(response.vectors.count, -1)
+
+
+def test_documents_are_spread_over_shards_by_hash(loaded, client) -> None:
+    info = client.get_collection("shop")
+    assert info.item_count == len(DOCUMENTS) and info.shard_count == 2
+    for shard_index, shard in enumerate(loaded.shards):
+        with grpc.insecure_channel(shard.address) as channel:
+            count = index_grpc.IndexServiceStub(channel).GetCollection(
+                index_pb.GetCollectionRequest(name="shop")
+            ).collection.item_count
+        expected = sum(shard_for_id(d["id"], 2) == shard_index for d in DOCUMENTS)
+        assert count == expected > 0
+
+
+@pytest.mark.parametrize("query", ["music in my ears without wires", "making coffee at home", "sleeping outdoors"])
+def test_merged_answer_equals_brute_force_over_all_documents(loaded, client, query) -> None:
+    result = client.search("shop", text=query, top_k=5)
+    vectors = encode(loaded.encoder.address, [d["text"] for d in DOCUMENTS] + [query])
+    scores = vectors[:-1] @ vectors[-1]
+    expected = [DOCUMENTS[i]["id"] for i in np.argsort(-scores)[:5]]
+    assert [h.id for h in result.hits] == expected
+    np.testing.assert_allclose([h.score for h in result.hits], np.sort(scores)[::-1][:5], atol=1e-4)
+    assert {h.shard_index for h in result.hits} <= {0, 1}
+    assert not result.partial and all(s.ok for s in result.shards) and len(result.shards) == 2
+    assert result.space_id.startswith("all-MiniLM-L6-v2@")
+    assert result.latency_ms["encode"] > 0 and result.latency_ms["total"] >= result.latency_ms["search"]
+
+
+def test_metadata_travels_with_hits(client) -> None:
+    top = client.search("shop", text="noise cancelling headphones", top_k=1).hits[0]
+    assert (top.id, top.metadata) == ("headphones", {"price": 199})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code", "mentions"),
+    [
+        ({"collection": "shop", "text": "", "top_k": 3}, "INVALID_ARGUMENT", "empty"),
+        ({"collection": "shop", "text": "tent", "top_k": 0}, "INVALID_ARGUMENT", "top_k"),
+        ({"collection": "shop", "text": "tent", "top_k": -5}, "INVALID_ARGUMENT", "top_k"),
+        ({"collection": "shop", "text": "tent", "top_k": 1_000_000}, "INVALID_ARGUMENT", "top_k"),
+        ({"collection": "nope", "text": "tent", "top_k": 3}, "NOT_FOUND", "nope"),
+        ({"collection": "bad name", "text": "tent", "top_k": 3}, "INVALID_ARGUMENT", "collection name"),
+        ({"collection": "shop", "image": b"\x89PNG", "top_k": 3}, "FAILED_PRECONDITION", "image encoder"),
+    ],
+)
+def test_bad_search_requests(client, kwargs, code, mentions) -> None:
+    with pytest.raises(ApiError) as caught:
+        client.search(**kwargs)
+    assert caught.value.code == code
+    assert mentions in caught.value.message
+    assert client.search("shop", text="tent", top_k=1).hits[0].id == "tent"
+
+
+def test_bad_documents_are_refused_whole(client) -> None:
+    before = client.get_collection("shop").item_count
+    bad_batches = [
+        [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}],
+        [{"id": "", "text": "x"}],
+        [{"id": "ok", "text": "fine"}, {"id": "blank", "text": "   "}],
+    ]
+    for batch in bad_batches:
+        with pytest.raises(ApiError) as caught:
+            client.upsert_documents("shop", batch)
+        assert caught.value.code == "INVALID_ARGUMENT"
+    assert client.get_collection("shop").item_count == before
+
+
+def test_upsert_replace_and_delete_documents(client) -> None:
+    client.create_collection("scratch", exist_ok=True)
+    client.upsert_documents("scratch", [{"id": "d1", "text": "a red bicycle"}, {"id": "d2", "text": "a blue kayak"}])
+    client.upsert_documents("scratch", [{"id": "d1", "text": "a green tractor"}])
+    assert client.get_collection("scratch").item_count == 2
+    assert client.search("scratch", text="farm vehicle", top_k=1).hits[0].id == "d1"
+    assert client.delete_documents("scratch", ["d1", "unknown"]) == 1
+    assert [h.id for h in client.search("scratch", text="farm vehicle", top_k=5).hits] == ["d2"]
+    names = [c.name for c in client.list_collections(page_size=1)]
+    assert {"scratch", "shop"} <= set(names)
+    client.delete_collection("scratch")
+    with pytest.raises(ApiError) as caught:
+        client.get_collection("scratch")
+    assert caught.value.code == "NOT_FOUND"
+
+
+def test_collection_of_another_space_is_refused(loaded, client) -> None:
+    for shard in loaded.shards:
+        with grpc.insecure_channel(shard.address) as channel:
+            index_grpc.IndexServiceStub(channel).CreateCollection(
+                index_pb.CreateCollectionRequest(name="clip-images", space_id="clip@abc", dim=384)
+            )
+    with pytest.raises(ApiError) as caught:
+        client.search("clip-images", text="a tent", top_k=3)
+    assert caught.value.code == "FAILED_PRECONDITION"
+    assert "space" in caught.value.message
+
+
+def test_stopped_shard_fails_or_flags_partial_per_policy(text_encoder) -> None:
+    with gateway_stack(text_encoder) as stack:
+        with Client(stack.gateway.address, timeout=5.0) as client:
+            client.create_collection("shop")
+            client.upsert_documents("shop", DOCUMENTS)
+            stack.shards[1].stop(grace=0)
+
+            with pytest.raises(ApiError) as caught:
+                client.search("shop", text="coffee", top_k=5)
+            assert caught.value.code == "UNAVAILABLE"
+            assert "index shard 1" in caught.value.message
+
+            result = client.search("shop", text="coffee", top_k=5, allow_partial=True)
+            assert result.partial
+            by_shard = {s.shard_index: s for s in result.shards}
+            assert by_shard[0].ok and not by_shard[1].ok and "UNAVAILABLE" in by_shard[1].error
+            survivors = {d["id"] for d in DOCUMENTS if shard_for_id(d["id"], 2) == 0}
+            assert result.hits and {h.id for h in result.hits} <= survivors

@@ -1,0 +1,162 @@
+"""The index service over real gRPC on port 0."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from contentembed.common.v1 import types_pb2
+from contentembed.index.v1 import index_service_pb2 as pb
+from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
+from contentembed.services.common.sharding import shard_for_id
+from contentembed.services.index.service import IndexService, IndexSettings
+from tests.conftest import error_reason, running_service, settings_for_test
+
+DIM = 8
+
+
+def vec(values: np.ndarray | list[float]) -> types_pb2.Vector:
+    array = np.asarray(values, dtype="<f4")
+    return types_pb2.Vector(data=array.tobytes(), dim=array.size, dtype=types_pb2.DTYPE_FLOAT32)
+
+
+@pytest.fixture(scope="module")
+def index_runtime():
+    with running_service(IndexService, settings_for_test(IndexSettings, shard_index=1, shard_count=2)) as runtime:
+        yield runtime
+
+
+@pytest.fixture
+def stub(index_runtime, channel_to) -> pb_grpc.IndexServiceStub:
+    return pb_grpc.IndexServiceStub(channel_to(index_runtime.address))
+
+
+def own_ids(count: int, shard: int = 1, shards: int = 2) -> list[str]:
+    ids = (f"item-{i}" for i in range(10_000))
+    return [i for i in ids if shard_for_id(i, shards) == shard][:count]
+
+
+@pytest.fixture
+def collection(stub: pb_grpc.IndexServiceStub, request: pytest.FixtureRequest) -> str:
+    name = request.node.name.replace("[", "_").replace("]", "")[:60]
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, space_id="space@1", dim=DIM))
+    yield name
+    stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+
+
+def test_health_reflection_and_metrics(index_runtime, channel_to) -> None:
+    channel = channel_to(index_runtime.address)
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "contentembed.index.v1.IndexService"):
+        status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answer = next(
+        reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    )
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"contentembed.index.v1.IndexService", "grpc.health.v1.Health"} <= names
+
+    stub = pb_grpc.IndexServiceStub(channel)
+    with pytest.raises(grpc.RpcError):
+        stub.GetCollection(pb.GetCollectionRequest(name="missing"))
+    body = urllib.request.urlopen(f"http://127.0.0.1:{index_runtime.metrics_port}/metrics").read().decode()
+    assert 'contentembed_rpc_duration_seconds_count{code="NOT_FOUND",method="GetCollection",service="index"}' in body
+
+
+def test_upsert_then_search_finds_nearest_and_reports_shard(stub, collection) -> None:
+    ids = own_ids(4)
+    vectors = np.eye(DIM, dtype=np.float32)[:4]
+    response = stub.Upsert(
+        pb.UpsertRequest(
+            collection=collection,
+            space_id="space@1",
+            items=[pb.Item(id=i, vector=vec(v)) for i, v in zip(ids, vectors)],
+        )
+    )
+    assert response.upserted_count == 4
+    assert (response.shard.shard_index, response.shard.shard_count) == (1, 2)
+    found = stub.Search(pb.SearchRequest(collection=collection, query=vec(vectors[2]), top_k=2))
+    assert found.hits[0].id == ids[2]
+    assert found.hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert found.space_id == "space@1" and found.version == "live"
+    info = stub.GetCollection(pb.GetCollectionRequest(name=collection)).collection
+    assert info.item_count == 4
+
+
+def invalid_calls(collection: str) -> list:
+    good = own_ids(2)
+    return [
+        ("Search", pb.SearchRequest(collection=collection, query=vec([1] * DIM), top_k=0), "TOP_K_OUT_OF_RANGE"),
+        ("Search", pb.SearchRequest(collection=collection, query=vec([1] * DIM), top_k=100_000), "TOP_K_OUT_OF_RANGE"),
+        ("Search", pb.SearchRequest(collection=collection, query=vec([1] * 3), top_k=1), "DIMENSION_MISMATCH"),
+        ("Search", pb.SearchRequest(collection=collection, query=vec([np.nan] * DIM), top_k=1), "VECTOR_NOT_FINITE"),
+        ("Search", pb.SearchRequest(collection=collection, query=vec([0] * DIM), top_k=1), "VECTOR_ZERO"),
+        ("Upsert", pb.UpsertRequest(collection=collection, items=[pb.Item(id=good[0], vector=vec([np.inf] * DIM))]), "VECTOR_NOT_FINITE"),
+        ("Upsert", pb.UpsertRequest(collection=collection, items=[pb.Item(id=good[0], vector=vec([1] * (DIM + 1)))]), "DIMENSION_MISMATCH"),
+        ("Upsert", pb.UpsertRequest(collection=collection, items=[pb.Item(id=good[0], vector=vec([1] * DIM))] * 2), "DUPLICATE_ID"),
+        ("Upsert", pb.UpsertRequest(collection=collection, items=[]), "EMPTY_BATCH"),
+        ("Upsert", pb.UpsertRequest(collection=collection, items=[pb.Item(id="", vector=vec([1] * DIM))]), "EMPTY_ID"),
+        ("CreateCollection", pb.CreateCollectionRequest(name="bad name!", space_id="s", dim=4), "BAD_COLLECTION_NAME"),
+        ("CreateCollection", pb.CreateCollectionRequest(name="nodim", space_id="s", dim=0), "BAD_DIM"),
+    ]
+
+
+def test_invalid_input_gets_invalid_argument_and_changes_nothing(stub, collection) -> None:
+    for method, request, reason in invalid_calls(collection):
+        with pytest.raises(grpc.RpcError) as caught:
+            getattr(stub, method)(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, reason)
+        assert error_reason(caught.value) == reason, caught.value.details()
+        assert caught.value.details()  # a message a person can read
+    assert stub.GetCollection(pb.GetCollectionRequest(name=collection)).collection.item_count == 0
+
+
+def test_lookup_and_state_errors(stub, collection) -> None:
+    cases = [
+        (stub.Search, pb.SearchRequest(collection="nope", query=vec([1] * DIM), top_k=1), grpc.StatusCode.NOT_FOUND),
+        (stub.Search, pb.SearchRequest(collection=collection, query=vec([1] * DIM), top_k=1, space_id="other@2"), grpc.StatusCode.FAILED_PRECONDITION),
+        (stub.Upsert, pb.UpsertRequest(collection=collection, items=[pb.Item(id=own_ids(1, shard=0)[0], vector=vec([1] * DIM))]), grpc.StatusCode.FAILED_PRECONDITION),
+        (stub.CreateCollection, pb.CreateCollectionRequest(name=collection, space_id="space@1", dim=DIM), grpc.StatusCode.ALREADY_EXISTS),
+        (stub.CreateCollection, pb.CreateCollectionRequest(name=collection, space_id="other@2", dim=DIM, exist_ok=True), grpc.StatusCode.FAILED_PRECONDITION),
+    ]
+    for method, request, code in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            method(request)
+        assert caught.value.code() == code, caught.value.details()
+    again = stub.CreateCollection(pb.CreateCollectionRequest(name=collection, space_id="space@1", dim=DIM, exist_ok=True))
+    assert again.created is False
+
+
+def test_list_collections_pages_through_all(stub) -> None:
+    names = [f"page-{i:02d}" for i in range(7)]
+    for name in names:
+        stub.CreateCollection(pb.CreateCollectionRequest(name=name, space_id="s", dim=4))
+    try:
+        seen, token = [], ""
+        while True:
+            page = stub.ListCollections(pb.ListCollectionsRequest(page_size=3, page_token=token))
+            assert len(page.collections) <= 3
+            seen += [c.name for c in page.collections]
+            token = page.next_page_token
+            if not token:
+                break
+        assert [n for n in seen if n.startswith("page-")] == names
+    finally:
+        for name in names:
+            stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+
+
+def test_delete_items_removes_from_search(stub, collection) -> None:
+    ids = own_ids(3)
+    stub.Upsert(pb.UpsertRequest(collection=collection, items=[pb.Item(id=i, vector=vec(np.eye(DIM)[n])) for n, i in enumerate(ids)]))
+    deleted = stub.DeleteItems(pb.DeleteItemsRequest(collection=collection, ids=[ids[0], "never-there"]))
+    assert deleted.deleted_count == 1
+    hits = stub.Search(pb.SearchRequest(collection=collection, query=vec(np.eye(DIM)[0]), top_k=10)).hits
+    assert ids[0] not in [h.id for h in hits] and len(hits) == 2
