@@ -115,18 +115,13 @@ def up(
         stack.start()
     except StackError as error:
         raise fail(str(error)) from None
-    table = Table(title="contentembed is up")
-    for column in ("service", "gRPC", "metrics", "pid", "log"):
+    table = Table(title="contentembed is up", title_justify="left")
+    for column in ("service", "gRPC", "/metrics port", "pid"):
         table.add_column(column)
     for service in stack.services:
-        table.add_row(
-            service.name,
-            service.address,
-            f"http://{service.address.split(':')[0]}:{service.metrics_port}/metrics",
-            str(service.pid),
-            str(service.log_path),
-        )
+        table.add_row(service.name, service.address, str(service.metrics_port), str(service.pid))
     console.print(table)
+    console.print(f"logs: {run_dir / 'logs'}/<service>.log")
     console.print(f"clients use [bold]{stack.gateway_address}[/]; Ctrl-C stops everything.")
     try:
         while True:
@@ -139,6 +134,7 @@ def up(
         stack.stop()
         raise typer.Exit(1) from None
     stack.stop()
+    console.print("stopped.")
 
 
 @app.command()
