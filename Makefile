@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 BUF    := node_modules/.bin/buf
 
-.PHONY: setup demo test lint-protos codegen bench clean
+.PHONY: setup demo test lint lint-protos codegen clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -30,10 +30,13 @@ demo: $(STAMP)
 lint-protos: $(BUF)
 	cd protos && ../$(BUF) lint
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
 codegen: $(STAMP)
 	$(PY) protos/codegen.py
 
-test: setup lint-protos
+test: setup lint-protos lint
 	$(PY) -m pytest
 
 clean:

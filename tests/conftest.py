@@ -55,13 +55,8 @@ def settings_for_test(settings_cls: type, **overrides: Any) -> Any:
 
 
 def error_reason(error: grpc.RpcError) -> str:
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
+    from contentembed.client.sync import error_reason as reason_of
 
-    status = rpc_status.from_call(error)
-    assert status is not None, "error carries no google.rpc.Status"
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
-    raise AssertionError("error carries no ErrorInfo")
+    reason = reason_of(error)
+    assert reason, f"error carries no google.rpc.Status with ErrorInfo: {error}"
+    return reason

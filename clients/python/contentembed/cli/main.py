@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -98,7 +98,7 @@ def up(
     index_base_port: Annotated[int, typer.Option(help="Shard i listens on this + i.")] = 50061,
     metrics_base_port: Annotated[int, typer.Option(help="/metrics ports from here; 0: any.")] = 9100,
     run_dir: Annotated[Path, typer.Option(help="Logs and port files.")] = Path(".contentembed/run"),
-    text_model: Annotated[Optional[str], typer.Option(help="Model dir for the text-encoder.")] = None,
+    text_model: Annotated[str | None, typer.Option(help="Model dir for the text-encoder.")] = None,
 ) -> None:
     """Start text-encoder, index shards and gateway locally; Ctrl-C stops them all."""
     stack = LocalStack(
@@ -140,7 +140,7 @@ def up(
 @app.command()
 def ingest(
     catalog: Annotated[
-        Optional[Path], typer.Argument(help="JSONL: {'id','text','metadata'} per line.")
+        Path | None, typer.Argument(help="JSONL: {'id','text','metadata'} per line.")
     ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Ingest the built-in demo catalog.")] = False,
     collection: CollectionOption = DEMO_COLLECTION,
@@ -239,7 +239,7 @@ def demo(
                 info = client.get_collection(DEMO_COLLECTION)
                 console.print(f"    {written} documents, {info.item_count} items on "
                               f"{info.shard_count} shards, space {info.space_id}")
-                console.print(f"[bold]3/3[/] example queries (paraphrases of catalog items)\n")
+                console.print("[bold]3/3[/] example queries (paraphrases of catalog items)\n")
                 found = 0
                 for number, item in enumerate(labelled):
                     result = client.search(DEMO_COLLECTION, text=item.query, top_k=5)

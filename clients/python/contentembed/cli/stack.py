@@ -199,7 +199,7 @@ class LocalStack:
         for service in reversed(self.services):
             service.stop(timeout)
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         self.start()
         return self
 

@@ -32,16 +32,20 @@ class ApiError(Exception):
         self.reason = reason
 
     @classmethod
-    def from_rpc_error(cls, error: grpc.RpcError) -> "ApiError":
+    def from_rpc_error(cls, error: grpc.RpcError) -> ApiError:
         code = error.code().name  # type: ignore[attr-defined]
-        reason = ""
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-        if status is not None:
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    reason = info.reason
-        return cls(code, error.details() or code, reason)  # type: ignore[attr-defined]
+        return cls(code, error.details() or code, error_reason(error))  # type: ignore[attr-defined]
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The ``ErrorInfo.reason`` of a failed call's ``google.rpc.Status``, or ""."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is not None:
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return info.reason
+    return ""
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ class Client:
         self._admin = admin_grpc.AdminServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

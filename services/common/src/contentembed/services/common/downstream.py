@@ -11,9 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from contentembed.client.sync import error_reason
 from contentembed.services.common.errors import (
     Cancelled,
     ContentEmbedError,
@@ -37,14 +36,7 @@ def remaining_timeout(deadline: float, downstream: str) -> float:
 def error_from_rpc(error: grpc.RpcError, downstream: str) -> ContentEmbedError:
     code = error.code()  # type: ignore[attr-defined]
     details = error.details() or code.name  # type: ignore[attr-defined]
-    reason = None
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    if status is not None:
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                reason = info.reason
-    return error_for_code(code.name, f"{downstream}: {details}", reason)
+    return error_for_code(code.name, f"{downstream}: {details}", error_reason(error) or None)
 
 
 def open_channel(endpoint: str, max_message_bytes: int) -> grpc.Channel:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 
 from contentembed.encoder.v1 import encoder_service_pb2 as encoder_pb
@@ -29,8 +30,6 @@ from contentembed.services.common.protoconv import (
     vector_to_pb,
 )
 from contentembed.services.gateway.merge import Hit
-
-import grpc
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from contentembed.services.common.downstream import PendingCall, results_of_all
 from contentembed.services.common.errors import (
     CLIENT_ERROR_CODES,
     ContentEmbedError,
@@ -19,7 +20,6 @@ from contentembed.services.common.errors import (
     InvalidArgument,
     Unavailable,
 )
-from contentembed.services.common.downstream import PendingCall, results_of_all
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.common.validation import (
     validate_collection_name,

@@ -30,7 +30,7 @@ class IndexSettings(ServiceSettings):
     initial_capacity: int = Field(1024, ge=1)
 
     @model_validator(mode="after")
-    def _shard_in_range(self) -> "IndexSettings":
+    def _shard_in_range(self) -> IndexSettings:
         if self.shard_index >= self.shard_count:
             raise ValueError(f"shard_index {self.shard_index} must be below shard_count {self.shard_count}")
         return self

@@ -13,8 +13,8 @@ from contentembed.encoder.v1 import encoder_service_pb2 as pb
 from contentembed.encoder.v1 import encoder_service_pb2_grpc as pb_grpc
 from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import InvalidArgument, Unavailable
-from contentembed.services.common.server import run_service
 from contentembed.services.common.protoconv import matrix_to_pb
+from contentembed.services.common.server import run_service
 from contentembed.services.text_encoder.backends import (
     DEFAULT_TEXT_MODEL,
     SentenceTransformerBackend,
