@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 import numpy as np
 import pytest
@@ -101,3 +104,36 @@ def test_unknown_model_name_fails_clearly_without_download(tmp_path) -> None:
     settings = settings_for_test(TextEncoderSettings, model="sentence-transformers/not-here")
     with running_service(TextEncoderService, settings) as runtime:
         assert "neither a local directory" in str(runtime.load_error)
+
+
+def test_concurrent_calls_are_batched_and_match_unbatched(text_encoder, stub) -> None:
+    texts = [f"product number {i}: a {'red blue green'.split()[i % 3]} backpack" for i in range(32)]
+    alone = np.stack([embed(stub, t)[0][0] for t in texts[:4]])
+    batcher = text_encoder.service.batcher
+    batches_before = batcher.batches_run
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(lambda t: embed(stub, t)[0][0], texts))
+    model_calls = batcher.batches_run - batches_before
+    assert model_calls < len(texts), "every request ran alone: no dynamic batching"
+    np.testing.assert_allclose(np.stack(results[:4]), alone, atol=1e-5)
+
+
+def test_batching_metrics_are_exported(text_encoder, stub) -> None:
+    embed(stub, "metrics please")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{text_encoder.metrics_port}/metrics").read().decode()
+    for metric in (
+        "contentembed_batch_size_items_bucket",
+        "contentembed_batch_queue_depth_items",
+        "contentembed_batch_queue_wait_seconds_count",
+        "contentembed_batch_compute_seconds_count",
+        "contentembed_batch_items_total",
+    ):
+        assert f'{metric}{{' in body and 'service="text-encoder"' in body, metric
+
+
+def test_oversized_message_hits_the_explicit_limit(stub) -> None:
+    huge = "x" * (17 * 1024 * 1024)  # above the default 16 MiB max_message_bytes
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Embed(pb.EmbedRequest(inputs=[pb.EmbedInput(text=huge)]))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert embed(stub, "still serving")[0].shape == (1, 384)

@@ -25,6 +25,18 @@ ResponseT = TypeVar("ResponseT")
 ResultT = TypeVar("ResultT")
 
 
+# gRPC reports "no deadline" as an enormous remaining time; anything past a day is that.
+NO_DEADLINE_S = 24 * 3600.0
+
+
+def caller_time_remaining(context: grpc.ServicerContext) -> float | None:
+    """Seconds until the caller's deadline, or None when it set none."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > NO_DEADLINE_S:
+        return None
+    return max(remaining, 0.0)
+
+
 def remaining_timeout(deadline: float, downstream: str) -> float:
     """Seconds left until ``deadline`` (a time.monotonic() value)."""
     remaining = deadline - time.monotonic()

@@ -24,11 +24,14 @@ class ContentEmbedError(Exception):
         *,
         reason: str | None = None,
         metadata: Mapping[str, object] | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
+        # Sent as google.rpc.RetryInfo: when an overloaded server suggests trying again.
+        self.retry_after_s = retry_after_s
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.code}: {self.message})"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -23,14 +23,21 @@ OWN_METHOD_PREFIX = "/contentembed."
 
 
 def status_for_error(error: ContentEmbedError) -> status_pb2.Status:
-    detail = any_pb2.Any()
-    detail.Pack(
+    info = any_pb2.Any()
+    info.Pack(
         error_details_pb2.ErrorInfo(
             reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
         )
     )
+    details = [info]
+    if error.retry_after_s is not None:
+        retry = any_pb2.Any()
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after_s * 1e9))
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
     return status_pb2.Status(
-        code=code_pb2.Code.Value(error.code), message=error.message, details=[detail]
+        code=code_pb2.Code.Value(error.code), message=error.message, details=details
     )
 
 

@@ -39,3 +39,9 @@ def digest_files(root: Path, suffixes: tuple[str, ...] = WEIGHT_SUFFIXES) -> str
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 sha.update(chunk)
     return sha.hexdigest()
+
+
+def space_of_model_dir(model_dir: Path, dim: int, model_id: str | None = None) -> Space:
+    """The space of a model loaded from a directory. Both CLIP towers loaded from one
+    directory get the same space, which is what lets a text query search images."""
+    return Space(model_id=model_id or model_dir.name, model_revision=digest_files(model_dir), dim=dim)

@@ -13,6 +13,7 @@ from contentembed.admin.v1 import admin_service_pb2_grpc as admin_grpc
 from contentembed.search.v1 import search_service_pb2 as search_pb
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
 from contentembed.services.common.config import EndpointList, ServiceSettings, split_endpoints
+from contentembed.services.common.downstream import caller_time_remaining
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
 from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
 from contentembed.services.common.server import run_service
@@ -53,7 +54,7 @@ class GatewaySettings(ServiceSettings):
 
 def deadline_of(context: grpc.ServicerContext, settings: GatewaySettings) -> float:
     """The caller's deadline as a time.monotonic() value (default when it sent none)."""
-    remaining = context.time_remaining()
+    remaining = caller_time_remaining(context)
     if remaining is None:
         remaining = settings.default_timeout_s
     return time.monotonic() + min(remaining, settings.max_timeout_s)

@@ -1,4 +1,10 @@
-"""Text embedding backends. Pure model code: no grpc, no protobuf."""
+"""Text embedding backends behind one small interface. Pure model code: no grpc.
+
+- ``sentence-transformers``: any model directory; default all-MiniLM-L6-v2 (bundled).
+- ``clip``: the text tower + projection of a transformers CLIP directory, in the space
+  the image-encoder's ``clip`` backend shares.
+- ``tfidf``: the seed notebook's baseline, fitted on a corpus and saved to a file.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from contentembed.services.common.errors import FailedPrecondition
-from contentembed.services.common.spaces import Space, digest_files
+from contentembed.services.common.spaces import Space, space_of_model_dir
 from contentembed.services.common.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+BACKENDS = ("sentence-transformers", "clip", "tfidf")
 
 
 @dataclass(frozen=True)
@@ -25,19 +31,49 @@ class TextEmbeddings:
     truncated: list[bool]
 
 
-class TextBackend(Protocol):
+class TextBackend:
+    """What the text-encoder needs from a model."""
+
     name: str
     space: Space
-    max_input_tokens: int
+    # Longer inputs are cut to this many tokens; 0 when the backend never truncates.
+    max_input_tokens: int = 0
 
-    def encode(self, texts: list[str]) -> TextEmbeddings: ...
+    def check(self, texts: list[str]) -> None:
+        """Rejects inputs this backend cannot embed (InvalidArgument naming the item),
+        before they join a batch with other callers' inputs."""
+
+    def encode(self, texts: list[str]) -> TextEmbeddings:
+        raise NotImplementedError
 
 
-def resolve_model_dir(model: str) -> tuple[Path, str]:
+def offline_hub() -> None:
+    """A missing file must fail at load, never turn into a download attempt."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def local_dir(model: str, what: str) -> Path:
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise FailedPrecondition(
+            f"{what} model {model!r} is not a local directory; mount the model files "
+            "and pass their directory (nothing is downloaded)"
+        )
+    return path.resolve()
+
+
+def resolve_sentence_transformer(model: str) -> tuple[Path, str]:
     """A local directory (as Kubernetes mounts it) or the bundled default model.
-
-    Returns (directory, model id). Never downloads: no model hub is assumed reachable.
-    """
+    Returns (directory, model id)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path.resolve(), path.resolve().name
@@ -56,45 +92,24 @@ def resolve_model_dir(model: str) -> tuple[Path, str]:
     )
 
 
-def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-class SentenceTransformerBackend:
-    """Any sentence-transformers model directory; default all-MiniLM-L6-v2."""
-
+class SentenceTransformerBackend(TextBackend):
     name = "sentence-transformers"
 
     def __init__(self, model: str = DEFAULT_TEXT_MODEL, device: str = "auto") -> None:
-        # Offline by construction: a missing file must fail here, not trigger a download.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        offline_hub()
         from sentence_transformers import SentenceTransformer
 
-        model_dir, model_id = resolve_model_dir(model)
+        model_dir, model_id = resolve_sentence_transformer(model)
         self.device = pick_device(device)
         self._model = SentenceTransformer(str(model_dir), device=self.device, local_files_only=True)
         self._model.eval()
         self.max_input_tokens = int(self._model.max_seq_length)
-        dim = self._model.get_embedding_dimension() if hasattr(
-            self._model, "get_embedding_dimension"
-        ) else self._model.get_sentence_embedding_dimension()
-        self.space = Space(model_id=model_id, model_revision=digest_files(model_dir), dim=int(dim))
-        log.info(
-            "model loaded",
-            extra={"space": self.space.space_id, "device": self.device, "dir": str(model_dir)},
+        self.space = space_of_model_dir(
+            model_dir, int(self._model.get_embedding_dimension()), model_id
         )
 
-    def token_counts(self, texts: list[str]) -> list[int]:
-        encoded = self._model.tokenizer(texts, add_special_tokens=True, truncation=False)
-        return [len(ids) for ids in encoded["input_ids"]]
-
     def encode(self, texts: list[str]) -> TextEmbeddings:
-        truncated = [count > self.max_input_tokens for count in self.token_counts(texts)]
+        lengths = self._model.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
         vectors = self._model.encode(
             texts,
             batch_size=max(len(texts), 1),
@@ -102,4 +117,86 @@ class SentenceTransformerBackend:
             normalize_embeddings=True,
             show_progress_bar=False,
         )
-        return TextEmbeddings(l2_normalize(np.asarray(vectors, dtype=np.float32)), truncated)
+        return TextEmbeddings(
+            l2_normalize(np.asarray(vectors, dtype=np.float32)),
+            [len(ids) > self.max_input_tokens for ids in lengths],
+        )
+
+
+class ClipTextBackend(TextBackend):
+    """CLIP text tower + projection from a local transformers CLIP directory."""
+
+    name = "clip"
+
+    def __init__(self, model: str, device: str = "auto") -> None:
+        offline_hub()
+        import torch
+        from transformers import AutoTokenizer, CLIPConfig, CLIPTextModelWithProjection
+
+        model_dir = local_dir(model, "CLIP")
+        self.device = pick_device(device)
+        self._torch = torch
+        self._tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        # The projection size lives on the joint config; the text config alone would
+        # default to 512 and reinitialise the projection of any other CLIP.
+        config = CLIPConfig.from_pretrained(model_dir, local_files_only=True)
+        text_config = config.text_config
+        text_config.projection_dim = config.projection_dim
+        self._model = (
+            CLIPTextModelWithProjection.from_pretrained(
+                model_dir, config=text_config, local_files_only=True
+            )
+            .eval()
+            .to(self.device)
+        )
+        self.max_input_tokens = int(self._model.config.max_position_embeddings)
+        self.space = space_of_model_dir(model_dir, int(self._model.config.projection_dim))
+
+    def encode(self, texts: list[str]) -> TextEmbeddings:
+        lengths = self._tokenizer(texts, truncation=False)["input_ids"]
+        inputs = self._tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_input_tokens,
+            return_tensors="pt",
+        ).to(self.device)
+        with self._torch.inference_mode():
+            vectors = self._model(**inputs).text_embeds.float().cpu().numpy()
+        return TextEmbeddings(
+            l2_normalize(vectors), [len(ids) > self.max_input_tokens for ids in lengths]
+        )
+
+
+class TfidfBackend(TextBackend):
+    """The seed's TF-IDF baseline from a file written by ``tfidf.TfidfModel.save``."""
+
+    name = "tfidf"
+
+    def __init__(self, model: str) -> None:
+        from contentembed.services.text_encoder.tfidf import TfidfModel
+
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise FailedPrecondition(
+                f"TF-IDF model {model!r} is not a file; fit one with "
+                "`python -m contentembed.services.text_encoder.tfidf CATALOG.jsonl OUT.json`"
+            )
+        self._model = TfidfModel.load(path)
+        self.space = self._model.space
+
+    def check(self, texts: list[str]) -> None:
+        self._model.check_known_tokens(texts)
+
+    def encode(self, texts: list[str]) -> TextEmbeddings:
+        return TextEmbeddings(self._model.transform(texts), [False] * len(texts))
+
+
+def load_backend(backend: str, model: str, device: str = "auto") -> TextBackend:
+    if backend == "sentence-transformers":
+        return SentenceTransformerBackend(model, device)
+    if backend == "clip":
+        return ClipTextBackend(model, device)
+    if backend == "tfidf":
+        return TfidfBackend(model)
+    raise FailedPrecondition(f"unknown text backend {backend!r}; choose one of {BACKENDS}")

@@ -1,0 +1,244 @@
+"""Dynamic (cross-request) batching, as Triton's dynamic batcher does it.
+
+Concurrent requests wait in one bounded queue; a single worker thread takes the oldest
+request and keeps adding the next ones until ``max_batch_size`` items are gathered or
+the oldest has waited ``max_queue_delay_s``, then runs them through the model in one
+call and hands each request its slice of the results. Model work therefore runs on the
+worker thread, never on gRPC threads, one batch at a time.
+
+A full queue refuses new requests (ResourceExhausted with a retry hint) instead of
+growing without bound; requests whose deadline passed or whose caller went away are
+dropped when they reach the head of the queue, without being computed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from contentembed.services.common.errors import (
+    Cancelled,
+    ContentEmbedError,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from contentembed.services.common.metrics import LATENCY_BUCKETS
+
+log = logging.getLogger(__name__)
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512)
+
+
+class BatcherMetrics:
+    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+        self.service = service
+        self.batch_size = Histogram(
+            "contentembed_batch_size_items", "Items per model call.", ["service"],
+            registry=registry, buckets=BATCH_SIZE_BUCKETS,
+        ).labels(service)
+        self.queue_depth = Gauge(
+            "contentembed_batch_queue_depth_items", "Items waiting for the model.", ["service"],
+            registry=registry,
+        ).labels(service)
+        self.queue_wait = Histogram(
+            "contentembed_batch_queue_wait_seconds", "Time a request waited in the queue.",
+            ["service"], registry=registry, buckets=LATENCY_BUCKETS,
+        ).labels(service)
+        self.compute = Histogram(
+            "contentembed_batch_compute_seconds", "Model time per batch.", ["service"],
+            registry=registry, buckets=LATENCY_BUCKETS,
+        ).labels(service)
+        self.items = Counter(
+            "contentembed_batch_items", "Items computed (rate() gives items/s).", ["service"],
+            registry=registry,
+        ).labels(service)
+        self.dropped = Counter(
+            "contentembed_batch_dropped_requests",
+            "Requests dropped before compute, by why.", ["service", "why"], registry=registry,
+        )
+        self.rejected = Counter(
+            "contentembed_batch_rejected_requests", "Requests refused because the queue was full.",
+            ["service"], registry=registry,
+        ).labels(service)
+
+
+@dataclass
+class _Request(Generic[ItemT, ResultT]):
+    items: Sequence[ItemT]
+    deadline: float | None
+    is_active: Callable[[], bool]
+    enqueued: float = field(default_factory=time.monotonic)
+    future: Future[list[ResultT]] = field(default_factory=Future)
+
+
+class DynamicBatcher(Generic[ItemT, ResultT]):
+    """Runs ``run_batch(items) -> results`` (same length, same order) over merged requests."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[ItemT]], Sequence[ResultT]],
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_items: int,
+        metrics: BatcherMetrics,
+        name: str = "batcher",
+    ) -> None:
+        if max_batch_size < 1 or max_queue_items < max_batch_size:
+            raise ValueError("need 1 <= max_batch_size <= max_queue_items")
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_items = max_queue_items
+        self.metrics = metrics
+        self.batches_run = 0
+        self.items_run = 0
+        self._recent_compute_s = 0.0
+        self._queue: collections.deque[_Request[ItemT, ResultT]] = collections.deque()
+        self._queued_items = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._work, name=f"{name}-worker", daemon=True)
+        self._worker.start()
+
+    def submit(
+        self,
+        items: Sequence[ItemT],
+        deadline: float | None = None,
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> Future[list[ResultT]]:
+        """Queues one request; its future resolves to its own results, in order."""
+        if not items:
+            raise InvalidArgument("nothing to compute", reason="EMPTY_BATCH")
+        if len(items) > self.max_batch_size:
+            raise InvalidArgument(
+                f"{len(items)} items exceed the maximum batch size {self.max_batch_size}",
+                reason="BATCH_TOO_LARGE",
+            )
+        request: _Request[ItemT, ResultT] = _Request(items, deadline, is_active)
+        with self._cond:
+            if self._closed:
+                raise Unavailable("shutting down", reason="SHUTTING_DOWN")
+            if self._queued_items + len(items) > self.max_queue_items:
+                self.metrics.rejected.inc()
+                raise ResourceExhausted(
+                    f"queue full ({self._queued_items} items waiting, limit "
+                    f"{self.max_queue_items}); retry shortly",
+                    reason="QUEUE_FULL",
+                    retry_after_s=self._retry_hint_s(),
+                )
+            self._queue.append(request)
+            self._queued_items += len(items)
+            self.metrics.queue_depth.set(self._queued_items)
+            self._cond.notify()
+        return request.future
+
+    def _retry_hint_s(self) -> float:
+        """About the time to work off the queue at the recent batch compute time."""
+        batches_waiting = max(1, self._queued_items // self.max_batch_size)
+        per_batch = self._recent_compute_s or self.max_queue_delay_s or 0.05
+        return round(min(5.0, batches_waiting * per_batch), 3)
+
+    def close(self) -> None:
+        """Stops taking requests; fails the queued ones with UNAVAILABLE."""
+        with self._cond:
+            self._closed = True
+            pending = list(self._queue)
+            self._queue.clear()
+            self._queued_items = 0
+            self._cond.notify_all()
+        for request in pending:
+            request.future.set_exception(Unavailable("shutting down", reason="SHUTTING_DOWN"))
+        self._worker.join(timeout=30)
+
+    # -- worker ----------------------------------------------------------------------
+    def _drop_reason(self, request: _Request[ItemT, ResultT], now: float) -> ContentEmbedError | None:
+        if request.deadline is not None and now >= request.deadline:
+            return DeadlineExceeded("deadline passed while queued; not computed")
+        if not request.is_active():
+            return Cancelled("caller went away while queued; not computed")
+        return None
+
+    def _take_batch(self) -> list[_Request[ItemT, ResultT]] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            batch: list[_Request[ItemT, ResultT]] = []
+            size = 0
+            flush_at = self._queue[0].enqueued + self.max_queue_delay_s
+            while True:
+                while self._queue:
+                    head = self._queue[0]
+                    reason = self._drop_reason(head, time.monotonic())
+                    if reason is not None:
+                        self._pop_locked()
+                        self.metrics.dropped.labels(self.metrics.service, reason.code).inc()
+                        head.future.set_exception(reason)
+                        continue
+                    if size + len(head.items) > self.max_batch_size:
+                        return batch
+                    batch.append(self._pop_locked())
+                    size += len(head.items)
+                if not batch:
+                    # Everything was dropped: start over with the next arrival.
+                    while not self._queue and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return None
+                    flush_at = self._queue[0].enqueued + self.max_queue_delay_s
+                    continue
+                remaining = flush_at - time.monotonic()
+                if size >= self.max_batch_size or remaining <= 0 or self._closed:
+                    return batch
+                self._cond.wait(remaining)
+
+    def _pop_locked(self) -> _Request[ItemT, ResultT]:
+        request = self._queue.popleft()
+        self._queued_items -= len(request.items)
+        self.metrics.queue_depth.set(self._queued_items)
+        return request
+
+    def _work(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            started = time.monotonic()
+            for request in batch:
+                self.metrics.queue_wait.observe(started - request.enqueued)
+            items = [item for request in batch for item in request.items]
+            try:
+                results = list(self._run_batch(items))
+                if len(results) != len(items):
+                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+            except BaseException as error:  # noqa: BLE001 - every waiter must hear about it
+                # Inputs are validated per request before they are queued, so a failing
+                # batch is a fault of the model or the machine, not of one caller.
+                log.exception("batch of %d items failed", len(items))
+                for request in batch:
+                    request.future.set_exception(error)
+                continue
+            finally:
+                elapsed = time.monotonic() - started
+                self._recent_compute_s = elapsed
+                self.metrics.compute.observe(elapsed)
+            self.batches_run += 1
+            self.items_run += len(items)
+            self.metrics.batch_size.observe(len(items))
+            self.metrics.items.inc(len(items))
+            offset = 0
+            for request in batch:
+                request.future.set_result(results[offset : offset + len(request.items)])
+                offset += len(request.items)
