@@ -44,7 +44,13 @@ class ServiceSettings(BaseSettings):
     port_file: Path | None = Field(
         None, description="Write the bound ports here as JSON once listening (for launchers)."
     )
-    max_workers: int = Field(16, ge=1, le=1024, description="gRPC handler threads.")
+    max_workers: int = Field(16, ge=1, le=4096, description="gRPC handler threads.")
+    max_concurrent_rpcs: int = Field(
+        256,
+        ge=1,
+        description="Calls in progress (running or waiting for a thread); beyond this the "
+        "server sheds load with RESOURCE_EXHAUSTED instead of queueing without bound.",
+    )
     max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest gRPC message received or sent."
     )

@@ -85,7 +85,7 @@ class ServiceRuntime:
             ),
             interceptors=[ErrorMappingInterceptor(RpcMetrics(self.registry, self.service.name))],
             options=channel_options(settings.max_message_bytes),
-            maximum_concurrent_rpcs=settings.max_workers * 4,
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self._service_names = self.service.register(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

@@ -51,6 +51,9 @@ class TextEncoderSettings(ServiceSettings):
     )
     max_input_bytes: int = Field(16 * 1024, ge=1, description="Longest text in UTF-8 bytes.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's.")
+    # Each Embed call holds a gRPC thread while it waits for its batch, so the thread
+    # count bounds how many callers can share one batch.
+    max_workers: int = Field(128, ge=1, le=4096, description="gRPC handler threads.")
 
 
 def validate_texts(request: pb.EmbedRequest, max_batch_size: int, max_input_bytes: int) -> list[str]:
