@@ -9,14 +9,19 @@
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from contentembed.services.common.errors import FailedPrecondition
-from contentembed.services.common.spaces import Space, space_of_model_dir
+from contentembed.services.common.models import (
+    EmbeddingBackend,
+    Embeddings,
+    local_dir,
+    offline_hub,
+    pick_device,
+)
+from contentembed.services.common.spaces import space_of_model_dir
 from contentembed.services.common.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -25,50 +30,7 @@ DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 BACKENDS = ("sentence-transformers", "clip", "tfidf")
 
 
-@dataclass(frozen=True)
-class TextEmbeddings:
-    vectors: np.ndarray  # (n, dim) float32, unit L2 norm
-    truncated: list[bool]
-
-
-class TextBackend:
-    """What the text-encoder needs from a model."""
-
-    name: str
-    space: Space
-    # Longer inputs are cut to this many tokens; 0 when the backend never truncates.
-    max_input_tokens: int = 0
-
-    def check(self, texts: list[str]) -> None:
-        """Rejects inputs this backend cannot embed (InvalidArgument naming the item),
-        before they join a batch with other callers' inputs."""
-
-    def encode(self, texts: list[str]) -> TextEmbeddings:
-        raise NotImplementedError
-
-
-def offline_hub() -> None:
-    """A missing file must fail at load, never turn into a download attempt."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def local_dir(model: str, what: str) -> Path:
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise FailedPrecondition(
-            f"{what} model {model!r} is not a local directory; mount the model files "
-            "and pass their directory (nothing is downloaded)"
-        )
-    return path.resolve()
+TextBackend = EmbeddingBackend[str]
 
 
 def resolve_sentence_transformer(model: str) -> tuple[Path, str]:
@@ -108,7 +70,7 @@ class SentenceTransformerBackend(TextBackend):
             model_dir, int(self._model.get_embedding_dimension()), model_id
         )
 
-    def encode(self, texts: list[str]) -> TextEmbeddings:
+    def encode(self, texts: list[str]) -> Embeddings:
         lengths = self._model.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
         vectors = self._model.encode(
             texts,
@@ -117,7 +79,7 @@ class SentenceTransformerBackend(TextBackend):
             normalize_embeddings=True,
             show_progress_bar=False,
         )
-        return TextEmbeddings(
+        return Embeddings(
             l2_normalize(np.asarray(vectors, dtype=np.float32)),
             [len(ids) > self.max_input_tokens for ids in lengths],
         )
@@ -152,7 +114,7 @@ class ClipTextBackend(TextBackend):
         self.max_input_tokens = int(self._model.config.max_position_embeddings)
         self.space = space_of_model_dir(model_dir, int(self._model.config.projection_dim))
 
-    def encode(self, texts: list[str]) -> TextEmbeddings:
+    def encode(self, texts: list[str]) -> Embeddings:
         lengths = self._tokenizer(texts, truncation=False)["input_ids"]
         inputs = self._tokenizer(
             texts,
@@ -163,7 +125,7 @@ class ClipTextBackend(TextBackend):
         ).to(self.device)
         with self._torch.inference_mode():
             vectors = self._model(**inputs).text_embeds.float().cpu().numpy()
-        return TextEmbeddings(
+        return Embeddings(
             l2_normalize(vectors), [len(ids) > self.max_input_tokens for ids in lengths]
         )
 
@@ -188,8 +150,8 @@ class TfidfBackend(TextBackend):
     def check(self, texts: list[str]) -> None:
         self._model.check_known_tokens(texts)
 
-    def encode(self, texts: list[str]) -> TextEmbeddings:
-        return TextEmbeddings(self._model.transform(texts), [False] * len(texts))
+    def encode(self, texts: list[str]) -> Embeddings:
+        return Embeddings(self._model.transform(texts), [False] * len(texts))
 
 
 def load_backend(backend: str, model: str, device: str = "auto") -> TextBackend:

@@ -1,0 +1,169 @@
+"""The EncoderService edge shared by the text- and image-encoders.
+
+A concrete encoder supplies three things: how to load its backend, how to turn one
+``EmbedInput`` into the backend's input (validating it), and warm-up inputs. Validation
+of the batch, the dynamic batcher, deadlines, the response and ``GetEncoderInfo`` are here.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from typing import Generic, TypeVar
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry
+from pydantic import Field
+
+from contentembed.common.v1 import types_pb2
+from contentembed.encoder.v1 import encoder_service_pb2 as pb
+from contentembed.encoder.v1 import encoder_service_pb2_grpc as pb_grpc
+from contentembed.services.common.batching import BatcherMetrics, DynamicBatcher
+from contentembed.services.common.config import ServiceSettings
+from contentembed.services.common.downstream import caller_time_remaining
+from contentembed.services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from contentembed.services.common.models import EmbeddingBackend
+from contentembed.services.common.protoconv import matrix_to_pb
+
+InputT = TypeVar("InputT")
+Embedded = tuple[np.ndarray, bool]
+
+
+class EncoderSettings(ServiceSettings):
+    device: str = Field("auto", description="torch device; auto picks cuda when available.")
+    max_batch_size: int = Field(
+        64, ge=1, le=4096, description="Most inputs per Embed call and per model call."
+    )
+    max_queue_delay_ms: float = Field(
+        5.0, ge=0, description="How long the oldest queued request waits for company."
+    )
+    max_queue_items: int = Field(
+        1024, ge=1, description="Inputs allowed to wait; beyond, RESOURCE_EXHAUSTED."
+    )
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's.")
+    # Each Embed call holds a gRPC thread while it waits for its batch, so the thread
+    # count bounds how many callers can share one batch.
+    max_workers: int = Field(128, ge=1, le=4096, description="gRPC handler threads.")
+
+
+class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
+    name: str
+    modality: int  # types_pb2.Modality
+
+    def __init__(self, settings: EncoderSettings, registry: CollectorRegistry) -> None:
+        if settings.max_queue_items < settings.max_batch_size:
+            raise ValueError("max_queue_items must be at least max_batch_size")
+        self.settings = settings
+        self.backend: EmbeddingBackend[InputT] | None = None
+        self.batcher: DynamicBatcher[InputT, Embedded] | None = None
+        self._batcher_metrics = BatcherMetrics(registry, self.name)
+
+    # -- what a concrete encoder supplies --------------------------------------------
+    def load_backend(self) -> EmbeddingBackend[InputT]:
+        raise NotImplementedError
+
+    def decode_input(self, position: int, item: pb.EmbedInput) -> InputT:
+        """Validates and converts inputs[position]; InvalidArgument names the position."""
+        raise NotImplementedError
+
+    def warmup_inputs(self) -> list[InputT]:
+        raise NotImplementedError
+
+    @property
+    def max_input_bytes(self) -> int:
+        raise NotImplementedError
+
+    # -- lifecycle -------------------------------------------------------------------
+    def register(self, server: grpc.Server) -> list[str]:
+        pb_grpc.add_EncoderServiceServicer_to_server(self, server)
+        return [pb.DESCRIPTOR.services_by_name["EncoderService"].full_name]
+
+    def load(self) -> None:
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        backend = self.load_backend()
+        warmup = self.warmup_inputs()
+        backend.encode(warmup[:1])
+        backend.encode((warmup * self.settings.max_batch_size)[: self.settings.max_batch_size])
+        self.batcher = DynamicBatcher(
+            lambda inputs: self._encode(backend, inputs),
+            max_batch_size=self.settings.max_batch_size,
+            max_queue_delay_s=self.settings.max_queue_delay_ms / 1000.0,
+            max_queue_items=self.settings.max_queue_items,
+            metrics=self._batcher_metrics,
+            name=self.name,
+        )
+        self.backend = backend
+
+    @staticmethod
+    def _encode(backend: EmbeddingBackend[InputT], inputs: list[InputT]) -> list[Embedded]:
+        embeddings = backend.encode(inputs)
+        return list(zip(embeddings.vectors, embeddings.truncated))
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def _ready(self) -> tuple[EmbeddingBackend[InputT], DynamicBatcher[InputT, Embedded]]:
+        if self.backend is None or self.batcher is None:
+            raise Unavailable(f"the {self.name} model is still loading", reason="MODEL_LOADING")
+        return self.backend, self.batcher
+
+    # -- RPCs ------------------------------------------------------------------------
+    def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
+        inputs = request.inputs
+        if not inputs:
+            raise InvalidArgument("inputs: at least one input is required", reason="EMPTY_BATCH")
+        if len(inputs) > self.settings.max_batch_size:
+            raise InvalidArgument(
+                f"inputs: {len(inputs)} inputs exceed the maximum batch size "
+                f"{self.settings.max_batch_size}",
+                reason="BATCH_TOO_LARGE",
+            )
+        decoded = [self.decode_input(position, item) for position, item in enumerate(inputs)]
+        backend, batcher = self._ready()
+        backend.check(decoded)
+        remaining = caller_time_remaining(context)
+        deadline = None if remaining is None else time.monotonic() + remaining
+        future = batcher.submit(decoded, deadline, context.is_active)
+        try:
+            results = future.result(timeout=remaining)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise DeadlineExceeded("deadline passed before the batch ran") from None
+        return pb.EmbedResponse(
+            vectors=matrix_to_pb(np.stack([vector for vector, _ in results])),
+            space_id=backend.space.space_id,
+            truncated=[truncated for _, truncated in results],
+        )
+
+    def GetEncoderInfo(
+        self, request: pb.GetEncoderInfoRequest, context: grpc.ServicerContext
+    ) -> pb.GetEncoderInfoResponse:
+        backend, _ = self._ready()
+        space = backend.space
+        return pb.GetEncoderInfoResponse(
+            modality=self.modality,
+            space=types_pb2.Space(
+                space_id=space.space_id,
+                model_id=space.model_id,
+                model_revision=space.model_revision,
+                dim=space.dim,
+                normalization=types_pb2.NORMALIZATION_L2,
+            ),
+            backend=backend.name,
+            max_batch_size=self.settings.max_batch_size,
+            max_input_bytes=self.max_input_bytes,
+            max_input_tokens=backend.max_input_tokens,
+        )
+
+
+def wrong_modality(position: int, item: pb.EmbedInput, expected: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"inputs[{position}]: this encoder embeds {expected}; got "
+        f"{item.WhichOneof('content') or 'nothing'}",
+        reason="WRONG_MODALITY",
+    )
