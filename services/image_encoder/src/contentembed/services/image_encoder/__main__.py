@@ -1,0 +1,5 @@
+import sys
+
+from contentembed.services.image_encoder.service import main
+
+sys.exit(main(sys.argv[1:]))

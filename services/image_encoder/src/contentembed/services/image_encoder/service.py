@@ -1,0 +1,66 @@
+"""The image-encoder: the shared EncoderService edge with image inputs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from PIL import Image
+from pydantic import Field
+
+from contentembed.common.v1 import types_pb2
+from contentembed.encoder.v1 import encoder_service_pb2 as pb
+from contentembed.services.common.encoder import EncoderService, EncoderSettings, wrong_modality
+from contentembed.services.common.models import EmbeddingBackend
+from contentembed.services.common.server import run_service
+from contentembed.services.image_encoder.backends import load_backend
+from contentembed.services.image_encoder.decoding import decode_image
+
+
+class ImageEncoderSettings(EncoderSettings):
+    backend: Literal["pixels", "torchvision", "clip"] = Field(
+        "pixels", description="pixels needs no weights; torchvision and clip need local files."
+    )
+    model: str = Field(
+        "vit_b_16",
+        description="torchvision: the architecture (vit_b_16, resnet50, ...); "
+        "clip: a transformers CLIP directory; pixels: ignored.",
+    )
+    weights: str = Field("", description="torchvision: a local state-dict file (.pth).")
+    max_input_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="Largest encoded image accepted, in bytes."
+    )
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="Largest width x height decoded; bigger is refused unread."
+    )
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Most images per Embed call.")
+
+
+class ImageEncoderService(EncoderService[Image.Image]):
+    name = "image-encoder"
+    modality = types_pb2.MODALITY_IMAGE
+    settings: ImageEncoderSettings
+
+    @property
+    def max_input_bytes(self) -> int:
+        return self.settings.max_input_bytes
+
+    def load_backend(self) -> EmbeddingBackend[Image.Image]:
+        settings = self.settings
+        return load_backend(settings.backend, settings.model, settings.weights, settings.device)
+
+    def warmup_inputs(self) -> list[Image.Image]:
+        return [Image.new("RGB", (256, 256), (128, 96, 64))]
+
+    def decode_input(self, position: int, item: pb.EmbedInput) -> Image.Image:
+        if item.WhichOneof("content") != "image":
+            raise wrong_modality(position, item, "images")
+        return decode_image(
+            item.image.data,
+            max_bytes=self.settings.max_input_bytes,
+            max_pixels=self.settings.max_pixels,
+            what=f"inputs[{position}]",
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_service(ImageEncoderSettings, ImageEncoderService, argv)
