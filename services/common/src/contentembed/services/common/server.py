@@ -71,7 +71,6 @@ class ServiceRuntime:
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._loaded = threading.Event()
         self._stopped = threading.Event()
-        self._terminated = threading.Event()
 
     @property
     def address(self) -> str:
@@ -154,10 +153,6 @@ class ServiceRuntime:
             self._metrics_endpoint.close()
         self.service.close()
         log.info("stopped")
-        self._terminated.set()
-
-    def wait_for_termination(self) -> None:
-        self._terminated.wait()
 
 
 def run_service(
@@ -171,13 +166,19 @@ def run_service(
     service = service_factory(settings, registry)
     configure_logging(service.name, settings.log_level, settings.log_json)
     runtime = ServiceRuntime(service, settings, registry)
-    runtime.start()
+    stop_requested = threading.Event()
+    received: list[str] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal received, draining", extra={"signal": signal.Signals(signum).name})
-        threading.Thread(target=runtime.stop, name="shutdown").start()
+        # Only set flags here: logging from a signal handler can deadlock on its lock.
+        received.append(signal.Signals(signum).name)
+        stop_requested.set()
 
+    # Installed before the port opens: a launcher may signal as soon as it sees the port.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    runtime.wait_for_termination()
+    runtime.start()
+    stop_requested.wait()
+    log.info("signal received, draining", extra={"signal": received[0]})
+    runtime.stop()
     return 0
