@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
 from contentembed.services.common.errors import FailedPrecondition
-from contentembed.services.common.spaces import Space
+from contentembed.services.common.spaces import Space, space_of_model_dir
 
 InputT = TypeVar("InputT")
 
@@ -72,3 +72,29 @@ def local_file(model: str, what: str) -> Path:
             "(nothing is downloaded)"
         )
     return path.resolve()
+
+
+@dataclass(frozen=True)
+class ClipTower:
+    network: Any  # CLIPTextModelWithProjection or CLIPVisionModelWithProjection, in eval mode
+    model_dir: Path
+    space: Space
+
+
+def load_clip_tower(model: str, tower: Literal["text", "vision"], device: str) -> ClipTower:
+    """One tower + projection of a transformers CLIP directory. Both towers of one
+    directory get one space, which is what lets a text query search images."""
+    offline_hub()
+    from transformers import CLIPConfig, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    model_dir = local_dir(model, "CLIP")
+    config = CLIPConfig.from_pretrained(model_dir, local_files_only=True)
+    # The projection size lives on the joint config; a tower config alone would default to
+    # 512 and reinitialise the projection of any other CLIP.
+    tower_config = config.text_config if tower == "text" else config.vision_config
+    tower_config.projection_dim = config.projection_dim
+    tower_class = CLIPTextModelWithProjection if tower == "text" else CLIPVisionModelWithProjection
+    network = tower_class.from_pretrained(model_dir, config=tower_config, local_files_only=True)
+    return ClipTower(
+        network.eval().to(device), model_dir, space_of_model_dir(model_dir, config.projection_dim)
+    )

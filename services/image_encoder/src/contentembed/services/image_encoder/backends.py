@@ -19,12 +19,11 @@ from contentembed.services.common.errors import FailedPrecondition
 from contentembed.services.common.models import (
     EmbeddingBackend,
     Embeddings,
-    local_dir,
+    load_clip_tower,
     local_file,
-    offline_hub,
     pick_device,
 )
-from contentembed.services.common.spaces import Space, digest_files, space_of_model_dir
+from contentembed.services.common.spaces import Space, digest_files
 from contentembed.services.common.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -137,26 +136,15 @@ class ClipVisionBackend(ImageBackend):
     name = "clip"
 
     def __init__(self, model: str, device: str = "auto") -> None:
-        offline_hub()
         import torch
-        from transformers import AutoImageProcessor, CLIPConfig, CLIPVisionModelWithProjection
+        from transformers import AutoImageProcessor
 
-        model_dir = local_dir(model, "CLIP")
         self.device = pick_device(device)
         self._torch = torch
-        self._processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
-        # As for the text tower: the projection size is on the joint config only.
-        config = CLIPConfig.from_pretrained(model_dir, local_files_only=True)
-        vision_config = config.vision_config
-        vision_config.projection_dim = config.projection_dim
-        self._model = (
-            CLIPVisionModelWithProjection.from_pretrained(
-                model_dir, config=vision_config, local_files_only=True
-            )
-            .eval()
-            .to(self.device)
-        )
-        self.space = space_of_model_dir(model_dir, int(config.projection_dim))
+        tower = load_clip_tower(model, "vision", self.device)
+        self._model = tower.network
+        self._processor = AutoImageProcessor.from_pretrained(tower.model_dir, local_files_only=True)
+        self.space = tower.space
 
     def encode(self, inputs: list[Image.Image]) -> Embeddings:
         pixels = self._processor(images=inputs, return_tensors="pt")["pixel_values"]

@@ -17,7 +17,7 @@ from contentembed.services.common.errors import FailedPrecondition
 from contentembed.services.common.models import (
     EmbeddingBackend,
     Embeddings,
-    local_dir,
+    load_clip_tower,
     offline_hub,
     pick_device,
 )
@@ -91,28 +91,16 @@ class ClipTextBackend(TextBackend):
     name = "clip"
 
     def __init__(self, model: str, device: str = "auto") -> None:
-        offline_hub()
         import torch
-        from transformers import AutoTokenizer, CLIPConfig, CLIPTextModelWithProjection
+        from transformers import AutoTokenizer
 
-        model_dir = local_dir(model, "CLIP")
         self.device = pick_device(device)
         self._torch = torch
-        self._tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        # The projection size lives on the joint config; the text config alone would
-        # default to 512 and reinitialise the projection of any other CLIP.
-        config = CLIPConfig.from_pretrained(model_dir, local_files_only=True)
-        text_config = config.text_config
-        text_config.projection_dim = config.projection_dim
-        self._model = (
-            CLIPTextModelWithProjection.from_pretrained(
-                model_dir, config=text_config, local_files_only=True
-            )
-            .eval()
-            .to(self.device)
-        )
+        tower = load_clip_tower(model, "text", self.device)
+        self._model = tower.network
+        self._tokenizer = AutoTokenizer.from_pretrained(tower.model_dir, local_files_only=True)
         self.max_input_tokens = int(self._model.config.max_position_embeddings)
-        self.space = space_of_model_dir(model_dir, int(self._model.config.projection_dim))
+        self.space = tower.space
 
     def encode(self, texts: list[str]) -> Embeddings:
         lengths = self._tokenizer(texts, truncation=False)["input_ids"]
