@@ -101,3 +101,16 @@ def test_unexpected_exception_is_internal_never_unknown(runtime) -> None:
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "ZeroDivisionError" not in caught.value.details()
     assert "GetEncoderInfo" in caught.value.details()
+
+
+def test_overload_carries_a_retry_delay() -> None:
+    from google.rpc import code_pb2, error_details_pb2
+
+    from contentembed.services.common.errors import ResourceExhausted
+    from contentembed.services.common.interceptor import status_for_error
+
+    status = status_for_error(ResourceExhausted("queue full", reason="QUEUE_FULL", retry_after_s=0.25))
+    assert status.code == code_pb2.RESOURCE_EXHAUSTED
+    info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info) and info.reason == "QUEUE_FULL"
+    assert status.details[1].Unpack(retry) and retry.retry_delay.ToMilliseconds() == 250
