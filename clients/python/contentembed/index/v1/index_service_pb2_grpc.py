@@ -70,6 +70,21 @@ class IndexServiceStub:
                 request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.SearchRequest.SerializeToString,
                 response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/contentembed.index.v1.IndexService/SearchBatch',
+                request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
+        self.GetItems = channel.unary_unary(
+                '/contentembed.index.v1.IndexService/GetItems',
+                request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.GetItemsRequest.SerializeToString,
+                response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.GetItemsResponse.FromString,
+                _registered_method=True)
+        self.ListItems = channel.unary_unary(
+                '/contentembed.index.v1.IndexService/ListItems',
+                request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.ListItemsRequest.SerializeToString,
+                response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.ListItemsResponse.FromString,
+                _registered_method=True)
 
 
 class IndexServiceServicer:
@@ -120,6 +135,27 @@ class IndexServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request, context):
+        """Several queries against one collection in one call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetItems(self, request, context):
+        """Stored vectors and metadata by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListItems(self, request, context):
+        """Ids and metadata in id order, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +193,21 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.SearchRequest.FromString,
                     response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.SearchBatchRequest.FromString,
+                    response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.SearchBatchResponse.SerializeToString,
+            ),
+            'GetItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetItems,
+                    request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.GetItemsRequest.FromString,
+                    response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.GetItemsResponse.SerializeToString,
+            ),
+            'ListItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListItems,
+                    request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.ListItemsRequest.FromString,
+                    response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.ListItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +400,87 @@ class IndexService:
             '/contentembed.index.v1.IndexService/Search',
             contentembed_dot_index_dot_v1_dot_index__service__pb2.SearchRequest.SerializeToString,
             contentembed_dot_index_dot_v1_dot_index__service__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.index.v1.IndexService/SearchBatch',
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.SearchBatchRequest.SerializeToString,
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.SearchBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.index.v1.IndexService/GetItems',
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.GetItemsRequest.SerializeToString,
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.GetItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.index.v1.IndexService/ListItems',
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.ListItemsRequest.SerializeToString,
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.ListItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

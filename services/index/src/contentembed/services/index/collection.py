@@ -1,14 +1,17 @@
 """One hnswlib collection bound to one embedding space. Pure index code: no grpc.
 
-hnswlib checks almost nothing (dimension, NaN, duplicate labels, k > count), so every
-check lives here, before hnswlib sees the data.
+hnswlib checks almost nothing (dimension, NaN, duplicate labels, k > count), is not safe
+for writes concurrent with queries, and has one index-wide ef, so every check and all
+locking live here: searches share a read lock, writes (and searches with their own ef)
+take the write lock.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import hnswlib
@@ -18,8 +21,13 @@ from contentembed.services.common.errors import InvalidArgument
 from contentembed.services.common.rwlock import ReadWriteLock
 from contentembed.services.common.validation import validate_ids
 from contentembed.services.common.vectors import l2_normalize, reject_zero_rows
+from contentembed.services.index.persistence import CorruptData, WalRecord, write_manifest
 
 LIVE_VERSION = "live"
+# A filter matching at most this share of the items is answered by exact search over the
+# matches (perfect recall, cheap); a wider one by HNSW with a filter callback.
+EXACT_FILTER_SHARE = 0.05
+EXACT_FILTER_MAX = 5000
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,20 @@ class SearchHit:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StoredItem:
+    id: str
+    vector: np.ndarray
+    metadata: dict[str, Any]
+
+
+Journal = Callable[[WalRecord], None]
+
+
+def matches(metadata: Mapping[str, Any], metadata_filter: Mapping[str, Any]) -> bool:
+    return all(key in metadata and metadata[key] == value for key, value in metadata_filter.items())
+
+
 class HnswCollection:
     """Cosine HNSW over L2-normalized vectors with string ids and per-item metadata."""
 
@@ -46,36 +68,39 @@ class HnswCollection:
         dim: int,
         params: HnswParams,
         initial_capacity: int = 1024,
+        version: str = LIVE_VERSION,
     ) -> None:
         self.name = name
         self.space_id = space_id
         self.dim = dim
         self.params = params
-        self.version = LIVE_VERSION
+        self.version = version
+        self.journal: Journal | None = None
+        self.seq = 0  # last write applied; snapshots and the WAL are ordered by it
         self._index = hnswlib.Index(space="cosine", dim=dim)
         self._index.init_index(
-            max_elements=initial_capacity, ef_construction=params.ef_construction, M=params.m
+            max_elements=initial_capacity,
+            ef_construction=params.ef_construction,
+            M=params.m,
+            allow_replace_deleted=True,  # deleted slots are reused: churn does not grow memory
         )
         self._index.set_ef(params.ef_search)
         self._label_of: dict[str, int] = {}
         self._id_of: dict[int, str] = {}
         self._metadata: dict[int, dict[str, Any]] = {}
         self._next_label = 0
+        self._vacant = 0  # deleted slots hnswlib may reuse
         self._lock = ReadWriteLock()
-        self._exact_fallbacks = 0
-        self._stats_lock = threading.Lock()
 
     @property
     def item_count(self) -> int:
         return len(self._label_of)
 
+    # -- writes ----------------------------------------------------------------------
     def upsert(
-        self,
-        ids: Sequence[str],
-        vectors: np.ndarray,
-        metadata: Sequence[dict[str, Any]],
+        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]
     ) -> int:
-        """Inserts or replaces; an id keeps exactly one live vector."""
+        """Inserts or replaces; an id keeps exactly one live vector. Journaled first."""
         if vectors.ndim != 2 or vectors.shape != (len(ids), self.dim):
             raise InvalidArgument(
                 f"vectors: expected {len(ids)} x {self.dim}, got {'x'.join(map(str, vectors.shape))}",
@@ -85,86 +110,151 @@ class HnswCollection:
         reject_zero_rows(vectors, what="items")
         vectors = l2_normalize(vectors)
         with self._lock.write():
-            labels = np.empty(len(ids), dtype=np.uint64)
-            fresh = 0
-            for position, item_id in enumerate(ids):
-                label = self._label_of.get(item_id)
-                if label is None:
-                    label = self._next_label + fresh
-                    fresh += 1
-                labels[position] = label
-            needed = self._next_label + fresh
-            capacity = self._index.get_max_elements()
-            if needed > capacity:
-                self._index.resize_index(max(needed, capacity * 2))
-            self._index.add_items(vectors, labels, num_threads=1)
-            for position, item_id in enumerate(ids):
-                label = int(labels[position])
-                self._label_of[item_id] = label
-                self._id_of[label] = item_id
-                self._metadata[label] = dict(metadata[position])
-            self._next_label = needed
+            record = WalRecord(self.seq + 1, "upsert", list(ids), vectors, [dict(m) for m in metadata])
+            if self.journal is not None:
+                self.journal(record)
+            self._apply_upsert(record)
         return len(ids)
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Soft-deletes known ids; unknown ids are ignored. Returns how many were live."""
-        deleted = 0
+        """Soft-deletes known ids (their slots get reused); unknown ids are ignored."""
         with self._lock.write():
-            for item_id in dict.fromkeys(ids):
-                label = self._label_of.pop(item_id, None)
-                if label is None:
-                    continue
-                self._index.mark_deleted(label)
-                del self._id_of[label]
-                del self._metadata[label]
-                deleted += 1
-        return deleted
+            known = [i for i in dict.fromkeys(ids) if i in self._label_of]
+            if not known:
+                return 0
+            record = WalRecord(self.seq + 1, "delete", known)
+            if self.journal is not None:
+                self.journal(record)
+            self._apply_delete(record)
+            return len(known)
 
-    def search(self, query: np.ndarray, top_k: int, ef: int = 0) -> list[SearchHit]:
-        if query.shape != (self.dim,):
+    def replay(self, record: WalRecord) -> None:
+        """Applies a logged write during recovery (not journaled again)."""
+        if record.seq <= self.seq:
+            return  # already in the snapshot
+        with self._lock.write():
+            if record.op == "upsert":
+                self._apply_upsert(record)
+            else:
+                self._apply_delete(record)
+
+    def _apply_upsert(self, record: WalRecord) -> None:
+        assert record.vectors is not None and record.metadata is not None
+        existing = [p for p, i in enumerate(record.ids) if i in self._label_of]
+        fresh = [p for p, i in enumerate(record.ids) if i not in self._label_of]
+        if existing:
+            labels = np.array([self._label_of[record.ids[p]] for p in existing], dtype=np.uint64)
+            self._index.add_items(record.vectors[existing], labels, num_threads=1)
+        if fresh:
+            needed = self._index.get_current_count() + max(0, len(fresh) - self._vacant)
+            capacity = self._index.get_max_elements()
+            if needed > capacity:
+                self._index.resize_index(max(needed, capacity * 2))
+            labels = np.arange(self._next_label, self._next_label + len(fresh), dtype=np.uint64)
+            # replace_deleted only for new labels: on a live label hnswlib would duplicate it.
+            self._index.add_items(record.vectors[fresh], labels, num_threads=1, replace_deleted=True)
+            self._vacant = max(0, self._vacant - len(fresh))
+            for position, label in zip(fresh, labels):
+                self._label_of[record.ids[position]] = int(label)
+                self._id_of[int(label)] = record.ids[position]
+            self._next_label += len(fresh)
+        for position, item_id in enumerate(record.ids):
+            self._metadata[self._label_of[item_id]] = record.metadata[position]
+        self.seq = record.seq
+
+    def _apply_delete(self, record: WalRecord) -> None:
+        for item_id in record.ids:
+            label = self._label_of.pop(item_id, None)
+            if label is None:
+                continue
+            self._index.mark_deleted(label)
+            del self._id_of[label]
+            del self._metadata[label]
+            self._vacant += 1
+        self.seq = record.seq
+
+    # -- reads -----------------------------------------------------------------------
+    def _check_query(self, queries: np.ndarray) -> np.ndarray:
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise InvalidArgument(
-                f"query: expected dimension {self.dim}, got {query.shape[-1] if query.ndim else 0}",
+                f"query: expected dimension {self.dim}, got {queries.shape[-1] if queries.ndim else 0}",
                 reason="DIMENSION_MISMATCH",
             )
-        reject_zero_rows(query[None, :], what="query")
-        query = l2_normalize(query[None, :])
-        custom_ef = ef and ef != self.params.ef_search
+        reject_zero_rows(queries, what="query")
+        return l2_normalize(queries)
+
+    def search(
+        self,
+        query: np.ndarray,
+        top_k: int,
+        ef: int = 0,
+        metadata_filter: Mapping[str, Any] | None = None,
+        exact: bool = False,
+    ) -> list[SearchHit]:
+        return self.search_batch(query.reshape(1, -1), top_k, ef, metadata_filter, exact)[0]
+
+    def search_batch(
+        self,
+        queries: np.ndarray,
+        top_k: int,
+        ef: int = 0,
+        metadata_filter: Mapping[str, Any] | None = None,
+        exact: bool = False,
+    ) -> list[list[SearchHit]]:
+        queries = self._check_query(queries)
+        custom_ef = bool(ef) and ef != self.params.ef_search and not exact
         # ef is index-wide in hnswlib: a request with its own ef searches alone, so its
         # ef never leaks into a concurrent search.
-        guard = self._lock.write() if custom_ef else self._lock.read()
-        with guard:
-            live = len(self._label_of)
-            if live == 0:
-                return []
+        with self._lock.write() if custom_ef else self._lock.read():
+            allowed = None
+            if metadata_filter:
+                allowed = [label for label, m in self._metadata.items() if matches(m, metadata_filter)]
+                small = len(allowed) <= min(EXACT_FILTER_MAX, EXACT_FILTER_SHARE * self.item_count)
+                exact = exact or small
+            if exact:
+                return [self._exact_locked(q, top_k, allowed) for q in queries]
+            live = self.item_count if allowed is None else len(allowed)
             k = min(top_k, live)
+            if k == 0:
+                return [[] for _ in queries]
             if custom_ef:
                 self._index.set_ef(max(ef, k))
             try:
-                labels, distances = self._index.knn_query(query, k=k, num_threads=1)
+                allowed_set = None if allowed is None else set(allowed)
+                labels, distances = self._index.knn_query(
+                    queries,
+                    k=k,
+                    num_threads=1,
+                    filter=None if allowed_set is None else allowed_set.__contains__,
+                )
             except RuntimeError:
-                # hnswlib raises when the graph yields fewer than k live points (many
-                # deletions, tiny ef); exact search over the same vectors always answers.
-                with self._stats_lock:
-                    self._exact_fallbacks += 1
-                return self._exact_locked(query[0], k)
+                # hnswlib raises when the graph yields fewer than k points (many deletions,
+                # a narrow filter, small ef); exact search over the same vectors answers.
+                return [self._exact_locked(q, top_k, allowed) for q in queries]
             finally:
                 if custom_ef:
                     self._index.set_ef(self.params.ef_search)
             return [
-                SearchHit(self._id_of[int(label)], 1.0 - float(distance), self._metadata[int(label)])
-                for label, distance in zip(labels[0], distances[0])
+                [
+                    SearchHit(self._id_of[int(label)], 1.0 - float(d), self._metadata[int(label)])
+                    for label, d in zip(row_labels, row_distances)
+                ]
+                for row_labels, row_distances in zip(labels, distances)
             ]
 
     def exact_search(self, query: np.ndarray, top_k: int) -> list[SearchHit]:
         """Brute force over the same vectors: the reference for recall audits."""
-        query = l2_normalize(query.reshape(1, self.dim))[0]
-        with self._lock.read():
-            return self._exact_locked(query, min(top_k, len(self._label_of)))
+        return self.search(query, top_k, exact=True)
 
-    def _exact_locked(self, query: np.ndarray, k: int) -> list[SearchHit]:
-        if k <= 0:
+    def _exact_locked(
+        self, query: np.ndarray, top_k: int, allowed: Sequence[int] | None
+    ) -> list[SearchHit]:
+        labels = np.fromiter(
+            self._id_of.keys() if allowed is None else allowed, dtype=np.uint64
+        )
+        k = min(top_k, len(labels))
+        if k == 0:
             return []
-        labels = np.fromiter(self._id_of.keys(), dtype=np.uint64, count=len(self._id_of))
         stored = np.asarray(self._index.get_items(labels), dtype=np.float32)
         scores = l2_normalize(stored) @ query
         order = np.argsort(-scores, kind="stable")[:k]
@@ -172,3 +262,87 @@ class HnswCollection:
             SearchHit(self._id_of[int(labels[i])], float(scores[i]), self._metadata[int(labels[i])])
             for i in order
         ]
+
+    def get(self, ids: Sequence[str]) -> list[StoredItem]:
+        """The stored items among ids, in request order (unknown ids are left out)."""
+        with self._lock.read():
+            found = [i for i in ids if i in self._label_of]
+            if not found:
+                return []
+            labels = [self._label_of[i] for i in found]
+            vectors = np.asarray(self._index.get_items(labels), dtype=np.float32)
+            return [
+                StoredItem(i, vectors[n], self._metadata[label])
+                for n, (i, label) in enumerate(zip(found, labels))
+            ]
+
+    def list_ids(self, after: str, limit: int) -> tuple[list[str], bool]:
+        """Ids in lexical order after ``after``; True when more follow."""
+        with self._lock.read():
+            ids = sorted(i for i in self._label_of if i > after)
+        return ids[:limit], len(ids) > limit
+
+    # -- snapshots -------------------------------------------------------------------
+    def write_snapshot(self, directory: Path, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """index.bin + items.json + manifest.json (sha256 of each) into an empty directory.
+
+        hnswlib's save_index reports no I/O error, so the file is loaded back and its
+        element count checked before the manifest (which makes the snapshot valid) exists.
+        """
+        directory.mkdir(parents=True, exist_ok=False)
+        with self._lock.read():
+            index_path = directory / "index.bin"
+            self._index.save_index(str(index_path))
+            items = {
+                "labels": [[label, item_id] for label, item_id in self._id_of.items()],
+                "metadata": [[label, meta] for label, meta in self._metadata.items()],
+                "next_label": self._next_label,
+                "vacant": self._vacant,
+            }
+            (directory / "items.json").write_text(json.dumps(items, separators=(",", ":")))
+            manifest = {
+                "format": "contentembed-index/v1",
+                "collection": self.name,
+                "version": self.version,
+                "space_id": self.space_id,
+                "dim": self.dim,
+                "metric": "cosine",
+                "hnsw": {"m": self.params.m, "ef_construction": self.params.ef_construction,
+                         "ef_search": self.params.ef_search},
+                "count": self.item_count,
+                "elements": self._index.get_current_count(),
+                "seq": self.seq,
+                **(extra or {}),
+            }
+        check = hnswlib.Index(space="cosine", dim=self.dim)
+        try:
+            check.load_index(str(index_path), max_elements=0)
+        except RuntimeError as error:
+            raise OSError(f"snapshot {index_path} did not read back: {error}") from None
+        if check.get_current_count() != manifest["elements"]:
+            raise OSError(f"snapshot {index_path} read back with a wrong element count")
+        return write_manifest(directory, manifest)
+
+    @classmethod
+    def from_snapshot(cls, directory: Path, manifest: Mapping[str, Any], name: str) -> HnswCollection:
+        """Loads a snapshot whose manifest was verified (persistence.verify_manifest)."""
+        params = HnswParams(**manifest["hnsw"])
+        collection = cls(name, manifest["space_id"], int(manifest["dim"]), params, 1,
+                         version=manifest.get("version", LIVE_VERSION))
+        try:
+            index = hnswlib.Index(space="cosine", dim=collection.dim)
+            index.load_index(str(directory / "index.bin"), max_elements=0, allow_replace_deleted=True)
+            items = json.loads((directory / "items.json").read_bytes())
+        except (RuntimeError, ValueError) as error:
+            raise CorruptData(f"{directory}: {error}") from None
+        index.set_ef(params.ef_search)
+        collection._index = index
+        collection._id_of = {int(label): item_id for label, item_id in items["labels"]}
+        collection._label_of = {item_id: label for label, item_id in collection._id_of.items()}
+        collection._metadata = {int(label): meta for label, meta in items["metadata"]}
+        collection._next_label = int(items["next_label"])
+        collection._vacant = int(items["vacant"])
+        collection.seq = int(manifest["seq"])
+        if len(collection._label_of) != manifest["count"]:
+            raise CorruptData(f"{directory}: item count differs from the manifest")
+        return collection

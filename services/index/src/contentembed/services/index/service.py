@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -11,11 +14,22 @@ from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
 from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
-from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict, vector_from_pb
+from contentembed.services.common.protoconv import (
+    dict_to_struct,
+    struct_to_dict,
+    vector_from_pb,
+    vector_to_pb,
+)
 from contentembed.services.common.server import run_service
 from contentembed.services.common.validation import validate_ids, validate_top_k
 from contentembed.services.index.collection import HnswCollection, HnswParams
-from contentembed.services.index.store import CollectionStore, ShardPosition
+from contentembed.services.index.store import (
+    CollectionStore,
+    Durability,
+    ShardPosition,
+    decode_page,
+    encode_token,
+)
 
 
 class IndexSettings(ServiceSettings):
@@ -27,7 +41,21 @@ class IndexSettings(ServiceSettings):
     hnsw_ef_construction: int = Field(200, ge=1)
     hnsw_ef_search: int = Field(100, ge=1)
     max_ef: int = Field(10_000, ge=1, description="Largest per-request ef.")
+    max_queries_per_batch: int = Field(1024, ge=1)
     initial_capacity: int = Field(1024, ge=1)
+    data_dir: Path | None = Field(
+        None, description="Where collections are kept durably; unset keeps them in memory only."
+    )
+    wal_sync: Literal["always", "interval", "never"] = Field(
+        "always",
+        description="always: fsync each write before acknowledging it (survives power loss); "
+        "interval: fsync at most every --wal-sync-interval-ms; never: leave it to the OS. All "
+        "three survive kill -9 of the process.",
+    )
+    wal_sync_interval_ms: float = Field(50.0, gt=0)
+    snapshot_every_ops: int = Field(
+        50_000, ge=1, description="Writes between background snapshots (and one at shutdown)."
+    )
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> IndexSettings:
@@ -60,9 +88,18 @@ class IndexService(pb_grpc.IndexServiceServicer):
     def __init__(self, settings: IndexSettings, registry: CollectorRegistry) -> None:
         self.settings = settings
         self.shard = ShardPosition(settings.shard_index, settings.shard_count)
+        durability = None
+        if settings.data_dir is not None:
+            durability = Durability(
+                settings.data_dir,
+                settings.wal_sync,
+                settings.wal_sync_interval_ms / 1000.0,
+                settings.snapshot_every_ops,
+            )
         self.store = CollectionStore(
             HnswParams(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search),
             settings.initial_capacity,
+            durability,
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -71,10 +108,12 @@ class IndexService(pb_grpc.IndexServiceServicer):
         return [pb.DESCRIPTOR.services_by_name["IndexService"].full_name]
 
     def load(self) -> None:
-        """In-memory collections load nothing; persistence and bundles will load here."""
+        """Recovers durable collections (snapshot + WAL); a corrupt file keeps the shard
+        NOT_SERVING rather than serving with data missing."""
+        self.store.load()
 
     def close(self) -> None:
-        pass
+        self.store.close()
 
     # -- conversions ----------------------------------------------------------------
     def _shard_pb(self) -> pb.ShardInfo:
@@ -155,27 +194,91 @@ class IndexService(pb_grpc.IndexServiceServicer):
         deleted = collection.delete(list(request.ids))
         return pb.DeleteItemsResponse(deleted_count=deleted, shard=self._shard_pb())
 
-    def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext):
+    def _searchable(self, request) -> HnswCollection:
+        """Checks shared by Search and SearchBatch; returns the collection."""
         validate_top_k(request.top_k, self.settings.max_top_k)
         if request.ef > self.settings.max_ef:
             raise InvalidArgument(f"ef must be at most {self.settings.max_ef}, got {request.ef}")
         collection = self.store.get(request.collection)
         check_space(collection, request.space_id, what="query vector")
-        if request.query.dim != collection.dim:
+        return collection
+
+    def _query(self, collection: HnswCollection, vector, what: str) -> np.ndarray:
+        if vector.dim != collection.dim:
             raise InvalidArgument(
-                f"query: vector has dimension {request.query.dim}, "
+                f"{what}: vector has dimension {vector.dim}, "
                 f"collection {collection.name!r} has {collection.dim}",
                 reason="DIMENSION_MISMATCH",
             )
-        query = vector_from_pb(request.query, what="query")
-        hits = collection.search(query, request.top_k, request.ef)
+        return vector_from_pb(vector, what=what)
+
+    @staticmethod
+    def _hits_pb(hits) -> list[pb.Hit]:
+        return [pb.Hit(id=h.id, score=h.score, metadata=dict_to_struct(h.metadata)) for h in hits]
+
+    def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext):
+        collection = self._searchable(request)
+        query = self._query(collection, request.query, "query")
+        hits = collection.search(
+            query, request.top_k, request.ef, struct_to_dict(request.filter), request.exact
+        )
         return pb.SearchResponse(
-            hits=[pb.Hit(id=h.id, score=h.score, metadata=dict_to_struct(h.metadata)) for h in hits],
+            hits=self._hits_pb(hits),
             space_id=collection.space_id,
             version=collection.version,
             shard=self._shard_pb(),
         )
 
+    def SearchBatch(self, request: pb.SearchBatchRequest, context: grpc.ServicerContext):
+        collection = self._searchable(request)
+        if not request.queries:
+            raise InvalidArgument("queries: at least one query is required", reason="EMPTY_BATCH")
+        if len(request.queries) > self.settings.max_queries_per_batch:
+            raise InvalidArgument(
+                f"queries: {len(request.queries)} exceed the limit of "
+                f"{self.settings.max_queries_per_batch}",
+                reason="BATCH_TOO_LARGE",
+            )
+        queries = np.stack(
+            [self._query(collection, q, f"queries[{i}]") for i, q in enumerate(request.queries)]
+        )
+        results = collection.search_batch(
+            queries, request.top_k, request.ef, struct_to_dict(request.filter), request.exact
+        )
+        return pb.SearchBatchResponse(
+            results=[pb.QueryHits(hits=self._hits_pb(hits)) for hits in results],
+            space_id=collection.space_id,
+            version=collection.version,
+            shard=self._shard_pb(),
+        )
+
+    def GetItems(self, request: pb.GetItemsRequest, context: grpc.ServicerContext):
+        collection = self.store.get(request.collection)
+        if not request.ids:
+            raise InvalidArgument("ids: at least one id is required", reason="EMPTY_BATCH")
+        if len(request.ids) > self.settings.max_items_per_upsert:
+            raise InvalidArgument(f"ids: at most {self.settings.max_items_per_upsert} per call")
+        items = collection.get(list(request.ids))
+        found = {item.id for item in items}
+        return pb.GetItemsResponse(
+            items=[
+                pb.Item(id=i.id, vector=vector_to_pb(i.vector), metadata=dict_to_struct(i.metadata))
+                for i in items
+            ],
+            missing_ids=[i for i in request.ids if i not in found],
+        )
+
+    def ListItems(self, request: pb.ListItemsRequest, context: grpc.ServicerContext):
+        collection = self.store.get(request.collection)
+        page_size, after = decode_page(request.page_size, request.page_token)
+        ids, more = collection.list_ids(after, page_size)
+        metadata = {item.id: item.metadata for item in collection.get(ids)}
+        return pb.ListItemsResponse(
+            items=[
+                pb.ListedItem(id=i, metadata=dict_to_struct(metadata[i])) for i in ids if i in metadata
+            ],
+            next_page_token=encode_token(ids[-1]) if more and ids else "",
+        )
 
 def main(argv: list[str] | None = None) -> int:
     return run_service(IndexSettings, IndexService, argv)

@@ -1,0 +1,220 @@
+"""Durable files for index collections: write-ahead log and checksummed snapshots.
+
+Nothing here trusts the disk: every snapshot file carries its sha256 in the manifest and
+is verified before it is loaded; every WAL record carries a CRC32. A torn record at the
+very end of the log (a crash mid-append, never acknowledged) is cut off; damage anywhere
+else refuses the load, so bad data is never served.
+
+Layout of one collection directory::
+
+    collection.json              name, space, dim, hnsw params (atomic write)
+    snapshots/<seq>/             index.bin (hnswlib), items.json, manifest.json
+    CURRENT                      the seq of the snapshot to load (atomic write)
+    wal/<first-seq>.log          records after that snapshot
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+WAL_MAGIC = b"CEW1"
+WAL_HEADER = struct.Struct("<4sII")  # magic, payload length, crc32(payload)
+META_LENGTH = struct.Struct("<I")
+SyncPolicy = Literal["always", "interval", "never"]
+
+
+class CorruptData(Exception):
+    """A file failed its checksum or structure check; it is never loaded."""
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename, fsync the directory: readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def sha256_file(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    with path.open("rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+# -- write-ahead log -------------------------------------------------------------------
+@dataclass(frozen=True)
+class WalRecord:
+    seq: int
+    op: Literal["upsert", "delete"]
+    ids: list[str]
+    vectors: np.ndarray | None = None
+    metadata: list[dict[str, Any]] | None = None
+
+
+def encode_record(record: WalRecord) -> bytes:
+    meta: dict[str, Any] = {"seq": record.seq, "op": record.op, "ids": record.ids}
+    vector_bytes = b""
+    if record.op == "upsert":
+        assert record.vectors is not None
+        meta["metadata"] = record.metadata
+        meta["dim"] = int(record.vectors.shape[1])
+        vector_bytes = np.ascontiguousarray(record.vectors, dtype="<f4").tobytes()
+    meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
+    payload = META_LENGTH.pack(len(meta_bytes)) + meta_bytes + vector_bytes
+    return WAL_HEADER.pack(WAL_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def decode_payload(payload: bytes) -> WalRecord:
+    (meta_length,) = META_LENGTH.unpack_from(payload)
+    meta = json.loads(payload[META_LENGTH.size : META_LENGTH.size + meta_length])
+    if meta["op"] == "delete":
+        return WalRecord(meta["seq"], "delete", meta["ids"])
+    raw = payload[META_LENGTH.size + meta_length :]
+    vectors = np.frombuffer(raw, dtype="<f4").reshape(len(meta["ids"]), meta["dim"])
+    return WalRecord(meta["seq"], "upsert", meta["ids"], vectors, meta["metadata"])
+
+
+def read_wal(path: Path, *, truncate_torn_tail: bool) -> Iterator[WalRecord]:
+    """Records in order. A torn last record is cut off (it was never acknowledged);
+    a damaged record followed by more data is corruption."""
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+        header_end = offset + WAL_HEADER.size
+        torn = header_end > len(data)
+        if not torn:
+            magic, length, crc = WAL_HEADER.unpack_from(data, offset)
+            torn = header_end + length > len(data)
+            if not torn and (magic != WAL_MAGIC or zlib.crc32(data[header_end : header_end + length]) != crc):
+                if header_end + length == len(data):
+                    torn = True  # the last record, half overwritten: same as torn
+                else:
+                    raise CorruptData(f"{path}: bad record at byte {offset}")
+        if torn:
+            log.warning("cutting a torn record off the WAL", extra={"wal": str(path), "at": offset})
+            if truncate_torn_tail:
+                with path.open("rb+") as handle:
+                    handle.truncate(offset)
+                    os.fsync(handle.fileno())
+            return
+        yield decode_payload(data[header_end : header_end + length])
+        offset = header_end + length
+
+
+class WriteAheadLog:
+    """Append-only log; ``append`` returns once the record is as durable as the policy says:
+    ``always`` fsyncs before returning, ``interval`` fsyncs at most every
+    ``sync_interval_s`` (a crash of the machine may lose that window, a killed process
+    loses nothing: the page cache survives it), ``never`` leaves it to the OS."""
+
+    def __init__(self, path: Path, policy: SyncPolicy = "always", sync_interval_s: float = 0.05):
+        self.path = path
+        self.policy = policy
+        self.sync_interval_s = sync_interval_s
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = path.open("ab")
+        fsync_dir(path.parent)
+        self._last_sync = time.monotonic()
+        self._lock = threading.Lock()
+
+    def append(self, record: WalRecord) -> None:
+        data = encode_record(record)
+        with self._lock:
+            self._handle.write(data)
+            self._handle.flush()
+            now = time.monotonic()
+            if self.policy == "always" or (
+                self.policy == "interval" and now - self._last_sync >= self.sync_interval_s
+            ):
+                os.fsync(self._handle.fileno())
+                self._last_sync = now
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._handle.closed:
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+                self._handle.close()
+
+
+# -- snapshots -------------------------------------------------------------------------
+SNAPSHOT_FILES = ("index.bin", "items.json")
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Adds the sha256 and size of every data file, then writes manifest.json atomically."""
+    manifest = dict(manifest)
+    manifest["files"] = {
+        name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
+        for name in SNAPSHOT_FILES
+    }
+    for name in SNAPSHOT_FILES:
+        fsync_file(directory / name)
+    atomic_write(directory / "manifest.json", json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def verify_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest, after every file it lists matched its size and sha256."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_bytes())
+    except (OSError, ValueError) as error:
+        raise CorruptData(f"{directory}: unreadable manifest.json ({error})") from None
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != set(SNAPSHOT_FILES):
+        raise CorruptData(f"{directory}: manifest must list exactly {SNAPSHOT_FILES}")
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CorruptData(f"{path}: missing")
+        if path.stat().st_size != expected["bytes"]:
+            raise CorruptData(
+                f"{path}: {path.stat().st_size} bytes, manifest says {expected['bytes']} (truncated?)"
+            )
+        if sha256_file(path) != expected["sha256"]:
+            raise CorruptData(f"{path}: sha256 does not match the manifest")
+    return manifest
+
+
+def remove_tree(path: Path) -> None:
+    """Rename first, so a crash mid-delete never leaves a half directory under the real name."""
+    if not path.exists():
+        return
+    trash = path.with_name(f".deleted-{path.name}-{time.monotonic_ns()}")
+    os.replace(path, trash)
+    fsync_dir(path.parent)
+    shutil.rmtree(trash, ignore_errors=True)
