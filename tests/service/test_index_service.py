@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
 
 import grpc
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from contentembed.common.v1 import types_pb2
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
+from contentembed.services.common.protoconv import dict_to_struct
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.index.service import IndexService, IndexSettings
 from tests.conftest import error_reason, running_service, settings_for_test
@@ -37,13 +39,14 @@ def stub(index_runtime, channel_to) -> pb_grpc.IndexServiceStub:
 
 
 def own_ids(count: int, shard: int = 1, shards: int = 2) -> list[str]:
-    ids = (f"item-{i}" for i in range(10_000))
+    """Ids that hash to this test's shard (1 of 2)."""
+    ids = (f"item-{i}" for i in range(10 * count + 100))
     return [i for i in ids if shard_for_id(i, shards) == shard][:count]
 
 
 @pytest.fixture
 def collection(stub: pb_grpc.IndexServiceStub, request: pytest.FixtureRequest) -> str:
-    name = request.node.name.replace("[", "_").replace("]", "")[:60]
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:60]
     stub.CreateCollection(pb.CreateCollectionRequest(name=name, space_id="space@1", dim=DIM))
     yield name
     stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
@@ -160,3 +163,87 @@ def test_delete_items_removes_from_search(stub, collection) -> None:
     assert deleted.deleted_count == 1
     hits = stub.Search(pb.SearchRequest(collection=collection, query=vec(np.eye(DIM)[0]), top_k=10)).hits
     assert ids[0] not in [h.id for h in hits] and len(hits) == 2
+
+
+def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(50, dim))
+    return (centers[rng.integers(0, 50, n)] + 0.35 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def upsert_all(stub, collection: str, ids: list[str], vectors: np.ndarray, metadata=None) -> None:
+    for start in range(0, len(ids), 2000):
+        stub.Upsert(pb.UpsertRequest(collection=collection, items=[
+            pb.Item(id=i, vector=vec(v), metadata=dict_to_struct((metadata or {}).get(i, {})))
+            for i, v in zip(ids[start:start + 2000], vectors[start:start + 2000])
+        ]))
+
+
+def test_recall_at_10_against_numpy_exact_on_20k_clustered(stub, collection) -> None:
+    stub.DeleteCollection(pb.DeleteCollectionRequest(name=collection))
+    stub.CreateCollection(pb.CreateCollectionRequest(name=collection, space_id="space@1", dim=64))
+    points = clustered(20_200, 64, seed=5)
+    vectors, queries = points[:20_000], points[20_000:]
+    ids = own_ids(20_000)
+    upsert_all(stub, collection, ids, vectors)
+    normalized = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    found = 0
+    for query in queries:
+        hits = stub.Search(pb.SearchRequest(collection=collection, query=vec(query), top_k=10)).hits
+        exact = np.argsort(-(normalized @ (query / np.linalg.norm(query))))[:10]
+        found += len({h.id for h in hits} & {ids[i] for i in exact})
+    assert found / (10 * len(queries)) >= 0.98
+
+
+def test_exact_mode_and_batch_search_agree_with_numpy(stub, collection) -> None:
+    points = clustered(600, DIM, seed=6)
+    ids = own_ids(500)
+    upsert_all(stub, collection, ids, points[:500])
+    normalized = points[:500] / np.linalg.norm(points[:500], axis=1, keepdims=True)
+    queries = points[500:520]
+    batch = stub.SearchBatch(pb.SearchBatchRequest(
+        collection=collection, queries=[vec(q) for q in queries], top_k=5, exact=True))
+    assert len(batch.results) == len(queries)
+    for query, result in zip(queries, batch.results):
+        expected = [ids[i] for i in np.argsort(-(normalized @ (query / np.linalg.norm(query))))[:5]]
+        assert [h.id for h in result.hits] == expected
+        single = stub.Search(pb.SearchRequest(collection=collection, query=vec(query), top_k=5, exact=True))
+        assert [h.id for h in single.hits] == expected
+
+
+@pytest.mark.parametrize("share", [0.02, 0.5])  # exact path for narrow filters, HNSW callback for wide
+def test_metadata_filter_returns_only_matches(stub, collection, share: float) -> None:
+    points = clustered(1000, DIM, seed=7)
+    ids = own_ids(1000)
+    rng = np.random.default_rng(1)
+    colour = {i: ("red" if rng.random() < share else "blue") for i in ids}
+    upsert_all(stub, collection, ids, points, {i: {"colour": c, "n": 1} for i, c in colour.items()})
+    reds = [n for n, i in enumerate(ids) if colour[i] == "red"]
+    normalized = points / np.linalg.norm(points, axis=1, keepdims=True)
+    query = points[reds[0]] + 0.1
+    hits = stub.Search(pb.SearchRequest(
+        collection=collection, query=vec(query), top_k=10, filter=dict_to_struct({"colour": "red"}))).hits
+    assert hits and all(h.metadata["colour"] == "red" for h in hits)
+    expected = sorted(reds, key=lambda n: -(normalized[n] @ (query / np.linalg.norm(query))))[:10]
+    assert len({h.id for h in hits} & {ids[n] for n in expected}) >= 9
+    none = stub.Search(pb.SearchRequest(
+        collection=collection, query=vec(query), top_k=10, filter=dict_to_struct({"colour": "green"})))
+    assert list(none.hits) == []
+
+
+def test_get_and_list_items(stub, collection) -> None:
+    ids = sorted(own_ids(25))
+    vectors = clustered(25, DIM, seed=8)
+    upsert_all(stub, collection, ids, vectors, {i: {"rank": n} for n, i in enumerate(ids)})
+    got = stub.GetItems(pb.GetItemsRequest(collection=collection, ids=[ids[3], "nope", ids[0]]))
+    assert [i.id for i in got.items] == [ids[3], ids[0]] and list(got.missing_ids) == ["nope"]
+    stored = np.frombuffer(got.items[0].vector.data, "<f4")
+    np.testing.assert_allclose(stored, vectors[3] / np.linalg.norm(vectors[3]), atol=1e-6)
+    listed, token = [], ""
+    while True:
+        page = stub.ListItems(pb.ListItemsRequest(collection=collection, page_size=10, page_token=token))
+        listed += [(i.id, i.metadata["rank"]) for i in page.items]
+        token = page.next_page_token
+        if not token:
+            break
+    assert listed == [(i, n) for n, i in enumerate(ids)]
