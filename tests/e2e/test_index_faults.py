@@ -80,7 +80,7 @@ def test_kill_9_mid_stream_loses_no_acknowledged_write(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=writer)
     thread.start()
-    snapshots_dir = data_dir / "collections" / "docs" / "snapshots"
+    snapshots_dir = data_dir / "collections" / "docs" / "versions" / "live" / "snapshots"
     deadline = time.monotonic() + 60
     # Kill once a background snapshot exists and more writes followed it, so recovery
     # needs both the snapshot and the WAL after it.
@@ -129,7 +129,7 @@ def test_corrupt_snapshot_is_refused_and_the_shard_never_serves(tmp_path: Path) 
         ]))
     index.stop(20)  # SIGTERM: drains and writes a final snapshot
     assert index.process.returncode == 0
-    snapshot = next((data_dir / "collections" / "docs" / "snapshots").glob("[0-9]*"))
+    snapshot = next((data_dir / "collections" / "docs" / "versions" / "live" / "snapshots").glob("[0-9]*"))
     index_file = snapshot / "index.bin"
     index_file.write_bytes(index_file.read_bytes()[:-64])
 

@@ -110,9 +110,9 @@ def test_corrupt_snapshot_refuses_the_load(tmp_path) -> None:
     collection, _ = store.create("c", "s@1", 4)
     collection.upsert(["a"], np.ones((1, 4), np.float32), [{}])
     store.close()
-    snapshot = next((tmp_path / "collections" / "c" / "snapshots").iterdir())
+    snapshot = next((tmp_path / "collections" / "c" / "versions" / "live" / "snapshots").iterdir())
     (snapshot / "index.bin").write_bytes(b"\x00" * 64)
-    with pytest.raises(CorruptData, match="collections/c"):
+    with pytest.raises(CorruptData, match="collections/c/versions/live"):
         durable_store(tmp_path)
 
 

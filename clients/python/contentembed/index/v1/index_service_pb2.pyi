@@ -35,7 +35,7 @@ class ShardInfo(_message.Message):
     def __init__(self, shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard")
+    __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard", "versions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class Collection(_message.Message):
     ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     space_id: str
     dim: int
@@ -52,7 +53,8 @@ class Collection(_message.Message):
     item_count: int
     version: str
     shard: ShardInfo
-    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., item_count: _Optional[int] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ...) -> None: ...
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., item_count: _Optional[int] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "exist_ok")
@@ -163,7 +165,7 @@ class DeleteItemsResponse(_message.Message):
     def __init__(self, deleted_count: _Optional[int] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "ef", "space_id", "exact", "filter")
+    __slots__ = ("collection", "query", "top_k", "ef", "space_id", "exact", "filter", "version")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +173,7 @@ class SearchRequest(_message.Message):
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: _types_pb2.Vector
     top_k: int
@@ -178,7 +181,8 @@ class SearchRequest(_message.Message):
     space_id: str
     exact: bool
     filter: _struct_pb2.Struct
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., top_k: _Optional[int] = ..., ef: _Optional[int] = ..., space_id: _Optional[str] = ..., exact: _Optional[bool] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    version: str
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., top_k: _Optional[int] = ..., ef: _Optional[int] = ..., space_id: _Optional[str] = ..., exact: _Optional[bool] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "metadata")
@@ -203,7 +207,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "top_k", "ef", "space_id", "exact", "filter")
+    __slots__ = ("collection", "queries", "top_k", "ef", "space_id", "exact", "filter", "version")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +215,7 @@ class SearchBatchRequest(_message.Message):
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[_types_pb2.Vector]
     top_k: int
@@ -218,7 +223,8 @@ class SearchBatchRequest(_message.Message):
     space_id: str
     exact: bool
     filter: _struct_pb2.Struct
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_types_pb2.Vector, _Mapping]]] = ..., top_k: _Optional[int] = ..., ef: _Optional[int] = ..., space_id: _Optional[str] = ..., exact: _Optional[bool] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    version: str
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_types_pb2.Vector, _Mapping]]] = ..., top_k: _Optional[int] = ..., ef: _Optional[int] = ..., space_id: _Optional[str] = ..., exact: _Optional[bool] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class QueryHits(_message.Message):
     __slots__ = ("hits",)
@@ -279,3 +285,53 @@ class ListItemsResponse(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[ListedItem]
     next_page_token: str
     def __init__(self, items: _Optional[_Iterable[_Union[ListedItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class LoadBundleRequest(_message.Message):
+    __slots__ = ("collection", "version", "path")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    version: str
+    path: str
+    def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class LoadBundleResponse(_message.Message):
+    __slots__ = ("collection", "item_count", "space_id")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    collection: Collection
+    item_count: int
+    space_id: str
+    def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ..., item_count: _Optional[int] = ..., space_id: _Optional[str] = ...) -> None: ...
+
+class ActivateVersionRequest(_message.Message):
+    __slots__ = ("collection", "version")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    version: str
+    def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class ActivateVersionResponse(_message.Message):
+    __slots__ = ("collection", "previous_version")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    collection: Collection
+    previous_version: str
+    def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ..., previous_version: _Optional[str] = ...) -> None: ...
+
+class RollbackVersionRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class RollbackVersionResponse(_message.Message):
+    __slots__ = ("collection", "rolled_back_version")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ROLLED_BACK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    collection: Collection
+    rolled_back_version: str
+    def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ..., rolled_back_version: _Optional[str] = ...) -> None: ...

@@ -85,6 +85,21 @@ class IndexServiceStub:
                 request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.ListItemsRequest.SerializeToString,
                 response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.ListItemsResponse.FromString,
                 _registered_method=True)
+        self.LoadBundle = channel.unary_unary(
+                '/contentembed.index.v1.IndexService/LoadBundle',
+                request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.LoadBundleRequest.SerializeToString,
+                response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.LoadBundleResponse.FromString,
+                _registered_method=True)
+        self.ActivateVersion = channel.unary_unary(
+                '/contentembed.index.v1.IndexService/ActivateVersion',
+                request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.ActivateVersionRequest.SerializeToString,
+                response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.ActivateVersionResponse.FromString,
+                _registered_method=True)
+        self.RollbackVersion = channel.unary_unary(
+                '/contentembed.index.v1.IndexService/RollbackVersion',
+                request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.RollbackVersionRequest.SerializeToString,
+                response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.RollbackVersionResponse.FromString,
+                _registered_method=True)
 
 
 class IndexServiceServicer:
@@ -156,6 +171,29 @@ class IndexServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadBundle(self, request, context):
+        """Loads an immutable bundle directory as a new version of a collection (creating the
+        collection if needed) after verifying the sha256 of every file; does not activate it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateVersion(self, request, context):
+        """Points the collection's alias at a loaded version, atomically; searches in flight
+        finish on the version they started on. The previous version stays loaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackVersion(self, request, context):
+        """Points the alias back at the version active before the last activation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +246,21 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.ListItems,
                     request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.ListItemsRequest.FromString,
                     response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.ListItemsResponse.SerializeToString,
+            ),
+            'LoadBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadBundle,
+                    request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.LoadBundleRequest.FromString,
+                    response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.LoadBundleResponse.SerializeToString,
+            ),
+            'ActivateVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateVersion,
+                    request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.ActivateVersionRequest.FromString,
+                    response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.ActivateVersionResponse.SerializeToString,
+            ),
+            'RollbackVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackVersion,
+                    request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.RollbackVersionRequest.FromString,
+                    response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.RollbackVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -481,6 +534,87 @@ class IndexService:
             '/contentembed.index.v1.IndexService/ListItems',
             contentembed_dot_index_dot_v1_dot_index__service__pb2.ListItemsRequest.SerializeToString,
             contentembed_dot_index_dot_v1_dot_index__service__pb2.ListItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.index.v1.IndexService/LoadBundle',
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.LoadBundleRequest.SerializeToString,
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.LoadBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.index.v1.IndexService/ActivateVersion',
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.ActivateVersionRequest.SerializeToString,
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.ActivateVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.index.v1.IndexService/RollbackVersion',
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.RollbackVersionRequest.SerializeToString,
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.RollbackVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

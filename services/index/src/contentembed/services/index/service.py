@@ -53,6 +53,9 @@ class IndexSettings(ServiceSettings):
         "three survive kill -9 of the process.",
     )
     wal_sync_interval_ms: float = Field(50.0, gt=0)
+    bundle_root: Path | None = Field(
+        None, description="Bundles are loaded only from below this directory."
+    )
     snapshot_every_ops: int = Field(
         50_000, ge=1, description="Writes between background snapshots (and one at shutdown)."
     )
@@ -100,6 +103,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             HnswParams(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search),
             settings.initial_capacity,
             durability,
+            settings.bundle_root,
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -133,6 +137,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             item_count=collection.item_count,
             version=collection.version,
             shard=self._shard_pb(),
+            versions=sorted(self.store.alias(collection.name).versions),
         )
 
     # -- RPCs -----------------------------------------------------------------------
@@ -199,7 +204,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
         validate_top_k(request.top_k, self.settings.max_top_k)
         if request.ef > self.settings.max_ef:
             raise InvalidArgument(f"ef must be at most {self.settings.max_ef}, got {request.ef}")
-        collection = self.store.get(request.collection)
+        collection = self.store.get(request.collection, request.version)
         check_space(collection, request.space_id, what="query vector")
         return collection
 
@@ -279,6 +284,28 @@ class IndexService(pb_grpc.IndexServiceServicer):
             ],
             next_page_token=encode_token(ids[-1]) if more and ids else "",
         )
+
+    # -- bundles and versions --------------------------------------------------------
+    def LoadBundle(self, request: pb.LoadBundleRequest, context: grpc.ServicerContext):
+        collection, manifest = self.store.load_bundle(request.collection, request.version, request.path)
+        return pb.LoadBundleResponse(
+            collection=self._collection_pb(self.store.get(request.collection)),
+            item_count=int(manifest["count"]),
+            space_id=collection.space_id,
+        )
+
+    def ActivateVersion(self, request: pb.ActivateVersionRequest, context: grpc.ServicerContext):
+        serving, previous = self.store.activate(request.collection, request.version)
+        return pb.ActivateVersionResponse(
+            collection=self._collection_pb(serving), previous_version=previous
+        )
+
+    def RollbackVersion(self, request: pb.RollbackVersionRequest, context: grpc.ServicerContext):
+        serving, rolled_back = self.store.rollback(request.collection)
+        return pb.RollbackVersionResponse(
+            collection=self._collection_pb(serving), rolled_back_version=rolled_back
+        )
+
 
 def main(argv: list[str] | None = None) -> int:
     return run_service(IndexSettings, IndexService, argv)

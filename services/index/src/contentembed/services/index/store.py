@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from contentembed.services.common.errors import (
 )
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.common.validation import validate_collection_name
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import LIVE_VERSION, HnswCollection, HnswParams
 from contentembed.services.index.persistence import (
     CorruptData,
     SyncPolicy,
@@ -31,6 +33,7 @@ from contentembed.services.index.persistence import (
     WriteAheadLog,
     atomic_write,
     fsync_dir,
+    fsync_file,
     read_wal,
     remove_tree,
     verify_manifest,
@@ -149,66 +152,109 @@ class CollectionFiles:
                 self._wal = None
 
 
+VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass
+class Alias:
+    """A collection name: its loaded versions and which one serves."""
+
+    versions: dict[str, HnswCollection]
+    active: str
+    previous: str | None = None
+
+    @property
+    def serving(self) -> HnswCollection:
+        return self.versions[self.active]
+
+
 class CollectionStore:
+    """Collections by name; each name has versions (LIVE_VERSION, bundles) and an alias."""
+
     def __init__(
         self,
         default_params: HnswParams,
         initial_capacity: int = 1024,
         durability: Durability | None = None,
+        bundle_root: Path | None = None,
     ) -> None:
         self.default_params = default_params
         self.initial_capacity = initial_capacity
         self.durability = durability
-        self._collections: dict[str, HnswCollection] = {}
-        self._files: dict[str, CollectionFiles] = {}
+        self.bundle_root = bundle_root
+        self._aliases: dict[str, Alias] = {}
+        self._files: dict[tuple[str, str], CollectionFiles] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._snapshotter: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------
-    def _collection_dir(self, name: str) -> Path:
+    def _name_dir(self, name: str) -> Path:
         assert self.durability is not None
         return self.durability.data_dir / "collections" / name
 
+    def _version_dir(self, name: str, version: str) -> Path:
+        return self._name_dir(name) / "versions" / version
+
     def load(self) -> None:
-        """Recovers every collection on disk. Any corrupt file aborts the load: a shard
-        that would serve with data missing must not turn SERVING."""
+        """Recovers every collection version on disk. Any corrupt file aborts the load: a
+        shard that would serve with data missing must not turn SERVING."""
         if self.durability is None:
             return
         root = self.durability.data_dir / "collections"
         root.mkdir(parents=True, exist_ok=True)
-        for directory in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            try:
-                spec = json.loads((directory / "collection.json").read_bytes())
-                files = CollectionFiles(directory, self.durability)
-                empty = self._new_collection(spec["name"], spec["space_id"], spec["dim"],
-                                             HnswParams(**spec["hnsw"]))
-                collection = files.recover(empty)
-            except (CorruptData, OSError, ValueError, KeyError) as error:
-                log.error("refusing to load a collection", extra={"dir": str(directory), "error": str(error)})
-                raise CorruptData(f"collection in {directory} failed verification: {error}") from error
-            collection.journal = files.append
-            self._collections[collection.name] = collection
-            self._files[collection.name] = files
-            log.info("collection recovered", extra={"collection": collection.name,
-                                                    "items": collection.item_count, "seq": collection.seq})
+        for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            versions: dict[str, HnswCollection] = {}
+            for version_dir in sorted((name_dir / "versions").iterdir()):
+                if version_dir.name.startswith("."):
+                    continue
+                versions[version_dir.name] = self._recover(name_dir.name, version_dir)
+            alias_file = name_dir / "alias.json"
+            if not alias_file.exists():
+                # The alias is written last, before the create is acknowledged: without it
+                # the collection never existed for any client.
+                log.warning("removing an unacknowledged collection", extra={"dir": str(name_dir)})
+                for key in [k for k in self._files if k[0] == name_dir.name]:
+                    self._files.pop(key).close()
+                remove_tree(name_dir)
+                continue
+            state = json.loads(alias_file.read_bytes())
+            self._aliases[name_dir.name] = Alias(versions, state["active"], state.get("previous"))
         self._snapshotter = threading.Thread(target=self._snapshot_loop, name="snapshots", daemon=True)
         self._snapshotter.start()
+
+    def _recover(self, name: str, directory: Path) -> HnswCollection:
+        assert self.durability is not None
+        try:
+            spec = json.loads((directory / "collection.json").read_bytes())
+            files = CollectionFiles(directory, self.durability)
+            empty = HnswCollection(name, spec["space_id"], spec["dim"], HnswParams(**spec["hnsw"]),
+                                   self.initial_capacity, version=directory.name)
+            collection = files.recover(empty)
+        except (CorruptData, OSError, ValueError, KeyError) as error:
+            log.error("refusing to load a collection", extra={"dir": str(directory), "error": str(error)})
+            raise CorruptData(f"collection in {directory} failed verification: {error}") from error
+        collection.journal = files.append
+        self._files[(name, directory.name)] = files
+        log.info("collection recovered", extra={"collection": name, "version": directory.name,
+                                                "items": collection.item_count, "seq": collection.seq})
+        return collection
 
     def _snapshot_loop(self) -> None:
         while not self._stop.wait(1.0):
             self.snapshot_due()
 
     def snapshot_due(self, force: bool = False) -> int:
-        """Snapshots collections with enough writes since their last one; returns how many."""
+        """Snapshots versions with enough writes since their last one; returns how many."""
         assert self.durability is not None
         written = 0
-        for name, collection in list(self._collections.items()):
-            files = self._files.get(name)
-            pending = collection.seq - (files.snapshot_seq if files else 0)
-            if files is None or pending == 0:
+        for (name, version), files in list(self._files.items()):
+            alias = self._aliases.get(name)
+            collection = alias.versions.get(version) if alias else None
+            if collection is None:
                 continue
-            if force or pending >= self.durability.snapshot_every_ops:
+            pending = collection.seq - files.snapshot_seq
+            if pending > 0 and (force or pending >= self.durability.snapshot_every_ops):
                 try:
                     files.snapshot(collection)
                     written += 1
@@ -227,9 +273,6 @@ class CollectionStore:
             files.close()
 
     # -- collections -----------------------------------------------------------------
-    def _new_collection(self, name: str, space_id: str, dim: int, params: HnswParams) -> HnswCollection:
-        return HnswCollection(name, space_id, dim, params, self.initial_capacity)
-
     def create(
         self,
         name: str,
@@ -245,27 +288,31 @@ class CollectionStore:
             raise InvalidArgument(f"dim must be 1..{MAX_DIM}, got {dim}", reason="BAD_DIM")
         params = params or self.default_params
         with self._lock:
-            existing = self._collections.get(name)
+            existing = self._aliases.get(name)
             if existing is not None:
+                serving = existing.serving
                 if not exist_ok:
                     raise AlreadyExists(f"collection {name!r} already exists")
-                if existing.space_id != space_id or existing.dim != dim:
+                if serving.space_id != space_id or serving.dim != dim:
                     raise FailedPrecondition(
-                        f"collection {name!r} exists in space {existing.space_id} "
-                        f"(dim {existing.dim}), not {space_id} (dim {dim})",
+                        f"collection {name!r} exists in space {serving.space_id} "
+                        f"(dim {serving.dim}), not {space_id} (dim {dim})",
                         reason="SPACE_MISMATCH",
                     )
-                return existing, False
-            collection = self._new_collection(name, space_id, dim, params)
+                return serving, False
+            collection = HnswCollection(name, space_id, dim, params, self.initial_capacity)
             if self.durability is not None:
-                self._persist_new(collection)
-            self._collections[name] = collection
+                remove_tree(self._name_dir(name))  # leftovers of a create that never acknowledged
+                self._persist_version(collection, snapshot_from=None)
+                self._write_alias(name, Alias({}, LIVE_VERSION))
+            self._aliases[name] = Alias({LIVE_VERSION: collection}, LIVE_VERSION)
             return collection, True
 
-    def _persist_new(self, collection: HnswCollection) -> None:
-        directory = self._collection_dir(collection.name)
-        remove_tree(directory)  # leftovers of a create that crashed before acknowledging
-        staging = directory.with_name(f".creating-{collection.name}")
+    def _persist_version(self, collection: HnswCollection, snapshot_from: Path | None) -> None:
+        """Creates the version's directory in one rename: spec, optional first snapshot."""
+        assert self.durability is not None
+        directory = self._version_dir(collection.name, collection.version)
+        staging = directory.with_name(f".staging-{collection.version}")
         remove_tree(staging)
         staging.mkdir(parents=True)
         spec = {
@@ -274,35 +321,143 @@ class CollectionStore:
                      "ef_search": collection.params.ef_search},
         }
         atomic_write(staging / "collection.json", json.dumps(spec).encode())
+        if snapshot_from is not None:
+            (staging / "snapshots").mkdir()
+            target = staging / "snapshots" / str(collection.seq)
+            shutil.copytree(snapshot_from, target)
+            for path in target.iterdir():
+                fsync_file(path)
+            atomic_write(staging / "CURRENT", str(collection.seq).encode())
         staging.rename(directory)
         fsync_dir(directory.parent)
-        files = CollectionFiles(directory, self.durability)  # type: ignore[arg-type]
-        files.open_segment(1)
+        files = CollectionFiles(directory, self.durability)
+        files.snapshot_seq = collection.seq
+        files.open_segment(collection.seq + 1)
         collection.journal = files.append
-        self._files[collection.name] = files
+        self._files[(collection.name, collection.version)] = files
 
-    def get(self, name: str) -> HnswCollection:
-        collection = self._collections.get(name)
-        if collection is None:
+    def _write_alias(self, name: str, alias: Alias) -> None:
+        if self.durability is not None:
+            state = {"active": alias.active, "previous": alias.previous}
+            atomic_write(self._name_dir(name) / "alias.json", json.dumps(state).encode())
+
+    def alias(self, name: str) -> Alias:
+        alias = self._aliases.get(name)
+        if alias is None:
             raise NotFound(f"collection {name!r} does not exist", reason="COLLECTION_NOT_FOUND")
+        return alias
+
+    def get(self, name: str, version: str = "") -> HnswCollection:
+        """The serving version, or the named one."""
+        alias = self.alias(name)
+        if not version:
+            return alias.serving
+        collection = alias.versions.get(version)
+        if collection is None:
+            raise NotFound(
+                f"collection {name!r} has no version {version!r} (loaded: {sorted(alias.versions)})",
+                reason="VERSION_NOT_FOUND",
+            )
         return collection
 
     def delete(self, name: str) -> None:
         with self._lock:
-            if self._collections.pop(name, None) is None:
+            if self._aliases.pop(name, None) is None:
                 raise NotFound(f"collection {name!r} does not exist", reason="COLLECTION_NOT_FOUND")
-            files = self._files.pop(name, None)
-            if files is not None:
-                files.close()
-                remove_tree(files.directory)
+            for key in [k for k in self._files if k[0] == name]:
+                self._files.pop(key).close()
+            if self.durability is not None:
+                remove_tree(self._name_dir(name))
 
     def list_page(self, page_size: int, page_token: str) -> tuple[list[HnswCollection], str]:
-        """Collections ordered by name; the token is the last name of the previous page."""
+        """Serving versions ordered by name; the token is the last name of the previous page."""
         page_size, after = decode_page(page_size, page_token)
-        names = sorted(name for name in self._collections if name > after)
-        page = names[:page_size]
-        token = encode_token(page[-1]) if len(names) > page_size else ""
-        return [self._collections[name] for name in page if name in self._collections], token
+        names = sorted(name for name in self._aliases if name > after)
+        page = [name for name in names[:page_size] if name in self._aliases]
+        token = encode_token(page[-1]) if len(names) > page_size and page else ""
+        return [self._aliases[name].serving for name in page], token
+
+    # -- bundles and versions --------------------------------------------------------
+    def load_bundle(self, name: str, version: str, path: str) -> tuple[HnswCollection, dict]:
+        """Verifies every file of the bundle, then loads it as a new, inactive version
+        (the first version of a new collection is active at once)."""
+        validate_collection_name(name)
+        if not VERSION_NAME.match(version) or version == LIVE_VERSION:
+            raise InvalidArgument(
+                f"version {version!r} must be 1-64 characters of [A-Za-z0-9._-] and not "
+                f"{LIVE_VERSION!r}",
+                reason="BAD_VERSION",
+            )
+        directory = self._confined_bundle_path(path)
+        with self._lock:
+            alias = self._aliases.get(name)
+            if alias is not None and version in alias.versions:
+                raise AlreadyExists(f"collection {name!r} already has version {version!r}")
+        try:
+            manifest = verify_manifest(directory)
+            collection = HnswCollection.from_snapshot(directory, manifest, name)
+        except CorruptData as error:
+            log.error("refusing a bundle", extra={"bundle": str(directory), "error": str(error)})
+            raise FailedPrecondition(
+                f"bundle {path!r} failed verification: {error}", reason="BUNDLE_CORRUPT"
+            ) from None
+        collection.version = version
+        with self._lock:
+            alias = self._aliases.get(name)
+            if alias is not None and version in alias.versions:
+                raise AlreadyExists(f"collection {name!r} already has version {version!r}")
+            if self.durability is not None:
+                self._persist_version(collection, snapshot_from=directory)
+            if alias is None:
+                alias = Alias({}, version)
+                self._aliases[name] = alias
+                self._write_alias(name, alias)
+            alias.versions[version] = collection
+        return collection, manifest
+
+    def _confined_bundle_path(self, path: str) -> Path:
+        if self.bundle_root is None:
+            raise FailedPrecondition(
+                "this shard has no --bundle-root; bundles cannot be loaded", reason="NO_BUNDLE_ROOT"
+            )
+        root = self.bundle_root.resolve()
+        candidate = (root / path).resolve()  # an absolute path replaces root here
+        if candidate != root and root not in candidate.parents:
+            raise InvalidArgument(
+                f"bundle path {path!r} is outside the bundle root", reason="PATH_OUTSIDE_ROOT"
+            )
+        if not candidate.is_dir():
+            raise NotFound(f"bundle {path!r} does not exist under the bundle root",
+                           reason="BUNDLE_NOT_FOUND")
+        return candidate
+
+    def activate(self, name: str, version: str) -> tuple[HnswCollection, str]:
+        """Flips the alias; returns (now serving, previously serving version)."""
+        with self._lock:
+            alias = self.alias(name)
+            if version not in alias.versions:
+                raise NotFound(
+                    f"collection {name!r} has no version {version!r} (loaded: {sorted(alias.versions)})",
+                    reason="VERSION_NOT_FOUND",
+                )
+            previous = alias.active
+            if version != previous:
+                # Disk first: a crash after the rename serves the new version on restart,
+                # a crash before it the old one; never a mix.
+                self._write_alias(name, Alias(alias.versions, version, previous))
+                alias.active, alias.previous = version, previous
+            return alias.serving, previous
+
+    def rollback(self, name: str) -> tuple[HnswCollection, str]:
+        with self._lock:
+            alias = self.alias(name)
+            if alias.previous is None or alias.previous not in alias.versions:
+                raise FailedPrecondition(
+                    f"collection {name!r} has no previous version to roll back to",
+                    reason="NO_PREVIOUS_VERSION",
+                )
+            target = alias.previous
+        return self.activate(name, target)
 
 
 def encode_token(last: str) -> str:

@@ -1,0 +1,156 @@
+"""Bundles on a real index server: verified load, alias flips under load, rollback,
+confinement to the bundle root, and all of it surviving a restart."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from contentembed.common.v1 import types_pb2
+from contentembed.index.v1 import index_service_pb2 as pb
+from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
+from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.service import IndexService, IndexSettings
+from tests.conftest import error_reason, running_service, settings_for_test
+
+DIM = 8
+BASIS = np.eye(DIM, dtype=np.float32)
+
+
+def vec(values: np.ndarray) -> types_pb2.Vector:
+    return types_pb2.Vector(data=np.asarray(values, "<f4").tobytes(), dim=DIM)
+
+
+def write_bundle(directory, space_id: str, ids: list[str]) -> None:
+    """What the offline batch job writes: a verified snapshot with model details."""
+    collection = HnswCollection("products", space_id, DIM, HnswParams())
+    collection.upsert(ids, BASIS[: len(ids)], [{"from": "bundle"}] * len(ids))
+    collection.write_snapshot(directory, {"model": {"id": "m2", "weights_sha256": "ab" * 32}})
+
+
+def top_id(stub, query: np.ndarray, version: str = "") -> tuple[str, str]:
+    response = stub.Search(pb.SearchRequest(collection="products", query=vec(query), top_k=1, version=version))
+    return response.hits[0].id, response.version
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    write_bundle(bundles / "v2", "space@2", [f"new-{i}" for i in range(DIM)])
+    return tmp_path / "data", bundles
+
+
+def settings(dirs) -> IndexSettings:
+    data, bundles = dirs
+    return settings_for_test(IndexSettings, data_dir=data, bundle_root=bundles)
+
+
+def test_load_activate_rollback_while_searching_and_after_restart(dirs, channel_to) -> None:
+    with running_service(IndexService, settings(dirs)) as runtime:
+        stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
+        stub.CreateCollection(pb.CreateCollectionRequest(name="products", space_id="space@1", dim=DIM))
+        stub.Upsert(pb.UpsertRequest(collection="products", items=[
+            pb.Item(id=f"old-{i}", vector=vec(BASIS[i])) for i in range(DIM)]))
+
+        loaded = stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v2", path="v2"))
+        assert loaded.item_count == DIM and loaded.space_id == "space@2"
+        assert list(loaded.collection.versions) == ["live", "v2"] and loaded.collection.version == "live"
+        assert top_id(stub, BASIS[3]) == ("old-3", "live")
+        assert top_id(stub, BASIS[3], version="v2") == ("new-3", "v2")
+
+        errors: list[Exception] = []
+        seen: set[str] = set()
+        stop = threading.Event()
+
+        def search_forever() -> None:
+            while not stop.is_set():
+                try:
+                    hit, version = top_id(stub, BASIS[5])
+                    assert hit == {"live": "old-5", "v2": "new-5"}[version]
+                    seen.add(version)
+                except Exception as error:  # noqa: BLE001
+                    errors.append(error)
+
+        searchers = [threading.Thread(target=search_forever) for _ in range(4)]
+        for thread in searchers:
+            thread.start()
+        activated = stub.ActivateVersion(pb.ActivateVersionRequest(collection="products", version="v2"))
+        assert activated.previous_version == "live" and activated.collection.space_id == "space@2"
+        rolled = stub.RollbackVersion(pb.RollbackVersionRequest(collection="products"))
+        assert rolled.rolled_back_version == "v2" and rolled.collection.version == "live"
+        stub.ActivateVersion(pb.ActivateVersionRequest(collection="products", version="v2"))
+        stop.set()
+        for thread in searchers:
+            thread.join()
+        assert errors == [] and seen == {"live", "v2"}
+
+        # Online writes after activation land in the active version, durably.
+        stub.Upsert(pb.UpsertRequest(collection="products", items=[
+            pb.Item(id="new-extra", vector=vec(BASIS[0] + BASIS[1]))]))
+
+    with running_service(IndexService, settings(dirs)) as runtime:
+        assert runtime.load_error is None, runtime.load_error
+        stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
+        info = stub.GetCollection(pb.GetCollectionRequest(name="products")).collection
+        assert (info.version, list(info.versions), info.item_count) == ("v2", ["live", "v2"], DIM + 1)
+        assert top_id(stub, BASIS[0] + BASIS[1]) == ("new-extra", "v2")
+        assert top_id(stub, BASIS[2], version="live") == ("old-2", "live")
+
+
+def test_bundle_with_a_wrong_digest_is_refused_and_the_old_version_keeps_serving(dirs, channel_to) -> None:
+    data, bundles = dirs
+    write_bundle(bundles / "v3", "space@3", ["x", "y"])
+    items = bundles / "v3" / "items.json"
+    items.write_bytes(items.read_bytes().replace(b'"x"', b'"z"'))  # tampered after the manifest
+    with running_service(IndexService, settings(dirs)) as runtime:
+        stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
+        stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v2", path="v2"))
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v3", path="v3"))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(caught.value) == "BUNDLE_CORRUPT" and "sha256" in caught.value.details()
+        info = stub.GetCollection(pb.GetCollectionRequest(name="products")).collection
+        assert (info.version, list(info.versions)) == ("v2", ["v2"])
+        assert top_id(stub, BASIS[4]) == ("new-4", "v2")
+
+
+def test_bundle_paths_are_confined_to_the_root(dirs, channel_to, tmp_path) -> None:
+    data, bundles = dirs
+    write_bundle(tmp_path / "outside", "space@9", ["evil"])
+    (bundles / "sneaky").symlink_to(tmp_path / "outside")
+    cases = [
+        ("../outside", grpc.StatusCode.INVALID_ARGUMENT),
+        (str(tmp_path / "outside"), grpc.StatusCode.INVALID_ARGUMENT),
+        ("sneaky", grpc.StatusCode.INVALID_ARGUMENT),
+        ("missing", grpc.StatusCode.NOT_FOUND),
+    ]
+    with running_service(IndexService, settings(dirs)) as runtime:
+        stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
+        for path, code in cases:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v9", path=path))
+            assert caught.value.code() == code, path
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetCollection(pb.GetCollectionRequest(name="products"))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_version_errors(dirs, channel_to) -> None:
+    with running_service(IndexService, settings(dirs)) as runtime:
+        stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
+        stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v2", path="v2"))
+        cases = [
+            (stub.LoadBundle, pb.LoadBundleRequest(collection="products", version="v2", path="v2"), grpc.StatusCode.ALREADY_EXISTS),
+            (stub.LoadBundle, pb.LoadBundleRequest(collection="products", version="bad/name", path="v2"), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.ActivateVersion, pb.ActivateVersionRequest(collection="products", version="v7"), grpc.StatusCode.NOT_FOUND),
+            (stub.RollbackVersion, pb.RollbackVersionRequest(collection="products"), grpc.StatusCode.FAILED_PRECONDITION),
+            (stub.Search, pb.SearchRequest(collection="products", query=vec(BASIS[0]), top_k=1, version="v7"), grpc.StatusCode.NOT_FOUND),
+        ]
+        for method, request, code in cases:
+            with pytest.raises(grpc.RpcError) as caught:
+                method(request)
+            assert caught.value.code() == code, (request, caught.value.details())
