@@ -105,7 +105,7 @@ def test_custom_ef_does_not_leak_into_the_default() -> None:
     assert collection.search(vectors[0], top_k=10) == before
 
 
-def test_concurrent_writes_and_searches_lose_nothing() -> None:
+def test_concurrent_writes_deletes_and_searches_lose_nothing() -> None:
     collection = new_collection(dim=16, capacity=8)
     vectors = clustered(1600, 16, seed=3)
     errors: list[BaseException] = []
@@ -113,16 +113,16 @@ def test_concurrent_writes_and_searches_lose_nothing() -> None:
     def writer(part: int) -> None:
         try:
             for start in range(part * 400, part * 400 + 400, 20):
-                collection.upsert(
-                    [f"w{j}" for j in range(start, start + 20)], vectors[start : start + 20], [{}] * 20
-                )
+                ids = [f"w{j}" for j in range(start, start + 20)]
+                collection.upsert(ids, vectors[start : start + 20], [{"part": part}] * 20)
+                collection.delete(ids[:2])  # every batch loses its first two again
         except BaseException as error:  # noqa: BLE001
             errors.append(error)
 
     def reader() -> None:
         try:
             for i in range(300):
-                collection.search(vectors[i], top_k=5)
+                assert len(collection.search(vectors[i], top_k=5)) <= 5
         except BaseException as error:  # noqa: BLE001
             errors.append(error)
 
@@ -133,5 +133,8 @@ def test_concurrent_writes_and_searches_lose_nothing() -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert collection.item_count == 1600
+    expected = {f"w{j}" for j in range(1600) if j % 20 >= 2}
+    assert collection.item_count == len(expected) == 1440
+    assert set(collection.list_ids("", 5000)[0]) == expected
     assert collection.search(vectors[1234], top_k=1)[0].id == "w1234"
+    assert collection.search(vectors[1220], top_k=1)[0].id != "w1220"  # deleted

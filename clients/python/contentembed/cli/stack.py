@@ -160,6 +160,10 @@ class LocalStack:
                         *self._metrics(2 + shard),
                         "--shard-index", str(shard),
                         "--shard-count", str(self.shard_count),
+                        # Durable by default: what was ingested is there after a restart.
+                        # Keyed by the shard count too: ids hash to other shards when it changes.
+                        "--data-dir",
+                        str(self.run_dir / "data" / f"{self.shard_count}-shards" / f"index-{shard}"),
                     ],
                     self.run_dir,
                 )
