@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 import hnswlib
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import loop_rate
 
 from contentembed.cli.stack import ServiceProcess
@@ -54,9 +55,14 @@ def recall(found: list[list[str]], exact: np.ndarray) -> float:
     return float(np.mean([len(set(f) & {str(i) for i in e}) / 10 for f, e in zip(found, exact)]))
 
 
-async def service_single_qps(address: str, queries: np.ndarray, ef: int, seconds: float) -> float:
+async def service_single_qps(
+    address: str, queries: np.ndarray, ef: int, seconds: float, empty_rpc: bool = False
+) -> float:
+    """Search calls/s from 4 concurrent callers; with empty_rpc, health checks instead:
+    the floor any unary call pays in Python gRPC on this machine."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.IndexServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
         requests = [pb.SearchRequest(collection="bench", query=vec(q), top_k=10, ef=ef) for q in queries]
         stop, done = time.perf_counter() + seconds, 0
 
@@ -64,7 +70,10 @@ async def service_single_qps(address: str, queries: np.ndarray, ef: int, seconds
             nonlocal done
             i = offset
             while time.perf_counter() < stop:
-                await stub.Search(requests[i % len(requests)])
+                if empty_rpc:
+                    await health.Check(health_pb2.HealthCheckRequest())
+                else:
+                    await stub.Search(requests[i % len(requests)])
                 done += 1
                 i += 4
 
@@ -108,6 +117,9 @@ def main() -> None:
                     ]), timeout=600)
                 service_build = time.perf_counter() - started
                 loaded_rss = rss_kib(index_process.pid)
+                floor = asyncio.run(
+                    service_single_qps(index_process.address, queries, 0, args.seconds, empty_rpc=True)
+                )
                 for ef in (50, 100, 200):
                     found = [[h.id for h in stub.Search(pb.SearchRequest(
                         collection="bench", query=vec(q), top_k=10, ef=ef)).hits] for q in queries]
@@ -146,6 +158,7 @@ def main() -> None:
     for ef, rec, single, batched, raw_rec, raw_single, raw_batched in rows:
         print(f"{ef:>4} {rec:>10.3f} {raw_rec:>10.3f} {single:>11.0f} {raw_single:>11.0f} "
               f"{single / raw_single:>6.2f} {batched:>10.0f} {raw_batched:>10.0f} {batched / raw_batched:>6.2f}")
+    print(f"gRPC floor: an empty unary call (health Check), same 4 callers: {floor:.0f} calls/s")
     grown = (loaded_rss - empty_rss) * 1024
     print(f"memory: service RSS {loaded_rss / 1024:.0f} MiB (empty process {empty_rss / 1024:.0f} MiB); "
           f"growth {grown / 2**20:.0f} MiB vs vectors+graph {graph_bytes / 2**20:.0f} MiB "
