@@ -22,7 +22,7 @@ from contentembed.cli.catalog import (
 )
 from contentembed.cli.stack import LocalStack, StackError
 from contentembed.client import ApiError, Client, SearchResult
-from contentembed.client.sync import DEFAULT_TARGET
+from contentembed.client.sync import DEFAULT_TARGET, client_from_env
 
 app = typer.Typer(
     help="contentembed: content-embedding retrieval over gRPC.",
@@ -154,7 +154,7 @@ def ingest(
     assert path is not None
     if not path.is_file():
         raise fail(f"{path} is not a file")
-    with Client(target) as client:
+    with client_from_env(target) as client:
         try:
             written, truncated = ingest_documents(client, collection, path, batch_size)
             info = client.get_collection(collection)
@@ -178,7 +178,7 @@ def search(
     target: TargetOption = DEFAULT_TARGET,
 ) -> None:
     """Print the ranked hits for a text query."""
-    with Client(target) as client:
+    with client_from_env(target) as client:
         try:
             result = client.search(collection, text=query, top_k=top_k, allow_partial=allow_partial)
         except ApiError as error:
@@ -192,7 +192,7 @@ def search(
 @app.command()
 def collections(target: TargetOption = DEFAULT_TARGET) -> None:
     """List collections with their item counts."""
-    with Client(target) as client:
+    with client_from_env(target) as client:
         try:
             found = list(client.list_collections())
         except ApiError as error:
@@ -208,7 +208,7 @@ def collections(target: TargetOption = DEFAULT_TARGET) -> None:
 @app.command()
 def health(target: TargetOption = DEFAULT_TARGET) -> None:
     """Show the gateway's grpc.health.v1 status (exit 1 unless SERVING)."""
-    with Client(target) as client:
+    with client_from_env(target) as client:
         try:
             status = client.health(timeout=3.0)
         except ApiError as error:

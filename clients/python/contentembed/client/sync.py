@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -116,16 +118,29 @@ class Client:
         target: str = DEFAULT_TARGET,
         timeout: float = DEFAULT_TIMEOUT_S,
         channel: grpc.Channel | None = None,
+        *,
+        api_key: str | None = None,
+        tls_ca_file: str | Path | None = None,
+        tls_cert_file: str | Path | None = None,
+        tls_key_file: str | Path | None = None,
     ) -> None:
+        """TLS when ``tls_ca_file`` is given (mutual TLS with a client cert and key);
+        ``api_key`` is sent as ``x-api-key`` on every call."""
         self.target = target
         self.timeout = timeout
-        self._channel = channel or grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._metadata = (("x-api-key", api_key),) if api_key else ()
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if channel is None and tls_ca_file is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=Path(tls_ca_file).read_bytes(),
+                private_key=Path(tls_key_file).read_bytes() if tls_key_file else None,
+                certificate_chain=Path(tls_cert_file).read_bytes() if tls_cert_file else None,
+            )
+            channel = grpc.secure_channel(target, credentials, options=options)
+        self._channel = channel or grpc.insecure_channel(target, options=options)
         self._search = search_grpc.SearchServiceStub(self._channel)
         self._admin = admin_grpc.AdminServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -141,7 +156,11 @@ class Client:
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
+            return method(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
         except grpc.RpcError as error:
             raise ApiError.from_rpc_error(error) from None
 
@@ -268,3 +287,15 @@ class Client:
             self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout
         )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def client_from_env(target: str, timeout: float = DEFAULT_TIMEOUT_S) -> Client:
+    """A Client configured from CONTENTEMBED_API_KEY and CONTENTEMBED_TLS_{CA,CERT,KEY}_FILE."""
+    return Client(
+        target,
+        timeout,
+        api_key=os.environ.get("CONTENTEMBED_API_KEY"),
+        tls_ca_file=os.environ.get("CONTENTEMBED_TLS_CA_FILE"),
+        tls_cert_file=os.environ.get("CONTENTEMBED_TLS_CERT_FILE"),
+        tls_key_file=os.environ.get("CONTENTEMBED_TLS_KEY_FILE"),
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
 
 SettingsT = TypeVar("SettingsT", bound="ServiceSettings")
@@ -63,8 +63,46 @@ class ServiceSettings(BaseSettings):
         description="On SIGTERM, keep accepting calls this long after health turns "
         "NOT_SERVING, so load balancers and readiness probes notice first.",
     )
+    tls_cert_file: Path | None = Field(None, description="Serve TLS with this certificate (PEM).")
+    tls_key_file: Path | None = Field(None, description="Private key of --tls-cert-file (PEM).")
+    tls_client_ca_file: Path | None = Field(
+        None, description="Require client certificates signed by this CA (mutual TLS)."
+    )
+    downstream_tls_ca_file: Path | None = Field(
+        None, description="Call other services over TLS, trusting this CA."
+    )
+    downstream_tls_cert_file: Path | None = Field(
+        None, description="Client certificate for mutual TLS to other services."
+    )
+    downstream_tls_key_file: Path | None = Field(None, description="Key of the client certificate.")
+    api_keys: EndpointList = Field(
+        default_factory=list,
+        description="Keys allowed to search (comma-separated; prefer the environment variable).",
+    )
+    admin_api_keys: EndpointList = Field(
+        default_factory=list, description="Keys allowed to search and administer."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(True, description="JSON lines logs (false: plain text).")
+
+
+    _split_keys = field_validator("api_keys", "admin_api_keys", mode="before")(split_endpoints)
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> ServiceSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("--tls-cert-file and --tls-key-file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+        if (self.downstream_tls_cert_file is None) != (self.downstream_tls_key_file is None):
+            raise ValueError("--downstream-tls-cert-file and --downstream-tls-key-file go together")
+        return self
+
+    @property
+    def api_key_roles(self) -> dict[str, str]:
+        roles = {key: "search" for key in self.api_keys}
+        roles.update({key: "admin" for key in self.admin_api_keys})
+        return roles
 
 
 def load_settings(settings_cls: type[SettingsT], argv: list[str] | None) -> SettingsT:
@@ -72,4 +110,4 @@ def load_settings(settings_cls: type[SettingsT], argv: list[str] | None) -> Sett
     return CliApp.run(settings_cls, cli_args=argv or [])
 
 
-__all__ = ["EndpointList", "ServiceSettings", "field_validator", "load_settings", "split_endpoints"]
+__all__ = ["EndpointList", "ServiceSettings", "load_settings", "split_endpoints"]

@@ -13,6 +13,8 @@ from typing import Generic, TypeVar
 import grpc
 
 from contentembed.client.sync import error_reason
+from contentembed.services.common.auth import channel_credentials
+from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import (
     Cancelled,
     ContentEmbedError,
@@ -51,8 +53,18 @@ def error_from_rpc(error: grpc.RpcError, downstream: str) -> ContentEmbedError:
     return error_for_code(code.name, f"{downstream}: {details}", error_reason(error) or None)
 
 
-def open_channel(endpoint: str, max_message_bytes: int) -> grpc.Channel:
-    return grpc.insecure_channel(endpoint, options=channel_options(max_message_bytes))
+def open_channel(endpoint: str, settings: ServiceSettings) -> grpc.Channel:
+    """A channel to another service, over TLS (mutual when a client certificate is set)
+    whenever a downstream CA is configured."""
+    options = channel_options(settings.max_message_bytes)
+    if settings.downstream_tls_ca_file is None:
+        return grpc.insecure_channel(endpoint, options=options)
+    credentials = channel_credentials(
+        settings.downstream_tls_ca_file,
+        settings.downstream_tls_cert_file,
+        settings.downstream_tls_key_file,
+    )
+    return grpc.secure_channel(endpoint, credentials, options=options)
 
 
 class PendingCall(Generic[ResponseT, ResultT]):

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from contentembed.services.common.auth import ApiKeyInterceptor, server_credentials
 from contentembed.services.common.config import ServiceSettings, load_settings
 from contentembed.services.common.interceptor import ErrorMappingInterceptor
 from contentembed.services.common.logs import configure_logging
@@ -78,11 +79,16 @@ class ServiceRuntime:
 
     def start(self) -> None:
         settings = self.settings
+        interceptors: list[grpc.ServerInterceptor] = []
+        required_role = getattr(self.service, "required_role", None)
+        if required_role is not None:
+            interceptors.append(ApiKeyInterceptor(settings.api_key_roles, required_role))
+        interceptors.append(ErrorMappingInterceptor(RpcMetrics(self.registry, self.service.name)))
         self._server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=settings.max_workers, thread_name_prefix=f"{self.service.name}-rpc"
             ),
-            interceptors=[ErrorMappingInterceptor(RpcMetrics(self.registry, self.service.name))],
+            interceptors=interceptors,
             options=channel_options(settings.max_message_bytes),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -92,7 +98,14 @@ class ServiceRuntime:
         reflection.enable_server_reflection(
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
-        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            credentials = server_credentials(
+                settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+            )
+            self.port = self._server.add_secure_port(address, credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {settings.host}:{settings.port}")
         if settings.metrics_port >= 0:

@@ -17,6 +17,7 @@ from contentembed.encoder.v1 import encoder_service_pb2 as encoder_pb
 from contentembed.encoder.v1 import encoder_service_pb2_grpc as encoder_grpc
 from contentembed.index.v1 import index_service_pb2 as index_pb
 from contentembed.index.v1 import index_service_pb2_grpc as index_grpc
+from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.downstream import (
     PendingCall,
     error_from_rpc,
@@ -76,10 +77,10 @@ def _collection(message: index_pb.Collection) -> ShardCollection:
 
 
 class EncoderClient:
-    def __init__(self, endpoint: str, max_message_bytes: int) -> None:
+    def __init__(self, endpoint: str, settings: ServiceSettings) -> None:
         self.endpoint = endpoint
         self.label = f"encoder {endpoint}"
-        self._channel = open_channel(endpoint, max_message_bytes)
+        self._channel = open_channel(endpoint, settings)
         self._stub = encoder_grpc.EncoderServiceStub(self._channel)
 
     def info(self, deadline: float, wait_for_ready: bool = False) -> EncoderInfo:
@@ -117,11 +118,11 @@ class EncoderClient:
 
 
 class IndexShardClient:
-    def __init__(self, shard_index: int, endpoint: str, max_message_bytes: int) -> None:
+    def __init__(self, shard_index: int, endpoint: str, settings: ServiceSettings) -> None:
         self.shard_index = shard_index
         self.endpoint = endpoint
         self.label = f"index shard {shard_index} ({endpoint})"
-        self._channel = open_channel(endpoint, max_message_bytes)
+        self._channel = open_channel(endpoint, settings)
         self._stub = index_grpc.IndexServiceStub(self._channel)
 
     def _call(self, method: Any, request: Any, deadline: float, convert: Any, **kwargs: Any):

@@ -12,6 +12,7 @@ from contentembed.admin.v1 import admin_service_pb2 as admin_pb
 from contentembed.admin.v1 import admin_service_pb2_grpc as admin_grpc
 from contentembed.search.v1 import search_service_pb2 as search_pb
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
+from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
 from contentembed.services.common.config import EndpointList, ServiceSettings, split_endpoints
 from contentembed.services.common.downstream import caller_time_remaining
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
@@ -24,6 +25,9 @@ from contentembed.services.gateway.flows import (
     SearchOutcome,
     TextDocument,
 )
+
+SEARCH_SERVICE = search_pb.DESCRIPTOR.services_by_name["SearchService"].full_name
+ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 class GatewaySettings(ServiceSettings):
@@ -186,24 +190,31 @@ class GatewayService:
     def __init__(self, settings: GatewaySettings, registry: CollectorRegistry) -> None:
         self.settings = settings
         self.gateway = Gateway(
-            EncoderClient(settings.encoder_endpoint, settings.max_message_bytes),
+            EncoderClient(settings.encoder_endpoint, settings),
             [
-                IndexShardClient(index, endpoint, settings.max_message_bytes)
+                IndexShardClient(index, endpoint, settings)
                 for index, endpoint in enumerate(settings.index_endpoints)
             ],
             max_top_k=settings.max_top_k,
             max_documents_per_upsert=settings.max_documents_per_upsert,
         )
 
+    @staticmethod
+    def required_role(method: str) -> str | None:
+        """Search needs a search (or admin) key, everything on AdminService an admin key;
+        health and reflection stay open for probes."""
+        if method.startswith(f"/{SEARCH_SERVICE}/"):
+            return SEARCH_ROLE
+        if method.startswith(f"/{ADMIN_SERVICE}/"):
+            return ADMIN_ROLE
+        return None
+
     def register(self, server: grpc.Server) -> list[str]:
         search_grpc.add_SearchServiceServicer_to_server(
             SearchServicer(self.gateway, self.settings), server
         )
         admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.gateway, self.settings), server)
-        return [
-            search_pb.DESCRIPTOR.services_by_name["SearchService"].full_name,
-            admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name,
-        ]
+        return [SEARCH_SERVICE, ADMIN_SERVICE]
 
     def load(self) -> None:
         self.gateway.connect(time.monotonic() + self.settings.downstream_wait_s)

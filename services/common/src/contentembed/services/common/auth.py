@@ -1,0 +1,101 @@
+"""API keys and TLS for the shared runtime.
+
+Keys travel in call metadata (``x-api-key: KEY`` or ``authorization: Bearer KEY``). A
+service names the role each method needs; the interceptor answers UNAUTHENTICATED for a
+missing or unknown key and PERMISSION_DENIED for a key without the role, *before* the
+request body is deserialised. With no keys configured the check is off (local use).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+SEARCH_ROLE = "search"
+ADMIN_ROLE = "admin"
+# What each role may do: an admin key is also a search key.
+GRANTS = {SEARCH_ROLE: {SEARCH_ROLE}, ADMIN_ROLE: {SEARCH_ROLE, ADMIN_ROLE}}
+
+
+def key_from_metadata(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    for key, value in metadata or ():
+        text = value.decode() if isinstance(value, bytes) else value
+        if key == "x-api-key":
+            return text
+        if key == "authorization" and text.lower().startswith("bearer "):
+            return text[7:].strip()
+    return None
+
+
+class ApiKeyInterceptor(grpc.ServerInterceptor):
+    def __init__(
+        self,
+        keys: Mapping[str, str],
+        required_role: Callable[[str], str | None],
+    ) -> None:
+        """keys: key -> role; required_role: method -> role (None: open, e.g. health)."""
+        self._keys = dict(keys)
+        self._required_role = required_role
+
+    def _role_of(self, presented: str) -> str | None:
+        # Constant-time comparison against every key: timing reveals nothing about them.
+        role = None
+        for key, key_role in self._keys.items():
+            if hmac.compare_digest(key.encode(), presented.encode()):
+                role = key_role
+        return role
+
+    def intercept_service(self, continuation, handler_call_details):
+        required = self._required_role(handler_call_details.method)
+        if required is None or not self._keys:
+            return continuation(handler_call_details)
+        presented = key_from_metadata(handler_call_details.invocation_metadata)
+        if presented is None:
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing API key (x-api-key metadata)")
+        role = self._role_of(presented)
+        if role is None:
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
+        if required not in GRANTS[role]:
+            return _deny(
+                grpc.StatusCode.PERMISSION_DENIED, f"this API key has no {required!r} permission"
+            )
+        return continuation(handler_call_details)
+
+
+def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def deny(request: bytes, context: grpc.ServicerContext) -> None:
+        context.abort(code, message)
+
+    # No deserializer: the body of a refused call is never parsed.
+    return grpc.unary_unary_rpc_method_handler(deny)
+
+
+def read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
+def server_credentials(
+    cert_file: Path, key_file: Path, client_ca_file: Path | None
+) -> grpc.ServerCredentials:
+    """TLS; with a client CA, mutual TLS (clients must present a certificate it signed)."""
+    return grpc.ssl_server_credentials(
+        [(key_file.read_bytes(), cert_file.read_bytes())],
+        root_certificates=read(client_ca_file),
+        require_client_auth=client_ca_file is not None,
+    )
+
+
+def channel_credentials(
+    ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None
+) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file),
+        private_key=read(key_file),
+        certificate_chain=read(cert_file),
+    )
