@@ -42,7 +42,9 @@ def client(stack):
 
 
 def test_every_process_reports_serving(stack) -> None:
-    assert [s.name for s in stack.services] == ["text-encoder", "index-0", "index-1", "gateway"]
+    assert [s.name for s in stack.services] == [
+        "text-encoder", "image-encoder", "index-0", "index-1", "gateway"
+    ]
     for service in stack.services:
         with grpc.insecure_channel(service.address) as channel:
             status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status

@@ -56,7 +56,7 @@ def gateway_stack(text_encoder, shard_count: int = 2, **gateway_overrides):
         ]
         settings = settings_for_test(
             GatewaySettings,
-            encoder_endpoint=text_encoder.address,
+            encoder_endpoints=[text_encoder.address],
             index_endpoints=[s.address for s in shards],
             downstream_wait_s=30.0,
             **gateway_overrides,
@@ -129,7 +129,7 @@ def test_metadata_travels_with_hits(client) -> None:
         ({"collection": "shop", "text": "tent", "top_k": 1_000_000}, "INVALID_ARGUMENT", "top_k"),
         ({"collection": "nope", "text": "tent", "top_k": 3}, "NOT_FOUND", "nope"),
         ({"collection": "bad name", "text": "tent", "top_k": 3}, "INVALID_ARGUMENT", "collection name"),
-        ({"collection": "shop", "image": b"\x89PNG", "top_k": 3}, "FAILED_PRECONDITION", "image encoder"),
+        ({"collection": "shop", "image": b"\x89PNG", "top_k": 3}, "FAILED_PRECONDITION", "no encoder embeds image"),
     ],
 )
 def test_bad_search_requests(client, kwargs, code, mentions) -> None:

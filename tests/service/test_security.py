@@ -20,7 +20,7 @@ def keyed_gateway(text_encoder):
     with running_service(IndexService, settings_for_test(IndexSettings)) as shard:
         settings = settings_for_test(
             GatewaySettings,
-            encoder_endpoint=text_encoder.address,
+            encoder_endpoints=[text_encoder.address],
             index_endpoints=[shard.address],
             api_keys=["search-key"],
             admin_api_keys=["admin-key"],
@@ -118,7 +118,7 @@ def test_mutual_tls_between_services_and_tls_to_clients(certificates) -> None:
 
         gateway_settings = settings_for_test(
             GatewaySettings,
-            encoder_endpoint=f"localhost:{encoder.port}",
+            encoder_endpoints=[f"localhost:{encoder.port}"],
             index_endpoints=[f"localhost:{shard.port}"],
             downstream_tls_ca_file=pki["ca"],
             downstream_tls_cert_file=pki["client_cert"],

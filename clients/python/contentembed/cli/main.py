@@ -94,7 +94,7 @@ def print_hits(result: SearchResult, query: str, expected_id: str | None = None)
 def up(
     shards: Annotated[int, typer.Option(help="Number of index shards.")] = 2,
     gateway_port: Annotated[int, typer.Option(help="Gateway port clients use.")] = 50051,
-    encoder_port: int = 50052,
+    encoder_port: Annotated[int, typer.Option(help="Text encoder; the image encoder is +1.")] = 50052,
     index_base_port: Annotated[int, typer.Option(help="Shard i listens on this + i.")] = 50061,
     metrics_base_port: Annotated[int, typer.Option(help="/metrics ports from here; 0: any.")] = 9100,
     run_dir: Annotated[Path, typer.Option(help="Logs and port files.")] = Path(".contentembed/run"),
@@ -110,7 +110,7 @@ def up(
         metrics_base_port=metrics_base_port,
         text_model=text_model,
     )
-    console.print(f"starting {shards + 2} services, logs in {run_dir / 'logs'} ...")
+    console.print(f"starting {shards + 3} services, logs in {run_dir / 'logs'} ...")
     try:
         stack.start()
     except StackError as error:
@@ -227,7 +227,7 @@ def demo(
     """The main job on built-in data: start the services, ingest the demo catalog,
     run example queries, print ranked results and recall@5, stop."""
     labelled = read_labelled_queries()
-    console.print(f"[bold]1/3[/] starting text-encoder, {shards} index shards and gateway ...")
+    console.print(f"[bold]1/3[/] starting text- and image-encoder, {shards} index shards and gateway ...")
     started = time.perf_counter()
     try:
         with LocalStack(run_dir=run_dir, shard_count=shards) as stack:

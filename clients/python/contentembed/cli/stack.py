@@ -113,7 +113,7 @@ class ServiceProcess:
 
 @dataclass
 class LocalStack:
-    """text-encoder + N index shards + gateway. Port 0 means "any free port"."""
+    """text-encoder + image-encoder + N index shards + gateway. Port 0: any free port."""
 
     run_dir: Path
     shard_count: int = 2
@@ -147,9 +147,14 @@ class LocalStack:
         encoder_args = ["--port", self._port(self.encoder_port, 0), *self._metrics(1)]
         if self.text_model:
             encoder_args += ["--model", self.text_model]
-        backends = [
-            ServiceProcess("text-encoder", "contentembed.services.text_encoder", encoder_args, self.run_dir)
+        image_args = ["--port", self._port(self.encoder_port, 1), *self._metrics(2)]
+        encoders = [
+            ServiceProcess("text-encoder", "contentembed.services.text_encoder", encoder_args, self.run_dir),
+            # The pixels baseline needs no weights; --backend clip with a mounted CLIP
+            # directory puts text and images in one space.
+            ServiceProcess("image-encoder", "contentembed.services.image_encoder", image_args, self.run_dir),
         ]
+        backends = list(encoders)
         for shard in range(self.shard_count):
             backends.append(
                 ServiceProcess(
@@ -157,7 +162,7 @@ class LocalStack:
                     "contentembed.services.index",
                     [
                         "--port", self._port(self.index_base_port, shard),
-                        *self._metrics(2 + shard),
+                        *self._metrics(3 + shard),
                         "--shard-index", str(shard),
                         "--shard-count", str(self.shard_count),
                         # Durable by default: what was ingested is there after a restart.
@@ -180,8 +185,8 @@ class LocalStack:
                 [
                     "--port", self._port(self.gateway_port, 0),
                     *self._metrics(0),
-                    "--encoder-endpoint", backends[0].address,
-                    "--index-endpoints", ",".join(s.address for s in backends[1:]),
+                    "--encoder-endpoints", ",".join(e.address for e in encoders),
+                    "--index-endpoints", ",".join(s.address for s in backends[len(encoders):]),
                 ],
                 self.run_dir,
             )

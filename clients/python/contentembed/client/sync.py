@@ -76,6 +76,7 @@ class SearchResult:
     shards: list[ShardResult]
     latency_ms: dict[str, float] = field(default_factory=dict)
     query_truncated: bool = False
+    cache_hit: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,15 +211,23 @@ class Client:
                 "total": response.latency.total_ms,
             },
             query_truncated=response.query_truncated,
+            cache_hit=response.cache_hit,
         )
 
     # -- collections -----------------------------------------------------------------
     def create_collection(
-        self, name: str, *, exist_ok: bool = False, timeout: float | None = None
+        self,
+        name: str,
+        *,
+        space_id: str = "",
+        exist_ok: bool = False,
+        timeout: float | None = None,
     ) -> tuple[CollectionInfo, bool]:
+        """space_id: one an encoder serves (e.g. a CLIP or pixels space for images);
+        empty: the text encoder's."""
         response = self._call(
             self._admin.CreateCollection,
-            admin_pb.CreateCollectionRequest(name=name, exist_ok=exist_ok),
+            admin_pb.CreateCollectionRequest(name=name, exist_ok=exist_ok, space_id=space_id),
             timeout,
         )
         return _collection(response.collection), response.created
@@ -256,17 +265,15 @@ class Client:
         *,
         timeout: float | None = None,
     ) -> tuple[int, list[str]]:
-        """Documents are mappings with ``id``, ``text`` and optional ``metadata``.
-        Returns (how many were written, ids whose text the model truncated)."""
-        request = admin_pb.UpsertDocumentsRequest(
-            collection=collection,
-            documents=[
-                admin_pb.Document(
-                    id=str(doc["id"]), text=str(doc["text"]), metadata=_struct(doc.get("metadata"))
-                )
-                for doc in documents
-            ],
-        )
+        """Documents are mappings with ``id``, ``text`` or ``image`` (encoded bytes) and
+        optional ``metadata``. Returns (how many were written, ids the model truncated)."""
+        request = admin_pb.UpsertDocumentsRequest(collection=collection)
+        for doc in documents:
+            message = request.documents.add(id=str(doc["id"]), metadata=_struct(doc.get("metadata")))
+            if "image" in doc:
+                message.image.data = doc["image"]
+            else:
+                message.text = str(doc["text"])
         response = self._call(self._admin.UpsertDocuments, request, timeout)
         return response.upserted_count, list(response.truncated_ids)
 

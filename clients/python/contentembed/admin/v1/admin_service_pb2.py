@@ -26,7 +26,7 @@ from contentembed.common.v1 import types_pb2 as contentembed_dot_common_dot_v1_d
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)contentembed/admin/v1/admin_service.proto\x12\x15\x63ontentembed.admin.v1\x1a\"contentembed/common/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\"z\n\x11\x43ollectionSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08space_id\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x12\n\nitem_count\x18\x04 \x01(\x04\x12\x13\n\x0bshard_count\x18\x05 \x01(\r\x12\x0f\n\x07version\x18\x06 \x01(\t\"9\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65xist_ok\x18\x02 \x01(\x08\"i\n\x18\x43reateCollectionResponse\x12<\n\ncollection\x18\x01 \x01(\x0b\x32(.contentembed.admin.v1.CollectionSummary\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\x15GetCollectionResponse\x12<\n\ncollection\x18\x01 \x01(\x0b\x32(.contentembed.admin.v1.CollectionSummary\"?\n\x16ListCollectionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"q\n\x17ListCollectionsResponse\x12=\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32(.contentembed.admin.v1.CollectionSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCollectionResponse\"\x8c\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12.\n\x05image\x18\x03 \x01(\x0b\x32\x1d.contentembed.common.v1.ImageH\x00\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\t\n\x07\x63ontent\"`\n\x16UpsertDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x32\n\tdocuments\x18\x02 \x03(\x0b\x32\x1f.contentembed.admin.v1.Document\"H\n\x17UpsertDocumentsResponse\x12\x16\n\x0eupserted_count\x18\x01 \x01(\r\x12\x15\n\rtruncated_ids\x18\x02 \x03(\t\"9\n\x16\x44\x65leteDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"0\n\x17\x44\x65leteDocumentsResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\r2\xba\x05\n\x0c\x41\x64minService\x12s\n\x10\x43reateCollection\x12..contentembed.admin.v1.CreateCollectionRequest\x1a/.contentembed.admin.v1.CreateCollectionResponse\x12j\n\rGetCollection\x12+.contentembed.admin.v1.GetCollectionRequest\x1a,.contentembed.admin.v1.GetCollectionResponse\x12p\n\x0fListCollections\x12-.contentembed.admin.v1.ListCollectionsRequest\x1a..contentembed.admin.v1.ListCollectionsResponse\x12s\n\x10\x44\x65leteCollection\x12..contentembed.admin.v1.DeleteCollectionRequest\x1a/.contentembed.admin.v1.DeleteCollectionResponse\x12p\n\x0fUpsertDocuments\x12-.contentembed.admin.v1.UpsertDocumentsRequest\x1a..contentembed.admin.v1.UpsertDocumentsResponse\x12p\n\x0f\x44\x65leteDocuments\x12-.contentembed.admin.v1.DeleteDocumentsRequest\x1a..contentembed.admin.v1.DeleteDocumentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)contentembed/admin/v1/admin_service.proto\x12\x15\x63ontentembed.admin.v1\x1a\"contentembed/common/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\"z\n\x11\x43ollectionSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08space_id\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x12\n\nitem_count\x18\x04 \x01(\x04\x12\x13\n\x0bshard_count\x18\x05 \x01(\r\x12\x0f\n\x07version\x18\x06 \x01(\t\"K\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65xist_ok\x18\x02 \x01(\x08\x12\x10\n\x08space_id\x18\x03 \x01(\t\"i\n\x18\x43reateCollectionResponse\x12<\n\ncollection\x18\x01 \x01(\x0b\x32(.contentembed.admin.v1.CollectionSummary\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\x15GetCollectionResponse\x12<\n\ncollection\x18\x01 \x01(\x0b\x32(.contentembed.admin.v1.CollectionSummary\"?\n\x16ListCollectionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"q\n\x17ListCollectionsResponse\x12=\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32(.contentembed.admin.v1.CollectionSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCollectionResponse\"\x8c\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12.\n\x05image\x18\x03 \x01(\x0b\x32\x1d.contentembed.common.v1.ImageH\x00\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\t\n\x07\x63ontent\"`\n\x16UpsertDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x32\n\tdocuments\x18\x02 \x03(\x0b\x32\x1f.contentembed.admin.v1.Document\"H\n\x17UpsertDocumentsResponse\x12\x16\n\x0eupserted_count\x18\x01 \x01(\r\x12\x15\n\rtruncated_ids\x18\x02 \x03(\t\"9\n\x16\x44\x65leteDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"0\n\x17\x44\x65leteDocumentsResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\r2\xba\x05\n\x0c\x41\x64minService\x12s\n\x10\x43reateCollection\x12..contentembed.admin.v1.CreateCollectionRequest\x1a/.contentembed.admin.v1.CreateCollectionResponse\x12j\n\rGetCollection\x12+.contentembed.admin.v1.GetCollectionRequest\x1a,.contentembed.admin.v1.GetCollectionResponse\x12p\n\x0fListCollections\x12-.contentembed.admin.v1.ListCollectionsRequest\x1a..contentembed.admin.v1.ListCollectionsResponse\x12s\n\x10\x44\x65leteCollection\x12..contentembed.admin.v1.DeleteCollectionRequest\x1a/.contentembed.admin.v1.DeleteCollectionResponse\x12p\n\x0fUpsertDocuments\x12-.contentembed.admin.v1.UpsertDocumentsRequest\x1a..contentembed.admin.v1.UpsertDocumentsResponse\x12p\n\x0f\x44\x65leteDocuments\x12-.contentembed.admin.v1.DeleteDocumentsRequest\x1a..contentembed.admin.v1.DeleteDocumentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,31 +36,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLLECTIONSUMMARY']._serialized_start=134
   _globals['_COLLECTIONSUMMARY']._serialized_end=256
   _globals['_CREATECOLLECTIONREQUEST']._serialized_start=258
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=315
-  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=317
-  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=422
-  _globals['_GETCOLLECTIONREQUEST']._serialized_start=424
-  _globals['_GETCOLLECTIONREQUEST']._serialized_end=460
-  _globals['_GETCOLLECTIONRESPONSE']._serialized_start=462
-  _globals['_GETCOLLECTIONRESPONSE']._serialized_end=547
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=549
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=612
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=614
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=727
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=729
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=768
-  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=770
-  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=796
-  _globals['_DOCUMENT']._serialized_start=799
-  _globals['_DOCUMENT']._serialized_end=939
-  _globals['_UPSERTDOCUMENTSREQUEST']._serialized_start=941
-  _globals['_UPSERTDOCUMENTSREQUEST']._serialized_end=1037
-  _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_start=1039
-  _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_end=1111
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1113
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1170
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1172
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1220
-  _globals['_ADMINSERVICE']._serialized_start=1223
-  _globals['_ADMINSERVICE']._serialized_end=1921
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=333
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=335
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=440
+  _globals['_GETCOLLECTIONREQUEST']._serialized_start=442
+  _globals['_GETCOLLECTIONREQUEST']._serialized_end=478
+  _globals['_GETCOLLECTIONRESPONSE']._serialized_start=480
+  _globals['_GETCOLLECTIONRESPONSE']._serialized_end=565
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=567
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=630
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=632
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=745
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=747
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=786
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=788
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=814
+  _globals['_DOCUMENT']._serialized_start=817
+  _globals['_DOCUMENT']._serialized_end=957
+  _globals['_UPSERTDOCUMENTSREQUEST']._serialized_start=959
+  _globals['_UPSERTDOCUMENTSREQUEST']._serialized_end=1055
+  _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_start=1057
+  _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_end=1129
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1131
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1188
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1190
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1238
+  _globals['_ADMINSERVICE']._serialized_start=1241
+  _globals['_ADMINSERVICE']._serialized_end=1939
 # @@protoc_insertion_point(module_scope)

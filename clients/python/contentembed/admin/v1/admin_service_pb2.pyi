@@ -25,12 +25,14 @@ class CollectionSummary(_message.Message):
     def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., item_count: _Optional[int] = ..., shard_count: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "exist_ok")
+    __slots__ = ("name", "exist_ok", "space_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXIST_OK_FIELD_NUMBER: _ClassVar[int]
+    SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     exist_ok: bool
-    def __init__(self, name: _Optional[str] = ..., exist_ok: _Optional[bool] = ...) -> None: ...
+    space_id: str
+    def __init__(self, name: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., space_id: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection", "created")

@@ -71,7 +71,7 @@ class LatencyBreakdown(_message.Message):
     def __init__(self, encode_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., merge_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "space_id", "version", "partial", "shards", "latency", "query_truncated")
+    __slots__ = ("hits", "space_id", "version", "partial", "shards", "latency", "query_truncated", "cache_hit")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class SearchResponse(_message.Message):
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     QUERY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     space_id: str
     version: str
@@ -86,4 +87,5 @@ class SearchResponse(_message.Message):
     shards: _containers.RepeatedCompositeFieldContainer[ShardResult]
     latency: LatencyBreakdown
     query_truncated: bool
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., partial: _Optional[bool] = ..., shards: _Optional[_Iterable[_Union[ShardResult, _Mapping]]] = ..., latency: _Optional[_Union[LatencyBreakdown, _Mapping]] = ..., query_truncated: _Optional[bool] = ...) -> None: ...
+    cache_hit: bool
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., partial: _Optional[bool] = ..., shards: _Optional[_Iterable[_Union[ShardResult, _Mapping]]] = ..., latency: _Optional[_Union[LatencyBreakdown, _Mapping]] = ..., query_truncated: _Optional[bool] = ..., cache_hit: _Optional[bool] = ...) -> None: ...

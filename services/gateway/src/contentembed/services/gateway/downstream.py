@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from contentembed.common.v1 import types_pb2
 from contentembed.encoder.v1 import encoder_service_pb2 as encoder_pb
 from contentembed.encoder.v1 import encoder_service_pb2_grpc as encoder_grpc
 from contentembed.index.v1 import index_service_pb2 as index_pb
@@ -32,6 +33,10 @@ from contentembed.services.common.protoconv import (
 )
 from contentembed.services.gateway.merge import Hit
 
+TEXT = "text"
+IMAGE = "image"
+MODALITY_NAMES = {types_pb2.MODALITY_TEXT: TEXT, types_pb2.MODALITY_IMAGE: IMAGE}
+
 
 @dataclass(frozen=True)
 class EncoderInfo:
@@ -40,6 +45,7 @@ class EncoderInfo:
     max_batch_size: int
     max_input_bytes: int
     backend: str
+    modality: str  # TEXT or IMAGE
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,19 @@ class EncoderClient:
             max_batch_size=response.max_batch_size,
             max_input_bytes=response.max_input_bytes,
             backend=response.backend,
+            modality=MODALITY_NAMES.get(response.modality, "unknown"),
         )
 
-    def embed_texts(self, texts: Sequence[str], deadline: float) -> PendingCall[Any, Embedded]:
-        request = encoder_pb.EmbedRequest(inputs=[encoder_pb.EmbedInput(text=t) for t in texts])
+    def embed(self, contents: Sequence[str | bytes], deadline: float) -> PendingCall[Any, Embedded]:
+        """Texts (str) or encoded images (bytes), one vector each, in order."""
+        request = encoder_pb.EmbedRequest(
+            inputs=[
+                encoder_pb.EmbedInput(text=c)
+                if isinstance(c, str)
+                else encoder_pb.EmbedInput(image=types_pb2.Image(data=c))
+                for c in contents
+            ]
+        )
         future = self._stub.Embed.future(request, timeout=remaining_timeout(deadline, self.label))
 
         def convert(response: encoder_pb.EmbedResponse) -> Embedded:

@@ -1,8 +1,16 @@
 """Search and ingest flows of the gateway. No grpc here: calls go through the typed
-clients in ``downstream.py`` and fail with domain errors."""
+clients in ``downstream.py`` and fail with domain errors.
+
+Routing is by space: a collection is bound to a space (its serving version's), every
+encoder reports the space and modality it serves, and a query is embedded by the encoder
+of (collection space, query modality) — so a text query reaches an image collection only
+through an encoder of the same space (CLIP), and never with vectors of another space.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -26,7 +34,9 @@ from contentembed.services.common.validation import (
     validate_ids,
     validate_top_k,
 )
+from contentembed.services.gateway.cache import EmbeddingCache, cache_key
 from contentembed.services.gateway.downstream import (
+    TEXT,
     EncoderClient,
     EncoderInfo,
     IndexShardClient,
@@ -34,8 +44,12 @@ from contentembed.services.gateway.downstream import (
     ShardCollection,
 )
 from contentembed.services.gateway.merge import Hit, merge_top_k
+from contentembed.services.gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
 
 RegisterCancel = Callable[[Callable[[], None]], Any]
+COLLECTION_SPACE_TTL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,7 @@ class SearchOutcome:
     search_ms: float
     merge_ms: float
     query_truncated: bool
+    cache_hit: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,10 +86,16 @@ class CollectionSummary:
 
 
 @dataclass(frozen=True)
-class TextDocument:
+class Document:
+    """A catalog entry: text (str) or an encoded image (bytes)."""
+
     id: str
-    text: str
+    content: str | bytes
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modality(self) -> str:
+        return TEXT if isinstance(self.content, str) else "image"
 
 
 def summarize(per_shard: Sequence[ShardCollection]) -> CollectionSummary:
@@ -90,46 +111,167 @@ def summarize(per_shard: Sequence[ShardCollection]) -> CollectionSummary:
     )
 
 
+def modality_of(content: str | bytes) -> str:
+    return TEXT if isinstance(content, str) else "image"
+
+
+class EncoderRouter:
+    """Which encoder serves (space, modality), refreshed from the encoders themselves."""
+
+    def __init__(self, encoders: Sequence[EncoderClient]) -> None:
+        self.encoders = list(encoders)
+        self._infos: dict[str, EncoderInfo] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self, deadline: float, wait_for_ready: bool = False) -> set[str]:
+        """Asks every encoder for its space; returns spaces an encoder stopped serving.
+        An encoder that does not answer keeps its last route (it may be restarting)."""
+        changed: set[str] = set()
+        errors: list[ContentEmbedError] = []
+        for encoder in self.encoders:
+            try:
+                info = encoder.info(deadline, wait_for_ready=wait_for_ready)
+            except ContentEmbedError as error:
+                errors.append(error)
+                continue
+            with self._lock:
+                old = self._infos.get(encoder.endpoint)
+                if old is not None and old.space_id != info.space_id:
+                    changed.add(old.space_id)
+                    log.warning("encoder changed space", extra={
+                        "encoder": encoder.endpoint, "old": old.space_id, "new": info.space_id})
+                self._infos[encoder.endpoint] = info
+        if errors and not self._infos:
+            raise errors[0]
+        return changed
+
+    def route(self, space_id: str, modality: str) -> tuple[EncoderClient, EncoderInfo]:
+        with self._lock:
+            for encoder in self.encoders:
+                info = self._infos.get(encoder.endpoint)
+                if info is not None and info.space_id == space_id and info.modality == modality:
+                    return encoder, info
+            served = sorted(f"{i.modality}:{i.space_id}" for i in self._infos.values())
+        raise FailedPrecondition(
+            f"no encoder embeds {modality} into space {space_id} (encoders serve: {served})",
+            reason="NO_ENCODER_FOR_SPACE",
+        )
+
+    def default_space(self) -> EncoderInfo:
+        """The space a collection gets when its creator names none: the only text encoder's."""
+        with self._lock:
+            text = [i for i in self._infos.values() if i.modality == TEXT]
+            if len(text) == 1:
+                return text[0]
+            choices = sorted(i.space_id for i in self._infos.values())
+        raise FailedPrecondition(
+            f"name the collection's space_id; encoders serve {choices}", reason="SPACE_REQUIRED"
+        )
+
+    def info_for_space(self, space_id: str) -> EncoderInfo:
+        with self._lock:
+            for info in self._infos.values():
+                if info.space_id == space_id:
+                    return info
+            choices = sorted(i.space_id for i in self._infos.values())
+        raise FailedPrecondition(
+            f"no encoder serves space {space_id} (encoders serve {choices})",
+            reason="NO_ENCODER_FOR_SPACE",
+        )
+
+
 class Gateway:
     def __init__(
         self,
-        encoder: EncoderClient,
+        encoders: Sequence[EncoderClient],
         shards: Sequence[IndexShardClient],
+        cache: EmbeddingCache,
+        metrics: GatewayMetrics,
         max_top_k: int,
         max_documents_per_upsert: int,
     ) -> None:
-        self.encoder = encoder
+        self.router = EncoderRouter(encoders)
         self.shards = list(shards)
+        self.cache = cache
+        self.metrics = metrics
         self.max_top_k = max_top_k
         self.max_documents_per_upsert = max_documents_per_upsert
-        self._encoder_info: EncoderInfo | None = None
+        self._collection_spaces: dict[str, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
 
     # -- readiness -------------------------------------------------------------------
-    def connect(self, deadline: float) -> EncoderInfo:
-        """Blocks until the encoder answers (it may still be loading its model) and every
-        shard answers; the gateway turns SERVING only then."""
+    def connect(self, deadline: float, refresh_every_s: float) -> None:
+        """Blocks until every encoder (it may still be loading its model) and every shard
+        answers; the gateway turns SERVING only then. Then keeps the routes fresh."""
         while True:
             try:
-                info = self.encoder.info(deadline, wait_for_ready=True)
+                for encoder in self.router.encoders:
+                    encoder.info(deadline, wait_for_ready=True)
+                self.router.refresh(deadline)
                 results_of_all([shard.list_collections(1, "", deadline) for shard in self.shards])
             except ContentEmbedError as error:
                 if time.monotonic() + 0.5 >= deadline or error.code in CLIENT_ERROR_CODES:
                     raise Unavailable(f"downstream services not ready: {error.message}") from error
                 time.sleep(0.5)
                 continue
-            self._encoder_info = info
-            return info
+            break
+        self._refresher = threading.Thread(
+            target=self._refresh_loop, args=(refresh_every_s,), name="encoder-routes", daemon=True
+        )
+        self._refresher.start()
 
-    def encoder_info(self, deadline: float) -> EncoderInfo:
-        if self._encoder_info is None:
-            self._encoder_info = self.encoder.info(deadline)
-        return self._encoder_info
+    def _refresh_loop(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                self.forget_spaces(self.router.refresh(time.monotonic() + every_s))
+            except ContentEmbedError as error:
+                log.warning("encoder refresh failed", extra={"error": error.message})
+
+    def forget_spaces(self, spaces: set[str]) -> None:
+        """An encoder now serves another model: its old vectors must not be reused."""
+        for space in spaces:
+            dropped = self.cache.drop_space(space)
+            self.metrics.cache_evictions.inc(dropped)
+
+    def collection_space(self, name: str, deadline: float) -> str:
+        cached = self._collection_spaces.get(name)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        space = self.shards[0].get_collection(name, deadline).result().space_id
+        self._collection_spaces[name] = (space, time.monotonic() + COLLECTION_SPACE_TTL_S)
+        return space
 
     # -- search ----------------------------------------------------------------------
-    def search_text(
+    def embed_query(
+        self, space: str, content: str | bytes, deadline: float, register_cancel: RegisterCancel
+    ) -> tuple[np.ndarray, bool, bool]:
+        """(vector, truncated, cache hit) for a query in ``space``."""
+        modality = modality_of(content)
+        key = cache_key(space, modality, content)
+        cached = self.cache.get(key)
+        self.metrics.cache_lookups.labels("hit" if cached else "miss").inc()
+        if cached is not None:
+            return cached.vector, cached.truncated, True
+        encoder, _ = self.router.route(space, modality)
+        call = encoder.embed([content], deadline)
+        register_cancel(call.cancel)
+        embedded = call.result()
+        if embedded.space_id != space:
+            # The encoder was redeployed with another model since routes were refreshed.
+            self.forget_spaces(self.router.refresh(deadline) | {space})
+            raise FailedPrecondition(
+                f"{encoder.label} now embeds into {embedded.space_id}, collection space is "
+                f"{space}: re-embed the collection or roll the encoder back",
+                reason="SPACE_MISMATCH",
+            )
+        self.cache.put(key, embedded.vectors[0], embedded.truncated[0])
+        return embedded.vectors[0], embedded.truncated[0], False
+
+    def search(
         self,
         collection: str,
-        text: str,
+        content: str | bytes,
         top_k: int,
         allow_partial: bool,
         deadline: float,
@@ -137,36 +279,44 @@ class Gateway:
     ) -> SearchOutcome:
         validate_collection_name(collection)
         validate_top_k(top_k, self.max_top_k)
-        if not text.strip():
+        if isinstance(content, str) and not content.strip():
             raise InvalidArgument("text: the query text is empty", reason="EMPTY_TEXT")
+        if isinstance(content, bytes) and not content:
+            raise InvalidArgument("image: the query image is empty", reason="EMPTY_IMAGE")
 
         started = time.perf_counter()
-        encode_call = self.encoder.embed_texts([text], deadline)
-        register_cancel(encode_call.cancel)
-        embedded = encode_call.result()
+        space = self.collection_space(collection, deadline)
+        vector, truncated, cache_hit = self.embed_query(space, content, deadline, register_cancel)
         encoded = time.perf_counter()
 
-        calls = [
-            shard.search(collection, embedded.vectors[0], embedded.space_id, top_k, deadline)
-            for shard in self.shards
-        ]
+        calls = [shard.search(collection, vector, space, top_k, deadline) for shard in self.shards]
         for call in calls:
             register_cancel(call.cancel)
-        answers, outcomes = self._gather_shards(calls, allow_partial, deadline)
+        try:
+            answers, outcomes = self._gather_shards(calls, allow_partial, deadline)
+        except FailedPrecondition:
+            self._collection_spaces.pop(collection, None)  # a new version in another space
+            raise
         searched = time.perf_counter()
 
         hits = merge_top_k((answer.hits for answer in answers), top_k)
         merged = time.perf_counter()
+        partial = len(answers) < len(self.shards)
+        for stage, seconds in (("encode", encoded - started), ("search", searched - encoded),
+                               ("merge", merged - searched)):
+            self.metrics.stage_seconds.labels(stage).observe(seconds)
+        self.metrics.observe_search(collection, hits[0].score if hits else None, partial)
         return SearchOutcome(
             hits=hits,
-            space_id=embedded.space_id,
+            space_id=space,
             version=",".join(sorted({answer.version for answer in answers})),
-            partial=len(answers) < len(self.shards),
+            partial=partial,
             shards=outcomes,
             encode_ms=(encoded - started) * 1000,
             search_ms=(searched - encoded) * 1000,
             merge_ms=(merged - searched) * 1000,
-            query_truncated=embedded.truncated[0],
+            query_truncated=truncated,
+            cache_hit=cache_hit,
         )
 
     def _gather_shards(
@@ -208,10 +358,10 @@ class Gateway:
 
     # -- collections -----------------------------------------------------------------
     def create_collection(
-        self, name: str, exist_ok: bool, deadline: float
+        self, name: str, space_id: str, exist_ok: bool, deadline: float
     ) -> tuple[CollectionSummary, bool]:
         validate_collection_name(name)
-        info = self.encoder_info(deadline)
+        info = self.router.info_for_space(space_id) if space_id else self.router.default_space()
         results = results_of_all(
             [s.create_collection(name, info.space_id, info.dim, exist_ok, deadline) for s in self.shards]
         )
@@ -239,10 +389,11 @@ class Gateway:
     def delete_collection(self, name: str, deadline: float) -> None:
         validate_collection_name(name)
         results_of_all([s.delete_collection(name, deadline) for s in self.shards])
+        self._collection_spaces.pop(name, None)
 
     # -- documents -------------------------------------------------------------------
     def upsert_documents(
-        self, collection: str, documents: Sequence[TextDocument], deadline: float
+        self, collection: str, documents: Sequence[Document], deadline: float
     ) -> tuple[int, list[str]]:
         """Embeds and writes every document; returns (count, ids whose text was truncated).
 
@@ -259,32 +410,40 @@ class Gateway:
                 reason="BATCH_TOO_LARGE",
             )
         validate_ids([d.id for d in documents], what="documents")
-        info = self.encoder_info(deadline)
+        space = self.collection_space(collection, deadline)
+        routes = {m: self.router.route(space, m) for m in {d.modality for d in documents}}
         for position, document in enumerate(documents):
-            if not document.text.strip():
+            _, info = routes[document.modality]
+            if isinstance(document.content, str) and not document.content.strip():
                 raise InvalidArgument(f"documents[{position}]: text is empty", reason="EMPTY_TEXT")
-            size = len(document.text.encode("utf-8"))
+            size = len(document.content.encode("utf-8") if isinstance(document.content, str)
+                       else document.content)
             if size > info.max_input_bytes:
                 raise InvalidArgument(
-                    f"documents[{position}]: text is {size} bytes, above the encoder's "
-                    f"limit of {info.max_input_bytes}",
-                    reason="TEXT_TOO_LONG",
+                    f"documents[{position}]: {document.modality} is {size} bytes, above the "
+                    f"encoder's limit of {info.max_input_bytes}",
+                    reason="INPUT_TOO_LARGE",
                 )
 
-        batch = max(info.max_batch_size, 1)
-        calls = [
-            self.encoder.embed_texts([d.text for d in documents[i : i + batch]], deadline)
-            for i in range(0, len(documents), batch)
-        ]
-        embedded = results_of_all(calls)
-        space_ids = {e.space_id for e in embedded}
-        if len(space_ids) != 1:
-            raise FailedPrecondition(
-                f"the encoder changed space during the request ({sorted(space_ids)}); retry"
+        vectors = np.empty((len(documents), 0), dtype=np.float32)
+        truncated = [False] * len(documents)
+        for modality, (encoder, info) in routes.items():
+            positions = [p for p, d in enumerate(documents) if d.modality == modality]
+            batch = max(info.max_batch_size, 1)
+            chunks = [positions[i : i + batch] for i in range(0, len(positions), batch)]
+            embedded = results_of_all(
+                [encoder.embed([documents[p].content for p in chunk], deadline) for chunk in chunks]
             )
-        space_id = space_ids.pop()
-        vectors = np.concatenate([e.vectors for e in embedded])
-        truncated = [flag for e in embedded for flag in e.truncated]
+            if any(e.space_id != space for e in embedded):
+                raise FailedPrecondition(
+                    f"{encoder.label} no longer embeds into {space}; retry", reason="SPACE_MISMATCH"
+                )
+            if vectors.shape[1] == 0:
+                vectors = np.empty((len(documents), embedded[0].vectors.shape[1]), dtype=np.float32)
+            for chunk, result in zip(chunks, embedded):
+                vectors[chunk] = result.vectors
+                for p, cut in zip(chunk, result.truncated):
+                    truncated[p] = cut
 
         by_shard: dict[int, list[int]] = defaultdict(list)
         for position, document in enumerate(documents):
@@ -292,7 +451,7 @@ class Gateway:
         upserts = [
             self.shards[shard].upsert(
                 collection,
-                space_id,
+                space,
                 [documents[p].id for p in positions],
                 vectors[positions],
                 [documents[p].metadata for p in positions],
@@ -317,6 +476,8 @@ class Gateway:
         return sum(results_of_all(calls))
 
     def close(self) -> None:
-        self.encoder.close()
+        self._stop.set()
+        for encoder in self.router.encoders:
+            encoder.close()
         for shard in self.shards:
             shard.close()

@@ -15,23 +15,28 @@ from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
 from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
 from contentembed.services.common.config import EndpointList, ServiceSettings, split_endpoints
 from contentembed.services.common.downstream import caller_time_remaining
-from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
+from contentembed.services.common.errors import InvalidArgument
 from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
 from contentembed.services.common.server import run_service
+from contentembed.services.gateway.cache import EmbeddingCache
 from contentembed.services.gateway.downstream import EncoderClient, IndexShardClient
 from contentembed.services.gateway.flows import (
     CollectionSummary,
+    Document,
     Gateway,
     SearchOutcome,
-    TextDocument,
 )
+from contentembed.services.gateway.metrics import GatewayMetrics
 
 SEARCH_SERVICE = search_pb.DESCRIPTOR.services_by_name["SearchService"].full_name
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 class GatewaySettings(ServiceSettings):
-    encoder_endpoint: str = Field("127.0.0.1:50052", description="Text encoder host:port.")
+    encoder_endpoints: EndpointList = Field(
+        default_factory=lambda: ["127.0.0.1:50052"],
+        description="Encoders host:port, comma-separated; each reports its space and modality.",
+    )
     index_endpoints: EndpointList = Field(
         default_factory=lambda: ["127.0.0.1:50061"],
         description="Index shards host:port, comma-separated, in shard order.",
@@ -46,13 +51,24 @@ class GatewaySettings(ServiceSettings):
         600.0, gt=0, description="How long start-up waits for the encoder and shards."
     )
 
-    _split_endpoints = field_validator("index_endpoints", mode="before")(split_endpoints)
+    cache_ttl_s: float = Field(60.0, ge=0, description="Query-embedding cache TTL; 0 disables.")
+    cache_max_entries: int = Field(10_000, ge=0)
+    encoder_refresh_s: float = Field(
+        10.0, gt=0, description="How often encoders are asked which space they serve."
+    )
+    coverage_floor: float = Field(
+        0.3, description="A search whose best hit scores at least this counts as covered."
+    )
 
-    @field_validator("index_endpoints")
+    _split_endpoints = field_validator("index_endpoints", "encoder_endpoints", mode="before")(
+        split_endpoints
+    )
+
+    @field_validator("index_endpoints", "encoder_endpoints")
     @classmethod
     def _at_least_one(cls, value: list[str]) -> list[str]:
         if not value:
-            raise ValueError("at least one index endpoint is required")
+            raise ValueError("at least one endpoint is required")
         return value
 
 
@@ -106,6 +122,7 @@ def search_response_pb(outcome: SearchOutcome) -> search_pb.SearchResponse:
             total_ms=outcome.encode_ms + outcome.search_ms + outcome.merge_ms,
         ),
         query_truncated=outcome.query_truncated,
+        cache_hit=outcome.cache_hit,
     )
 
 
@@ -119,13 +136,9 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         query = request.WhichOneof("query")
         if query is None:
             raise InvalidArgument("query: give text or image", reason="EMPTY_QUERY")
-        if query == "image":
-            raise FailedPrecondition(
-                "this gateway has no image encoder configured", reason="NO_IMAGE_ENCODER"
-            )
-        outcome = self.gateway.search_text(
+        outcome = self.gateway.search(
             request.collection,
-            request.text,
+            request.text if query == "text" else request.image.data,
             request.top_k,
             allow_partial=request.partial_result_policy == search_pb.PARTIAL_RESULT_POLICY_ALLOW,
             deadline=deadline,
@@ -141,7 +154,7 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
 
     def CreateCollection(self, request: admin_pb.CreateCollectionRequest, context):
         summary, created = self.gateway.create_collection(
-            request.name, request.exist_ok, deadline_of(context, self.settings)
+            request.name, request.space_id, request.exist_ok, deadline_of(context, self.settings)
         )
         return admin_pb.CreateCollectionResponse(collection=summary_pb(summary), created=created)
 
@@ -164,13 +177,17 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
     def UpsertDocuments(self, request: admin_pb.UpsertDocumentsRequest, context):
         documents = []
         for position, document in enumerate(request.documents):
-            if document.WhichOneof("content") != "text":
-                raise FailedPrecondition(
-                    f"documents[{position}]: only text documents are supported by this gateway",
-                    reason="NO_IMAGE_ENCODER",
+            content = document.WhichOneof("content")
+            if content is None:
+                raise InvalidArgument(
+                    f"documents[{position}]: give text or image", reason="EMPTY_DOCUMENT"
                 )
             documents.append(
-                TextDocument(document.id, document.text, struct_to_dict(document.metadata))
+                Document(
+                    document.id,
+                    document.text if content == "text" else document.image.data,
+                    struct_to_dict(document.metadata),
+                )
             )
         count, truncated = self.gateway.upsert_documents(
             request.collection, documents, deadline_of(context, self.settings)
@@ -190,11 +207,13 @@ class GatewayService:
     def __init__(self, settings: GatewaySettings, registry: CollectorRegistry) -> None:
         self.settings = settings
         self.gateway = Gateway(
-            EncoderClient(settings.encoder_endpoint, settings),
+            [EncoderClient(endpoint, settings) for endpoint in settings.encoder_endpoints],
             [
                 IndexShardClient(index, endpoint, settings)
                 for index, endpoint in enumerate(settings.index_endpoints)
             ],
+            EmbeddingCache(settings.cache_ttl_s, settings.cache_max_entries),
+            GatewayMetrics(registry, settings.coverage_floor),
             max_top_k=settings.max_top_k,
             max_documents_per_upsert=settings.max_documents_per_upsert,
         )
@@ -217,7 +236,9 @@ class GatewayService:
         return [SEARCH_SERVICE, ADMIN_SERVICE]
 
     def load(self) -> None:
-        self.gateway.connect(time.monotonic() + self.settings.downstream_wait_s)
+        self.gateway.connect(
+            time.monotonic() + self.settings.downstream_wait_s, self.settings.encoder_refresh_s
+        )
 
     def close(self) -> None:
         self.gateway.close()

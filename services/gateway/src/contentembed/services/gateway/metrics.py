@@ -1,0 +1,56 @@
+"""Gateway metrics: stage latency, cache, and retrieval quality (coverage). No grpc."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from contentembed.services.common.metrics import LATENCY_BUCKETS
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry, coverage_floor: float) -> None:
+        self.coverage_floor = coverage_floor
+        self.stage_seconds = Histogram(
+            "contentembed_search_stage_seconds",
+            "Time per search stage (encode, search, merge).",
+            ["stage"],
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.cache_lookups = Counter(
+            "contentembed_query_cache_lookups",
+            "Query-embedding cache lookups by result (hit, miss).",
+            ["result"],
+            registry=registry,
+        )
+        self.cache_evictions = Counter(
+            "contentembed_query_cache_space_drops",
+            "Cache entries dropped because an encoder's space changed.",
+            registry=registry,
+        )
+        self.queries = Counter(
+            "contentembed_search_queries",
+            "Answered searches per collection.",
+            ["collection"],
+            registry=registry,
+        )
+        self.covered = Counter(
+            "contentembed_search_covered_queries",
+            "Answered searches whose best hit scored at or above the coverage floor; "
+            "covered / queries is the coverage.",
+            ["collection"],
+            registry=registry,
+        )
+        self.partial = Counter(
+            "contentembed_search_partial_answers",
+            "Searches answered without every shard.",
+            ["collection"],
+            registry=registry,
+        )
+
+    def observe_search(self, collection: str, best_score: float | None, partial: bool) -> None:
+        self.queries.labels(collection).inc()
+        if best_score is not None and best_score >= self.coverage_floor:
+            self.covered.labels(collection).inc()
+        if partial:
+            self.partial.labels(collection).inc()
