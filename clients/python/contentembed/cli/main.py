@@ -206,6 +206,83 @@ def collections(target: TargetOption = DEFAULT_TARGET) -> None:
 
 
 @app.command()
+def candidate(
+    collection: Annotated[str, typer.Argument(help="Collection.")],
+    version: Annotated[str, typer.Argument(help="A loaded version; '' clears the candidate.")],
+    shadow: Annotated[float, typer.Option(help="Share of queries mirrored to it (0..1).")] = 0.1,
+    canary: Annotated[float, typer.Option(help="Share of queries it answers (0..1).")] = 0.0,
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """Name a candidate version for shadow traffic and canary."""
+    with client_from_env(target) as client:
+        try:
+            client.set_candidate(collection, version, shadow_fraction=shadow, canary_weight=canary)
+        except ApiError as error:
+            raise fail(str(error)) from None
+    console.print(f"{collection}: candidate {version or '(none)'}, shadow {shadow:.0%}, canary {canary:.0%}")
+
+
+@app.command("shadow-report")
+def shadow_report(
+    collection: Annotated[str, typer.Argument(help="Collection.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """How the candidate compares with the serving version on mirrored live queries."""
+    with client_from_env(target) as client:
+        try:
+            report = client.shadow_report(collection)
+        except ApiError as error:
+            raise fail(str(error)) from None
+    if as_json:
+        print(json.dumps(asdict(report), indent=2))
+        return
+    table = Table(title=f"{collection}: {report.candidate_version} vs {report.primary_version}",
+                  title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for label, value in [
+        ("shadow queries", str(report.queries)),
+        ("shadow failures", str(report.failures)),
+        ("mean overlap@k", f"{report.mean_overlap_at_k:.3f}"),
+        ("mean rank correlation", f"{report.mean_rank_correlation:.3f}"),
+        ("mean latency delta", f"{report.mean_latency_delta_ms:+.1f} ms"),
+        ("canary queries", str(report.canary_queries)),
+        ("candidate space", report.candidate_space_id),
+    ]:
+        table.add_row(label, value)
+    console.print(table)
+
+
+@app.command()
+def promote(
+    collection: Annotated[str, typer.Argument(help="Collection.")],
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """Make the candidate the serving version on every shard."""
+    with client_from_env(target) as client:
+        try:
+            previous, version = client.promote_candidate(collection)
+        except ApiError as error:
+            raise fail(str(error)) from None
+    console.print(f"{collection}: now serving {version} (was {previous})")
+
+
+@app.command()
+def rollback(
+    collection: Annotated[str, typer.Argument(help="Collection.")],
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """Point every shard back at the version that served before the last flip."""
+    with client_from_env(target) as client:
+        try:
+            version = client.rollback_collection(collection)
+        except ApiError as error:
+            raise fail(str(error)) from None
+    console.print(f"{collection}: now serving {version}")
+
+
+@app.command()
 def health(target: TargetOption = DEFAULT_TARGET) -> None:
     """Show the gateway's grpc.health.v1 status (exit 1 unless SERVING)."""
     with client_from_env(target) as client:

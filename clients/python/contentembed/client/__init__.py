@@ -6,7 +6,8 @@ from contentembed.client.sync import (
     CollectionInfo,
     Hit,
     SearchResult,
+    ShadowReport,
     ShardResult,
 )
 
-__all__ = ["ApiError", "Client", "CollectionInfo", "Hit", "SearchResult", "ShardResult"]
+__all__ = ["ApiError", "Client", "CollectionInfo", "Hit", "SearchResult", "ShadowReport", "ShardResult"]

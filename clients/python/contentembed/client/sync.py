@@ -89,6 +89,19 @@ class CollectionInfo:
     version: str
 
 
+@dataclass(frozen=True)
+class ShadowReport:
+    primary_version: str
+    candidate_version: str
+    candidate_space_id: str
+    queries: int
+    failures: int
+    mean_overlap_at_k: float
+    mean_rank_correlation: float
+    mean_latency_delta_ms: float
+    canary_queries: int
+
+
 def _struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     if values:
@@ -286,6 +299,60 @@ class Client:
             timeout,
         )
         return response.deleted_count
+
+    # -- model rollout: candidate, shadow, canary, promote, rollback ------------------
+    def set_candidate(
+        self,
+        collection: str,
+        version: str,
+        *,
+        shadow_fraction: float = 0.0,
+        canary_weight: float = 0.0,
+        timeout: float | None = None,
+    ) -> None:
+        """Names a loaded version as candidate (empty version: clears it)."""
+        self._call(
+            self._admin.SetCandidate,
+            admin_pb.SetCandidateRequest(
+                collection=collection,
+                version=version,
+                shadow_fraction=shadow_fraction,
+                canary_weight=canary_weight,
+            ),
+            timeout,
+        )
+
+    def shadow_report(self, collection: str, *, timeout: float | None = None) -> ShadowReport:
+        response = self._call(
+            self._admin.GetShadowReport, admin_pb.GetShadowReportRequest(collection=collection), timeout
+        )
+        return ShadowReport(
+            primary_version=response.primary_version,
+            candidate_version=response.candidate_version,
+            candidate_space_id=response.candidate_space_id,
+            queries=response.queries,
+            failures=response.failures,
+            mean_overlap_at_k=response.mean_overlap_at_k,
+            mean_rank_correlation=response.mean_rank_correlation,
+            mean_latency_delta_ms=response.mean_latency_delta_ms,
+            canary_queries=response.canary_queries,
+        )
+
+    def promote_candidate(self, collection: str, *, timeout: float | None = None) -> tuple[str, str]:
+        """(previous version, serving version)."""
+        response = self._call(
+            self._admin.PromoteCandidate, admin_pb.PromoteCandidateRequest(collection=collection), timeout
+        )
+        return response.previous_version, response.version
+
+    def rollback_collection(self, collection: str, *, timeout: float | None = None) -> str:
+        """Returns the version serving after the rollback."""
+        response = self._call(
+            self._admin.RollbackCollection,
+            admin_pb.RollbackCollectionRequest(collection=collection),
+            timeout,
+        )
+        return response.version
 
     # -- health ----------------------------------------------------------------------
     def health(self, service: str = "", *, timeout: float | None = None) -> str:

@@ -121,3 +121,73 @@ class DeleteDocumentsResponse(_message.Message):
     DELETED_COUNT_FIELD_NUMBER: _ClassVar[int]
     deleted_count: int
     def __init__(self, deleted_count: _Optional[int] = ...) -> None: ...
+
+class SetCandidateRequest(_message.Message):
+    __slots__ = ("collection", "version", "shadow_fraction", "canary_weight")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    CANARY_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    version: str
+    shadow_fraction: float
+    canary_weight: float
+    def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ..., shadow_fraction: _Optional[float] = ..., canary_weight: _Optional[float] = ...) -> None: ...
+
+class SetCandidateResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetShadowReportRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class GetShadowReportResponse(_message.Message):
+    __slots__ = ("primary_version", "candidate_version", "candidate_space_id", "queries", "failures", "mean_overlap_at_k", "mean_rank_correlation", "mean_latency_delta_ms", "canary_queries")
+    PRIMARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_OVERLAP_AT_K_FIELD_NUMBER: _ClassVar[int]
+    MEAN_RANK_CORRELATION_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LATENCY_DELTA_MS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    primary_version: str
+    candidate_version: str
+    candidate_space_id: str
+    queries: int
+    failures: int
+    mean_overlap_at_k: float
+    mean_rank_correlation: float
+    mean_latency_delta_ms: float
+    canary_queries: int
+    def __init__(self, primary_version: _Optional[str] = ..., candidate_version: _Optional[str] = ..., candidate_space_id: _Optional[str] = ..., queries: _Optional[int] = ..., failures: _Optional[int] = ..., mean_overlap_at_k: _Optional[float] = ..., mean_rank_correlation: _Optional[float] = ..., mean_latency_delta_ms: _Optional[float] = ..., canary_queries: _Optional[int] = ...) -> None: ...
+
+class PromoteCandidateRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class PromoteCandidateResponse(_message.Message):
+    __slots__ = ("previous_version", "version")
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    previous_version: str
+    version: str
+    def __init__(self, previous_version: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class RollbackCollectionRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class RollbackCollectionResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...

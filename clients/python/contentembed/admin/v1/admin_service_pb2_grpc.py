@@ -66,6 +66,26 @@ class AdminServiceStub:
                 request_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.DeleteDocumentsRequest.SerializeToString,
                 response_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.DeleteDocumentsResponse.FromString,
                 _registered_method=True)
+        self.SetCandidate = channel.unary_unary(
+                '/contentembed.admin.v1.AdminService/SetCandidate',
+                request_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.SetCandidateRequest.SerializeToString,
+                response_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.SetCandidateResponse.FromString,
+                _registered_method=True)
+        self.GetShadowReport = channel.unary_unary(
+                '/contentembed.admin.v1.AdminService/GetShadowReport',
+                request_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.GetShadowReportRequest.SerializeToString,
+                response_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.GetShadowReportResponse.FromString,
+                _registered_method=True)
+        self.PromoteCandidate = channel.unary_unary(
+                '/contentembed.admin.v1.AdminService/PromoteCandidate',
+                request_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.PromoteCandidateRequest.SerializeToString,
+                response_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.PromoteCandidateResponse.FromString,
+                _registered_method=True)
+        self.RollbackCollection = channel.unary_unary(
+                '/contentembed.admin.v1.AdminService/RollbackCollection',
+                request_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.RollbackCollectionRequest.SerializeToString,
+                response_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.RollbackCollectionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -111,6 +131,35 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetCandidate(self, request, context):
+        """Names a loaded version as the collection's candidate: a fraction of live queries is
+        mirrored to it off the request path (shadow) and a share is answered by it (canary).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetShadowReport(self, request, context):
+        """What shadow traffic measured for the candidate so far.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteCandidate(self, request, context):
+        """Makes the candidate the serving version on every shard (an atomic alias flip each).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackCollection(self, request, context):
+        """Points every shard back at the version that served before the last flip.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +192,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteDocuments,
                     request_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.DeleteDocumentsRequest.FromString,
                     response_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.DeleteDocumentsResponse.SerializeToString,
+            ),
+            'SetCandidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCandidate,
+                    request_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.SetCandidateRequest.FromString,
+                    response_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.SetCandidateResponse.SerializeToString,
+            ),
+            'GetShadowReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShadowReport,
+                    request_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.GetShadowReportRequest.FromString,
+                    response_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.GetShadowReportResponse.SerializeToString,
+            ),
+            'PromoteCandidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteCandidate,
+                    request_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.PromoteCandidateRequest.FromString,
+                    response_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.PromoteCandidateResponse.SerializeToString,
+            ),
+            'RollbackCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackCollection,
+                    request_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.RollbackCollectionRequest.FromString,
+                    response_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.RollbackCollectionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +378,114 @@ class AdminService:
             '/contentembed.admin.v1.AdminService/DeleteDocuments',
             contentembed_dot_admin_dot_v1_dot_admin__service__pb2.DeleteDocumentsRequest.SerializeToString,
             contentembed_dot_admin_dot_v1_dot_admin__service__pb2.DeleteDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCandidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.admin.v1.AdminService/SetCandidate',
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.SetCandidateRequest.SerializeToString,
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.SetCandidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShadowReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.admin.v1.AdminService/GetShadowReport',
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.GetShadowReportRequest.SerializeToString,
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.GetShadowReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteCandidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.admin.v1.AdminService/PromoteCandidate',
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.PromoteCandidateRequest.SerializeToString,
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.PromoteCandidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.admin.v1.AdminService/RollbackCollection',
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.RollbackCollectionRequest.SerializeToString,
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.RollbackCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

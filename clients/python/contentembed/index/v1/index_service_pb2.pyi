@@ -35,7 +35,14 @@ class ShardInfo(_message.Message):
     def __init__(self, shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard", "versions")
+    __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard", "versions", "version_spaces")
+    class VersionSpacesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +52,7 @@ class Collection(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_SPACES_FIELD_NUMBER: _ClassVar[int]
     name: str
     space_id: str
     dim: int
@@ -54,7 +62,8 @@ class Collection(_message.Message):
     version: str
     shard: ShardInfo
     versions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., item_count: _Optional[int] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
+    version_spaces: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., item_count: _Optional[int] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "exist_ok")

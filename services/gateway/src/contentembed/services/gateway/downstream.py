@@ -62,6 +62,7 @@ class ShardCollection:
     dim: int
     item_count: int
     version: str
+    version_spaces: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def _collection(message: index_pb.Collection) -> ShardCollection:
         dim=message.dim,
         item_count=message.item_count,
         version=message.version,
+        version_spaces=dict(message.version_spaces),
     )
 
 
@@ -145,10 +147,20 @@ class IndexShardClient:
         return PendingCall(future, convert, self.label)
 
     def search(
-        self, collection: str, query: np.ndarray, space_id: str, top_k: int, deadline: float
+        self,
+        collection: str,
+        query: np.ndarray,
+        space_id: str,
+        top_k: int,
+        deadline: float,
+        version: str = "",
     ) -> PendingCall[Any, ShardAnswer]:
         request = index_pb.SearchRequest(
-            collection=collection, query=vector_to_pb(query), top_k=top_k, space_id=space_id
+            collection=collection,
+            query=vector_to_pb(query),
+            top_k=top_k,
+            space_id=space_id,
+            version=version,
         )
 
         def convert(response: index_pb.SearchResponse) -> ShardAnswer:
@@ -216,6 +228,16 @@ class IndexShardClient:
             deadline,
             lambda r: ([_collection(c) for c in r.collections], r.next_page_token),
         )
+
+    def activate_version(self, name: str, version: str, deadline: float) -> PendingCall[Any, str]:
+        """Returns the version that served before."""
+        request = index_pb.ActivateVersionRequest(collection=name, version=version)
+        return self._call(self._stub.ActivateVersion, request, deadline, lambda r: r.previous_version)
+
+    def rollback_version(self, name: str, deadline: float) -> PendingCall[Any, str]:
+        """Returns the version now serving."""
+        request = index_pb.RollbackVersionRequest(collection=name)
+        return self._call(self._stub.RollbackVersion, request, deadline, lambda r: r.collection.version)
 
     def delete_collection(self, name: str, deadline: float) -> PendingCall[Any, None]:
         request = index_pb.DeleteCollectionRequest(name=name)

@@ -10,10 +10,12 @@ through an encoder of the same space (CLIP), and never with vectors of another s
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,7 @@ from contentembed.services.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     Unavailable,
 )
 from contentembed.services.common.sharding import shard_for_id
@@ -45,11 +48,13 @@ from contentembed.services.gateway.downstream import (
 )
 from contentembed.services.gateway.merge import Hit, merge_top_k
 from contentembed.services.gateway.metrics import GatewayMetrics
+from contentembed.services.gateway.shadow import Candidate
 
 log = logging.getLogger(__name__)
 
 RegisterCancel = Callable[[Callable[[], None]], Any]
 COLLECTION_SPACE_TTL_S = 5.0
+SHADOW_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,9 @@ class Gateway:
         metrics: GatewayMetrics,
         max_top_k: int,
         max_documents_per_upsert: int,
+        shadow_workers: int = 2,
+        shadow_queue_limit: int = 64,
+        seed: int | None = None,
     ) -> None:
         self.router = EncoderRouter(encoders)
         self.shards = list(shards)
@@ -197,6 +205,12 @@ class Gateway:
         self.max_top_k = max_top_k
         self.max_documents_per_upsert = max_documents_per_upsert
         self._collection_spaces: dict[str, tuple[str, float]] = {}
+        self.candidates: dict[str, Candidate] = {}
+        self._random = random.Random(seed)
+        self._shadow_pool = ThreadPoolExecutor(shadow_workers, thread_name_prefix="shadow")
+        self._shadow_queue_limit = shadow_queue_limit
+        self._shadow_pending = 0
+        self._shadow_lock = threading.Lock()
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
 
@@ -277,19 +291,53 @@ class Gateway:
         deadline: float,
         register_cancel: RegisterCancel,
     ) -> SearchOutcome:
+        """Answers from the serving version, or from the candidate for a canary share;
+        mirrors a shadow share to the candidate off the request path."""
         validate_collection_name(collection)
         validate_top_k(top_k, self.max_top_k)
         if isinstance(content, str) and not content.strip():
             raise InvalidArgument("text: the query text is empty", reason="EMPTY_TEXT")
         if isinstance(content, bytes) and not content:
             raise InvalidArgument("image: the query image is empty", reason="EMPTY_IMAGE")
+        candidate = self.candidates.get(collection)
+        if candidate is not None and self._random.random() < candidate.canary_weight:
+            outcome = self._search_once(
+                collection, content, top_k, allow_partial, deadline, register_cancel,
+                candidate.version, candidate.space_id,
+            )
+            candidate.stats.record_canary()
+        else:
+            outcome = self._search_once(
+                collection, content, top_k, allow_partial, deadline, register_cancel
+            )
+            if candidate is not None and self._random.random() < candidate.shadow_fraction:
+                self._mirror(collection, content, top_k, candidate, outcome)
+        for stage, ms in (("encode", outcome.encode_ms), ("search", outcome.search_ms),
+                          ("merge", outcome.merge_ms)):
+            self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
+        best = outcome.hits[0].score if outcome.hits else None
+        self.metrics.observe_search(collection, best, outcome.partial)
+        return outcome
 
+    def _search_once(
+        self,
+        collection: str,
+        content: str | bytes,
+        top_k: int,
+        allow_partial: bool,
+        deadline: float,
+        register_cancel: RegisterCancel,
+        version: str = "",
+        space: str | None = None,
+    ) -> SearchOutcome:
         started = time.perf_counter()
-        space = self.collection_space(collection, deadline)
+        space = space or self.collection_space(collection, deadline)
         vector, truncated, cache_hit = self.embed_query(space, content, deadline, register_cancel)
         encoded = time.perf_counter()
 
-        calls = [shard.search(collection, vector, space, top_k, deadline) for shard in self.shards]
+        calls = [
+            shard.search(collection, vector, space, top_k, deadline, version) for shard in self.shards
+        ]
         for call in calls:
             register_cancel(call.cancel)
         try:
@@ -301,16 +349,11 @@ class Gateway:
 
         hits = merge_top_k((answer.hits for answer in answers), top_k)
         merged = time.perf_counter()
-        partial = len(answers) < len(self.shards)
-        for stage, seconds in (("encode", encoded - started), ("search", searched - encoded),
-                               ("merge", merged - searched)):
-            self.metrics.stage_seconds.labels(stage).observe(seconds)
-        self.metrics.observe_search(collection, hits[0].score if hits else None, partial)
         return SearchOutcome(
             hits=hits,
             space_id=space,
             version=",".join(sorted({answer.version for answer in answers})),
-            partial=partial,
+            partial=len(answers) < len(self.shards),
             shards=outcomes,
             encode_ms=(encoded - started) * 1000,
             search_ms=(searched - encoded) * 1000,
@@ -318,6 +361,110 @@ class Gateway:
             query_truncated=truncated,
             cache_hit=cache_hit,
         )
+
+    def _mirror(
+        self,
+        collection: str,
+        content: str | bytes,
+        top_k: int,
+        candidate: Candidate,
+        primary: SearchOutcome,
+    ) -> None:
+        """Runs the query against the candidate on a worker thread; a full queue skips it,
+        so shadow traffic can never slow or fail the primary answer."""
+        with self._shadow_lock:
+            if self._shadow_pending >= self._shadow_queue_limit:
+                self.metrics.shadow_skipped.inc()
+                return
+            self._shadow_pending += 1
+        primary_ids = [hit.id for hit in primary.hits]
+        primary_ms = primary.encode_ms + primary.search_ms
+
+        def run() -> None:
+            try:
+                shadow = self._search_once(
+                    collection, content, top_k, False, time.monotonic() + SHADOW_TIMEOUT_S,
+                    lambda cancel: None, candidate.version, candidate.space_id,
+                )
+                overlap = candidate.stats.record(
+                    primary_ids, [hit.id for hit in shadow.hits],
+                    shadow.encode_ms + shadow.search_ms - primary_ms,
+                )
+                self.metrics.shadow_overlap.labels(collection, candidate.version).observe(overlap)
+            except ContentEmbedError as error:
+                candidate.stats.record_failure()
+                log.info("shadow query failed", extra={"collection": collection, "error": error.message})
+            finally:
+                with self._shadow_lock:
+                    self._shadow_pending -= 1
+
+        self._shadow_pool.submit(run)
+
+    def wait_for_shadow(self, timeout: float = 10.0) -> bool:
+        """True once no shadow query is pending (for tests and orderly shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._shadow_lock:
+                if self._shadow_pending == 0:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    # -- candidates: shadow, canary, promotion ----------------------------------------
+    def set_candidate(
+        self, collection: str, version: str, shadow_fraction: float, canary_weight: float,
+        deadline: float,
+    ) -> None:
+        validate_collection_name(collection)
+        for name, share in (("shadow_fraction", shadow_fraction), ("canary_weight", canary_weight)):
+            if not 0.0 <= share <= 1.0:
+                raise InvalidArgument(f"{name} must be between 0 and 1, got {share}")
+        if not version:
+            self.candidates.pop(collection, None)
+            return
+        per_shard = results_of_all([s.get_collection(collection, deadline) for s in self.shards])
+        spaces = {c.version_spaces.get(version) for c in per_shard}
+        if None in spaces:
+            raise FailedPrecondition(
+                f"version {version!r} of {collection!r} is not loaded on every shard",
+                reason="VERSION_NOT_LOADED",
+            )
+        if len(spaces) != 1:
+            raise FailedPrecondition(f"shards disagree on the space of version {version!r}")
+        if any(c.version == version for c in per_shard):
+            raise FailedPrecondition(f"version {version!r} is already serving", reason="ALREADY_SERVING")
+        space = spaces.pop()
+        self.router.info_for_space(space)  # a candidate no encoder can query is refused now
+        self.candidates[collection] = Candidate(version, space, shadow_fraction, canary_weight)
+
+    def shadow_report(self, collection: str, deadline: float) -> tuple[Candidate, str]:
+        """(candidate with its stats, the serving version)."""
+        candidate = self.candidates.get(collection)
+        if candidate is None:
+            raise NotFound(f"collection {collection!r} has no candidate", reason="NO_CANDIDATE")
+        primary = self.shards[0].get_collection(collection, deadline).result().version
+        return candidate, primary
+
+    def promote(self, collection: str, deadline: float) -> tuple[str, str]:
+        """(previous version, new serving version). Each shard flips atomically; a failure
+        leaves the candidate in place so the promotion can be retried."""
+        candidate = self.candidates.get(collection)
+        if candidate is None:
+            raise FailedPrecondition(
+                f"collection {collection!r} has no candidate to promote", reason="NO_CANDIDATE"
+            )
+        previous = results_of_all(
+            [s.activate_version(collection, candidate.version, deadline) for s in self.shards]
+        )
+        self.candidates.pop(collection, None)
+        self._collection_spaces.pop(collection, None)
+        return previous[0], candidate.version
+
+    def rollback(self, collection: str, deadline: float) -> str:
+        validate_collection_name(collection)
+        versions = results_of_all([s.rollback_version(collection, deadline) for s in self.shards])
+        self._collection_spaces.pop(collection, None)
+        return versions[0]
 
     def _gather_shards(
         self,
@@ -477,6 +624,7 @@ class Gateway:
 
     def close(self) -> None:
         self._stop.set()
+        self._shadow_pool.shutdown(wait=False, cancel_futures=True)
         for encoder in self.router.encoders:
             encoder.close()
         for shard in self.shards:

@@ -48,6 +48,19 @@ class GatewayMetrics:
             registry=registry,
         )
 
+        self.shadow_overlap = Histogram(
+            "contentembed_shadow_overlap_at_k",
+            "Overlap@k of a candidate version with the primary on mirrored queries.",
+            ["collection", "candidate"],
+            registry=registry,
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+        )
+        self.shadow_skipped = Counter(
+            "contentembed_shadow_skipped_queries",
+            "Queries not mirrored because the shadow queue was full.",
+            registry=registry,
+        )
+
     def observe_search(self, collection: str, best_score: float | None, partial: bool) -> None:
         self.queries.labels(collection).inc()
         if best_score is not None and best_score >= self.coverage_floor:

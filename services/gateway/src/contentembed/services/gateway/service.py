@@ -56,6 +56,10 @@ class GatewaySettings(ServiceSettings):
     encoder_refresh_s: float = Field(
         10.0, gt=0, description="How often encoders are asked which space they serve."
     )
+    shadow_workers: int = Field(2, ge=1, description="Threads that run mirrored queries.")
+    shadow_queue_limit: int = Field(
+        64, ge=1, description="Mirrored queries waiting at most; beyond, they are skipped."
+    )
     coverage_floor: float = Field(
         0.3, description="A search whose best hit scores at least this counts as covered."
     )
@@ -200,6 +204,42 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
         )
         return admin_pb.DeleteDocumentsResponse(deleted_count=deleted)
 
+    def SetCandidate(self, request: admin_pb.SetCandidateRequest, context):
+        self.gateway.set_candidate(
+            request.collection,
+            request.version,
+            request.shadow_fraction,
+            request.canary_weight,
+            deadline_of(context, self.settings),
+        )
+        return admin_pb.SetCandidateResponse()
+
+    def GetShadowReport(self, request: admin_pb.GetShadowReportRequest, context):
+        candidate, primary = self.gateway.shadow_report(
+            request.collection, deadline_of(context, self.settings)
+        )
+        stats = candidate.stats
+        overlap, correlation, latency_delta = stats.means()
+        return admin_pb.GetShadowReportResponse(
+            primary_version=primary,
+            candidate_version=candidate.version,
+            candidate_space_id=candidate.space_id,
+            queries=stats.queries,
+            failures=stats.failures,
+            mean_overlap_at_k=overlap,
+            mean_rank_correlation=correlation,
+            mean_latency_delta_ms=latency_delta,
+            canary_queries=stats.canary_queries,
+        )
+
+    def PromoteCandidate(self, request: admin_pb.PromoteCandidateRequest, context):
+        previous, version = self.gateway.promote(request.collection, deadline_of(context, self.settings))
+        return admin_pb.PromoteCandidateResponse(previous_version=previous, version=version)
+
+    def RollbackCollection(self, request: admin_pb.RollbackCollectionRequest, context):
+        version = self.gateway.rollback(request.collection, deadline_of(context, self.settings))
+        return admin_pb.RollbackCollectionResponse(version=version)
+
 
 class GatewayService:
     name = "gateway"
@@ -216,6 +256,8 @@ class GatewayService:
             GatewayMetrics(registry, settings.coverage_floor),
             max_top_k=settings.max_top_k,
             max_documents_per_upsert=settings.max_documents_per_upsert,
+            shadow_workers=settings.shadow_workers,
+            shadow_queue_limit=settings.shadow_queue_limit,
         )
 
     @staticmethod

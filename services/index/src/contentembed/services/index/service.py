@@ -139,6 +139,9 @@ class IndexService(pb_grpc.IndexServiceServicer):
             version=collection.version,
             shard=self._shard_pb(),
             versions=sorted(self.store.alias(collection.name).versions),
+            version_spaces={
+                version: c.space_id for version, c in self.store.alias(collection.name).versions.items()
+            },
         )
 
     # -- RPCs -----------------------------------------------------------------------
