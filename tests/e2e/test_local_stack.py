@@ -132,3 +132,21 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_stopped_encoder_gives_deadline_exceeded_within_the_deadline(stack) -> None:
+    encoder = next(s for s in stack.services if s.name == "text-encoder")
+    os.kill(encoder.pid, signal.SIGSTOP)
+    try:
+        with Client(stack.gateway_address) as client:
+            started = time.monotonic()
+            with pytest.raises(ApiError) as caught:
+                # A query never asked before: the embedding cache cannot answer it.
+                client.search("products", text=f"frozen encoder probe {time.time()}", top_k=3, timeout=1.0)
+            elapsed = time.monotonic() - started
+        assert caught.value.code == "DEADLINE_EXCEEDED"
+        assert elapsed < 1.0 + 0.5
+    finally:
+        os.kill(encoder.pid, signal.SIGCONT)
+    with Client(stack.gateway_address) as client:
+        assert client.search("products", text="a tent for two", top_k=1).hits
