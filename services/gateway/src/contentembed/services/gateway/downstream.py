@@ -154,6 +154,7 @@ class IndexShardClient:
         top_k: int,
         deadline: float,
         version: str = "",
+        exact: bool = False,
     ) -> PendingCall[Any, ShardAnswer]:
         request = index_pb.SearchRequest(
             collection=collection,
@@ -161,6 +162,7 @@ class IndexShardClient:
             top_k=top_k,
             space_id=space_id,
             version=version,
+            exact=exact,
         )
 
         def convert(response: index_pb.SearchResponse) -> ShardAnswer:

@@ -48,6 +48,7 @@ from contentembed.services.gateway.downstream import (
 )
 from contentembed.services.gateway.merge import Hit, merge_top_k
 from contentembed.services.gateway.metrics import GatewayMetrics
+from contentembed.services.gateway.quality import CatalogCoverage, DriftMonitor
 from contentembed.services.gateway.shadow import Candidate
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class SearchOutcome:
     merge_ms: float
     query_truncated: bool
     cache_hit: bool = False
+    query_vector: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,10 @@ class Gateway:
         shadow_workers: int = 2,
         shadow_queue_limit: int = 64,
         seed: int | None = None,
+        recall_sample_rate: float = 0.0,
+        drift_reference_size: int = 500,
+        drift_window: int = 500,
+        catalog_window_s: float = 3600.0,
     ) -> None:
         self.router = EncoderRouter(encoders)
         self.shards = list(shards)
@@ -211,6 +217,10 @@ class Gateway:
         self._shadow_queue_limit = shadow_queue_limit
         self._shadow_pending = 0
         self._shadow_lock = threading.Lock()
+        self.recall_sample_rate = recall_sample_rate
+        self._drift_sizes = (drift_reference_size, drift_window)
+        self.drift: dict[str, DriftMonitor] = {}
+        self.catalog = CatalogCoverage(catalog_window_s)
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
 
@@ -241,6 +251,7 @@ class Gateway:
                 self.forget_spaces(self.router.refresh(time.monotonic() + every_s))
             except ContentEmbedError as error:
                 log.warning("encoder refresh failed", extra={"error": error.message})
+            self.update_quality_gauges(time.monotonic() + every_s)
 
     def forget_spaces(self, spaces: set[str]) -> None:
         """An encoder now serves another model: its old vectors must not be reused."""
@@ -317,7 +328,49 @@ class Gateway:
             self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
         best = outcome.hits[0].score if outcome.hits else None
         self.metrics.observe_search(collection, best, outcome.partial)
+        self._observe_quality(collection, outcome, top_k)
         return outcome
+
+    def _observe_quality(self, collection: str, outcome: SearchOutcome, top_k: int) -> None:
+        drift = self.drift.get(outcome.space_id)
+        if drift is None:
+            drift = self.drift.setdefault(outcome.space_id, DriftMonitor(*self._drift_sizes))
+        if outcome.query_vector is not None:
+            drift.observe(outcome.query_vector)
+        self.catalog.observe(collection, (hit.id for hit in outcome.hits))
+        if outcome.hits and self._random.random() < self.recall_sample_rate:
+            self._offload(lambda: self._audit_recall(collection, outcome, top_k))
+
+    def _audit_recall(self, collection: str, outcome: SearchOutcome, top_k: int) -> None:
+        """Recall@k of the answer against exact search over the same shards and version."""
+        deadline = time.monotonic() + SHADOW_TIMEOUT_S
+        versions = outcome.version.split(",")
+        calls = [
+            shard.search(collection, outcome.query_vector, outcome.space_id, top_k, deadline,
+                         versions[0] if len(versions) == 1 else "", exact=True)
+            for shard in self.shards
+        ]
+        exact = merge_top_k((answer.hits for answer in results_of_all(calls)), top_k)
+        if exact:
+            found = len({h.id for h in outcome.hits} & {h.id for h in exact}) / len(exact)
+            self.metrics.sampled_recall.labels(collection).observe(found)
+
+    def update_quality_gauges(self, deadline: float) -> None:
+        """Drift per space and catalog coverage per collection, for the metrics endpoint."""
+        for space, monitor in list(self.drift.items()):
+            measured = monitor.measure()
+            if measured is not None:
+                self.metrics.drift_cosine.labels(space).set(measured[0])
+                self.metrics.drift_psi.labels(space).set(measured[1])
+        for collection in self.catalog.collections():
+            try:
+                size = self.get_collection(collection, deadline).item_count
+            except ContentEmbedError:
+                continue
+            if size:
+                self.metrics.catalog_coverage.labels(collection).set(
+                    self.catalog.distinct(collection) / size
+                )
 
     def _search_once(
         self,
@@ -360,6 +413,7 @@ class Gateway:
             merge_ms=(merged - searched) * 1000,
             query_truncated=truncated,
             cache_hit=cache_hit,
+            query_vector=vector,
         )
 
     def _mirror(
@@ -372,11 +426,6 @@ class Gateway:
     ) -> None:
         """Runs the query against the candidate on a worker thread; a full queue skips it,
         so shadow traffic can never slow or fail the primary answer."""
-        with self._shadow_lock:
-            if self._shadow_pending >= self._shadow_queue_limit:
-                self.metrics.shadow_skipped.inc()
-                return
-            self._shadow_pending += 1
         primary_ids = [hit.id for hit in primary.hits]
         primary_ms = primary.encode_ms + primary.search_ms
 
@@ -394,6 +443,22 @@ class Gateway:
             except ContentEmbedError as error:
                 candidate.stats.record_failure()
                 log.info("shadow query failed", extra={"collection": collection, "error": error.message})
+
+        self._offload(run)
+
+    def _offload(self, work: Callable[[], None]) -> None:
+        """Runs work off the request path; a full queue skips it (and counts the skip)."""
+        with self._shadow_lock:
+            if self._shadow_pending >= self._shadow_queue_limit:
+                self.metrics.shadow_skipped.inc()
+                return
+            self._shadow_pending += 1
+
+        def run() -> None:
+            try:
+                work()
+            except ContentEmbedError as error:
+                log.info("background query failed", extra={"error": error.message})
             finally:
                 with self._shadow_lock:
                     self._shadow_pending -= 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from contentembed.services.common.metrics import LATENCY_BUCKETS
 
@@ -57,7 +57,34 @@ class GatewayMetrics:
         )
         self.shadow_skipped = Counter(
             "contentembed_shadow_skipped_queries",
-            "Queries not mirrored because the shadow queue was full.",
+            "Background queries (shadow, recall audits) skipped: their queue was full.",
+            registry=registry,
+        )
+
+        self.sampled_recall = Histogram(
+            "contentembed_sampled_recall_at_k",
+            "Recall@k of answered searches against exact search, on a sample of queries.",
+            ["collection"],
+            registry=registry,
+            buckets=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0),
+        )
+        self.drift_cosine = Gauge(
+            "contentembed_query_drift_cosine",
+            "Cosine of the recent mean query embedding to the reference mean (1: no drift).",
+            ["space"],
+            registry=registry,
+        )
+        self.drift_psi = Gauge(
+            "contentembed_query_drift_psi",
+            "Population stability index of recent queries' similarity to the reference "
+            "centroid (< 0.1 stable, > 0.25 drifted).",
+            ["space"],
+            registry=registry,
+        )
+        self.catalog_coverage = Gauge(
+            "contentembed_catalog_coverage_ratio",
+            "Share of the collection returned by some search in the rolling window.",
+            ["collection"],
             registry=registry,
         )
 

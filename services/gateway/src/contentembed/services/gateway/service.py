@@ -60,6 +60,16 @@ class GatewaySettings(ServiceSettings):
     shadow_queue_limit: int = Field(
         64, ge=1, description="Mirrored queries waiting at most; beyond, they are skipped."
     )
+    recall_sample_rate: float = Field(
+        0.01, ge=0, le=1, description="Share of searches re-run exactly to measure recall@k."
+    )
+    drift_reference_size: int = Field(
+        500, ge=2, description="First queries per space that form the drift reference."
+    )
+    drift_window: int = Field(500, ge=2, description="Recent queries compared with it.")
+    catalog_window_s: float = Field(
+        3600.0, gt=0, description="Window for the share of the catalog returned."
+    )
     coverage_floor: float = Field(
         0.3, description="A search whose best hit scores at least this counts as covered."
     )
@@ -258,6 +268,10 @@ class GatewayService:
             max_documents_per_upsert=settings.max_documents_per_upsert,
             shadow_workers=settings.shadow_workers,
             shadow_queue_limit=settings.shadow_queue_limit,
+            recall_sample_rate=settings.recall_sample_rate,
+            drift_reference_size=settings.drift_reference_size,
+            drift_window=settings.drift_window,
+            catalog_window_s=settings.catalog_window_s,
         )
 
     @staticmethod
