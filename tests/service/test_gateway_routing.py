@@ -128,3 +128,34 @@ def test_encoder_redeployed_with_another_model_is_refused_and_its_cache_dropped(
             with pytest.raises(ApiError) as caught:
                 client.search("fruit", text="apple", top_k=1)
             assert caught.value.code == "FAILED_PRECONDITION"
+
+
+def test_several_collections_merge_within_a_space_and_fuse_across_spaces(text_encoder, tmp_path) -> None:
+    model_dir = save_tiny_clip(tmp_path / "tiny-clip")
+    with ExitStack() as stack:
+        clip_text = stack.enter_context(running_service(TextEncoderService, settings_for_test(
+            TextEncoderSettings, backend="clip", model=str(model_dir), device="cpu")))
+        gateway = gateway_over(stack, [text_encoder, clip_text])
+        minilm = text_encoder.service.backend.space.space_id
+        clip = clip_text.service.backend.space.space_id
+        with Client(gateway.address) as client:
+            with pytest.raises(ApiError) as caught:  # two text encoders: the space must be named
+                client.create_collection("ambiguous")
+            assert caught.value.code == "FAILED_PRECONDITION"
+            for name, space in (("kitchen", minilm), ("outdoor", minilm), ("clipped", clip)):
+                client.create_collection(name, space_id=space)
+            client.upsert_documents("kitchen", [{"id": "pan", "text": "a cast iron pan"},
+                                                {"id": "kettle", "text": "an electric kettle"}])
+            client.upsert_documents("outdoor", [{"id": "tent", "text": "a two person tent"},
+                                                {"id": "pan", "text": "a camping frying pan"}])
+            client.upsert_documents("clipped", [{"id": "c1", "text": "a cast iron pan"}])
+            same_space = client.search("kitchen", text="frying pan", top_k=4, also_collections=["outdoor"])
+            across = client.search("kitchen", text="frying pan", top_k=4, also_collections=["clipped"])
+    assert not same_space.fused
+    assert {(h.collection, h.id) for h in same_space.hits} == {
+        ("kitchen", "pan"), ("kitchen", "kettle"), ("outdoor", "tent"), ("outdoor", "pan")}
+    scores = [h.score for h in same_space.hits]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0.3  # cosine scores
+    assert across.fused and across.space_id == ",".join(sorted([minilm, clip]))
+    assert [h.score for h in across.hits][:2] == pytest.approx([1 / 61, 1 / 61])  # each list's first
+    assert {h.collection for h in across.hits} == {"kitchen", "clipped"}

@@ -38,3 +38,19 @@ def test_merge_keeps_best_copy_of_duplicate_id_and_its_shard() -> None:
 def test_merge_is_independent_of_shard_order() -> None:
     shards = [[Hit("x", 0.5, 0), Hit("y", 0.5, 0)], [Hit("z", 0.7, 1)]]
     assert merge_top_k(shards, 3) == merge_top_k(list(reversed(shards)), 3)
+
+
+def test_reciprocal_rank_fusion_scores_and_order() -> None:
+    from contentembed.services.gateway.merge import RRF_K, reciprocal_rank_fusion
+
+    text = [Hit("a", 0.9, 0, collection="texts"), Hit("b", 0.8, 0, collection="texts")]
+    images = [Hit("x", 0.3, 1, collection="images"), Hit("a", 0.2, 1, collection="texts")]
+    fused = reciprocal_rank_fusion([text, images], 3)
+    assert [(h.collection, h.id) for h in fused] == [("texts", "a"), ("images", "x"), ("texts", "b")]
+    assert fused[0].score == 1 / (RRF_K + 1) + 1 / (RRF_K + 2)
+    assert fused[1].score == 1 / (RRF_K + 1)
+
+
+def test_same_id_in_two_collections_stays_two_hits() -> None:
+    merged = merge_top_k([[Hit("a", 0.5, 0, collection="c1")], [Hit("a", 0.4, 0, collection="c2")]], 5)
+    assert [(h.collection, h.id) for h in merged] == [("c1", "a"), ("c2", "a")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ class Hit:
     score: float
     metadata: dict[str, Any]
     shard_index: int
+    collection: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class SearchResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     query_truncated: bool = False
     cache_hit: bool = False
+    fused: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,8 +189,11 @@ class Client:
         image: bytes | None = None,
         top_k: int = 10,
         allow_partial: bool = False,
+        also_collections: Sequence[str] = (),
         timeout: float | None = None,
     ) -> SearchResult:
+        """Nearest items to a text or an encoded image. ``also_collections`` searches more
+        collections at once (cosine merge within a space, rank fusion across spaces)."""
         if (text is None) == (image is None):
             raise ValueError("give exactly one of text or image")
         request = search_pb.SearchRequest(
@@ -199,6 +204,7 @@ class Client:
                 if allow_partial
                 else search_pb.PARTIAL_RESULT_POLICY_FAIL
             ),
+            also_collections=list(also_collections),
         )
         if text is not None:
             request.text = text
@@ -207,7 +213,7 @@ class Client:
         response = self._call(self._search.Search, request, timeout)
         return SearchResult(
             hits=[
-                Hit(h.id, h.score, json_format.MessageToDict(h.metadata), h.shard_index)
+                Hit(h.id, h.score, json_format.MessageToDict(h.metadata), h.shard_index, h.collection)
                 for h in response.hits
             ],
             space_id=response.space_id,
@@ -225,6 +231,7 @@ class Client:
             },
             query_truncated=response.query_truncated,
             cache_hit=response.cache_hit,
+            fused=response.fused,
         )
 
     # -- collections -----------------------------------------------------------------

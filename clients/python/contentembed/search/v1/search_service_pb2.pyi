@@ -19,30 +19,34 @@ PARTIAL_RESULT_POLICY_FAIL: PartialResultPolicy
 PARTIAL_RESULT_POLICY_ALLOW: PartialResultPolicy
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "top_k", "partial_result_policy")
+    __slots__ = ("collection", "text", "image", "top_k", "partial_result_policy", "also_collections")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_RESULT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    ALSO_COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     image: _types_pb2.Image
     top_k: int
     partial_result_policy: PartialResultPolicy
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., top_k: _Optional[int] = ..., partial_result_policy: _Optional[_Union[PartialResultPolicy, str]] = ...) -> None: ...
+    also_collections: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., top_k: _Optional[int] = ..., partial_result_policy: _Optional[_Union[PartialResultPolicy, str]] = ..., also_collections: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "metadata", "shard_index")
+    __slots__ = ("id", "score", "metadata", "shard_index", "collection")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     metadata: _struct_pb2.Struct
     shard_index: int
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., shard_index: _Optional[int] = ...) -> None: ...
+    collection: str
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., shard_index: _Optional[int] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class ShardResult(_message.Message):
     __slots__ = ("shard_index", "ok", "error", "hit_count", "latency_ms")
@@ -71,7 +75,7 @@ class LatencyBreakdown(_message.Message):
     def __init__(self, encode_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., merge_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "space_id", "version", "partial", "shards", "latency", "query_truncated", "cache_hit")
+    __slots__ = ("hits", "space_id", "version", "partial", "shards", "latency", "query_truncated", "cache_hit", "fused")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +84,7 @@ class SearchResponse(_message.Message):
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     QUERY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    FUSED_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     space_id: str
     version: str
@@ -88,4 +93,5 @@ class SearchResponse(_message.Message):
     latency: LatencyBreakdown
     query_truncated: bool
     cache_hit: bool
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., partial: _Optional[bool] = ..., shards: _Optional[_Iterable[_Union[ShardResult, _Mapping]]] = ..., latency: _Optional[_Union[LatencyBreakdown, _Mapping]] = ..., query_truncated: _Optional[bool] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
+    fused: bool
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., partial: _Optional[bool] = ..., shards: _Optional[_Iterable[_Union[ShardResult, _Mapping]]] = ..., latency: _Optional[_Union[LatencyBreakdown, _Mapping]] = ..., query_truncated: _Optional[bool] = ..., cache_hit: _Optional[bool] = ..., fused: _Optional[bool] = ...) -> None: ...

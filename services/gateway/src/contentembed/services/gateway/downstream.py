@@ -169,7 +169,7 @@ class IndexShardClient:
             return ShardAnswer(
                 shard_index=self.shard_index,
                 hits=[
-                    Hit(h.id, h.score, self.shard_index, struct_to_dict(h.metadata))
+                    Hit(h.id, h.score, self.shard_index, struct_to_dict(h.metadata), collection)
                     for h in response.hits
                 ],
                 space_id=response.space_id,

@@ -46,7 +46,7 @@ from contentembed.services.gateway.downstream import (
     ShardAnswer,
     ShardCollection,
 )
-from contentembed.services.gateway.merge import Hit, merge_top_k
+from contentembed.services.gateway.merge import Hit, merge_top_k, reciprocal_rank_fusion
 from contentembed.services.gateway.metrics import GatewayMetrics
 from contentembed.services.gateway.quality import CatalogCoverage, DriftMonitor
 from contentembed.services.gateway.shadow import Candidate
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 RegisterCancel = Callable[[Callable[[], None]], Any]
 COLLECTION_SPACE_TTL_S = 5.0
 SHADOW_TIMEOUT_S = 10.0
+MAX_COLLECTIONS_PER_QUERY = 8
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class SearchOutcome:
     query_truncated: bool
     cache_hit: bool = False
     query_vector: np.ndarray | None = None
+    fused: bool = False
 
 
 @dataclass(frozen=True)
@@ -301,15 +303,29 @@ class Gateway:
         allow_partial: bool,
         deadline: float,
         register_cancel: RegisterCancel,
+        also_collections: Sequence[str] = (),
     ) -> SearchOutcome:
         """Answers from the serving version, or from the candidate for a canary share;
-        mirrors a shadow share to the candidate off the request path."""
-        validate_collection_name(collection)
+        mirrors a shadow share to the candidate off the request path. With more than one
+        collection: merged by cosine within one space, fused by rank across spaces."""
+        names = list(dict.fromkeys([collection, *also_collections]))
+        for name in names:
+            validate_collection_name(name)
+        if len(names) > MAX_COLLECTIONS_PER_QUERY:
+            raise InvalidArgument(
+                f"at most {MAX_COLLECTIONS_PER_QUERY} collections per query, got {len(names)}"
+            )
         validate_top_k(top_k, self.max_top_k)
         if isinstance(content, str) and not content.strip():
             raise InvalidArgument("text: the query text is empty", reason="EMPTY_TEXT")
         if isinstance(content, bytes) and not content:
             raise InvalidArgument("image: the query image is empty", reason="EMPTY_IMAGE")
+        if len(names) > 1:
+            outcome = self._search_many(names, content, top_k, allow_partial, deadline, register_cancel)
+            self.metrics.observe_search(
+                collection, outcome.hits[0].score if outcome.hits else None, outcome.partial
+            )
+            return outcome
         candidate = self.candidates.get(collection)
         if candidate is not None and self._random.random() < candidate.canary_weight:
             outcome = self._search_once(
@@ -371,6 +387,38 @@ class Gateway:
                 self.metrics.catalog_coverage.labels(collection).set(
                     self.catalog.distinct(collection) / size
                 )
+
+    def _search_many(
+        self,
+        names: Sequence[str],
+        content: str | bytes,
+        top_k: int,
+        allow_partial: bool,
+        deadline: float,
+        register_cancel: RegisterCancel,
+    ) -> SearchOutcome:
+        outcomes = [
+            self._search_once(name, content, top_k, allow_partial, deadline, register_cancel)
+            for name in names
+        ]
+        started = time.perf_counter()
+        spaces = sorted({o.space_id for o in outcomes})
+        fused = len(spaces) > 1
+        ranked = [o.hits for o in outcomes]
+        hits = reciprocal_rank_fusion(ranked, top_k) if fused else merge_top_k(ranked, top_k)
+        return SearchOutcome(
+            hits=hits,
+            space_id=",".join(spaces),
+            version=",".join(sorted({o.version for o in outcomes})),
+            partial=any(o.partial for o in outcomes),
+            shards=[shard for o in outcomes for shard in o.shards],
+            encode_ms=sum(o.encode_ms for o in outcomes),
+            search_ms=sum(o.search_ms for o in outcomes),
+            merge_ms=sum(o.merge_ms for o in outcomes) + (time.perf_counter() - started) * 1000,
+            query_truncated=any(o.query_truncated for o in outcomes),
+            cache_hit=all(o.cache_hit for o in outcomes),
+            fused=fused,
+        )
 
     def _search_once(
         self,

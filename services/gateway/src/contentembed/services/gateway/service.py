@@ -113,6 +113,7 @@ def search_response_pb(outcome: SearchOutcome) -> search_pb.SearchResponse:
                 score=hit.score,
                 metadata=dict_to_struct(hit.metadata),
                 shard_index=hit.shard_index,
+                collection=hit.collection,
             )
             for hit in outcome.hits
         ],
@@ -137,6 +138,7 @@ def search_response_pb(outcome: SearchOutcome) -> search_pb.SearchResponse:
         ),
         query_truncated=outcome.query_truncated,
         cache_hit=outcome.cache_hit,
+        fused=outcome.fused,
     )
 
 
@@ -157,6 +159,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
             allow_partial=request.partial_result_policy == search_pb.PARTIAL_RESULT_POLICY_ALLOW,
             deadline=deadline,
             register_cancel=context.add_callback,
+            also_collections=list(request.also_collections),
         )
         return search_response_pb(outcome)
 
