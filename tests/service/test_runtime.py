@@ -114,3 +114,25 @@ def test_overload_carries_a_retry_delay() -> None:
     info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(info) and info.reason == "QUEUE_FULL"
     assert status.details[1].Unpack(retry) and retry.retry_delay.ToMilliseconds() == 250
+
+
+def test_calls_beyond_capacity_are_shed_with_resource_exhausted() -> None:
+    service = BlockingEncoder()
+    settings = settings_for_test(ServiceSettings, max_concurrent_rpcs=1)
+    runtime = ServiceRuntime(service, settings, CollectorRegistry())
+    runtime.start()
+    try:
+        with grpc.insecure_channel(runtime.address) as channel:
+            stub = pb_grpc.EncoderServiceStub(channel)
+            request = pb.EmbedRequest(inputs=[pb.EmbedInput(text="x")])
+            busy = stub.Embed.future(request, timeout=20)
+            assert service.entered.wait(5)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Embed(request, timeout=5)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            service.release.set()
+            assert busy.result().space_id == "drained"
+            assert stub.Embed(request, timeout=5).space_id == "drained"  # capacity is back
+    finally:
+        service.release.set()
+        runtime.stop(grace=0)
