@@ -13,16 +13,16 @@ from contentembed.admin.v1 import admin_service_pb2 as admin_pb
 from contentembed.admin.v1 import admin_service_pb2_grpc as admin_grpc
 from contentembed.common.v1 import types_pb2
 from contentembed.encoder.v1 import encoder_service_pb2 as pb
-from contentembed.encoder.v1 import encoder_service_pb2_grpc as pb_grpc
 from contentembed.search.v1 import search_service_pb2 as search_pb
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
 from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.server import ServiceRuntime
 from tests.conftest import settings_for_test
 from tests.service.test_gateway_routing import gateway_over
+from tests.support.doubles import EncoderDouble
 
 
-class HangingEncoder(pb_grpc.EncoderServiceServicer):
+class HangingEncoder(EncoderDouble):
     """Describes a space, then holds every Embed until its caller cancels."""
 
     name = "hanging-encoder"
@@ -31,15 +31,6 @@ class HangingEncoder(pb_grpc.EncoderServiceServicer):
         self.embed_started = threading.Event()
         self.saw_cancel = threading.Event()
 
-    def register(self, server):
-        pb_grpc.add_EncoderServiceServicer_to_server(self, server)
-        return ["contentembed.encoder.v1.EncoderService"]
-
-    def load(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def GetEncoderInfo(self, request, context):
         return pb.GetEncoderInfoResponse(

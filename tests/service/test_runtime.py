@@ -16,24 +16,16 @@ from contentembed.encoder.v1 import encoder_service_pb2_grpc as pb_grpc
 from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.server import ServiceRuntime
 from tests.conftest import settings_for_test
+from tests.support.doubles import EncoderDouble
 
 
-class BlockingEncoder(pb_grpc.EncoderServiceServicer):
+class BlockingEncoder(EncoderDouble):
     name = "blocking"
 
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def register(self, server: grpc.Server) -> list[str]:
-        pb_grpc.add_EncoderServiceServicer_to_server(self, server)
-        return ["contentembed.encoder.v1.EncoderService"]
-
-    def load(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def Embed(self, request, context):
         self.entered.set()
