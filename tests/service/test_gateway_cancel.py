@@ -31,7 +31,6 @@ class HangingEncoder(EncoderDouble):
         self.embed_started = threading.Event()
         self.saw_cancel = threading.Event()
 
-
     def GetEncoderInfo(self, request, context):
         return pb.GetEncoderInfoResponse(
             modality=types_pb2.MODALITY_TEXT,

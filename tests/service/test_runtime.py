@@ -26,7 +26,6 @@ class BlockingEncoder(EncoderDouble):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-
     def Embed(self, request, context):
         self.entered.set()
         self.release.wait(10)
