@@ -122,3 +122,29 @@ def test_limits_and_shutdown() -> None:
     batcher.close()
     with pytest.raises(Unavailable):
         batcher.submit([1])
+
+
+def test_a_caller_that_stops_waiting_does_not_break_the_worker() -> None:
+    model = GatedModel()
+    batcher = make(model, max_batch_size=2)
+    running = batcher.submit([1])
+    assert model.entered.wait(5)
+    abandoned = batcher.submit([2])
+    assert abandoned.cancel()  # the gRPC handler's deadline passed while it was queued
+    model.gate.set()
+    assert running.result(5) == [2]
+    assert batcher.submit([3]).result(5) == [6]  # the worker is alive
+    assert [item for call in model.calls for item in call] == [1, 3]
+    batcher.close()
+
+
+def test_cancelling_while_the_batch_computes_is_harmless() -> None:
+    model = GatedModel()
+    batcher = make(model)
+    inflight = batcher.submit([5])
+    assert model.entered.wait(5)
+    assert not inflight.cancel()  # already running: too late to cancel
+    model.gate.set()
+    assert inflight.result(5) == [10]
+    assert batcher.submit([4]).result(5) == [8]
+    batcher.close()

@@ -161,7 +161,8 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             self._queued_items = 0
             self._cond.notify_all()
         for request in pending:
-            request.future.set_exception(Unavailable("shutting down", reason="SHUTTING_DOWN"))
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(Unavailable("shutting down", reason="SHUTTING_DOWN"))
         self._worker.join(timeout=30)
 
     # -- worker ----------------------------------------------------------------------
@@ -184,11 +185,16 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             while True:
                 while self._queue:
                     head = self._queue[0]
+                    if head.future.cancelled():  # its caller gave up waiting
+                        self._pop_locked()
+                        self.metrics.dropped.labels(self.metrics.service, "CANCELLED").inc()
+                        continue
                     reason = self._drop_reason(head, time.monotonic())
                     if reason is not None:
                         self._pop_locked()
                         self.metrics.dropped.labels(self.metrics.service, reason.code).inc()
-                        head.future.set_exception(reason)
+                        if head.future.set_running_or_notify_cancel():
+                            head.future.set_exception(reason)
                         continue
                     if size + len(head.items) > self.max_batch_size:
                         return batch
@@ -214,7 +220,12 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         return request
 
     def _work(self) -> None:
-        while (batch := self._take_batch()) is not None:
+        while (taken := self._take_batch()) is not None:
+            # A future that is running can no longer be cancelled, so setting its result
+            # below cannot fail; one cancelled in the meantime is left out of the batch.
+            batch = [r for r in taken if r.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             started = time.monotonic()
             for request in batch:
                 self.metrics.queue_wait.observe(started - request.enqueued)
