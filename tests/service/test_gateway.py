@@ -200,3 +200,15 @@ def test_stopped_shard_fails_or_flags_partial_per_policy(text_encoder) -> None:
             assert by_shard[0].ok and not by_shard[1].ok and "UNAVAILABLE" in by_shard[1].error
             survivors = {d["id"] for d in DOCUMENTS if shard_for_id(d["id"], 2) == 0}
             assert result.hits and {h.id for h in result.hits} <= survivors
+
+
+def test_partial_answers_still_work_when_the_first_shard_is_down(text_encoder) -> None:
+    with gateway_stack(text_encoder) as stack:
+        with Client(stack.gateway.address, timeout=5.0) as client:
+            client.create_collection("shop")
+            client.upsert_documents("shop", DOCUMENTS)
+            stack.gateway.service.gateway._collection_spaces.clear()  # nothing cached
+            stack.shards[0].stop(grace=0)
+            result = client.search("shop", text="coffee", top_k=5, allow_partial=True)
+    assert result.partial and [s.ok for s in result.shards] == [False, True]
+    assert result.hits and all(shard_for_id(h.id, 2) == 1 for h in result.hits)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import grpc
 import numpy as np
@@ -37,9 +37,9 @@ def embed(address: str, texts: list[str]) -> np.ndarray:
     return np.frombuffer(response.vectors.data, "<f4").reshape(response.vectors.count, -1)
 
 
-@pytest.fixture(scope="module")
-def rollout(text_encoder, tmp_path_factory):
-    root = tmp_path_factory.mktemp("rollout")
+@contextmanager
+def rollout_stack(text_encoder, root):
+    """Gateway over two shards holding "shop" live and a loaded candidate "v2"."""
     space = text_encoder.service.backend.space.space_id
     texts = [REWRITTEN.get(d["id"], d["text"]) for d in DOCUMENTS]
     vectors = embed(text_encoder.address, texts)
@@ -64,6 +64,12 @@ def rollout(text_encoder, tmp_path_factory):
                 index_grpc.IndexServiceStub(channel).LoadBundle(
                     index_pb.LoadBundleRequest(collection="shop", version="v2", path="v2"))
         yield gateway, shards
+
+
+@pytest.fixture(scope="module")
+def rollout(text_encoder, tmp_path_factory):
+    with rollout_stack(text_encoder, tmp_path_factory.mktemp("rollout")) as stack:
+        yield stack
 
 
 def candidate_answer(shards, vector: np.ndarray, top_k: int) -> list[str]:
@@ -141,3 +147,28 @@ def test_bad_candidates_are_refused(rollout, kwargs, code) -> None:
         with pytest.raises(ApiError) as caught:
             client.shadow_report("shop")
         assert caught.value.code == "NOT_FOUND"
+
+
+def test_a_promotion_that_fails_on_one_shard_is_undone_on_the_others(text_encoder, tmp_path) -> None:
+    with rollout_stack(text_encoder, tmp_path) as (gateway, shards):
+        with Client(gateway.address, timeout=5) as client:
+            client.set_candidate("shop", "v2", shadow_fraction=0.0)
+            shards[1].stop(grace=0)
+            with pytest.raises(ApiError) as caught:
+                client.promote_candidate("shop")
+            assert caught.value.code == "UNAVAILABLE"
+        with grpc.insecure_channel(shards[0].address) as channel:
+            info = index_grpc.IndexServiceStub(channel).GetCollection(
+                index_pb.GetCollectionRequest(name="shop")).collection
+        assert info.version == "live"  # flipped, then flipped back
+        assert "shop" in gateway.service.gateway.candidates  # kept for a retry
+
+
+def test_deleting_a_collection_forgets_its_candidate(text_encoder, tmp_path) -> None:
+    with rollout_stack(text_encoder, tmp_path) as (gateway, _):
+        with Client(gateway.address) as client:
+            client.set_candidate("shop", "v2", canary_weight=1.0)
+            client.delete_collection("shop")
+            client.create_collection("shop")
+            client.upsert_documents("shop", DOCUMENTS[:3])
+            assert client.search("shop", text="coffee", top_k=1).version == "live"

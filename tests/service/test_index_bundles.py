@@ -154,3 +154,26 @@ def test_version_errors(dirs, channel_to) -> None:
             with pytest.raises(grpc.RpcError) as caught:
                 method(request)
             assert caught.value.code() == code, (request, caught.value.details())
+
+
+def test_bundles_lying_about_their_contents_are_refused(dirs, channel_to) -> None:
+    import json
+
+    data, bundles = dirs
+    write_bundle(bundles / "wrong-dim", "space@4", ["a"])
+    manifest_path = bundles / "wrong-dim" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["dim"] = 64  # index.bin holds 8-d vectors: hnswlib would read past them
+    manifest_path.write_text(json.dumps(manifest))
+    write_bundle(bundles / "linked", "space@5", ["b"])
+    (bundles / "linked" / "items.json").rename(bundles / "linked" / "real-items.json")
+    (bundles / "linked" / "items.json").symlink_to(bundles / "linked" / "real-items.json")
+    with running_service(IndexService, settings(dirs)) as runtime:
+        stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
+        for path, code, reason in [
+            ("wrong-dim", grpc.StatusCode.FAILED_PRECONDITION, "BUNDLE_CORRUPT"),
+            ("linked", grpc.StatusCode.INVALID_ARGUMENT, "PATH_OUTSIDE_ROOT"),
+        ]:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="vx", path=path))
+            assert (caught.value.code(), error_reason(caught.value)) == (code, reason)

@@ -108,6 +108,8 @@ def invalid_calls(collection: str) -> list:
         ("Upsert", pb.UpsertRequest(collection=collection, items=[pb.Item(id="", vector=vec([1] * DIM))]), "EMPTY_ID"),
         ("CreateCollection", pb.CreateCollectionRequest(name="bad name!", space_id="s", dim=4), "BAD_COLLECTION_NAME"),
         ("CreateCollection", pb.CreateCollectionRequest(name="nodim", space_id="s", dim=0), "BAD_DIM"),
+        ("CreateCollection", pb.CreateCollectionRequest(name="m1", space_id="s", dim=4, hnsw=pb.HnswParams(m=1)), "BAD_HNSW_PARAMS"),
+        ("CreateCollection", pb.CreateCollectionRequest(name="huge", space_id="s", dim=4, hnsw=pb.HnswParams(ef_construction=10**9)), "BAD_HNSW_PARAMS"),
     ]
 
 

@@ -41,6 +41,7 @@ def keyed_gateway(text_encoder):
         ("search-key", "search", None),
         ("admin-key", "search", None),
         (None, "admin", "UNAUTHENTICATED"),
+        ("search-key", "search-with-binary-header", None),
         ("search-key", "admin", "PERMISSION_DENIED"),
         ("admin-key", "admin", None),
     ],
@@ -49,6 +50,10 @@ def test_keys_and_roles(keyed_gateway, key, call, code) -> None:
     with Client(keyed_gateway.address, api_key=key) as client:
         try:
             if call == "search":
+                assert client.search("docs", text="fruit", top_k=1).hits[0].id == "a"
+            elif call == "search-with-binary-header":
+                # Tracing headers are binary; they must not break the key check.
+                client._metadata = (*client._metadata, ("trace-bin", b"\xff\xfe\x00"))
                 assert client.search("docs", text="fruit", top_k=1).hits[0].id == "a"
             else:
                 assert client.get_collection("docs").item_count == 1

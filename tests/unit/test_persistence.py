@@ -10,6 +10,7 @@ from contentembed.services.index.persistence import (
     CorruptData,
     WalRecord,
     WriteAheadLog,
+    encode_record,
     read_wal,
     verify_manifest,
 )
@@ -27,13 +28,13 @@ def test_wal_round_trip(tmp_path) -> None:
     for record in records:
         wal.append(record)
     wal.close()
-    read = list(read_wal(tmp_path / "1.log", truncate_torn_tail=False))
+    read = list(read_wal(tmp_path / "1.log", last_segment=True))
     assert [(r.seq, r.op, r.ids) for r in read] == [(1, "upsert", ["a", "b"]), (2, "delete", ["a"]), (3, "upsert", ["c"])]
     np.testing.assert_array_equal(read[0].vectors, records[0].vectors)
     assert read[2].metadata == [{"n": 3}]
 
 
-def test_torn_tail_is_cut_but_damage_in_the_middle_refuses(tmp_path) -> None:
+def test_torn_tail_is_cut_but_damage_anywhere_else_refuses(tmp_path) -> None:
     path = tmp_path / "1.log"
     wal = WriteAheadLog(path)
     for seq in (1, 2, 3):
@@ -42,14 +43,49 @@ def test_torn_tail_is_cut_but_damage_in_the_middle_refuses(tmp_path) -> None:
     whole = path.read_bytes()
 
     path.write_bytes(whole[:-7])  # the process died mid-append of record 3
-    assert [r.seq for r in read_wal(path, truncate_torn_tail=True)] == [1, 2]
-    assert [r.seq for r in read_wal(path, truncate_torn_tail=False)] == [1, 2]  # file was cut
+    with pytest.raises(CorruptData, match="older segment"):
+        list(read_wal(path, last_segment=False))
+    assert [r.seq for r in read_wal(path, last_segment=True)] == [1, 2]
+    assert len(path.read_bytes()) < len(whole) - 7  # the torn record was cut off
 
     damaged = bytearray(whole)
-    damaged[30] ^= 0xFF  # inside record 1, records 2 and 3 follow
+    damaged[30] ^= 0xFF  # inside record 1's payload: CRC mismatch
     path.write_bytes(bytes(damaged))
-    with pytest.raises(CorruptData):
-        list(read_wal(path, truncate_torn_tail=True))
+    with pytest.raises(CorruptData, match="CRC"):
+        list(read_wal(path, last_segment=True))
+
+    # A flipped length bit makes record 2 claim to run past the end of the file: that is
+    # damage in the middle, not a torn tail, and must not cut record 3 off silently.
+    second = len(encode_record(upsert_record(1, ["id1"])))
+    damaged = bytearray(whole)
+    damaged[second] ^= 0x01  # the magic of record 2
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CorruptData, match="header"):
+        list(read_wal(path, last_segment=True))
+    assert path.read_bytes() == bytes(damaged)  # nothing was truncated
+
+
+def test_failed_append_leaves_the_log_as_it_was(tmp_path, monkeypatch) -> None:
+    import os as os_module
+
+    path = tmp_path / "1.log"
+    wal = WriteAheadLog(path)
+    wal.append(upsert_record(1, ["a"]))
+    real_fsync = os_module.fsync
+    calls = {"n": 0}
+
+    def failing_fsync(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr("contentembed.services.index.persistence.os.fsync", failing_fsync)
+    with pytest.raises(OSError):
+        wal.append(upsert_record(2, ["ghost"]))  # not acknowledged
+    wal.append(upsert_record(2, ["acked"]))  # the same seq, now for the acknowledged write
+    wal.close()
+    assert [(r.seq, r.ids) for r in read_wal(path, last_segment=True)] == [(1, ["a"]), (2, ["acked"])]
 
 
 def test_snapshot_verification_catches_changed_and_truncated_files(tmp_path) -> None:
@@ -113,6 +149,45 @@ def test_corrupt_snapshot_refuses_the_load(tmp_path) -> None:
     snapshot = next((tmp_path / "collections" / "c" / "versions" / "live" / "snapshots").iterdir())
     (snapshot / "index.bin").write_bytes(b"\x00" * 64)
     with pytest.raises(CorruptData, match="collections/c/versions/live"):
+        durable_store(tmp_path)
+
+
+def test_bundle_version_name_survives_a_restart(tmp_path) -> None:
+    bundles = tmp_path / "bundles"
+    built = HnswCollection("c", "s@2", 4, HnswParams())  # built as "live" by the batch job
+    built.upsert(["b"], np.ones((1, 4), np.float32), [{}])
+    built.write_snapshot(bundles / "v2")
+    store = CollectionStore(HnswParams(), 8, Durability(tmp_path / "data"), bundles)
+    store.load()
+    store.load_bundle("c", "v2", "v2")
+    store.close()
+    reopened = CollectionStore(HnswParams(), 8, Durability(tmp_path / "data"), bundles)
+    reopened.load()
+    assert reopened.get("c").version == "v2"
+
+
+def test_snapshot_racing_a_delete_leaves_nothing_behind(tmp_path) -> None:
+    store = durable_store(tmp_path, every=10**9)
+    collection, _ = store.create("c", "s@1", 4)
+    collection.upsert(["a"], np.ones((1, 4), np.float32), [{}])
+    files = store._files[("c", "live")]
+    store.delete("c")
+    files.snapshot(collection)  # the snapshot thread had picked the collection up before
+    assert not (tmp_path / "collections" / "c").exists()
+    store.close()
+    assert durable_store(tmp_path).list_page(0, "")[0] == []
+
+
+def test_replay_that_cannot_apply_is_reported_as_corruption(tmp_path) -> None:
+    store = durable_store(tmp_path)
+    collection, _ = store.create("c", "s@1", 4)
+    collection.upsert(["a"], np.ones((1, 4), np.float32), [{}])
+    segment = store._files[("c", "live")].segments()[-1]
+    store._files[("c", "live")].close()
+    wal = WriteAheadLog(segment)
+    wal.append(WalRecord(3, "delete", ["a"]))  # seq 2 is missing: writes were lost
+    wal.close()
+    with pytest.raises(CorruptData, match="writes missing"):
         durable_store(tmp_path)
 
 

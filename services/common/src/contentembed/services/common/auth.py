@@ -25,10 +25,12 @@ GRANTS = {SEARCH_ROLE: {SEARCH_ROLE}, ADMIN_ROLE: {SEARCH_ROLE, ADMIN_ROLE}}
 
 def key_from_metadata(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
     for key, value in metadata or ():
-        text = value.decode() if isinstance(value, bytes) else value
+        if key not in ("x-api-key", "authorization"):
+            continue  # other headers may be binary (-bin): never decode them
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         if key == "x-api-key":
             return text
-        if key == "authorization" and text.lower().startswith("bearer "):
+        if text.lower().startswith("bearer "):
             return text[7:].strip()
     return None
 

@@ -96,6 +96,9 @@ class ServiceSettings(BaseSettings):
             raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
         if (self.downstream_tls_cert_file is None) != (self.downstream_tls_key_file is None):
             raise ValueError("--downstream-tls-cert-file and --downstream-tls-key-file go together")
+        if self.downstream_tls_cert_file is not None and self.downstream_tls_ca_file is None:
+            # Without a CA the channel would be plaintext and the certificate silently unused.
+            raise ValueError("--downstream-tls-cert-file needs --downstream-tls-ca-file")
         return self
 
     @property

@@ -265,9 +265,22 @@ class Gateway:
         cached = self._collection_spaces.get(name)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        space = self.shards[0].get_collection(name, deadline).result().space_id
-        self._collection_spaces[name] = (space, time.monotonic() + COLLECTION_SPACE_TTL_S)
-        return space
+        # Any shard knows the space: ask all, take the first answer, so one shard down does
+        # not stop searches that allow partial results.
+        calls = [shard.get_collection(name, deadline) for shard in self.shards]
+        first_error: ContentEmbedError | None = None
+        for call in calls:
+            try:
+                space = call.result().space_id
+            except ContentEmbedError as error:
+                if error.code in CLIENT_ERROR_CODES:
+                    raise
+                first_error = first_error or error
+                continue
+            self._collection_spaces[name] = (space, time.monotonic() + COLLECTION_SPACE_TTL_S)
+            return space
+        assert first_error is not None
+        raise first_error
 
     # -- search ----------------------------------------------------------------------
     def embed_query(
@@ -566,12 +579,28 @@ class Gateway:
             raise FailedPrecondition(
                 f"collection {collection!r} has no candidate to promote", reason="NO_CANDIDATE"
             )
-        previous = results_of_all(
-            [s.activate_version(collection, candidate.version, deadline) for s in self.shards]
-        )
+        calls = [s.activate_version(collection, candidate.version, deadline) for s in self.shards]
+        outcomes: list[str | ContentEmbedError] = []
+        for call in calls:
+            try:
+                outcomes.append(call.result())
+            except ContentEmbedError as error:
+                outcomes.append(error)
+        failures = [o for o in outcomes if isinstance(o, ContentEmbedError)]
+        if failures:
+            # Flip the shards that did flip back, so the collection never serves two
+            # versions (possibly two spaces) at once; the candidate stays for a retry.
+            undo = [
+                shard.activate_version(collection, previous, deadline)
+                for shard, previous in zip(self.shards, outcomes)
+                if isinstance(previous, str) and previous != candidate.version
+            ]
+            results_of_all(undo)
+            self._collection_spaces.pop(collection, None)
+            raise failures[0]
         self.candidates.pop(collection, None)
         self._collection_spaces.pop(collection, None)
-        return previous[0], candidate.version
+        return str(outcomes[0]), candidate.version
 
     def rollback(self, collection: str, deadline: float) -> str:
         validate_collection_name(collection)
@@ -650,6 +679,7 @@ class Gateway:
         validate_collection_name(name)
         results_of_all([s.delete_collection(name, deadline) for s in self.shards])
         self._collection_spaces.pop(name, None)
+        self.candidates.pop(name, None)  # a re-created collection starts without one
 
     # -- documents -------------------------------------------------------------------
     def upsert_documents(

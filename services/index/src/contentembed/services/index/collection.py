@@ -9,6 +9,8 @@ take the write lock.
 from __future__ import annotations
 
 import json
+import struct
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,10 @@ class HnswCollection:
         self._next_label = 0
         self._vacant = 0  # deleted slots hnswlib may reuse
         self._lock = ReadWriteLock()
+        # Writers queue here first: a snapshot holds it (with a read lock) to keep writes
+        # out, while searches still pass; a writer waiting inside the writer-preferring
+        # RW lock would otherwise hold every search up behind the snapshot.
+        self._writers = threading.Lock()
 
     @property
     def item_count(self) -> int:
@@ -113,7 +119,7 @@ class HnswCollection:
         validate_ids(ids, what="items")
         reject_zero_rows(vectors, what="items")
         vectors = l2_normalize(vectors)
-        with self._lock.write():
+        with self._writers, self._lock.write():
             record = WalRecord(self.seq + 1, "upsert", list(ids), vectors, [dict(m) for m in metadata])
             if self.journal is not None:
                 self.journal(record)
@@ -122,7 +128,7 @@ class HnswCollection:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Soft-deletes known ids (their slots get reused); unknown ids are ignored."""
-        with self._lock.write():
+        with self._writers, self._lock.write():
             known = [i for i in dict.fromkeys(ids) if i in self._label_of]
             if not known:
                 return 0
@@ -305,7 +311,7 @@ class HnswCollection:
         element count checked before the manifest (which makes the snapshot valid) exists.
         """
         directory.mkdir(parents=True, exist_ok=False)
-        with self._lock.read():
+        with self._writers, self._lock.read():
             index_path = directory / "index.bin"
             self._index.save_index(str(index_path))
             items = {
@@ -341,9 +347,18 @@ class HnswCollection:
     @classmethod
     def from_snapshot(cls, directory: Path, manifest: Mapping[str, Any], name: str) -> HnswCollection:
         """Loads a snapshot whose manifest was verified (persistence.verify_manifest)."""
-        params = HnswParams(**manifest["hnsw"])
-        collection = cls(name, manifest["space_id"], int(manifest["dim"]), params, 1,
-                         version=manifest.get("version", LIVE_VERSION))
+        try:
+            params = HnswParams(**manifest["hnsw"])
+            check_hnsw_params(params)
+            dim = int(manifest["dim"])
+            seq, count = int(manifest["seq"]), int(manifest["count"])
+            space_id = str(manifest["space_id"])
+        except (KeyError, TypeError, ValueError, InvalidArgument) as error:
+            raise CorruptData(f"{directory}: manifest is malformed ({error})") from None
+        stored_dim = hnsw_file_dim(directory / "index.bin")
+        if stored_dim != dim:
+            raise CorruptData(f"{directory}: index.bin holds {stored_dim}-d vectors, manifest says {dim}")
+        collection = cls(name, space_id, dim, params, 1, version=manifest.get("version", LIVE_VERSION))
         try:
             index = hnswlib.Index(space="cosine", dim=collection.dim)
             index.load_index(str(directory / "index.bin"), max_elements=0, allow_replace_deleted=True)
@@ -359,7 +374,38 @@ class HnswCollection:
         collection._metadata = {int(label): meta for label, meta in items["metadata"]}
         collection._next_label = int(items["next_label"])
         collection._vacant = int(items["vacant"])
-        collection.seq = int(manifest["seq"])
-        if len(collection._label_of) != manifest["count"]:
+        collection.seq = seq
+        if len(collection._label_of) != count:
             raise CorruptData(f"{directory}: item count differs from the manifest")
         return collection
+
+
+# hnswlib's file starts with six size_t: offsetLevel0, max_elements, cur_element_count,
+# size_data_per_element, label_offset, offsetData; vector bytes = label_offset - offsetData.
+HNSW_HEADER = struct.Struct("<6Q")
+MAX_M = 128
+MAX_EF = 100_000
+
+
+def hnsw_file_dim(path: Path) -> int:
+    """The vector dimension an hnswlib index file was written with (float32)."""
+    try:
+        with path.open("rb") as handle:
+            fields = HNSW_HEADER.unpack(handle.read(HNSW_HEADER.size))
+    except (OSError, struct.error) as error:
+        raise CorruptData(f"{path}: unreadable hnswlib header ({error})") from None
+    label_offset, offset_data = fields[4], fields[5]
+    if label_offset <= offset_data or (label_offset - offset_data) % 4:
+        raise CorruptData(f"{path}: implausible hnswlib header")
+    return (label_offset - offset_data) // 4
+
+
+def check_hnsw_params(params: HnswParams) -> None:
+    """hnswlib accepts values that fail later, at the first insert: refuse them up front."""
+    if not 2 <= params.m <= MAX_M:
+        raise InvalidArgument(f"hnsw.m must be 2..{MAX_M}, got {params.m}", reason="BAD_HNSW_PARAMS")
+    for name, value in (("ef_construction", params.ef_construction), ("ef_search", params.ef_search)):
+        if not 1 <= value <= MAX_EF:
+            raise InvalidArgument(
+                f"hnsw.{name} must be 1..{MAX_EF}, got {value}", reason="BAD_HNSW_PARAMS"
+            )

@@ -108,31 +108,45 @@ def decode_payload(payload: bytes) -> WalRecord:
     return WalRecord(meta["seq"], "upsert", meta["ids"], vectors, meta["metadata"])
 
 
-def read_wal(path: Path, *, truncate_torn_tail: bool) -> Iterator[WalRecord]:
-    """Records in order. A torn last record is cut off (it was never acknowledged);
-    a damaged record followed by more data is corruption."""
+def read_wal(path: Path, *, last_segment: bool) -> Iterator[WalRecord]:
+    """Records in order.
+
+    An append is one write of header + payload, so a crash can only leave a *prefix* of
+    the last record: fewer bytes than a header, or a valid header whose payload runs past
+    the end of the file. That torn tail was never acknowledged and is cut off — in the
+    last segment only. Anything else (bad magic, a CRC mismatch, a tail in an older
+    segment) is damage, and the load is refused.
+    """
     data = path.read_bytes()
     offset = 0
     while offset < len(data):
         header_end = offset + WAL_HEADER.size
-        torn = header_end > len(data)
-        if not torn:
+        if header_end > len(data):
+            torn = True
+        else:
             magic, length, crc = WAL_HEADER.unpack_from(data, offset)
+            if magic != WAL_MAGIC:
+                raise CorruptData(f"{path}: bad record header at byte {offset}")
             torn = header_end + length > len(data)
-            if not torn and (magic != WAL_MAGIC or zlib.crc32(data[header_end : header_end + length]) != crc):
-                if header_end + length == len(data):
-                    torn = True  # the last record, half overwritten: same as torn
-                else:
-                    raise CorruptData(f"{path}: bad record at byte {offset}")
+            if not torn and zlib.crc32(data[header_end : header_end + length]) != crc:
+                raise CorruptData(f"{path}: record at byte {offset} fails its CRC")
         if torn:
+            if not last_segment:
+                raise CorruptData(f"{path}: incomplete record at byte {offset} in an older segment")
             log.warning("cutting a torn record off the WAL", extra={"wal": str(path), "at": offset})
-            if truncate_torn_tail:
-                with path.open("rb+") as handle:
-                    handle.truncate(offset)
-                    os.fsync(handle.fileno())
+            with path.open("rb+") as handle:
+                handle.truncate(offset)
+                os.fsync(handle.fileno())
             return
-        yield decode_payload(data[header_end : header_end + length])
+        try:
+            yield decode_payload(data[header_end : header_end + length])
+        except (ValueError, KeyError, TypeError) as error:
+            raise CorruptData(f"{path}: undecodable record at byte {offset}: {error}") from None
         offset = header_end + length
+
+
+class WalUnavailable(Exception):
+    """A failed append could not be undone: the log refuses writes until a restart."""
 
 
 class WriteAheadLog:
@@ -149,19 +163,46 @@ class WriteAheadLog:
         self._handle = path.open("ab")
         fsync_dir(path.parent)
         self._last_sync = time.monotonic()
+        self._dirty = False
+        self._broken: str | None = None
         self._lock = threading.Lock()
 
     def append(self, record: WalRecord) -> None:
+        """Appends durably (per the policy) or raises, leaving the log as it was: a half
+        written record would otherwise be replayed, or its seq reused by the next write."""
         data = encode_record(record)
         with self._lock:
-            self._handle.write(data)
-            self._handle.flush()
-            now = time.monotonic()
-            if self.policy == "always" or (
-                self.policy == "interval" and now - self._last_sync >= self.sync_interval_s
-            ):
-                os.fsync(self._handle.fileno())
-                self._last_sync = now
+            if self._broken is not None:
+                raise WalUnavailable(f"{self.path}: {self._broken}")
+            start = self._handle.tell()
+            try:
+                self._handle.write(data)
+                self._handle.flush()
+                now = time.monotonic()
+                if self.policy == "always" or (
+                    self.policy == "interval" and now - self._last_sync >= self.sync_interval_s
+                ):
+                    os.fsync(self._handle.fileno())
+                    self._last_sync = now
+                self._dirty = self.policy == "interval" and self._last_sync != now
+            except OSError as error:
+                try:
+                    self._handle.truncate(start)
+                    self._handle.seek(start)
+                    os.fsync(self._handle.fileno())
+                except OSError as undo_error:
+                    self._broken = f"append failed ({error}) and could not be undone ({undo_error})"
+                raise
+
+    def sync_if_due(self) -> None:
+        """For ``interval``: fsyncs writes older than the interval even when no new write
+        comes along to do it."""
+        with self._lock:
+            if self._dirty and not self._handle.closed and self._broken is None:
+                if time.monotonic() - self._last_sync >= self.sync_interval_s:
+                    os.fsync(self._handle.fileno())
+                    self._last_sync = time.monotonic()
+                    self._dirty = False
 
     def close(self) -> None:
         with self._lock:

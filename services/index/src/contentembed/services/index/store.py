@@ -22,14 +22,21 @@ from contentembed.services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
 )
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.common.validation import validate_collection_name
-from contentembed.services.index.collection import LIVE_VERSION, HnswCollection, HnswParams
+from contentembed.services.index.collection import (
+    LIVE_VERSION,
+    HnswCollection,
+    HnswParams,
+    check_hnsw_params,
+)
 from contentembed.services.index.persistence import (
     CorruptData,
     SyncPolicy,
     WalRecord,
+    WalUnavailable,
     WriteAheadLog,
     atomic_write,
     fsync_dir,
@@ -79,6 +86,10 @@ class CollectionFiles:
         self.snapshot_seq = 0
         self._wal: WriteAheadLog | None = None
         self._lock = threading.Lock()
+        # Held for a whole snapshot and by close(): a collection deleted meanwhile waits for
+        # the snapshot to finish, and a closed one is never snapshotted (or recreated) again.
+        self._snapshot_lock = threading.Lock()
+        self.closed = False
 
     @property
     def wal_dir(self) -> Path:
@@ -93,6 +104,8 @@ class CollectionFiles:
 
     def open_segment(self, first_seq: int) -> None:
         with self._lock:
+            if self.closed:
+                return
             if self._wal is not None:
                 self._wal.close()
             self._wal = WriteAheadLog(
@@ -103,8 +116,19 @@ class CollectionFiles:
 
     def append(self, record: WalRecord) -> None:
         with self._lock:
-            assert self._wal is not None
-            self._wal.append(record)
+            if self._wal is None:
+                raise NotFound(f"collection in {self.directory} was deleted", reason="COLLECTION_NOT_FOUND")
+            try:
+                self._wal.append(record)
+            except (OSError, WalUnavailable) as error:
+                raise Unavailable(
+                    f"write-ahead log failed, nothing was written: {error}", reason="WAL_FAILED"
+                ) from None
+
+    def sync_if_due(self) -> None:
+        with self._lock:
+            if self._wal is not None:
+                self._wal.sync_if_due()
 
     def recover(self, collection: HnswCollection) -> HnswCollection:
         """Newest verified snapshot (if any), then every WAL record after it."""
@@ -117,14 +141,27 @@ class CollectionFiles:
             self.snapshot_seq = seq
         segments = self.segments()
         for number, segment in enumerate(segments):
-            last = number == len(segments) - 1
-            for record in read_wal(segment, truncate_torn_tail=last):
-                collection.replay(record)
+            for record in read_wal(segment, last_segment=number == len(segments) - 1):
+                if record.seq <= collection.seq:
+                    continue  # already in the snapshot
+                if record.seq != collection.seq + 1:
+                    raise CorruptData(
+                        f"{segment}: record {record.seq} follows {collection.seq}: writes missing"
+                    )
+                try:
+                    collection.replay(record)
+                except Exception as error:  # noqa: BLE001 - hnswlib raises bare RuntimeErrors
+                    raise CorruptData(f"{segment}: record {record.seq} does not apply: {error}") from None
         self.open_segment(collection.seq + 1)
         return collection
 
     def snapshot(self, collection: HnswCollection) -> None:
         """Rotate the WAL, snapshot, point CURRENT at it, drop what it made redundant."""
+        with self._snapshot_lock:
+            if not self.closed:
+                self._snapshot_locked(collection)
+
+    def _snapshot_locked(self, collection: HnswCollection) -> None:
         rotated_at = collection.seq + 1
         self.open_segment(rotated_at)
         self.snapshots_dir.mkdir(exist_ok=True)
@@ -146,7 +183,8 @@ class CollectionFiles:
         fsync_dir(self.wal_dir)
 
     def close(self) -> None:
-        with self._lock:
+        with self._snapshot_lock, self._lock:
+            self.closed = True
             if self._wal is not None:
                 self._wal.close()
                 self._wal = None
@@ -204,20 +242,18 @@ class CollectionStore:
         root = self.durability.data_dir / "collections"
         root.mkdir(parents=True, exist_ok=True)
         for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            versions: dict[str, HnswCollection] = {}
-            for version_dir in sorted((name_dir / "versions").iterdir()):
-                if version_dir.name.startswith("."):
-                    continue
-                versions[version_dir.name] = self._recover(name_dir.name, version_dir)
             alias_file = name_dir / "alias.json"
             if not alias_file.exists():
                 # The alias is written last, before the create is acknowledged: without it
                 # the collection never existed for any client.
                 log.warning("removing an unacknowledged collection", extra={"dir": str(name_dir)})
-                for key in [k for k in self._files if k[0] == name_dir.name]:
-                    self._files.pop(key).close()
                 remove_tree(name_dir)
                 continue
+            versions: dict[str, HnswCollection] = {}
+            for version_dir in sorted((name_dir / "versions").iterdir()):
+                if version_dir.name.startswith("."):
+                    continue
+                versions[version_dir.name] = self._recover(name_dir.name, version_dir)
             state = json.loads(alias_file.read_bytes())
             self._aliases[name_dir.name] = Alias(versions, state["active"], state.get("previous"))
         self._snapshotter = threading.Thread(target=self._snapshot_loop, name="snapshots", daemon=True)
@@ -231,6 +267,9 @@ class CollectionStore:
             empty = HnswCollection(name, spec["space_id"], spec["dim"], HnswParams(**spec["hnsw"]),
                                    self.initial_capacity, version=directory.name)
             collection = files.recover(empty)
+            # A bundle's manifest names the version it was built as; it serves under the
+            # name it was loaded with.
+            collection.version = directory.name
         except (CorruptData, OSError, ValueError, KeyError) as error:
             log.error("refusing to load a collection", extra={"dir": str(directory), "error": str(error)})
             raise CorruptData(f"collection in {directory} failed verification: {error}") from error
@@ -241,7 +280,11 @@ class CollectionStore:
         return collection
 
     def _snapshot_loop(self) -> None:
-        while not self._stop.wait(1.0):
+        assert self.durability is not None
+        period = min(1.0, self.durability.wal_sync_interval_s)
+        while not self._stop.wait(period):
+            for files in list(self._files.values()):
+                files.sync_if_due()
             self.snapshot_due()
 
     def snapshot_due(self, force: bool = False) -> int:
@@ -287,6 +330,7 @@ class CollectionStore:
         if not 1 <= dim <= MAX_DIM:
             raise InvalidArgument(f"dim must be 1..{MAX_DIM}, got {dim}", reason="BAD_DIM")
         params = params or self.default_params
+        check_hnsw_params(params)
         with self._lock:
             existing = self._aliases.get(name)
             if existing is not None:
@@ -429,6 +473,12 @@ class CollectionStore:
         if not candidate.is_dir():
             raise NotFound(f"bundle {path!r} does not exist under the bundle root",
                            reason="BUNDLE_NOT_FOUND")
+        for entry in candidate.iterdir():
+            if entry.is_symlink():  # a link could point a "bundle file" anywhere on the host
+                raise InvalidArgument(
+                    f"bundle {path!r} contains a symbolic link ({entry.name})",
+                    reason="PATH_OUTSIDE_ROOT",
+                )
         return candidate
 
     def activate(self, name: str, version: str) -> tuple[HnswCollection, str]:
