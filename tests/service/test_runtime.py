@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry
 from contentembed.encoder.v1 import encoder_service_pb2 as pb
 from contentembed.encoder.v1 import encoder_service_pb2_grpc as pb_grpc
 from contentembed.services.common.config import ServiceSettings
+from contentembed.services.common.downstream import error_from_rpc
+from contentembed.services.common.errors import ResourceExhausted
 from contentembed.services.common.server import ServiceRuntime
 from tests.conftest import settings_for_test
 from tests.support.doubles import EncoderDouble
@@ -126,4 +128,22 @@ def test_calls_beyond_capacity_are_shed_with_resource_exhausted() -> None:
             assert stub.Embed(request, timeout=5).space_id == "drained"  # capacity is back
     finally:
         service.release.set()
+        runtime.stop(grace=0)
+
+
+class OverloadedEncoder(EncoderDouble):
+    def Embed(self, request, context):
+        raise ResourceExhausted("queue full", reason="QUEUE_FULL", retry_after_s=0.4)
+
+
+def test_a_downstream_retry_delay_is_passed_on() -> None:
+    runtime = ServiceRuntime(OverloadedEncoder(), settings_for_test(ServiceSettings), CollectorRegistry())
+    runtime.start()
+    try:
+        with grpc.insecure_channel(runtime.address) as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                pb_grpc.EncoderServiceStub(channel).Embed(pb.EmbedRequest(), timeout=5)
+        error = error_from_rpc(caught.value, "encoder")
+        assert (error.code, error.reason, error.retry_after_s) == ("RESOURCE_EXHAUSTED", "QUEUE_FULL", 0.4)
+    finally:
         runtime.stop(grace=0)

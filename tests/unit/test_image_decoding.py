@@ -75,3 +75,12 @@ def test_animated_gif_uses_its_first_frame() -> None:
     data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
     r, g, b = decode_image(data, **LIMITS).getpixel((4, 4))
     assert r > 200 and b < 60
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
+def test_large_images_are_scaled_to_the_side_limit(image_format: str) -> None:
+    data = encoded(photo_like(4, size=(1600, 1200)), image_format)
+    image = decode_image(data, max_bytes=20_000_000, max_pixels=4_000_000, what="x", max_side=400)
+    assert max(image.size) <= 400 and image.size[0] > image.size[1]  # aspect kept
+    full = decode_image(data, max_bytes=20_000_000, max_pixels=4_000_000, what="x")
+    assert full.size == (1600, 1200)

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from contentembed.client.sync import error_reason
 from contentembed.services.common.auth import channel_credentials
@@ -50,7 +52,20 @@ def remaining_timeout(deadline: float, downstream: str) -> float:
 def error_from_rpc(error: grpc.RpcError, downstream: str) -> ContentEmbedError:
     code = error.code()  # type: ignore[attr-defined]
     details = error.details() or code.name  # type: ignore[attr-defined]
-    return error_for_code(code.name, f"{downstream}: {details}", error_reason(error) or None)
+    return error_for_code(
+        code.name, f"{downstream}: {details}", error_reason(error) or None, retry_delay_s(error)
+    )
+
+
+def retry_delay_s(error: grpc.RpcError) -> float | None:
+    """The google.rpc.RetryInfo delay of a failed call, so an overloaded encoder's hint
+    reaches the gateway's own caller."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None
 
 
 def open_channel(endpoint: str, settings: ServiceSettings) -> grpc.Channel:

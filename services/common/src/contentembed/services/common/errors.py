@@ -104,6 +104,8 @@ CLIENT_ERROR_CODES = frozenset(
 )
 
 
-def error_for_code(code: str, message: str, reason: str | None = None) -> ContentEmbedError:
+def error_for_code(
+    code: str, message: str, reason: str | None = None, retry_after_s: float | None = None
+) -> ContentEmbedError:
     """Builds the domain error for a canonical code name (unknown names become INTERNAL)."""
-    return ERRORS_BY_CODE.get(code, Internal)(message, reason=reason)
+    return ERRORS_BY_CODE.get(code, Internal)(message, reason=reason, retry_after_s=retry_after_s)

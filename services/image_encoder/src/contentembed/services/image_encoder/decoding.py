@@ -18,8 +18,12 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 WHITE = (255, 255, 255)
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, what: str) -> Image.Image:
-    """An RGB image with EXIF orientation applied (first frame of an animation)."""
+def decode_image(
+    data: bytes, *, max_bytes: int, max_pixels: int, what: str, max_side: int = 0
+) -> Image.Image:
+    """An RGB image with EXIF orientation applied (first frame of an animation), no side
+    longer than ``max_side`` when given (JPEGs are decoded at reduced scale directly), so
+    a queued image holds a few MB whatever its size on the wire."""
     if not data:
         raise InvalidArgument(f"{what}: image is empty (0 bytes)", reason="EMPTY_IMAGE")
     if len(data) > max_bytes:
@@ -49,8 +53,12 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, what: str) -> 
                 reason="IMAGE_TOO_MANY_PIXELS",
             )
         try:
+            if max_side and image.format == "JPEG":
+                image.draft("RGB", (max_side, max_side))  # DCT scaling: cheaper than resizing
             image.load()
             image = ImageOps.exif_transpose(image)
+            if max_side and max(image.size) > max_side:
+                image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
             return to_rgb(image)
         except Exception as error:  # noqa: BLE001 - any decoder failure is the input's fault
             raise InvalidArgument(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Literal
 
 from PIL import Image
+from prometheus_client import CollectorRegistry
 from pydantic import Field
 
 from contentembed.common.v1 import types_pb2
@@ -33,12 +35,26 @@ class ImageEncoderSettings(EncoderSettings):
         40_000_000, ge=1, description="Largest width x height decoded; bigger is refused unread."
     )
     max_batch_size: int = Field(32, ge=1, le=1024, description="Most images per Embed call.")
+    max_decoded_side: int = Field(
+        1024,
+        ge=32,
+        description="Decoded images are scaled to fit this many pixels per side (models "
+        "look at 224-336), bounding the memory every queued image holds.",
+    )
+    max_concurrent_decodes: int = Field(
+        4, ge=1, description="Images decoded at once: full-size decoding is the memory peak."
+    )
+    max_queue_items: int = Field(256, ge=1, description="Images allowed to wait for the model.")
 
 
 class ImageEncoderService(EncoderService[Image.Image]):
     name = "image-encoder"
     modality = types_pb2.MODALITY_IMAGE
     settings: ImageEncoderSettings
+
+    def __init__(self, settings: ImageEncoderSettings, registry: CollectorRegistry) -> None:
+        super().__init__(settings, registry)
+        self._decodes = threading.BoundedSemaphore(settings.max_concurrent_decodes)
 
     @property
     def max_input_bytes(self) -> int:
@@ -54,12 +70,14 @@ class ImageEncoderService(EncoderService[Image.Image]):
     def decode_input(self, position: int, item: pb.EmbedInput) -> Image.Image:
         if item.WhichOneof("content") != "image":
             raise wrong_modality(position, item, "images")
-        return decode_image(
-            item.image.data,
-            max_bytes=self.settings.max_input_bytes,
-            max_pixels=self.settings.max_pixels,
-            what=f"inputs[{position}]",
-        )
+        with self._decodes:
+            return decode_image(
+                item.image.data,
+                max_bytes=self.settings.max_input_bytes,
+                max_pixels=self.settings.max_pixels,
+                what=f"inputs[{position}]",
+                max_side=self.settings.max_decoded_side,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
