@@ -100,7 +100,7 @@ def up(
     run_dir: Annotated[Path, typer.Option(help="Logs and port files.")] = Path(".contentembed/run"),
     text_model: Annotated[str | None, typer.Option(help="Model dir for the text-encoder.")] = None,
 ) -> None:
-    """Start text-encoder, index shards and gateway locally; Ctrl-C stops them all."""
+    """Start text- and image-encoder, index shards and gateway locally; Ctrl-C stops all."""
     stack = LocalStack(
         run_dir=run_dir,
         shard_count=shards,
@@ -177,7 +177,7 @@ def search(
     allow_partial: Annotated[bool, typer.Option(help="Answer even if a shard is down.")] = False,
     target: TargetOption = DEFAULT_TARGET,
 ) -> None:
-    """Print the ranked hits for a text query."""
+    """Print the ranked hits for a text query (the SDK also searches by image)."""
     with client_from_env(target) as client:
         try:
             result = client.search(collection, text=query, top_k=top_k, allow_partial=allow_partial)
