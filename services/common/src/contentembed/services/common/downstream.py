@@ -117,14 +117,22 @@ class PendingCall(Generic[ResponseT, ResultT]):
         self._future.cancel()
 
 
-def results_of_all(calls: Sequence[PendingCall[object, ResultT]]) -> list[ResultT]:
-    """Waits for every call, then raises the first failure (if any) in call order."""
+def outcomes_of_all(
+    calls: Sequence[PendingCall[object, ResultT]],
+) -> list[ResultT | ContentEmbedError]:
+    """Waits for every call; each result or its failure, in call order."""
     outcomes: list[ResultT | ContentEmbedError] = []
     for call in calls:
         try:
             outcomes.append(call.result())
         except ContentEmbedError as error:
             outcomes.append(error)
+    return outcomes
+
+
+def results_of_all(calls: Sequence[PendingCall[object, ResultT]]) -> list[ResultT]:
+    """Waits for every call, then raises the first failure (if any) in call order."""
+    outcomes = outcomes_of_all(calls)
     for outcome in outcomes:
         if isinstance(outcome, ContentEmbedError):
             raise outcome

@@ -16,7 +16,6 @@ class ContentEmbedError(Exception):
     """An error with a canonical code name, a human message and a machine reason."""
 
     code: str = "INTERNAL"
-    default_reason: str = "INTERNAL"
 
     def __init__(
         self,
@@ -28,7 +27,7 @@ class ContentEmbedError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
+        self.reason = reason or self.code
         self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
         # Sent as google.rpc.RetryInfo: when an overloaded server suggests trying again.
         self.retry_after_s = retry_after_s
@@ -39,47 +38,38 @@ class ContentEmbedError(Exception):
 
 class InvalidArgument(ContentEmbedError):
     code = "INVALID_ARGUMENT"
-    default_reason = "INVALID_ARGUMENT"
 
 
 class NotFound(ContentEmbedError):
     code = "NOT_FOUND"
-    default_reason = "NOT_FOUND"
 
 
 class AlreadyExists(ContentEmbedError):
     code = "ALREADY_EXISTS"
-    default_reason = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(ContentEmbedError):
     code = "FAILED_PRECONDITION"
-    default_reason = "FAILED_PRECONDITION"
 
 
 class ResourceExhausted(ContentEmbedError):
     code = "RESOURCE_EXHAUSTED"
-    default_reason = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(ContentEmbedError):
     code = "UNAVAILABLE"
-    default_reason = "UNAVAILABLE"
 
 
 class DeadlineExceeded(ContentEmbedError):
     code = "DEADLINE_EXCEEDED"
-    default_reason = "DEADLINE_EXCEEDED"
 
 
 class Cancelled(ContentEmbedError):
     code = "CANCELLED"
-    default_reason = "CANCELLED"
 
 
 class Internal(ContentEmbedError):
     code = "INTERNAL"
-    default_reason = "INTERNAL"
 
 
 ERRORS_BY_CODE: dict[str, type[ContentEmbedError]] = {

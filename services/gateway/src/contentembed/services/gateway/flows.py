@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from contentembed.services.common.downstream import PendingCall, results_of_all
+from contentembed.services.common.downstream import PendingCall, outcomes_of_all, results_of_all
 from contentembed.services.common.errors import (
     CLIENT_ERROR_CODES,
     ContentEmbedError,
@@ -39,6 +39,7 @@ from contentembed.services.common.validation import (
 )
 from contentembed.services.gateway.cache import EmbeddingCache, cache_key
 from contentembed.services.gateway.downstream import (
+    IMAGE,
     TEXT,
     EncoderClient,
     EncoderInfo,
@@ -104,7 +105,7 @@ class Document:
 
     @property
     def modality(self) -> str:
-        return TEXT if isinstance(self.content, str) else "image"
+        return modality_of(self.content)
 
 
 def summarize(per_shard: Sequence[ShardCollection]) -> CollectionSummary:
@@ -121,7 +122,7 @@ def summarize(per_shard: Sequence[ShardCollection]) -> CollectionSummary:
 
 
 def modality_of(content: str | bytes) -> str:
-    return TEXT if isinstance(content, str) else "image"
+    return TEXT if isinstance(content, str) else IMAGE
 
 
 class EncoderRouter:
@@ -132,9 +133,12 @@ class EncoderRouter:
         self._infos: dict[str, EncoderInfo] = {}
         self._lock = threading.Lock()
 
-    def refresh(self, deadline: float, wait_for_ready: bool = False) -> set[str]:
+    def refresh(
+        self, deadline: float, wait_for_ready: bool = False, require_all: bool = False
+    ) -> set[str]:
         """Asks every encoder for its space; returns spaces an encoder stopped serving.
-        An encoder that does not answer keeps its last route (it may be restarting)."""
+        An encoder that does not answer keeps its last route (it may be restarting),
+        unless ``require_all``: then its error is raised once the others were asked."""
         changed: set[str] = set()
         errors: list[ContentEmbedError] = []
         for encoder in self.encoders:
@@ -150,7 +154,7 @@ class EncoderRouter:
                     log.warning("encoder changed space", extra={
                         "encoder": encoder.endpoint, "old": old.space_id, "new": info.space_id})
                 self._infos[encoder.endpoint] = info
-        if errors and not self._infos:
+        if errors and (require_all or not self._infos):
             raise errors[0]
         return changed
 
@@ -232,9 +236,7 @@ class Gateway:
         answers; the gateway turns SERVING only then. Then keeps the routes fresh."""
         while True:
             try:
-                for encoder in self.router.encoders:
-                    encoder.info(deadline, wait_for_ready=True)
-                self.router.refresh(deadline)
+                self.router.refresh(deadline, wait_for_ready=True, require_all=True)
                 results_of_all([shard.list_collections(1, "", deadline) for shard in self.shards])
             except ContentEmbedError as error:
                 if time.monotonic() + 0.5 >= deadline or error.code in CLIENT_ERROR_CODES:
@@ -579,13 +581,9 @@ class Gateway:
             raise FailedPrecondition(
                 f"collection {collection!r} has no candidate to promote", reason="NO_CANDIDATE"
             )
-        calls = [s.activate_version(collection, candidate.version, deadline) for s in self.shards]
-        outcomes: list[str | ContentEmbedError] = []
-        for call in calls:
-            try:
-                outcomes.append(call.result())
-            except ContentEmbedError as error:
-                outcomes.append(error)
+        outcomes = outcomes_of_all(
+            [s.activate_version(collection, candidate.version, deadline) for s in self.shards]
+        )
         failures = [o for o in outcomes if isinstance(o, ContentEmbedError)]
         if failures:
             # Flip the shards that did flip back, so the collection never serves two
