@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -17,15 +18,18 @@ from contentembed.cli.stack import ServiceProcess, StackError
 from contentembed.common.v1 import types_pb2
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
+from tests.conftest import error_reason
 
 pytestmark = pytest.mark.e2e
 DIM = 16
 
 
-def start_index(run_dir: Path, data_dir: Path, *extra: str) -> ServiceProcess:
+def start_index(run_dir: Path, data_dir: Path, *extra: str, metrics: bool = False) -> ServiceProcess:
     process = ServiceProcess(
         "index", "contentembed.services.index",
-        ["--port", "0", "--metrics-port", "-1", "--data-dir", str(data_dir), *extra], run_dir,
+        ["--port", "0", "--metrics-port", "0" if metrics else "-1", "--data-dir", str(data_dir),
+         *extra],
+        run_dir,
     )
     process.start(dict(os.environ))
     process.wait_for_port(time.monotonic() + 60)
@@ -133,14 +137,25 @@ def test_corrupt_snapshot_is_refused_and_the_shard_never_serves(tmp_path: Path) 
     index_file = snapshot / "index.bin"
     index_file.write_bytes(index_file.read_bytes()[:-64])
 
-    broken = start_index(tmp_path, data_dir)
+    broken = start_index(tmp_path, data_dir, metrics=True)
     try:
         with pytest.raises(StackError, match="not SERVING"):
             broken.wait_until_serving(time.monotonic() + 5)
         with grpc.insecure_channel(broken.address) as channel:
             status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+            # Live but not ready: every product call says why, naming the refused files.
+            with pytest.raises(grpc.RpcError) as caught:
+                pb_grpc.IndexServiceStub(channel).ListCollections(pb.ListCollectionsRequest())
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reason(caught.value) == "LOAD_FAILED"
+        assert "collections/docs/versions/live" in caught.value.details()
+        assert broken.process.poll() is None
         log = broken.log_path.read_text()
         assert "refusing to load a collection" in log and "truncated" in log
+        metrics = urllib.request.urlopen(
+            f"http://127.0.0.1:{broken.metrics_port}/metrics", timeout=5
+        ).read().decode()
+        assert 'contentembed_service_state{contentembed_service_state="load_failed",service="index"} 1.0' in metrics
     finally:
         broken.stop(10)

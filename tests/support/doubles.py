@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 
 from contentembed.encoder.v1 import encoder_service_pb2_grpc as pb_grpc
+from contentembed.services.common.auth import SEARCH_ROLE
 
 
 class EncoderDouble(pb_grpc.EncoderServiceServicer):
@@ -16,6 +17,9 @@ class EncoderDouble(pb_grpc.EncoderServiceServicer):
     def register(self, server: grpc.Server) -> list[str]:
         pb_grpc.add_EncoderServiceServicer_to_server(self, server)
         return ["contentembed.encoder.v1.EncoderService"]
+
+    def required_role(self, method: str) -> str | None:
+        return SEARCH_ROLE
 
     def load(self) -> None:
         pass

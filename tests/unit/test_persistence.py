@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contentembed.services.common.errors import Unavailable
 from contentembed.services.index.collection import HnswCollection, HnswParams
 from contentembed.services.index.persistence import (
     CorruptData,
@@ -199,3 +200,34 @@ def test_deleted_collection_stays_deleted(tmp_path) -> None:
     store.close()
     reopened = durable_store(tmp_path)
     assert [c.name for c in reopened.list_page(0, "")[0]] == ["kept"]
+
+
+def test_a_create_during_recovery_never_deletes_acknowledged_items(tmp_path) -> None:
+    """The review's reproduction: before the fix, create(exist_ok=True) before load()
+    found no alias, removed the directory and answered created=True; load() then found 0."""
+    store = durable_store(tmp_path)
+    collection, _ = store.create("products", "s@1", 4)
+    collection.upsert(["a", "b"], np.eye(2, 4, dtype=np.float32), [{}, {}])
+    store.close()
+
+    restarted = CollectionStore(HnswParams(), 8, Durability(tmp_path))  # not loaded yet
+    with pytest.raises(Unavailable) as caught:
+        restarted.create("products", "s@1", 4, exist_ok=True)
+    assert caught.value.reason == "NOT_READY"
+    with pytest.raises(Unavailable):
+        restarted.create("brand-new", "s@1", 4)  # nothing is created before the load either
+    restarted.load()
+    assert restarted.get("products").item_count == 2
+    _, created = restarted.create("products", "s@1", 4, exist_ok=True)
+    assert not created
+    restarted.close()
+    assert durable_store(tmp_path).get("products").item_count == 2
+
+
+def test_a_directory_with_an_alias_is_never_removed_by_create(tmp_path) -> None:
+    store = durable_store(tmp_path)
+    store.create("c", "s@1", 4)[0].upsert(["a"], np.ones((1, 4), np.float32), [{}])
+    store._aliases.clear()  # as if load() had skipped it: an inconsistency, not a new name
+    with pytest.raises(Unavailable):
+        store.create("c", "s@1", 4)
+    assert (tmp_path / "collections" / "c" / "alias.json").exists()

@@ -1,9 +1,10 @@
 """API keys and TLS for the shared runtime.
 
-Keys travel in call metadata (``x-api-key: KEY`` or ``authorization: Bearer KEY``). A
-service names the role each method needs; the interceptor answers UNAUTHENTICATED for a
-missing or unknown key and PERMISSION_DENIED for a key without the role, *before* the
+Keys travel in call metadata (``x-api-key: KEY`` or ``authorization: Bearer KEY``). Every
+service names the role each of its methods needs; the runtime answers UNAUTHENTICATED for
+a missing or unknown key and PERMISSION_DENIED for a key without the role, *before* the
 request body is deserialised. With no keys configured the check is off (local use).
+Services calling other services present ``--downstream-api-key``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import grpc
+
+from contentembed.services.common.errors import PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,10 @@ def key_from_metadata(metadata: tuple[tuple[str, str | bytes], ...] | None) -> s
     return None
 
 
-class ApiKeyInterceptor(grpc.ServerInterceptor):
+class ApiKeyPolicy:
+    """Which key may call which method. Raises the domain errors that the runtime's one
+    interceptor turns into a status (with ErrorInfo, counted like every other call)."""
+
     def __init__(
         self,
         keys: Mapping[str, str],
@@ -45,6 +51,10 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
         self._keys = dict(keys)
         self._required_role = required_role
 
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
     def _role_of(self, presented: str) -> str | None:
         # Constant-time comparison against every key: timing reveals nothing about them.
         role = None
@@ -53,29 +63,25 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
                 role = key_role
         return role
 
-    def intercept_service(self, continuation, handler_call_details):
-        required = self._required_role(handler_call_details.method)
+    def check(self, method: str, metadata: tuple[tuple[str, str | bytes], ...] | None) -> None:
+        required = self._required_role(method)
         if required is None or not self._keys:
-            return continuation(handler_call_details)
-        presented = key_from_metadata(handler_call_details.invocation_metadata)
-        if presented is None:
-            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing API key (x-api-key metadata)")
+            return
+        presented = key_from_metadata(metadata)
+        if not presented:
+            raise Unauthenticated(
+                "missing API key (x-api-key or authorization: Bearer metadata)",
+                reason="API_KEY_MISSING",
+            )
         role = self._role_of(presented)
         if role is None:
-            return _deny(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
+            raise Unauthenticated("unknown API key", reason="API_KEY_UNKNOWN")
         if required not in GRANTS[role]:
-            return _deny(
-                grpc.StatusCode.PERMISSION_DENIED, f"this API key has no {required!r} permission"
+            raise PermissionDenied(
+                f"this API key has no {required!r} permission",
+                reason="PERMISSION_MISSING",
+                metadata={"required_role": required},
             )
-        return continuation(handler_call_details)
-
-
-def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    def deny(request: bytes, context: grpc.ServicerContext) -> None:
-        context.abort(code, message)
-
-    # No deserializer: the body of a refused call is never parsed.
-    return grpc.unary_unary_rpc_method_handler(deny)
 
 
 def read(path: Path | None) -> bytes | None:

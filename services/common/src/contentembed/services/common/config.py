@@ -13,6 +13,7 @@ SettingsT = TypeVar("SettingsT", bound="ServiceSettings")
 
 # Comma-separated in flags and environment alike ("a:1,b:2"), a JSON list also works.
 EndpointList = Annotated[list[str], NoDecode]
+KeyList = Annotated[list[str], NoDecode]
 
 
 def split_endpoints(value: object) -> object:
@@ -51,6 +52,13 @@ class ServiceSettings(BaseSettings):
         description="Calls in progress (running or waiting for a thread); beyond this the "
         "server sheds load with RESOURCE_EXHAUSTED instead of queueing without bound.",
     )
+    max_queue_wait_s: float = Field(
+        0.5,
+        gt=0,
+        description="A call is refused at arrival (RESOURCE_EXHAUSTED with a retry delay) "
+        "when the calls ahead of it would keep it waiting for a handler thread longer than "
+        "this; queued calls that can no longer finish before their deadline are shed too.",
+    )
     max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest gRPC message received or sent."
     )
@@ -75,18 +83,36 @@ class ServiceSettings(BaseSettings):
         None, description="Client certificate for mutual TLS to other services."
     )
     downstream_tls_key_file: Path | None = Field(None, description="Key of the client certificate.")
-    api_keys: EndpointList = Field(
+    api_keys: KeyList = Field(
         default_factory=list,
-        description="Keys allowed to search (comma-separated; prefer the environment variable).",
+        description="Keys allowed to search (encoders: to embed; shards: to read), "
+        "comma-separated; prefer the environment variable. None configured: no key needed.",
     )
-    admin_api_keys: EndpointList = Field(
-        default_factory=list, description="Keys allowed to search and administer."
+    admin_api_keys: KeyList = Field(
+        default_factory=list,
+        description="Keys allowed to search and administer (shards: to write).",
+    )
+    downstream_api_key: str | None = Field(
+        None,
+        min_length=1,
+        description="Key this service presents to the services it calls (the gateway to "
+        "encoders and shards); needs the admin role there when they require keys.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(True, description="JSON lines logs (false: plain text).")
 
 
     _split_keys = field_validator("api_keys", "admin_api_keys", mode="before")(split_endpoints)
+
+    @field_validator("api_keys", "admin_api_keys")
+    @classmethod
+    def _real_keys(cls, keys: list[str]) -> list[str]:
+        # An empty key (a JSON list [""], a stray variable) would let anyone in who sends
+        # an empty header; whitespace around a key is a pasting accident.
+        for key in keys:
+            if not key or key != key.strip():
+                raise ValueError("API keys must be non-empty, without surrounding whitespace")
+        return keys
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> ServiceSettings:
@@ -113,4 +139,4 @@ def load_settings(settings_cls: type[SettingsT], argv: list[str] | None) -> Sett
     return CliApp.run(settings_cls, cli_args=argv or [])
 
 
-__all__ = ["EndpointList", "ServiceSettings", "load_settings", "split_endpoints"]
+__all__ = ["EndpointList", "KeyList", "ServiceSettings", "load_settings", "split_endpoints"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -28,17 +28,6 @@ from contentembed.services.common.server import channel_options
 ResponseT = TypeVar("ResponseT")
 ResultT = TypeVar("ResultT")
 
-
-# gRPC reports "no deadline" as an enormous remaining time; anything past a day is that.
-NO_DEADLINE_S = 24 * 3600.0
-
-
-def caller_time_remaining(context: grpc.ServicerContext) -> float | None:
-    """Seconds until the caller's deadline, or None when it set none."""
-    remaining = context.time_remaining()
-    if remaining is None or remaining > NO_DEADLINE_S:
-        return None
-    return max(remaining, 0.0)
 
 
 def remaining_timeout(deadline: float, downstream: str) -> float:
@@ -68,18 +57,49 @@ def retry_delay_s(error: grpc.RpcError) -> float | None:
     return None
 
 
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str | bytes]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+class PresentApiKey(grpc.UnaryUnaryClientInterceptor):
+    """Adds this service's downstream key to every call on a channel."""
+
+    def __init__(self, key: str) -> None:
+        self._header = ("x-api-key", key)
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        details = _CallDetails(
+            client_call_details.method,
+            client_call_details.timeout,
+            (*(client_call_details.metadata or ()), self._header),
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+            client_call_details.compression,
+        )
+        return continuation(details, request)
+
+
 def open_channel(endpoint: str, settings: ServiceSettings) -> grpc.Channel:
     """A channel to another service, over TLS (mutual when a client certificate is set)
-    whenever a downstream CA is configured."""
+    whenever a downstream CA is configured, presenting --downstream-api-key if set."""
     options = channel_options(settings.max_message_bytes)
     if settings.downstream_tls_ca_file is None:
-        return grpc.insecure_channel(endpoint, options=options)
-    credentials = channel_credentials(
-        settings.downstream_tls_ca_file,
-        settings.downstream_tls_cert_file,
-        settings.downstream_tls_key_file,
-    )
-    return grpc.secure_channel(endpoint, credentials, options=options)
+        channel = grpc.insecure_channel(endpoint, options=options)
+    else:
+        credentials = channel_credentials(
+            settings.downstream_tls_ca_file,
+            settings.downstream_tls_cert_file,
+            settings.downstream_tls_key_file,
+        )
+        channel = grpc.secure_channel(endpoint, credentials, options=options)
+    if settings.downstream_api_key is None:
+        return channel
+    return grpc.intercept_channel(channel, PresentApiKey(settings.downstream_api_key))
 
 
 class PendingCall(Generic[ResponseT, ResultT]):

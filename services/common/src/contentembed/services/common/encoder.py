@@ -19,10 +19,11 @@ from pydantic import Field
 from contentembed.common.v1 import types_pb2
 from contentembed.encoder.v1 import encoder_service_pb2 as pb
 from contentembed.encoder.v1 import encoder_service_pb2_grpc as pb_grpc
+from contentembed.services.common.auth import SEARCH_ROLE
 from contentembed.services.common.batching import BatcherMetrics, DynamicBatcher
 from contentembed.services.common.config import ServiceSettings
-from contentembed.services.common.downstream import caller_time_remaining
-from contentembed.services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from contentembed.services.common.errors import DeadlineExceeded, InvalidArgument
+from contentembed.services.common.interceptor import caller_time_remaining
 from contentembed.services.common.models import EmbeddingBackend
 from contentembed.services.common.protoconv import matrix_to_pb
 
@@ -107,9 +108,13 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
         if self.batcher is not None:
             self.batcher.close()
 
-    def _ready(self) -> tuple[EmbeddingBackend[InputT], DynamicBatcher[InputT, Embedded]]:
-        if self.backend is None or self.batcher is None:
-            raise Unavailable(f"the {self.name} model is still loading", reason="MODEL_LOADING")
+    def required_role(self, method: str) -> str | None:
+        """Embedding is a read: any search key (the gateway's downstream key) may call."""
+        return SEARCH_ROLE
+
+    def _loaded(self) -> tuple[EmbeddingBackend[InputT], DynamicBatcher[InputT, Embedded]]:
+        # The runtime answers NOT_READY until load() returned, so both are set here.
+        assert self.backend is not None and self.batcher is not None
         return self.backend, self.batcher
 
     # -- RPCs ------------------------------------------------------------------------
@@ -124,7 +129,7 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
                 reason="BATCH_TOO_LARGE",
             )
         decoded = [self.decode_input(position, item) for position, item in enumerate(inputs)]
-        backend, batcher = self._ready()
+        backend, batcher = self._loaded()
         backend.check(decoded)
         remaining = caller_time_remaining(context)
         deadline = None if remaining is None else time.monotonic() + remaining
@@ -143,7 +148,7 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
     def GetEncoderInfo(
         self, request: pb.GetEncoderInfoRequest, context: grpc.ServicerContext
     ) -> pb.GetEncoderInfoResponse:
-        backend, _ = self._ready()
+        backend, _ = self._loaded()
         space = backend.space
         return pb.GetEncoderInfoResponse(
             modality=self.modality,

@@ -1,4 +1,4 @@
-"""Domain errors, raised by model, index and merge code that never imports grpc.
+"""Domain errors, raised by model, index and gateway code that never imports grpc.
 
 Each carries the name of the canonical gRPC code it maps to; the one error-mapping
 interceptor (``interceptor.py``) turns it into a ``google.rpc.Status`` with an
@@ -72,6 +72,14 @@ class Internal(ContentEmbedError):
     code = "INTERNAL"
 
 
+class Unauthenticated(ContentEmbedError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ContentEmbedError):
+    code = "PERMISSION_DENIED"
+
+
 ERRORS_BY_CODE: dict[str, type[ContentEmbedError]] = {
     cls.code: cls
     for cls in (
@@ -84,6 +92,8 @@ ERRORS_BY_CODE: dict[str, type[ContentEmbedError]] = {
         DeadlineExceeded,
         Cancelled,
         Internal,
+        Unauthenticated,
+        PermissionDenied,
     )
 }
 

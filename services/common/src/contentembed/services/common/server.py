@@ -1,9 +1,22 @@
 """Server factory and lifecycle shared by all services.
 
 A service supplies its domain part (``Service``); the runtime supplies the rest:
-gRPC server with explicit message limits, the error-mapping interceptor, grpc.health.v1
-(NOT_SERVING until ``Service.load`` returns), server reflection, Prometheus metrics on
-their own port, structured logs and a graceful SIGTERM (NOT_SERVING, then drain).
+gRPC server with explicit message limits, the one interceptor (API keys, readiness,
+admission, error mapping), grpc.health.v1 (NOT_SERVING until ``Service.load`` returns),
+server reflection, Prometheus metrics on their own port, structured logs and a graceful
+SIGTERM (NOT_SERVING, then drain).
+
+Readiness is the runtime's guarantee, not each service's convention: the port opens
+first (so probes and launchers see the process), but until ``load()`` has returned every
+product call is refused with UNAVAILABLE (reason NOT_READY, with a retry delay). Nothing
+a caller sends can run against state that is still being loaded.
+
+Load-failure policy: a service whose ``load()`` raises stays alive and never turns
+SERVING. Its product calls answer UNAVAILABLE with reason LOAD_FAILED and the cause (which
+names the file or model that failed), the log says the same once, and the metric
+``contentembed_service_state`` reads ``load_failed``. Restarting would fail the same way
+(a corrupt snapshot, a missing model directory): an operator has to act, and a process
+that stays up keeps its logs and metrics readable while readiness probes keep traffic away.
 """
 
 from __future__ import annotations
@@ -22,10 +35,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
+from prometheus_client import Enum as EnumMetric
 
-from contentembed.services.common.auth import ApiKeyInterceptor, server_credentials
+from contentembed.services.common.admission import Admission
+from contentembed.services.common.auth import ApiKeyPolicy, server_credentials
 from contentembed.services.common.config import ServiceSettings, load_settings
-from contentembed.services.common.interceptor import ErrorMappingInterceptor
+from contentembed.services.common.errors import Unavailable
+from contentembed.services.common.interceptor import RuntimeInterceptor
 from contentembed.services.common.logs import configure_logging
 from contentembed.services.common.metrics import MetricsEndpoint, RpcMetrics
 
@@ -42,11 +58,20 @@ class Service(Protocol):
     def register(self, server: grpc.Server) -> list[str]:
         """Adds servicers to ``server``; returns their full service names."""
 
+    def required_role(self, method: str) -> str | None:
+        """The API-key role a full method name needs (auth.SEARCH_ROLE or ADMIN_ROLE);
+        None leaves it open. Only consulted when keys are configured."""
+
     def load(self) -> None:
         """Loads models or data and warms up; health turns SERVING when this returns."""
 
     def close(self) -> None:
         """Releases resources after the server stopped."""
+
+
+LOADING, SERVING, LOAD_FAILED, STOPPING = "loading", "serving", "load_failed", "stopping"
+# While loading, how long a refused caller is asked to wait before trying again.
+NOT_READY_RETRY_S = 1.0
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -67,6 +92,14 @@ class ServiceRuntime:
         self.port: int = 0
         self.metrics_port: int | None = None
         self.load_error: BaseException | None = None
+        self.state_metric = EnumMetric(
+            "contentembed_service_state",
+            "Lifecycle of the service: product calls are answered only while serving.",
+            ["service"],
+            states=[LOADING, SERVING, LOAD_FAILED, STOPPING],
+            registry=registry,
+        ).labels(service.name)
+        self._state = LOADING
         self._service_names: list[str] = []
         self._server: grpc.Server | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
@@ -79,18 +112,22 @@ class ServiceRuntime:
 
     def start(self) -> None:
         settings = self.settings
-        interceptors: list[grpc.ServerInterceptor] = []
-        required_role = getattr(self.service, "required_role", None)
-        if required_role is not None:
-            interceptors.append(ApiKeyInterceptor(settings.api_key_roles, required_role))
-        interceptors.append(ErrorMappingInterceptor(RpcMetrics(self.registry, self.service.name)))
+        keys = ApiKeyPolicy(settings.api_key_roles, self.service.required_role)
+        interceptor = RuntimeInterceptor(
+            RpcMetrics(self.registry, self.service.name),
+            keys,
+            self._check_ready,
+            Admission(settings.max_workers, settings.max_concurrent_rpcs, settings.max_queue_wait_s),
+        )
         self._server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=settings.max_workers, thread_name_prefix=f"{self.service.name}-rpc"
             ),
-            interceptors=interceptors,
+            interceptors=[interceptor],
             options=channel_options(settings.max_message_bytes),
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            # Admission refuses first (with a retry delay, counted); gRPC's own limit only
+            # bounds what refused calls waiting for a thread can hold.
+            maximum_concurrent_rpcs=2 * settings.max_concurrent_rpcs,
         )
         self._service_names = self.service.register(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -115,18 +152,48 @@ class ServiceRuntime:
         self._write_port_file()
         log.info(
             "listening",
-            extra={"address": self.address, "metrics_port": self.metrics_port},
+            extra={
+                "address": self.address,
+                "metrics_port": self.metrics_port,
+                "api_keys": "required" if keys.enabled else "off",
+                "tls": "off" if settings.tls_cert_file is None
+                else "mutual" if settings.tls_client_ca_file is not None else "on",
+            },
         )
         threading.Thread(target=self._load, name=f"{self.service.name}-load", daemon=True).start()
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def _set_state(self, state: str) -> None:
+        self._state = state
+        self.state_metric.state(state)
+
+    def _check_ready(self) -> None:
+        """The interceptor's readiness gate for product calls."""
+        if self._state == LOADING:
+            raise Unavailable(
+                f"{self.service.name} is still loading; retry shortly",
+                reason="NOT_READY",
+                retry_after_s=NOT_READY_RETRY_S,
+            )
+        if self._state == LOAD_FAILED:
+            raise Unavailable(
+                f"{self.service.name} failed to load and serves nothing: {self.load_error}",
+                reason="LOAD_FAILED",
+            )
 
     def _load(self) -> None:
         try:
             self.service.load()
         except BaseException as error:  # noqa: BLE001 - a failed load must never kill the process
             self.load_error = error
-            log.exception("load failed; staying NOT_SERVING")
+            self._set_state(LOAD_FAILED)
+            log.exception("load failed; staying NOT_SERVING", extra={"error": str(error)})
         else:
             if not self._stopped.is_set():
+                self._set_state(SERVING)
                 self._set_health(health_pb2.HealthCheckResponse.SERVING)
                 log.info("serving", extra={"services": ",".join(self._service_names)})
         finally:
@@ -157,6 +224,9 @@ class ServiceRuntime:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._state == SERVING:
+            # In-flight and drain-delay calls still run; the state only tells the metric.
+            self.state_metric.state(STOPPING)
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self.health.enter_graceful_shutdown()
         time.sleep(self.settings.drain_delay_s)

@@ -55,6 +55,7 @@ from contentembed.services.gateway.shadow import Candidate
 log = logging.getLogger(__name__)
 
 RegisterCancel = Callable[[Callable[[], None]], Any]
+NOT_RETRIED_AT_START = CLIENT_ERROR_CODES | {"UNAUTHENTICATED", "PERMISSION_DENIED"}
 COLLECTION_SPACE_TTL_S = 5.0
 SHADOW_TIMEOUT_S = 10.0
 MAX_COLLECTIONS_PER_QUERY = 8
@@ -239,7 +240,8 @@ class Gateway:
                 self.router.refresh(deadline, wait_for_ready=True, require_all=True)
                 results_of_all([shard.list_collections(1, "", deadline) for shard in self.shards])
             except ContentEmbedError as error:
-                if time.monotonic() + 0.5 >= deadline or error.code in CLIENT_ERROR_CODES:
+                # A refused key or a bad request will not fix itself by waiting.
+                if time.monotonic() + 0.5 >= deadline or error.code in NOT_RETRIED_AT_START:
                     raise Unavailable(f"downstream services not ready: {error.message}") from error
                 time.sleep(0.5)
                 continue

@@ -14,8 +14,8 @@ from contentembed.search.v1 import search_service_pb2 as search_pb
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
 from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
 from contentembed.services.common.config import EndpointList, ServiceSettings, split_endpoints
-from contentembed.services.common.downstream import caller_time_remaining
 from contentembed.services.common.errors import InvalidArgument
+from contentembed.services.common.interceptor import caller_time_remaining
 from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
 from contentembed.services.common.server import run_service
 from contentembed.services.gateway.cache import EmbeddingCache

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
+from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
 from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
 from contentembed.services.common.protoconv import (
@@ -86,6 +87,11 @@ def check_space(collection: HnswCollection, space_id: str, *, what: str) -> None
         )
 
 
+READ_METHODS = frozenset(
+    {"GetCollection", "ListCollections", "Search", "SearchBatch", "GetItems", "ListItems"}
+)
+
+
 class IndexService(pb_grpc.IndexServiceServicer):
     name = "index"
 
@@ -111,6 +117,10 @@ class IndexService(pb_grpc.IndexServiceServicer):
     def register(self, server: grpc.Server) -> list[str]:
         pb_grpc.add_IndexServiceServicer_to_server(self, server)
         return [pb.DESCRIPTOR.services_by_name["IndexService"].full_name]
+
+    def required_role(self, method: str) -> str | None:
+        """Reads need a search key, everything that changes the shard an admin key."""
+        return SEARCH_ROLE if method.rsplit("/", 1)[-1] in READ_METHODS else ADMIN_ROLE
 
     def load(self) -> None:
         """Recovers durable collections (snapshot + WAL); a corrupt file keeps the shard

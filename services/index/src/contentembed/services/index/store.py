@@ -223,6 +223,7 @@ class CollectionStore:
         self._aliases: dict[str, Alias] = {}
         self._files: dict[tuple[str, str], CollectionFiles] = {}
         self._lock = threading.Lock()
+        self._loaded = durability is None  # in memory there is nothing to recover
         self._stop = threading.Event()
         self._snapshotter: threading.Thread | None = None
 
@@ -236,26 +237,34 @@ class CollectionStore:
 
     def load(self) -> None:
         """Recovers every collection version on disk. Any corrupt file aborts the load: a
-        shard that would serve with data missing must not turn SERVING."""
+        shard that would serve with data missing must not turn SERVING.
+
+        Holds the store's lock throughout: the runtime already refuses calls until this
+        returns, and the lock makes the store itself safe against a create, bundle load or
+        delete that reached it anyway (it waits, then sees every recovered collection)."""
         if self.durability is None:
             return
         root = self.durability.data_dir / "collections"
         root.mkdir(parents=True, exist_ok=True)
-        for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            alias_file = name_dir / "alias.json"
-            if not alias_file.exists():
-                # The alias is written last, before the create is acknowledged: without it
-                # the collection never existed for any client.
-                log.warning("removing an unacknowledged collection", extra={"dir": str(name_dir)})
-                remove_tree(name_dir)
-                continue
-            versions: dict[str, HnswCollection] = {}
-            for version_dir in sorted((name_dir / "versions").iterdir()):
-                if version_dir.name.startswith("."):
+        with self._lock:
+            for name_dir in sorted(
+                p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+            ):
+                alias_file = name_dir / "alias.json"
+                if not alias_file.exists():
+                    # The alias is written last, before the create is acknowledged: without
+                    # it the collection never existed for any client.
+                    log.warning("removing an unacknowledged collection", extra={"dir": str(name_dir)})
+                    remove_tree(name_dir)
                     continue
-                versions[version_dir.name] = self._recover(name_dir.name, version_dir)
-            state = json.loads(alias_file.read_bytes())
-            self._aliases[name_dir.name] = Alias(versions, state["active"], state.get("previous"))
+                versions: dict[str, HnswCollection] = {}
+                for version_dir in sorted((name_dir / "versions").iterdir()):
+                    if version_dir.name.startswith("."):
+                        continue
+                    versions[version_dir.name] = self._recover(name_dir.name, version_dir)
+                state = json.loads(alias_file.read_bytes())
+                self._aliases[name_dir.name] = Alias(versions, state["active"], state.get("previous"))
+            self._loaded = True
         self._snapshotter = threading.Thread(target=self._snapshot_loop, name="snapshots", daemon=True)
         self._snapshotter.start()
 
@@ -346,11 +355,24 @@ class CollectionStore:
                 return serving, False
             collection = HnswCollection(name, space_id, dim, params, self.initial_capacity)
             if self.durability is not None:
-                remove_tree(self._name_dir(name))  # leftovers of a create that never acknowledged
+                self._clear_unacknowledged(name)
                 self._persist_version(collection, snapshot_from=None)
                 self._write_alias(name, Alias({}, LIVE_VERSION))
             self._aliases[name] = Alias({LIVE_VERSION: collection}, LIVE_VERSION)
             return collection, True
+
+    def _clear_unacknowledged(self, name: str) -> None:
+        """Removes the leftovers of a create that was never acknowledged, and nothing else:
+        a directory with an alias holds acknowledged writes that only a completed load()
+        may account for, so finding one here is refused, never deleted."""
+        directory = self._name_dir(name)
+        if not self._loaded or (directory / "alias.json").exists():
+            raise Unavailable(
+                f"collection {name!r} is on disk but not loaded; the shard is still recovering",
+                reason="NOT_READY",
+                retry_after_s=1.0,
+            )
+        remove_tree(directory)
 
     def _persist_version(self, collection: HnswCollection, snapshot_from: Path | None) -> None:
         """Creates the version's directory in one rename: spec, optional first snapshot."""
@@ -451,6 +473,8 @@ class CollectionStore:
             if alias is not None and version in alias.versions:
                 raise AlreadyExists(f"collection {name!r} already has version {version!r}")
             if self.durability is not None:
+                if alias is None:
+                    self._clear_unacknowledged(name)
                 self._persist_version(collection, snapshot_from=directory)
             if alias is None:
                 alias = Alias({}, version)

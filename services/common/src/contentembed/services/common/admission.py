@@ -1,0 +1,136 @@
+"""Admission control shared by every service: which calls start, and which are shed.
+
+A gRPC sync server runs each call on a pool thread; calls beyond the pool wait in its
+queue. Bounding only the *number* of calls lets that queue grow to seconds: under a
+burst most callers then spend their whole deadline queued, the calls that do run finish
+too late to be used, and useful throughput collapses. So admission accounts for time:
+
+- at arrival, a call is refused when the calls already in progress would keep it
+  waiting for a thread longer than ``max_queue_wait_s`` (or when ``max_in_flight`` calls
+  are in progress), and
+- when a thread picks a call up, it is shed if it waited and the time its caller has left
+  is shorter than this method usually takes: running it would only spend capacity on an
+  answer nobody can use.
+
+Both refusals are RESOURCE_EXHAUSTED with a retry delay, cheap enough that the queue
+drains quickly. Service times are exponentially weighted means per method. Pure: no grpc.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from contentembed.services.common.errors import ResourceExhausted
+
+# Weight of the newest observation in the per-method mean service time.
+SMOOTHING = 0.1
+# A call that waited less than this for a thread did not queue: it runs even if its
+# deadline looks short (the caller may know better than a mean).
+QUEUED_S = 0.002
+MIN_RETRY_S = 0.05
+MAX_RETRY_S = 5.0
+
+
+@dataclass
+class Ticket:
+    """One admitted call; hand it back to ``finish`` exactly once."""
+
+    method: str
+    arrived: float
+    started: float | None = None
+
+
+class Admission:
+    def __init__(
+        self,
+        workers: int,
+        max_in_flight: int,
+        max_queue_wait_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.workers = workers
+        self.max_in_flight = max_in_flight
+        self.max_queue_wait_s = max_queue_wait_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._service_s: dict[str, float] = {}
+        self._mean_service_s = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def expected_service_s(self, method: str) -> float | None:
+        return self._service_s.get(method)
+
+    def _expected_wait_locked(self) -> float:
+        """How long one more call would wait for a thread, from the calls ahead of it."""
+        ahead = self._in_flight + 1 - self.workers
+        return max(0, ahead) * self._mean_service_s / self.workers
+
+    def arrive(self, method: str) -> Ticket:
+        """Admits a call or raises ResourceExhausted (with a retry delay)."""
+        with self._lock:
+            wait = self._expected_wait_locked()
+            if self._in_flight >= self.max_in_flight:
+                raise ResourceExhausted(
+                    f"{self._in_flight} calls in progress, the limit is {self.max_in_flight}; "
+                    "retry later",
+                    reason="TOO_MANY_CALLS",
+                    retry_after_s=retry_delay(wait),
+                )
+            if wait > self.max_queue_wait_s:
+                raise ResourceExhausted(
+                    f"overloaded: a new call would wait about {wait * 1000:.0f} ms for a "
+                    f"handler (limit {self.max_queue_wait_s * 1000:.0f} ms); retry later",
+                    reason="OVERLOADED",
+                    retry_after_s=retry_delay(wait),
+                )
+            self._in_flight += 1
+        return Ticket(method, self._clock())
+
+    def start(self, ticket: Ticket, time_remaining_s: float | None) -> None:
+        """Called on the handler thread; sheds a queued call that can no longer finish
+        before its caller's deadline (ResourceExhausted). Otherwise the call starts."""
+        now = self._clock()
+        waited = now - ticket.arrived
+        expected = self._service_s.get(ticket.method)
+        if (
+            time_remaining_s is not None
+            and expected is not None
+            and waited > QUEUED_S
+            and time_remaining_s < expected
+        ):
+            raise ResourceExhausted(
+                f"overloaded: the call waited {waited * 1000:.0f} ms for a handler and has "
+                f"{time_remaining_s * 1000:.0f} ms left, {ticket.method} usually takes "
+                f"{expected * 1000:.0f} ms; retry later",
+                reason="OVERLOADED",
+                retry_after_s=retry_delay(waited),
+            )
+        ticket.started = now
+
+    def finish(self, ticket: Ticket) -> None:
+        """The call ended (answered, failed or shed); a call that ran updates the mean."""
+        now = self._clock()
+        with self._lock:
+            self._in_flight -= 1
+            if ticket.started is None:
+                return
+            took = now - ticket.started
+            previous = self._service_s.get(ticket.method)
+            self._service_s[ticket.method] = (
+                took if previous is None else previous + SMOOTHING * (took - previous)
+            )
+            if self._mean_service_s == 0.0:
+                self._mean_service_s = took
+            else:
+                self._mean_service_s += SMOOTHING * (took - self._mean_service_s)
+
+
+def retry_delay(wait_s: float) -> float:
+    return min(max(wait_s, MIN_RETRY_S), MAX_RETRY_S)
