@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from tqdm import tqdm
 
@@ -20,7 +22,8 @@ from contentembed.cli.catalog import (
     read_catalog,
     read_labelled_queries,
 )
-from contentembed.cli.stack import LocalStack, StackError
+from contentembed.cli.signals import StopRequested, StopSignals
+from contentembed.cli.stack import LocalStack, StackError, StackEvent
 from contentembed.client import ApiError, Client, SearchResult
 from contentembed.client.sync import DEFAULT_TARGET, client_from_env
 
@@ -90,6 +93,68 @@ def print_hits(result: SearchResult, query: str, expected_id: str | None = None)
     )
 
 
+SUPERVISE_INTERVAL_S = 0.5
+
+
+def print_stack(stack: LocalStack) -> None:
+    table = Table(title="contentembed is up", title_justify="left")
+    for column in ("service", "gRPC", "/metrics port", "pid"):
+        table.add_column(column)
+    for service in stack.services:
+        table.add_row(service.name, service.address, str(service.metrics_port), str(service.pid))
+    console.print(table)
+    console.print(f"logs: {stack.run_dir / 'logs'}/<service>.log")
+    console.print(f"clients use [bold]{stack.gateway_address}[/]; Ctrl-C stops everything.")
+
+
+def report(event: StackEvent) -> None:
+    if event.restarted:
+        err_console.print(f"[yellow]{escape(str(event))}[/]", soft_wrap=True)
+    else:
+        console.print(f"[green]{escape(str(event))}[/]", soft_wrap=True)
+
+
+def supervise(stack: LocalStack, signals: StopSignals) -> int:
+    """Starts the stack and restarts what exits until a service keeps failing (exit code
+    1); a stop signal ends it with StopRequested."""
+    try:
+        console.print(
+            f"starting {len(stack.configured_ports())} services, logs in {stack.run_dir / 'logs'} ..."
+        )
+        stack.start()
+        print_stack(stack)
+        while True:
+            for event in stack.poll():
+                report(event)
+            time.sleep(SUPERVISE_INTERVAL_S)
+    except StackError as error:
+        signals.disarm()
+        err_console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        if stack.services:
+            console.print("stopping the services ...")
+        return 1
+
+
+def run_stack(stack: LocalStack, body: Callable[[StopSignals], int]) -> int:
+    """Runs ``body`` (which starts ``stack``) until it returns or a stop signal arrives,
+    then stops the stack; returns the exit code, 0 for a requested stop."""
+    signals = StopSignals()
+    stack.spawn_guard = signals.held
+    # Handlers go in before the first child starts, and stay while the stack stops: a
+    # second Ctrl-C is then only noted instead of killing the launcher half-way.
+    with signals:
+        try:
+            return body(signals)
+        except StopRequested as stop:
+            console.print(f"{stop.signal_name} received; stopping the services ...")
+            return 0
+        finally:
+            try:
+                signals.disarm()
+            finally:
+                stack.stop()
+
+
 @app.command()
 def up(
     shards: Annotated[int, typer.Option(help="Number of index shards.")] = 2,
@@ -99,8 +164,22 @@ def up(
     metrics_base_port: Annotated[int, typer.Option(help="/metrics ports from here; 0: any.")] = 9100,
     run_dir: Annotated[Path, typer.Option(help="Logs and port files.")] = Path(".contentembed/run"),
     text_model: Annotated[str | None, typer.Option(help="Model dir for the text-encoder.")] = None,
+    max_restarts: Annotated[
+        int, typer.Option(min=0, help="Restarts allowed per service within --restart-window.")
+    ] = 5,
+    restart_window: Annotated[
+        float, typer.Option(min=0.0, help="Seconds over which --max-restarts is counted.")
+    ] = 60.0,
 ) -> None:
-    """Start text- and image-encoder, index shards and gateway locally; Ctrl-C stops all."""
+    """Start text- and image-encoder, index shards and gateway locally and keep them running.
+
+    Ctrl-C, SIGTERM or SIGHUP (unless started under nohup) stops them in order: gateway,
+    shards, encoders, each with SIGTERM and up to 20 s to drain, then SIGKILL; such a
+    requested stop exits with code 0. A service that exits is restarted on the same port,
+    at most --max-restarts times within --restart-window seconds; beyond that everything
+    stops with exit code 1. A port already in use: nothing starts, exit code 1. On Linux
+    the services also stop (SIGTERM) when the launcher itself is killed.
+    """
     stack = LocalStack(
         run_dir=run_dir,
         shard_count=shards,
@@ -109,31 +188,12 @@ def up(
         index_base_port=index_base_port,
         metrics_base_port=metrics_base_port,
         text_model=text_model,
+        max_restarts=max_restarts,
+        restart_window_s=restart_window,
     )
-    console.print(f"starting {shards + 3} services, logs in {run_dir / 'logs'} ...")
-    try:
-        stack.start()
-    except StackError as error:
-        raise fail(str(error)) from None
-    table = Table(title="contentembed is up", title_justify="left")
-    for column in ("service", "gRPC", "/metrics port", "pid"):
-        table.add_column(column)
-    for service in stack.services:
-        table.add_row(service.name, service.address, str(service.metrics_port), str(service.pid))
-    console.print(table)
-    console.print(f"logs: {run_dir / 'logs'}/<service>.log")
-    console.print(f"clients use [bold]{stack.gateway_address}[/]; Ctrl-C stops everything.")
-    try:
-        while True:
-            stack.check_alive()
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        console.print("stopping ...")
-    except StackError as error:
-        err_console.print(f"[bold red]a service died:[/] {error}")
-        stack.stop()
-        raise typer.Exit(1) from None
-    stack.stop()
+    code = run_stack(stack, lambda signals: supervise(stack, signals))
+    if code:
+        raise typer.Exit(code)
     console.print("stopped.")
 
 
@@ -295,6 +355,40 @@ def health(target: TargetOption = DEFAULT_TARGET) -> None:
         raise typer.Exit(1)
 
 
+def run_demo(stack: LocalStack, signals: StopSignals, queries: int) -> int:
+    labelled = read_labelled_queries()
+    console.print(
+        f"[bold]1/3[/] starting text- and image-encoder, {stack.shard_count} index shards and gateway ..."
+    )
+    started = time.perf_counter()
+    try:
+        stack.start()
+        console.print(f"    all SERVING after {time.perf_counter() - started:.1f} s "
+                      f"(gateway {stack.gateway_address}, logs in {stack.run_dir / 'logs'})")
+        with Client(stack.gateway_address, timeout=30.0) as client:
+            console.print(f"[bold]2/3[/] ingesting {DEMO_CATALOG.name} into '{DEMO_COLLECTION}'")
+            written, _ = ingest_documents(client, DEMO_COLLECTION, DEMO_CATALOG, 64)
+            info = client.get_collection(DEMO_COLLECTION)
+            console.print(f"    {written} documents, {info.item_count} items on "
+                          f"{info.shard_count} shards, space {info.space_id}")
+            console.print("[bold]3/3[/] example queries (paraphrases of catalog items)\n")
+            found = 0
+            for number, item in enumerate(labelled):
+                result = client.search(DEMO_COLLECTION, text=item.query, top_k=5)
+                found += item.expected_id in [hit.id for hit in result.hits]
+                if number < queries:
+                    print_hits(result, item.query, item.expected_id)
+            console.print(
+                f"[bold]recall@5[/] over {len(labelled)} hand-written paraphrased queries: "
+                f"[bold green]{found / len(labelled):.2f}[/] ({found}/{len(labelled)})"
+            )
+    except (StackError, ApiError, CatalogError) as error:
+        signals.disarm()
+        err_console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        return 1
+    return 0
+
+
 @app.command()
 def demo(
     shards: Annotated[int, typer.Option(help="Number of index shards.")] = 2,
@@ -302,33 +396,14 @@ def demo(
     queries: Annotated[int, typer.Option(help="How many example queries to show.")] = 6,
 ) -> None:
     """The main job on built-in data: start the services, ingest the demo catalog,
-    run example queries, print ranked results and recall@5, stop."""
-    labelled = read_labelled_queries()
-    console.print(f"[bold]1/3[/] starting text- and image-encoder, {shards} index shards and gateway ...")
-    started = time.perf_counter()
-    try:
-        with LocalStack(run_dir=run_dir, shard_count=shards) as stack:
-            console.print(f"    all SERVING after {time.perf_counter() - started:.1f} s "
-                          f"(gateway {stack.gateway_address}, logs in {run_dir / 'logs'})")
-            with Client(stack.gateway_address, timeout=30.0) as client:
-                console.print(f"[bold]2/3[/] ingesting {DEMO_CATALOG.name} into '{DEMO_COLLECTION}'")
-                written, _ = ingest_documents(client, DEMO_COLLECTION, DEMO_CATALOG, 64)
-                info = client.get_collection(DEMO_COLLECTION)
-                console.print(f"    {written} documents, {info.item_count} items on "
-                              f"{info.shard_count} shards, space {info.space_id}")
-                console.print("[bold]3/3[/] example queries (paraphrases of catalog items)\n")
-                found = 0
-                for number, item in enumerate(labelled):
-                    result = client.search(DEMO_COLLECTION, text=item.query, top_k=5)
-                    found += item.expected_id in [hit.id for hit in result.hits]
-                    if number < queries:
-                        print_hits(result, item.query, item.expected_id)
-                console.print(
-                    f"[bold]recall@5[/] over {len(labelled)} hand-written paraphrased queries: "
-                    f"[bold green]{found / len(labelled):.2f}[/] ({found}/{len(labelled)})"
-                )
-    except (StackError, ApiError, CatalogError) as error:
-        raise fail(str(error)) from None
+    run example queries, print ranked results and recall@5, stop.
+
+    Ctrl-C, SIGTERM or SIGHUP stops the services early (gateway, shards, encoders) and
+    exits with code 0."""
+    stack = LocalStack(run_dir=run_dir, shard_count=shards)
+    code = run_stack(stack, lambda signals: run_demo(stack, signals, queries))
+    if code:
+        raise typer.Exit(code)
     console.print("services stopped.")
 
 

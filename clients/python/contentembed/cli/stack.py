@@ -1,17 +1,32 @@
 """Starts the services as local processes, the way ``contentembed up`` runs them.
 
 One process per service on loopback, logs to files, ports reported through port
-files (so port 0 works), health polled until every service is SERVING.
+files (so port 0 works), health polled until every service is SERVING; afterwards
+``LocalStack.poll`` restarts a service that exited, on the port it had.
+
+Children must not outlive the launcher. On Linux each child asks the kernel for SIGTERM
+when its parent goes away (PR_SET_PDEATHSIG), which covers a SIGKILLed launcher. The
+kernel sends it when the *thread* that forked the child exits, not the process: every
+child, restarts included, must therefore be spawned from a thread that lives as long as
+the launcher (``contentembed up`` spawns them all from its main thread). Spawned from a
+short-lived worker thread, a service would be stopped as soon as that thread ended.
+Elsewhere (macOS, BSD) there is no such request; children then outlive a SIGKILLed
+launcher, and only the signal-driven ordered stop ends them.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +34,89 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 HOST = "127.0.0.1"
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class StackError(RuntimeError):
     pass
+
+
+def die_with_launcher() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when the launcher dies; None
+    where the platform has no such request (see the module docstring for the thread
+    caveat)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    launcher_pid = os.getpid()  # before the fork: in the child getpid() is the child
+    sigterm = int(signal.SIGTERM)
+
+    def in_child() -> None:
+        # Runs between fork and exec in a copy of a threaded process: two system calls and
+        # nothing that could wait for a lock some other thread held at the fork.
+        prctl(PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if os.getppid() != launcher_pid:
+            # The launcher died before prctl ran, so no signal will ever come: go now.
+            os._exit(1)
+
+    return in_child
+
+
+def port_is_free(port: int) -> bool:
+    """True when ``port`` can be bound on loopback now. SO_REUSEADDR like the services
+    (gRPC and the metrics server), so a port in TIME_WAIT counts as free; without
+    SO_REUSEPORT, so a gRPC server (which sets it) still counts as taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def with_option(args: list[str], flag: str, value: str) -> list[str]:
+    """``args`` with ``flag``'s value replaced (or the flag appended)."""
+    if flag in args:
+        position = args.index(flag) + 1
+        return [*args[:position], value, *args[position + 1:]]
+    return [*args, flag, value]
+
+
+@dataclass
+class RestartBudget:
+    """At most ``limit`` restarts within any ``window_s`` seconds."""
+
+    limit: int
+    window_s: float
+    times: deque[float] = field(default_factory=deque)
+
+    def spend(self, now: float) -> int | None:
+        """Records a restart and returns its number within the window, or None when
+        the budget is used up."""
+        while self.times and now - self.times[0] > self.window_s:
+            self.times.popleft()
+        if len(self.times) >= self.limit:
+            return None
+        self.times.append(now)
+        return len(self.times)
+
+
+@dataclass(frozen=True)
+class StackEvent:
+    """Something supervision did, worth a line on the operator's terminal."""
+
+    service: str
+    text: str
+    restarted: bool = False
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass
@@ -48,6 +142,11 @@ class ServiceProcess:
     def address(self) -> str:
         return f"{HOST}:{self.port}"
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process ended (negative: killed by that signal)."""
+        return None if self.process is None else self.process.poll()
+
     def start(self, env: dict[str, str]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.port_file.unlink(missing_ok=True)
@@ -59,9 +158,34 @@ class ServiceProcess:
             # A session of its own: Ctrl-C reaches the launcher, which stops the
             # services in order (gateway first) instead of all at once.
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_launcher(),
             )
         self.pid = self.process.pid
+
+    def restart(self, env: dict[str, str]) -> None:
+        """Starts it again on the ports it had bound, so the endpoints the gateway was
+        given (and metric scrape targets) stay valid when they were picked with port 0."""
+        if self.port:
+            self.args = with_option(self.args, "--port", str(self.port))
+        if self.metrics_port:
+            self.args = with_option(self.args, "--metrics-port", str(self.metrics_port))
+        self.start(env)
+
+    def is_serving(self, timeout: float = 0.5) -> bool:
+        """One health check, without waiting: False while it is still starting."""
+        with grpc.insecure_channel(self.address) as channel:
+            try:
+                response = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout
+                )
+            except grpc.RpcError:
+                return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -113,7 +237,12 @@ class ServiceProcess:
 
 @dataclass
 class LocalStack:
-    """text-encoder + image-encoder + N index shards + gateway. Port 0: any free port."""
+    """text-encoder + image-encoder + N index shards + gateway. Port 0: any free port.
+
+    After ``start``, call ``poll`` regularly from the thread that called ``start`` (see
+    the module docstring on why that thread matters): it restarts a service that exited,
+    at most ``max_restarts`` times within ``restart_window_s`` seconds per service.
+    """
 
     run_dir: Path
     shard_count: int = 2
@@ -124,12 +253,56 @@ class LocalStack:
     text_model: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     services: list[ServiceProcess] = field(default_factory=list)
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
+    # Wraps every spawn. ``contentembed up`` passes StopSignals.held, so that a stop
+    # signal never unwinds between starting a child and recording it.
+    spawn_guard: Callable[[], AbstractContextManager[object]] = nullcontext
+    _budgets: dict[str, RestartBudget] = field(default_factory=dict, repr=False)
+    _recovering: set[str] = field(default_factory=set, repr=False)
+    _stopped: bool = field(default=False, repr=False)
 
-    def _port(self, base: int, offset: int) -> str:
-        return str(base + offset if base else 0)
+    def _port(self, base: int, offset: int) -> int:
+        return base + offset if base else 0
 
-    def _metrics(self, offset: int) -> list[str]:
-        return ["--metrics-port", self._port(self.metrics_base_port, offset)]
+    def configured_ports(self) -> dict[str, tuple[int, int]]:
+        """Each service's (gRPC, metrics) port as configured; 0 lets it pick a free one."""
+        metrics = self.metrics_base_port
+        ports = {
+            "gateway": (self.gateway_port, self._port(metrics, 0)),
+            "text-encoder": (self._port(self.encoder_port, 0), self._port(metrics, 1)),
+            "image-encoder": (self._port(self.encoder_port, 1), self._port(metrics, 2)),
+        }
+        for shard in range(self.shard_count):
+            ports[f"index-{shard}"] = (
+                self._port(self.index_base_port, shard), self._port(metrics, 3 + shard)
+            )
+        return ports
+
+    def check_ports_free(self) -> None:
+        """Raises StackError naming every fixed port that is taken (or wanted twice).
+
+        A gRPC server binds with SO_REUSEPORT, so a service would share a port with a
+        leftover one instead of failing; checking first is what keeps a new stack from
+        quietly splitting traffic with an old one."""
+        owners: dict[int, str] = {}
+        problems: list[str] = []
+        for name, (grpc_port, metrics_port) in self.configured_ports().items():
+            for port, kind in ((grpc_port, "gRPC"), (metrics_port, "metrics")):
+                if port <= 0:
+                    continue
+                wanted_by = f"{name} {kind}"
+                if port in owners:
+                    problems.append(f"port {port} is wanted by both {owners[port]} and {wanted_by}")
+                    continue
+                owners[port] = wanted_by
+                if not port_is_free(port):
+                    problems.append(f"port {HOST}:{port} ({wanted_by}) is already in use")
+        if problems:
+            raise StackError(
+                "\n".join(problems) + "\nnothing was started (is another `contentembed up` "
+                "still running? `ss -ltnp` shows who holds a port)"
+            )
 
     @property
     def gateway(self) -> ServiceProcess:
@@ -139,15 +312,32 @@ class LocalStack:
     def gateway_address(self) -> str:
         return self.gateway.address
 
+    def child_env(self) -> dict[str, str]:
+        return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **self.extra_env}
+
+    def _spawn(self, service: ServiceProcess, restart: bool = False) -> None:
+        with self.spawn_guard():
+            if restart:
+                service.restart(self.child_env())
+            else:
+                service.start(self.child_env())
+
     def start(self, timeout: float = 300.0) -> None:
         if self.shard_count < 1:
             raise StackError("at least one index shard is needed")
+        self.check_ports_free()
+        self._stopped = False
         deadline = time.monotonic() + timeout
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **self.extra_env}
-        encoder_args = ["--port", self._port(self.encoder_port, 0), *self._metrics(1)]
+        ports = self.configured_ports()
+
+        def port_args(name: str) -> list[str]:
+            grpc_port, metrics_port = ports[name]
+            return ["--port", str(grpc_port), "--metrics-port", str(metrics_port)]
+
+        encoder_args = port_args("text-encoder")
         if self.text_model:
             encoder_args += ["--model", self.text_model]
-        image_args = ["--port", self._port(self.encoder_port, 1), *self._metrics(2)]
+        image_args = port_args("image-encoder")
         encoders = [
             ServiceProcess("text-encoder", "contentembed.services.text_encoder", encoder_args, self.run_dir),
             # The pixels baseline needs no weights; --backend clip with a mounted CLIP
@@ -156,19 +346,19 @@ class LocalStack:
         ]
         backends = list(encoders)
         for shard in range(self.shard_count):
+            name = f"index-{shard}"
             backends.append(
                 ServiceProcess(
-                    f"index-{shard}",
+                    name,
                     "contentembed.services.index",
                     [
-                        "--port", self._port(self.index_base_port, shard),
-                        *self._metrics(3 + shard),
+                        *port_args(name),
                         "--shard-index", str(shard),
                         "--shard-count", str(self.shard_count),
                         # Durable by default: what was ingested is there after a restart.
                         # Keyed by the shard count too: ids hash to other shards when it changes.
                         "--data-dir",
-                        str(self.run_dir / "data" / f"{self.shard_count}-shards" / f"index-{shard}"),
+                        str(self.run_dir / "data" / f"{self.shard_count}-shards" / name),
                     ],
                     self.run_dir,
                 )
@@ -176,22 +366,21 @@ class LocalStack:
         self.services = list(backends)
         try:
             for service in backends:
-                service.start(env)
+                self._spawn(service)
             for service in backends:
                 service.wait_for_port(deadline)
             gateway = ServiceProcess(
                 "gateway",
                 "contentembed.services.gateway",
                 [
-                    "--port", self._port(self.gateway_port, 0),
-                    *self._metrics(0),
+                    *port_args("gateway"),
                     "--encoder-endpoints", ",".join(e.address for e in encoders),
                     "--index-endpoints", ",".join(s.address for s in backends[len(encoders):]),
                 ],
                 self.run_dir,
             )
             self.services.append(gateway)
-            gateway.start(env)
+            self._spawn(gateway)
             gateway.wait_for_port(deadline)
             for service in self.services:
                 service.wait_until_serving(deadline)
@@ -203,8 +392,48 @@ class LocalStack:
         for service in self.services:
             service.check_alive()
 
+    def poll(self) -> list[StackEvent]:
+        """One supervision step: restarts each service that exited (the launcher did not
+        ask it to) and reports those that are SERVING again. Raises StackError, with the
+        service's last log lines, once a service used up its restarts; the caller then
+        stops the stack."""
+        if self._stopped:
+            return []  # what exits now was stopped on purpose
+        events: list[StackEvent] = []
+        for service in self.services:
+            code = service.returncode
+            if code is None:
+                if service.name in self._recovering and service.is_serving(timeout=0.2):
+                    self._recovering.discard(service.name)
+                    events.append(StackEvent(
+                        service.name, f"{service.name} is SERVING again on {service.address}"
+                    ))
+                continue
+            budget = self._budgets.setdefault(
+                service.name, RestartBudget(self.max_restarts, self.restart_window_s)
+            )
+            attempt = budget.spend(time.monotonic())
+            if attempt is None:
+                raise StackError(
+                    f"{service.name} exited with code {code} again; its restart budget "
+                    f"({self.max_restarts} per {self.restart_window_s:g} s) is used up, giving up. "
+                    f"Last lines of {service.log_path}:\n{service.log_tail()}"
+                )
+            self._spawn(service, restart=True)
+            self._recovering.add(service.name)
+            events.append(StackEvent(
+                service.name,
+                f"{service.name} exited with code {code}; restarting "
+                f"({attempt} of {self.max_restarts}) on {service.address}, pid {service.pid}",
+                restarted=True,
+            ))
+        return events
+
     def stop(self, timeout: float = 20.0) -> None:
-        """Gateway first, so no new query reaches a shard that is going away."""
+        """Gateway first, so no new query reaches a shard that is going away; then the
+        shards, then the encoders. Each gets SIGTERM, ``timeout`` seconds to drain (the
+        services' own grace is 10 s), then SIGKILL."""
+        self._stopped = True
         for service in reversed(self.services):
             service.stop(timeout)
 
