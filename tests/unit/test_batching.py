@@ -148,3 +148,31 @@ def test_cancelling_while_the_batch_computes_is_harmless() -> None:
     assert inflight.result(5) == [10]
     assert batcher.submit([4]).result(5) == [8]
     batcher.close()
+
+
+def test_a_request_that_cannot_be_computed_before_its_deadline_is_refused_at_once() -> None:
+    class SlowModel(GatedModel):
+        def __call__(self, items: list[int]) -> list[int]:
+            time.sleep(0.05 * len(items))  # 50 ms of model time per item
+            return super().__call__(items)
+
+    model = SlowModel()
+    model.gate.set()
+    batcher = make(model, max_batch_size=4, max_queue_items=64)
+    assert batcher.submit([1, 2]).result(5) == [2, 4]  # measures the model: ~50 ms per item
+    model.gate.clear()
+    model.entered.clear()
+    running = batcher.submit([3])
+    assert model.entered.wait(5)  # the worker is busy; what follows queues
+    queued = [batcher.submit([i, i, i, i]) for i in range(4)]  # 16 items: ~0.8 s of model time
+    with pytest.raises(ResourceExhausted) as caught:
+        batcher.submit([9], deadline=time.monotonic() + 0.2)
+    assert caught.value.reason == "OVERLOADED"
+    assert caught.value.retry_after_s is not None and caught.value.retry_after_s > 0
+    # With time to spare it is queued as usual, and nothing queued before was disturbed.
+    later = batcher.submit([9], deadline=time.monotonic() + 30)
+    model.gate.set()
+    assert running.result(5) == [6]
+    assert [f.result(10) for f in queued] == [[2 * i] * 4 for i in range(4)]
+    assert later.result(10) == [18]
+    batcher.close()

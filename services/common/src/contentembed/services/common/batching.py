@@ -7,8 +7,10 @@ call and hands each request its slice of the results. Model work therefore runs 
 worker thread, never on gRPC threads, one batch at a time.
 
 A full queue refuses new requests (ResourceExhausted with a retry hint) instead of
-growing without bound; requests whose deadline passed or whose caller went away are
-dropped when they reach the head of the queue, without being computed.
+growing without bound; so does a request whose deadline comes before the queue ahead of
+it can be worked off (at the recent per-item compute time): queued, it would only take
+model time from requests that can still finish. Requests whose deadline passed or whose
+caller went away are dropped when they reach the head of the queue, without being computed.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class BatcherMetrics:
             "Requests dropped before compute, by why.", ["service", "why"], registry=registry,
         )
         self.rejected = Counter(
-            "contentembed_batch_rejected_requests", "Requests refused because the queue was full.",
+            "contentembed_batch_rejected_requests",
+            "Requests refused: the queue was full or could not be worked off before their deadline.",
             ["service"], registry=registry,
         ).labels(service)
 
@@ -107,6 +110,8 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self.batches_run = 0
         self.items_run = 0
         self._recent_compute_s = 0.0
+        self._per_item_s = 0.0  # smoothed model time per item, from recent batches
+        self._computing_since: float | None = None
         self._queue: collections.deque[_Request[ItemT, ResultT]] = collections.deque()
         self._queued_items = 0
         self._cond = threading.Condition()
@@ -140,11 +145,28 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                     reason="QUEUE_FULL",
                     retry_after_s=self._retry_hint_s(),
                 )
+            if deadline is not None:
+                done_by = request.enqueued + self._expected_wait_locked(len(items))
+                if done_by > deadline:
+                    self.metrics.rejected.inc()
+                    raise ResourceExhausted(
+                        f"overloaded: {self._queued_items} items are queued ahead, about "
+                        f"{(done_by - request.enqueued) * 1000:.0f} ms of model time; the "
+                        f"deadline is in {(deadline - request.enqueued) * 1000:.0f} ms",
+                        reason="OVERLOADED",
+                        retry_after_s=self._retry_hint_s(),
+                    )
             self._queue.append(request)
             self._queued_items += len(items)
             self.metrics.queue_depth.set(self._queued_items)
             self._cond.notify()
         return request.future
+
+    def _expected_wait_locked(self, items: int) -> float:
+        """Seconds until ``items`` more would be computed: the batch now running, then the
+        queue ahead and them. Zero until a batch has been measured."""
+        running = self._recent_compute_s if self._computing_since is not None else 0.0
+        return running + (self._queued_items + items) * self._per_item_s
 
     def _retry_hint_s(self) -> float:
         """About the time to work off the queue at the recent batch compute time."""
@@ -227,6 +249,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             if not batch:
                 continue
             started = time.monotonic()
+            self._computing_since = started
             for request in batch:
                 self.metrics.queue_wait.observe(started - request.enqueued)
             items = [item for request in batch for item in request.items]
@@ -243,7 +266,13 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 continue
             finally:
                 elapsed = time.monotonic() - started
+                self._computing_since = None
                 self._recent_compute_s = elapsed
+                per_item = elapsed / len(items)
+                self._per_item_s = (
+                    per_item if not self._per_item_s
+                    else self._per_item_s + 0.2 * (per_item - self._per_item_s)
+                )
                 self.metrics.compute.observe(elapsed)
             self.batches_run += 1
             self.items_run += len(items)

@@ -87,7 +87,14 @@ class PresentApiKey(grpc.UnaryUnaryClientInterceptor):
 def open_channel(endpoint: str, settings: ServiceSettings) -> grpc.Channel:
     """A channel to another service, over TLS (mutual when a client certificate is set)
     whenever a downstream CA is configured, presenting --downstream-api-key if set."""
-    options = channel_options(settings.max_message_bytes)
+    options = [
+        *channel_options(settings.max_message_bytes),
+        # gRPC backs off up to 2 minutes between reconnects: a restarted shard or encoder
+        # would stay "down" to this service long after it is SERVING again.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
     if settings.downstream_tls_ca_file is None:
         channel = grpc.insecure_channel(endpoint, options=options)
     else:

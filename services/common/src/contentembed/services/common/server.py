@@ -124,7 +124,9 @@ class ServiceRuntime:
                 max_workers=settings.max_workers, thread_name_prefix=f"{self.service.name}-rpc"
             ),
             interceptors=[interceptor],
-            options=channel_options(settings.max_message_bytes),
+            # gRPC binds with SO_REUSEPORT by default: a second server on a port already in
+            # use would start "successfully" and share its traffic with the first.
+            options=[*channel_options(settings.max_message_bytes), ("grpc.so_reuseport", 0)],
             # Admission refuses first (with a retry delay, counted); gRPC's own limit only
             # bounds what refused calls waiting for a thread can hold.
             maximum_concurrent_rpcs=2 * settings.max_concurrent_rpcs,

@@ -41,6 +41,9 @@ class GatewaySettings(ServiceSettings):
         default_factory=lambda: ["127.0.0.1:50061"],
         description="Index shards host:port, comma-separated, in shard order.",
     )
+    # A gateway call mostly waits on an encoder and the shards: threads are cheap here, and
+    # too few of them would cap how many queries the encoder can batch together.
+    max_workers: int = Field(64, ge=1, le=4096, description="gRPC handler threads.")
     max_top_k: int = Field(1000, ge=1)
     max_documents_per_upsert: int = Field(1000, ge=1)
     default_timeout_s: float = Field(
