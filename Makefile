@@ -32,6 +32,7 @@ lint-protos: $(BUF)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/bandit -q -c pyproject.toml -r services clients bench protos
 
 codegen: $(STAMP)
 	$(PY) protos/codegen.py

@@ -262,7 +262,8 @@ class Client:
         self, *, page_size: int = 100, timeout: float | None = None
     ) -> Iterator[CollectionInfo]:
         """Every collection, following page tokens."""
-        token = ""
+        # A page token, not a password.
+        token = ""  # nosec B105
         while True:
             response = self._call(
                 self._admin.ListCollections,

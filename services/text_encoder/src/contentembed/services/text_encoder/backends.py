@@ -98,7 +98,10 @@ class ClipTextBackend(TextBackend):
         self._torch = torch
         tower = load_clip_tower(model, "text", self.device)
         self._model = tower.network
-        self._tokenizer = AutoTokenizer.from_pretrained(tower.model_dir, local_files_only=True)
+        # local_files_only: a mounted directory, never the hub (bandit cannot see that).
+        self._tokenizer = AutoTokenizer.from_pretrained(  # nosec B615
+            tower.model_dir, local_files_only=True
+        )
         self.max_input_tokens = int(self._model.config.max_position_embeddings)
         self.space = tower.space
 
