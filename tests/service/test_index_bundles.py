@@ -177,3 +177,19 @@ def test_bundles_lying_about_their_contents_are_refused(dirs, channel_to) -> Non
             with pytest.raises(grpc.RpcError) as caught:
                 stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="vx", path=path))
             assert (caught.value.code(), error_reason(caught.value)) == (code, reason)
+
+
+def test_unusable_bundle_paths_get_a_clear_short_error(dirs, channel_to) -> None:
+    cases = [
+        ("p" * 8000, "BAD_BUNDLE_PATH"),  # longer than a file name may be
+        ("d/" * 3000, "BAD_BUNDLE_PATH"),  # longer than a path may be
+        ("nul\x00byte", "BAD_BUNDLE_PATH"),
+        ("../" * 3000 + "etc", "PATH_OUTSIDE_ROOT"),
+    ]
+    with running_service(IndexService, settings(dirs)) as runtime:
+        stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
+        for path, reason in cases:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v9", path=path))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()[:200]
+            assert error_reason(caught.value) == reason and len(caught.value.details()) < 300

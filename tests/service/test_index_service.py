@@ -249,3 +249,40 @@ def test_get_and_list_items(stub, collection) -> None:
         if not token:
             break
     assert listed == [(i, n) for n, i in enumerate(ids)]
+
+
+LONG_NAME = "n" * 8000
+HUGE_ID = "i" * 100_000
+
+
+def test_oversized_strings_get_a_clear_short_error(stub, collection) -> None:
+    """Errors repeat only a prefix of the caller's string: echoed whole, the status would
+    outgrow the trailer limit and reach the caller as an opaque RESOURCE_EXHAUSTED."""
+    invalid, failed, missing = (
+        grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND
+    )
+    query = vec([1] * DIM)
+    cases = [
+        (stub.GetCollection, pb.GetCollectionRequest(name=LONG_NAME), invalid, "BAD_COLLECTION_NAME"),
+        (stub.CreateCollection, pb.CreateCollectionRequest(name=LONG_NAME, space_id="s", dim=4), invalid, "BAD_COLLECTION_NAME"),
+        (stub.DeleteCollection, pb.DeleteCollectionRequest(name=LONG_NAME), invalid, "BAD_COLLECTION_NAME"),
+        (stub.Search, pb.SearchRequest(collection=LONG_NAME, query=query, top_k=1), invalid, "BAD_COLLECTION_NAME"),
+        (stub.Upsert, pb.UpsertRequest(collection=LONG_NAME, items=[pb.Item(id="a", vector=query)]), invalid, "BAD_COLLECTION_NAME"),
+        (stub.ActivateVersion, pb.ActivateVersionRequest(collection=LONG_NAME, version="v"), invalid, "BAD_COLLECTION_NAME"),
+        (stub.LoadBundle, pb.LoadBundleRequest(collection=LONG_NAME, version="v", path="p"), invalid, "BAD_COLLECTION_NAME"),
+        (stub.CreateCollection, pb.CreateCollectionRequest(name="spacey", space_id=LONG_NAME, dim=4), invalid, "BAD_SPACE_ID"),
+        (stub.Upsert, pb.UpsertRequest(collection=collection, items=[pb.Item(id=HUGE_ID, vector=query)]), invalid, "ID_TOO_LONG"),
+        (stub.DeleteItems, pb.DeleteItemsRequest(collection=collection, ids=[HUGE_ID]), invalid, "ID_TOO_LONG"),
+        (stub.GetItems, pb.GetItemsRequest(collection=collection, ids=[HUGE_ID]), invalid, "ID_TOO_LONG"),
+        (stub.LoadBundle, pb.LoadBundleRequest(collection=collection, version=LONG_NAME, path="p"), invalid, "BAD_VERSION"),
+        (stub.Search, pb.SearchRequest(collection=collection, query=query, top_k=1, space_id=LONG_NAME), failed, "SPACE_MISMATCH"),
+        (stub.Search, pb.SearchRequest(collection=collection, query=query, top_k=1, version=LONG_NAME), missing, "VERSION_NOT_FOUND"),
+        (stub.ActivateVersion, pb.ActivateVersionRequest(collection=collection, version=LONG_NAME), missing, "VERSION_NOT_FOUND"),
+    ]
+    for method, request, code, reason in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            method(request)
+        assert (caught.value.code(), error_reason(caught.value)) == (code, reason), caught.value.details()[:200]
+        assert len(caught.value.details()) < 300, caught.value.details()[:200]
+        assert "characters)" in caught.value.details() or reason == "ID_TOO_LONG"
+    assert stub.GetCollection(pb.GetCollectionRequest(name=collection)).collection.item_count == 0

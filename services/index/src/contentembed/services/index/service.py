@@ -22,7 +22,12 @@ from contentembed.services.common.protoconv import (
     vector_to_pb,
 )
 from contentembed.services.common.server import run_service
-from contentembed.services.common.validation import validate_ids, validate_top_k
+from contentembed.services.common.validation import (
+    shown,
+    validate_ids,
+    validate_space_id,
+    validate_top_k,
+)
 from contentembed.services.index.collection import HnswCollection, HnswParams
 from contentembed.services.index.store import (
     CollectionStore,
@@ -80,7 +85,7 @@ def check_space(collection: HnswCollection, space_id: str, *, what: str) -> None
     """Vectors of another space would be answered with meaningless neighbours."""
     if space_id and space_id != collection.space_id:
         raise FailedPrecondition(
-            f"{what} is in space {space_id}, collection {collection.name!r} "
+            f"{what} is in space {shown(space_id)}, collection {collection.name!r} "
             f"is in space {collection.space_id}",
             reason="SPACE_MISMATCH",
         )
@@ -148,6 +153,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
     def CreateCollection(self, request: pb.CreateCollectionRequest, context: grpc.ServicerContext):
         if request.metric not in (pb.METRIC_UNSPECIFIED, pb.METRIC_COSINE):
             raise InvalidArgument(f"metric {request.metric} is not supported; use METRIC_COSINE")
+        validate_space_id(request.space_id)
         collection, created = self.store.create(
             request.name,
             request.space_id,
@@ -200,6 +206,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
         collection = self.store.get(request.collection)
         if not request.ids:
             raise InvalidArgument("ids: at least one id is required", reason="EMPTY_BATCH")
+        validate_ids(request.ids, what="ids", unique=False)
         deleted = collection.delete(list(request.ids))
         return pb.DeleteItemsResponse(deleted_count=deleted, shard=self._shard_pb())
 
@@ -271,6 +278,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             raise InvalidArgument("ids: at least one id is required", reason="EMPTY_BATCH")
         if len(request.ids) > self.settings.max_items_per_upsert:
             raise InvalidArgument(f"ids: at most {self.settings.max_items_per_upsert} per call")
+        validate_ids(request.ids, what="ids", unique=False)
         items = collection.get(list(request.ids))
         found = {item.id for item in items}
         return pb.GetItemsResponse(

@@ -25,7 +25,7 @@ from contentembed.services.common.errors import (
     Unavailable,
 )
 from contentembed.services.common.sharding import shard_for_id
-from contentembed.services.common.validation import validate_collection_name
+from contentembed.services.common.validation import shown, validate_collection_name
 from contentembed.services.index.collection import (
     LIVE_VERSION,
     HnswCollection,
@@ -63,7 +63,7 @@ class ShardPosition:
             owner = shard_for_id(item_id, self.count)
             if owner != self.index:
                 raise FailedPrecondition(
-                    f"{what}[{position}]: id {item_id!r} belongs to shard {owner}, "
+                    f"{what}[{position}]: id {shown(item_id)} belongs to shard {owner}, "
                     f"this is shard {self.index} of {self.count}",
                     reason="WRONG_SHARD",
                 )
@@ -386,9 +386,10 @@ class CollectionStore:
             atomic_write(self._name_dir(name) / "alias.json", json.dumps(state).encode())
 
     def alias(self, name: str) -> Alias:
+        validate_collection_name(name)  # a malformed name is the caller's mistake, not NOT_FOUND
         alias = self._aliases.get(name)
         if alias is None:
-            raise NotFound(f"collection {name!r} does not exist", reason="COLLECTION_NOT_FOUND")
+            raise NotFound(f"collection {shown(name)} does not exist", reason="COLLECTION_NOT_FOUND")
         return alias
 
     def get(self, name: str, version: str = "") -> HnswCollection:
@@ -399,15 +400,16 @@ class CollectionStore:
         collection = alias.versions.get(version)
         if collection is None:
             raise NotFound(
-                f"collection {name!r} has no version {version!r} (loaded: {sorted(alias.versions)})",
+                f"collection {shown(name)} has no version {shown(version)} (loaded: {sorted(alias.versions)})",
                 reason="VERSION_NOT_FOUND",
             )
         return collection
 
     def delete(self, name: str) -> None:
+        validate_collection_name(name)
         with self._lock:
             if self._aliases.pop(name, None) is None:
-                raise NotFound(f"collection {name!r} does not exist", reason="COLLECTION_NOT_FOUND")
+                raise NotFound(f"collection {shown(name)} does not exist", reason="COLLECTION_NOT_FOUND")
             for key in [k for k in self._files if k[0] == name]:
                 self._files.pop(key).close()
             if self.durability is not None:
@@ -428,7 +430,7 @@ class CollectionStore:
         validate_collection_name(name)
         if not VERSION_NAME.match(version) or version == LIVE_VERSION:
             raise InvalidArgument(
-                f"version {version!r} must be 1-64 characters of [A-Za-z0-9._-] and not "
+                f"version {shown(version)} must be 1-64 characters of [A-Za-z0-9._-] and not "
                 f"{LIVE_VERSION!r}",
                 reason="BAD_VERSION",
             )
@@ -436,20 +438,20 @@ class CollectionStore:
         with self._lock:
             alias = self._aliases.get(name)
             if alias is not None and version in alias.versions:
-                raise AlreadyExists(f"collection {name!r} already has version {version!r}")
+                raise AlreadyExists(f"collection {shown(name)} already has version {shown(version)}")
         try:
             manifest = verify_manifest(directory)
             collection = HnswCollection.from_snapshot(directory, manifest, name)
         except CorruptData as error:
             log.error("refusing a bundle", extra={"bundle": str(directory), "error": str(error)})
             raise FailedPrecondition(
-                f"bundle {path!r} failed verification: {error}", reason="BUNDLE_CORRUPT"
+                f"bundle {shown(path)} failed verification: {error}", reason="BUNDLE_CORRUPT"
             ) from None
         collection.version = version
         with self._lock:
             alias = self._aliases.get(name)
             if alias is not None and version in alias.versions:
-                raise AlreadyExists(f"collection {name!r} already has version {version!r}")
+                raise AlreadyExists(f"collection {shown(name)} already has version {shown(version)}")
             if self.durability is not None:
                 self._persist_version(collection, snapshot_from=directory)
             if alias is None:
@@ -465,18 +467,28 @@ class CollectionStore:
                 "this shard has no --bundle-root; bundles cannot be loaded", reason="NO_BUNDLE_ROOT"
             )
         root = self.bundle_root.resolve()
-        candidate = (root / path).resolve()  # an absolute path replaces root here
-        if candidate != root and root not in candidate.parents:
+        try:
+            candidate = (root / path).resolve()  # an absolute path replaces root here
+            if candidate != root and root not in candidate.parents:
+                raise InvalidArgument(
+                    f"bundle path {shown(path)} is outside the bundle root",
+                    reason="PATH_OUTSIDE_ROOT",
+                )
+            is_dir = candidate.is_dir()
+        except (OSError, ValueError) as error:
+            # A name longer than the file system allows, a NUL byte: the caller's to fix. The
+            # error's own text repeats the whole path, so only its description is kept.
+            description = getattr(error, "strerror", None) or "not a valid path"
             raise InvalidArgument(
-                f"bundle path {path!r} is outside the bundle root", reason="PATH_OUTSIDE_ROOT"
-            )
-        if not candidate.is_dir():
-            raise NotFound(f"bundle {path!r} does not exist under the bundle root",
+                f"bundle path {shown(path)} is unusable: {description}", reason="BAD_BUNDLE_PATH"
+            ) from None
+        if not is_dir:
+            raise NotFound(f"bundle {shown(path)} does not exist under the bundle root",
                            reason="BUNDLE_NOT_FOUND")
         for entry in candidate.iterdir():
             if entry.is_symlink():  # a link could point a "bundle file" anywhere on the host
                 raise InvalidArgument(
-                    f"bundle {path!r} contains a symbolic link ({entry.name})",
+                    f"bundle {shown(path)} contains a symbolic link ({entry.name})",
                     reason="PATH_OUTSIDE_ROOT",
                 )
         return candidate
@@ -487,7 +499,7 @@ class CollectionStore:
             alias = self.alias(name)
             if version not in alias.versions:
                 raise NotFound(
-                    f"collection {name!r} has no version {version!r} (loaded: {sorted(alias.versions)})",
+                    f"collection {shown(name)} has no version {shown(version)} (loaded: {sorted(alias.versions)})",
                     reason="VERSION_NOT_FOUND",
                 )
             previous = alias.active
@@ -503,7 +515,7 @@ class CollectionStore:
             alias = self.alias(name)
             if alias.previous is None or alias.previous not in alias.versions:
                 raise FailedPrecondition(
-                    f"collection {name!r} has no previous version to roll back to",
+                    f"collection {shown(name)} has no previous version to roll back to",
                     reason="NO_PREVIOUS_VERSION",
                 )
             target = alias.previous
