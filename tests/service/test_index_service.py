@@ -286,3 +286,21 @@ def test_oversized_strings_get_a_clear_short_error(stub, collection) -> None:
         assert len(caught.value.details()) < 300, caught.value.details()[:200]
         assert "characters)" in caught.value.details() or reason == "ID_TOO_LONG"
     assert stub.GetCollection(pb.GetCollectionRequest(name=collection)).collection.item_count == 0
+
+
+@pytest.mark.parametrize("magnitude", [3e38, float(np.finfo(np.float32).max), 1e-39, 1e-45])
+def test_huge_and_tiny_vectors_keep_their_direction(stub, collection, magnitude) -> None:
+    """Normalising must not overflow (3e38 squared is inf in float32) or underflow."""
+    ids = own_ids(3)
+    directions = np.array([[1, 1, 1, 1, 1, 1, 1, 1], [1, -1, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 1]], "<f4")
+    stub.Upsert(pb.UpsertRequest(collection=collection, items=[
+        pb.Item(id=i, vector=vec(d * np.float32(magnitude))) for i, d in zip(ids, directions)]))
+    stored = stub.GetItems(pb.GetItemsRequest(collection=collection, ids=ids)).items
+    for item, direction in zip(stored, directions):
+        unit = direction / np.linalg.norm(direction)
+        np.testing.assert_allclose(np.frombuffer(item.vector.data, "<f4"), unit, atol=1e-6)
+    for item_id, direction in zip(ids, directions):
+        query = vec(direction * np.float32(magnitude))
+        for exact in (False, True):
+            hit = stub.Search(pb.SearchRequest(collection=collection, query=query, top_k=1, exact=exact)).hits[0]
+            assert hit.id == item_id and hit.score == pytest.approx(1.0, abs=1e-5)
