@@ -229,3 +229,19 @@ def test_bundle_whose_parts_disagree_is_refused_and_the_old_version_keeps_servin
         with pytest.raises(grpc.RpcError) as caught:  # the first version of a new name
             stub.GetCollection(pb.GetCollectionRequest(name="fresh"))
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_bundle_metadata_gets_the_bounds_of_upsert(dirs, channel_to) -> None:
+    data, bundles = dirs
+    built = HnswCollection("products", "space@7", DIM, HnswParams())
+    built.upsert(["fat", "thin"], BASIS[:2], [{"blob": "x" * 10_000}, {}])  # written without Upsert
+    built.write_snapshot(bundles / "fat")
+    with running_service(IndexService, settings(dirs)) as runtime:
+        stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
+        stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v2", path="v2"))
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v5", path="fat"))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(caught.value) == "METADATA_TOO_LARGE" and "'fat'" in caught.value.details()
+        info = stub.GetCollection(pb.GetCollectionRequest(name="products")).collection
+        assert (info.version, list(info.versions)) == ("v2", ["v2"])

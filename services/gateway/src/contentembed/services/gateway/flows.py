@@ -31,6 +31,7 @@ from contentembed.services.common.errors import (
     NotFound,
     Unavailable,
 )
+from contentembed.services.common.metadata import MetadataLimits, check_metadata
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.common.validation import (
     shown,
@@ -203,6 +204,7 @@ class Gateway:
         metrics: GatewayMetrics,
         max_top_k: int,
         max_documents_per_upsert: int,
+        metadata_limits: MetadataLimits | None = None,
         shadow_workers: int = 2,
         shadow_queue_limit: int = 64,
         seed: int | None = None,
@@ -217,6 +219,7 @@ class Gateway:
         self.metrics = metrics
         self.max_top_k = max_top_k
         self.max_documents_per_upsert = max_documents_per_upsert
+        self.metadata_limits = metadata_limits or MetadataLimits()
         self._collection_spaces: dict[str, tuple[str, float]] = {}
         self.candidates: dict[str, Candidate] = {}
         self._random = random.Random(seed)
@@ -701,6 +704,11 @@ class Gateway:
                 reason="BATCH_TOO_LARGE",
             )
         validate_ids([d.id for d in documents], what="documents")
+        for position, document in enumerate(documents):
+            # The shards check it too; here a bad one is refused before anything is embedded.
+            check_metadata(
+                document.metadata, self.metadata_limits, what=f"documents[{position}].metadata"
+            )
         space = self.collection_space(collection, deadline)
         routes = {m: self.router.route(space, m) for m in {d.modality for d in documents}}
         for position, document in enumerate(documents):

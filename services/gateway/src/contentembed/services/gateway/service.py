@@ -13,9 +13,10 @@ from contentembed.admin.v1 import admin_service_pb2_grpc as admin_grpc
 from contentembed.search.v1 import search_service_pb2 as search_pb
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
 from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
-from contentembed.services.common.config import EndpointList, ServiceSettings, split_endpoints
+from contentembed.services.common.config import EndpointList, split_endpoints
 from contentembed.services.common.downstream import caller_time_remaining
 from contentembed.services.common.errors import InvalidArgument
+from contentembed.services.common.metadata import SearchServiceSettings
 from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
 from contentembed.services.common.server import run_service
 from contentembed.services.gateway.cache import EmbeddingCache
@@ -32,7 +33,7 @@ SEARCH_SERVICE = search_pb.DESCRIPTOR.services_by_name["SearchService"].full_nam
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(SearchServiceSettings):
     encoder_endpoints: EndpointList = Field(
         default_factory=lambda: ["127.0.0.1:50052"],
         description="Encoders host:port, comma-separated; each reports its space and modality.",
@@ -41,7 +42,6 @@ class GatewaySettings(ServiceSettings):
         default_factory=lambda: ["127.0.0.1:50061"],
         description="Index shards host:port, comma-separated, in shard order.",
     )
-    max_top_k: int = Field(1000, ge=1)
     max_documents_per_upsert: int = Field(1000, ge=1)
     default_timeout_s: float = Field(
         10.0, gt=0, description="Deadline for calls that arrive without one."
@@ -269,6 +269,7 @@ class GatewayService:
             GatewayMetrics(registry, settings.coverage_floor),
             max_top_k=settings.max_top_k,
             max_documents_per_upsert=settings.max_documents_per_upsert,
+            metadata_limits=settings.metadata_limits,
             shadow_workers=settings.shadow_workers,
             shadow_queue_limit=settings.shadow_queue_limit,
             recall_sample_rate=settings.recall_sample_rate,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import struct
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -21,6 +21,7 @@ import hnswlib
 import numpy as np
 
 from contentembed.services.common.errors import InvalidArgument
+from contentembed.services.common.metadata import same_value
 from contentembed.services.common.rwlock import ReadWriteLock
 from contentembed.services.common.validation import shown, validate_ids
 from contentembed.services.common.vectors import l2_normalize, reject_zero_rows
@@ -59,7 +60,9 @@ Journal = Callable[[WalRecord], None]
 
 
 def matches(metadata: Mapping[str, Any], metadata_filter: Mapping[str, Any]) -> bool:
-    return all(key in metadata and metadata[key] == value for key, value in metadata_filter.items())
+    return all(
+        key in metadata and same_value(metadata[key], value) for key, value in metadata_filter.items()
+    )
 
 
 class HnswCollection:
@@ -296,6 +299,14 @@ class HnswCollection:
                 StoredItem(i, vectors[n], self._metadata.get(label, NO_METADATA))
                 for n, (i, label) in enumerate(zip(found, labels))
             ]
+
+    def metadata_items(self) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        """(id, metadata) of every item that has metadata; for checks at load time, before
+        the collection is shared (no lock)."""
+        for label, values in self._metadata.items():
+            item_id = self._id_of[label]
+            assert item_id is not None  # checked when the snapshot was loaded
+            yield item_id, values
 
     def list_ids(self, after: str, limit: int) -> tuple[list[str], bool]:
         """Ids in lexical order after ``after``; True when more follow."""

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 from pydantic import Field, model_validator
 
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
-from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
+from contentembed.services.common.metadata import (
+    SearchServiceSettings,
+    check_answer_size,
+    check_metadata,
+)
 from contentembed.services.common.protoconv import (
     dict_to_struct,
     struct_to_dict,
@@ -37,11 +42,12 @@ from contentembed.services.index.store import (
     encode_token,
 )
 
+ResponseT = TypeVar("ResponseT", bound=Message)
 
-class IndexSettings(ServiceSettings):
+
+class IndexSettings(SearchServiceSettings):
     shard_index: int = Field(0, ge=0, description="This shard's number, 0-based.")
     shard_count: int = Field(1, ge=1, le=4096, description="How many shards share the ids.")
-    max_top_k: int = Field(1000, ge=1, description="Largest top_k a search may ask for.")
     max_items_per_upsert: int = Field(10_000, ge=1)
     hnsw_m: int = Field(16, ge=2, le=128)
     hnsw_ef_construction: int = Field(200, ge=1)
@@ -110,6 +116,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             settings.initial_capacity,
             durability,
             settings.bundle_root,
+            settings.metadata_limits,
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -199,6 +206,8 @@ class IndexService(pb_grpc.IndexServiceServicer):
                 )
             vectors[position] = vector_from_pb(item.vector, what=f"items[{position}].vector")
         metadata = [struct_to_dict(item.metadata) for item in items]
+        for position, values in enumerate(metadata):
+            check_metadata(values, self.settings.metadata_limits, what=f"items[{position}].metadata")
         upserted = collection.upsert(ids, vectors, metadata)
         return pb.UpsertResponse(upserted_count=upserted, shard=self._shard_pb())
 
@@ -218,6 +227,17 @@ class IndexService(pb_grpc.IndexServiceServicer):
         collection = self.store.get(request.collection, request.version)
         check_space(collection, request.space_id, what="query vector")
         return collection
+
+    def _filter(self, request) -> dict:
+        """The request's metadata filter, within the bounds of metadata itself."""
+        metadata_filter = struct_to_dict(request.filter)
+        check_metadata(metadata_filter, self.settings.metadata_limits, what="filter", kind="FILTER")
+        return metadata_filter
+
+    def _fitting(self, response: ResponseT, advice: str) -> ResponseT:
+        """The response, once it is known to fit in one message."""
+        check_answer_size(response.ByteSize(), self.settings.max_message_bytes, what=advice)
+        return response
 
     def _query(self, collection: HnswCollection, vector, what: str) -> np.ndarray:
         if vector.dim != collection.dim:
@@ -240,14 +260,15 @@ class IndexService(pb_grpc.IndexServiceServicer):
         collection = self._searchable(request)
         query = self._query(collection, request.query, "query")
         hits = collection.search(
-            query, request.top_k, request.ef, struct_to_dict(request.filter), request.exact
+            query, request.top_k, request.ef, self._filter(request), request.exact
         )
-        return pb.SearchResponse(
+        response = pb.SearchResponse(
             hits=self._hits_pb(hits),
             space_id=collection.space_id,
             version=collection.version,
             shard=self._shard_pb(),
         )
+        return self._fitting(response, "lower top_k")
 
     def SearchBatch(self, request: pb.SearchBatchRequest, context: grpc.ServicerContext):
         collection = self._searchable(request)
@@ -263,14 +284,15 @@ class IndexService(pb_grpc.IndexServiceServicer):
             [self._query(collection, q, f"queries[{i}]") for i, q in enumerate(request.queries)]
         )
         results = collection.search_batch(
-            queries, request.top_k, request.ef, struct_to_dict(request.filter), request.exact
+            queries, request.top_k, request.ef, self._filter(request), request.exact
         )
-        return pb.SearchBatchResponse(
+        response = pb.SearchBatchResponse(
             results=[pb.QueryHits(hits=self._hits_pb(hits)) for hits in results],
             space_id=collection.space_id,
             version=collection.version,
             shard=self._shard_pb(),
         )
+        return self._fitting(response, "send fewer queries per batch or lower top_k")
 
     def GetItems(self, request: pb.GetItemsRequest, context: grpc.ServicerContext):
         collection = self.store.get(request.collection)
@@ -281,25 +303,27 @@ class IndexService(pb_grpc.IndexServiceServicer):
         validate_ids(request.ids, what="ids", unique=False)
         items = collection.get(list(request.ids))
         found = {item.id for item in items}
-        return pb.GetItemsResponse(
+        response = pb.GetItemsResponse(
             items=[
                 pb.Item(id=i.id, vector=vector_to_pb(i.vector), metadata=dict_to_struct(i.metadata))
                 for i in items
             ],
             missing_ids=[i for i in request.ids if i not in found],
         )
+        return self._fitting(response, "ask for fewer ids per call")
 
     def ListItems(self, request: pb.ListItemsRequest, context: grpc.ServicerContext):
         collection = self.store.get(request.collection)
         page_size, after = decode_page(request.page_size, request.page_token)
         ids, more = collection.list_ids(after, page_size)
         metadata = {item.id: item.metadata for item in collection.get(ids)}
-        return pb.ListItemsResponse(
+        response = pb.ListItemsResponse(
             items=[
                 pb.ListedItem(id=i, metadata=dict_to_struct(metadata[i])) for i in ids if i in metadata
             ],
             next_page_token=encode_token(ids[-1]) if more and ids else "",
         )
+        return self._fitting(response, "lower page_size")
 
     # -- bundles and versions --------------------------------------------------------
     def LoadBundle(self, request: pb.LoadBundleRequest, context: grpc.ServicerContext):

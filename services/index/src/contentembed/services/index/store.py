@@ -24,6 +24,7 @@ from contentembed.services.common.errors import (
     NotFound,
     Unavailable,
 )
+from contentembed.services.common.metadata import MetadataLimits, check_metadata
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.common.validation import shown, validate_collection_name
 from contentembed.services.index.collection import (
@@ -215,8 +216,11 @@ class CollectionStore:
         initial_capacity: int = 1024,
         durability: Durability | None = None,
         bundle_root: Path | None = None,
+        metadata_limits: MetadataLimits | None = None,
     ) -> None:
         self.default_params = default_params
+        # Bundles are an ingest path too: their metadata gets the bounds of Upsert's.
+        self.metadata_limits = metadata_limits or MetadataLimits()
         self.initial_capacity = initial_capacity
         self.durability = durability
         self.bundle_root = bundle_root
@@ -447,6 +451,7 @@ class CollectionStore:
             raise FailedPrecondition(
                 f"bundle {shown(path)} failed verification: {error}", reason="BUNDLE_CORRUPT"
             ) from None
+        self._check_bundle_metadata(collection, path)
         collection.version = version
         with self._lock:
             alias = self._aliases.get(name)
@@ -460,6 +465,17 @@ class CollectionStore:
                 self._write_alias(name, alias)
             alias.versions[version] = collection
         return collection, manifest
+
+    def _check_bundle_metadata(self, collection: HnswCollection, path: str) -> None:
+        """A batch job writes metadata without going through Upsert: the same bounds,
+        refused as the bundle's fault (FAILED_PRECONDITION), with Upsert's reasons."""
+        for item_id, values in collection.metadata_items():
+            try:
+                check_metadata(values, self.metadata_limits, what=f"metadata of {shown(item_id)}")
+            except InvalidArgument as error:
+                raise FailedPrecondition(
+                    f"bundle {shown(path)}: {error.message}", reason=error.reason
+                ) from None
 
     def _confined_bundle_path(self, path: str) -> Path:
         if self.bundle_root is None:
