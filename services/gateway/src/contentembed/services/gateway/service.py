@@ -16,7 +16,7 @@ from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
 from contentembed.services.common.config import EndpointList, split_endpoints
 from contentembed.services.common.downstream import caller_time_remaining
 from contentembed.services.common.errors import InvalidArgument
-from contentembed.services.common.metadata import SearchServiceSettings
+from contentembed.services.common.metadata import SearchServiceSettings, check_answer_size
 from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
 from contentembed.services.common.server import run_service
 from contentembed.services.gateway.cache import EmbeddingCache
@@ -161,7 +161,11 @@ class SearchServicer(search_grpc.SearchServiceServicer):
             register_cancel=context.add_callback,
             also_collections=list(request.also_collections),
         )
-        return search_response_pb(outcome)
+        response = search_response_pb(outcome)
+        # Hits carry the shards' metadata, bounded by the shards' own settings: when those
+        # allow more than this gateway's, say so rather than fail in the transport.
+        check_answer_size(response.ByteSize(), self.settings.max_message_bytes, what="lower top_k")
+        return response
 
 
 class AdminServicer(admin_grpc.AdminServiceServicer):
