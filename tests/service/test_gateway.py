@@ -43,13 +43,15 @@ class Stack:
 
 
 @contextmanager
-def gateway_stack(text_encoder, shard_count: int = 2, **gateway_overrides):
+def gateway_stack(text_encoder, shard_count: int = 2, index_overrides: dict | None = None,
+                  **gateway_overrides):
     with ExitStack() as stack:
         shards = [
             stack.enter_context(
                 running_service(
                     IndexService,
-                    settings_for_test(IndexSettings, shard_index=i, shard_count=shard_count),
+                    settings_for_test(IndexSettings, shard_index=i, shard_count=shard_count,
+                                      **(index_overrides or {})),
                 )
             )
             for i in range(shard_count)
@@ -212,3 +214,82 @@ def test_partial_answers_still_work_when_the_first_shard_is_down(text_encoder) -
             result = client.search("shop", text="coffee", top_k=5, allow_partial=True)
     assert result.partial and [s.ok for s in result.shards] == [False, True]
     assert result.hits and all(shard_for_id(h.id, 2) == 1 for h in result.hits)
+
+
+def nested(levels: int) -> dict:
+    values: dict = {"leaf": 1}
+    for _ in range(levels - 1):
+        values = {"k": values}
+    return values
+
+
+def test_metadata_beyond_the_limits_is_refused_before_anything_is_embedded(client) -> None:
+    before = client.get_collection("shop").item_count
+    cases = [
+        ({"blob": "x" * (9 << 20)}, "METADATA_TOO_LARGE"),  # two of these broke every search
+        (nested(9), "METADATA_TOO_DEEP"),
+        ({"price": float("nan")}, "METADATA_NOT_FINITE"),  # was INTERNAL
+        ({"sizes": [1, float("inf")]}, "METADATA_NOT_FINITE"),
+    ]
+    for metadata, reason in cases:
+        with pytest.raises(ApiError) as caught:
+            client.upsert_documents("shop", [{"id": "fine", "text": "a lamp"},
+                                             {"id": "bad", "text": "a desk", "metadata": metadata}])
+        assert (caught.value.code, caught.value.reason) == ("INVALID_ARGUMENT", reason)
+        assert "documents[1].metadata" in caught.value.message and len(caught.value.message) < 300
+    assert client.get_collection("shop").item_count == before
+
+
+LONG_NAME = "n" * 8000
+HUGE_ID = "i" * 100_000
+
+
+def test_oversized_strings_get_a_clear_short_error(client) -> None:
+    """Echoed whole, such a string pushed the status past the trailer limit: the caller
+    got RESOURCE_EXHAUSTED instead of the INVALID_ARGUMENT it needs to see."""
+    cases = [
+        (lambda: client.search(LONG_NAME, text="tent", top_k=1), "INVALID_ARGUMENT"),
+        (lambda: client.search("shop", text="tent", top_k=1, also_collections=[LONG_NAME]), "INVALID_ARGUMENT"),
+        (lambda: client.upsert_documents(LONG_NAME, [{"id": "a", "text": "x"}]), "INVALID_ARGUMENT"),
+        (lambda: client.get_collection(LONG_NAME), "INVALID_ARGUMENT"),
+        (lambda: client.create_collection(LONG_NAME), "INVALID_ARGUMENT"),
+        (lambda: client.delete_collection(LONG_NAME), "INVALID_ARGUMENT"),
+        (lambda: client.shadow_report(LONG_NAME), "INVALID_ARGUMENT"),
+        (lambda: client.upsert_documents("shop", [{"id": HUGE_ID, "text": "x"}]), "INVALID_ARGUMENT"),
+        (lambda: client.delete_documents("shop", [HUGE_ID]), "INVALID_ARGUMENT"),
+        (lambda: client.create_collection("spaced", space_id=LONG_NAME), "FAILED_PRECONDITION"),
+        (lambda: client.set_candidate("shop", LONG_NAME), "FAILED_PRECONDITION"),
+    ]
+    for call, code in cases:
+        with pytest.raises(ApiError) as caught:
+            call()
+        assert caught.value.code == code, caught.value.message[:200]
+        assert caught.value.reason and len(caught.value.message) < 300, caught.value.message[:200]
+    assert client.search("shop", text="tent", top_k=1).hits[0].id == "tent"
+
+
+def test_an_answer_too_large_for_the_gateway_says_what_to_change(text_encoder) -> None:
+    """Shards configured for larger metadata than the gateway: the merged answer would
+    exceed the gateway's message limit, which is reported with advice, not by the transport."""
+    from contentembed.services.common.protoconv import dict_to_struct
+
+    with gateway_stack(text_encoder, index_overrides={"max_metadata_bytes": 64 * 1024, "max_top_k": 100},
+                       max_message_bytes=200_000, max_top_k=10) as stack:
+        with Client(stack.gateway.address, timeout=10.0) as client:
+            client.create_collection("fat")
+            client.upsert_documents("fat", DOCUMENTS[:6])
+            for shard in stack.shards:  # metadata the shards accept and the gateway would not
+                with grpc.insecure_channel(shard.address) as channel:
+                    stub = index_grpc.IndexServiceStub(channel)
+                    ids = [d["id"] for d in DOCUMENTS[:6]]
+                    items = stub.GetItems(index_pb.GetItemsRequest(collection="fat", ids=ids)).items
+                    stub.Upsert(index_pb.UpsertRequest(collection="fat", items=[
+                        index_pb.Item(id=i.id, vector=i.vector, metadata=dict_to_struct({"blob": "x" * 35_000}))
+                        for i in items]))
+            # 35 kB each: a shard's answer (at most 5 of these six documents) fits 200 kB,
+            # the merged answer of six does not.
+            assert len(client.search("fat", text="coffee", top_k=4).hits) == 4
+            with pytest.raises(ApiError) as caught:
+                client.search("fat", text="coffee", top_k=6)
+            assert (caught.value.code, caught.value.reason) == ("RESOURCE_EXHAUSTED", "ANSWER_TOO_LARGE"), caught.value.message
+            assert "lower top_k" in caught.value.message

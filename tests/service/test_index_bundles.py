@@ -177,3 +177,71 @@ def test_bundles_lying_about_their_contents_are_refused(dirs, channel_to) -> Non
             with pytest.raises(grpc.RpcError) as caught:
                 stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="vx", path=path))
             assert (caught.value.code(), error_reason(caught.value)) == (code, reason)
+
+
+def test_unusable_bundle_paths_get_a_clear_short_error(dirs, channel_to) -> None:
+    cases = [
+        ("p" * 8000, "BAD_BUNDLE_PATH"),  # longer than a file name may be
+        ("d/" * 3000, "BAD_BUNDLE_PATH"),  # longer than a path may be
+        ("nul\x00byte", "BAD_BUNDLE_PATH"),
+        ("../" * 3000 + "etc", "PATH_OUTSIDE_ROOT"),
+    ]
+    with running_service(IndexService, settings(dirs)) as runtime:
+        stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
+        for path, reason in cases:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v9", path=path))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()[:200]
+            assert error_reason(caught.value) == reason and len(caught.value.details()) < 300
+
+
+def test_bundle_whose_parts_disagree_is_refused_and_the_old_version_keeps_serving(dirs, channel_to) -> None:
+    """Checksums only prove the files are the ones the batch job wrote. This bundle's
+    items list is one short of its index (and its manifest count agrees with the list):
+    loaded, every search reaching the last vector failed INTERNAL."""
+    import json
+
+    from contentembed.services.index.persistence import write_manifest
+
+    data, bundles = dirs
+    for version in ("short", "first"):
+        directory = bundles / version
+        write_bundle(directory, "space@6", [f"s-{i}" for i in range(DIM)])
+        items = json.loads((directory / "items.json").read_bytes())
+        items["ids"].pop()
+        items["next_label"] -= 1
+        items["metadata"] = [pair for pair in items["metadata"] if pair[0] < DIM - 1]
+        (directory / "items.json").write_text(json.dumps(items))
+        manifest = json.loads((directory / "manifest.json").read_bytes())
+        manifest["count"] -= 1
+        write_manifest(directory, manifest)  # checksums that match the bad files
+    with running_service(IndexService, settings(dirs)) as runtime:
+        stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
+        stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v2", path="v2"))
+        for collection, path in (("products", "short"), ("fresh", "first")):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.LoadBundle(pb.LoadBundleRequest(collection=collection, version="v4", path=path))
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert error_reason(caught.value) == "BUNDLE_CORRUPT", caught.value.details()
+        info = stub.GetCollection(pb.GetCollectionRequest(name="products")).collection
+        assert (info.version, list(info.versions)) == ("v2", ["v2"])
+        assert top_id(stub, BASIS[DIM - 1]) == (f"new-{DIM - 1}", "v2")
+        with pytest.raises(grpc.RpcError) as caught:  # the first version of a new name
+            stub.GetCollection(pb.GetCollectionRequest(name="fresh"))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_bundle_metadata_gets_the_bounds_of_upsert(dirs, channel_to) -> None:
+    data, bundles = dirs
+    built = HnswCollection("products", "space@7", DIM, HnswParams())
+    built.upsert(["fat", "thin"], BASIS[:2], [{"blob": "x" * 10_000}, {}])  # written without Upsert
+    built.write_snapshot(bundles / "fat")
+    with running_service(IndexService, settings(dirs)) as runtime:
+        stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
+        stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v2", path="v2"))
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v5", path="fat"))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(caught.value) == "METADATA_TOO_LARGE" and "'fat'" in caught.value.details()
+        info = stub.GetCollection(pb.GetCollectionRequest(name="products")).collection
+        assert (info.version, list(info.versions)) == ("v2", ["v2"])

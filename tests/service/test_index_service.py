@@ -249,3 +249,156 @@ def test_get_and_list_items(stub, collection) -> None:
         if not token:
             break
     assert listed == [(i, n) for n, i in enumerate(ids)]
+
+
+LONG_NAME = "n" * 8000
+HUGE_ID = "i" * 100_000
+
+
+def test_oversized_strings_get_a_clear_short_error(stub, collection) -> None:
+    """Errors repeat only a prefix of the caller's string: echoed whole, the status would
+    outgrow the trailer limit and reach the caller as an opaque RESOURCE_EXHAUSTED."""
+    invalid, failed, missing = (
+        grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND
+    )
+    query = vec([1] * DIM)
+    cases = [
+        (stub.GetCollection, pb.GetCollectionRequest(name=LONG_NAME), invalid, "BAD_COLLECTION_NAME"),
+        (stub.CreateCollection, pb.CreateCollectionRequest(name=LONG_NAME, space_id="s", dim=4), invalid, "BAD_COLLECTION_NAME"),
+        (stub.DeleteCollection, pb.DeleteCollectionRequest(name=LONG_NAME), invalid, "BAD_COLLECTION_NAME"),
+        (stub.Search, pb.SearchRequest(collection=LONG_NAME, query=query, top_k=1), invalid, "BAD_COLLECTION_NAME"),
+        (stub.Upsert, pb.UpsertRequest(collection=LONG_NAME, items=[pb.Item(id="a", vector=query)]), invalid, "BAD_COLLECTION_NAME"),
+        (stub.ActivateVersion, pb.ActivateVersionRequest(collection=LONG_NAME, version="v"), invalid, "BAD_COLLECTION_NAME"),
+        (stub.LoadBundle, pb.LoadBundleRequest(collection=LONG_NAME, version="v", path="p"), invalid, "BAD_COLLECTION_NAME"),
+        (stub.CreateCollection, pb.CreateCollectionRequest(name="spacey", space_id=LONG_NAME, dim=4), invalid, "BAD_SPACE_ID"),
+        (stub.Upsert, pb.UpsertRequest(collection=collection, items=[pb.Item(id=HUGE_ID, vector=query)]), invalid, "ID_TOO_LONG"),
+        (stub.DeleteItems, pb.DeleteItemsRequest(collection=collection, ids=[HUGE_ID]), invalid, "ID_TOO_LONG"),
+        (stub.GetItems, pb.GetItemsRequest(collection=collection, ids=[HUGE_ID]), invalid, "ID_TOO_LONG"),
+        (stub.LoadBundle, pb.LoadBundleRequest(collection=collection, version=LONG_NAME, path="p"), invalid, "BAD_VERSION"),
+        (stub.Search, pb.SearchRequest(collection=collection, query=query, top_k=1, space_id=LONG_NAME), failed, "SPACE_MISMATCH"),
+        (stub.Search, pb.SearchRequest(collection=collection, query=query, top_k=1, version=LONG_NAME), missing, "VERSION_NOT_FOUND"),
+        (stub.ActivateVersion, pb.ActivateVersionRequest(collection=collection, version=LONG_NAME), missing, "VERSION_NOT_FOUND"),
+    ]
+    for method, request, code, reason in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            method(request)
+        assert (caught.value.code(), error_reason(caught.value)) == (code, reason), caught.value.details()[:200]
+        assert len(caught.value.details()) < 300, caught.value.details()[:200]
+        assert "characters)" in caught.value.details() or reason == "ID_TOO_LONG"
+    assert stub.GetCollection(pb.GetCollectionRequest(name=collection)).collection.item_count == 0
+
+
+@pytest.mark.parametrize("magnitude", [3e38, float(np.finfo(np.float32).max), 1e-39, 1e-45])
+def test_huge_and_tiny_vectors_keep_their_direction(stub, collection, magnitude) -> None:
+    """Normalising must not overflow (3e38 squared is inf in float32) or underflow."""
+    ids = own_ids(3)
+    directions = np.array([[1, 1, 1, 1, 1, 1, 1, 1], [1, -1, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 1]], "<f4")
+    stub.Upsert(pb.UpsertRequest(collection=collection, items=[
+        pb.Item(id=i, vector=vec(d * np.float32(magnitude))) for i, d in zip(ids, directions)]))
+    stored = stub.GetItems(pb.GetItemsRequest(collection=collection, ids=ids)).items
+    for item, direction in zip(stored, directions):
+        unit = direction / np.linalg.norm(direction)
+        np.testing.assert_allclose(np.frombuffer(item.vector.data, "<f4"), unit, atol=1e-6)
+    for item_id, direction in zip(ids, directions):
+        query = vec(direction * np.float32(magnitude))
+        for exact in (False, True):
+            hit = stub.Search(pb.SearchRequest(collection=collection, query=query, top_k=1, exact=exact)).hits[0]
+            assert hit.id == item_id and hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def nested(levels: int) -> dict:
+    values: dict = {"leaf": 1}
+    for _ in range(levels - 1):
+        values = {"k": values}
+    return values
+
+
+def test_metadata_beyond_the_limits_is_refused_and_changes_nothing(stub, collection) -> None:
+    ids = own_ids(2)
+    cases = [
+        # The probe: two items with 9 MiB each made every search with top_k >= 2 exceed
+        # the 16 MiB message limit, on a healthy shard.
+        ({"blob": "x" * (9 << 20)}, "METADATA_TOO_LARGE"),
+        ({"blob": "x" * 8192}, "METADATA_TOO_LARGE"),  # the default limit is 8 KiB encoded
+        (nested(9), "METADATA_TOO_DEEP"),  # the default depth is 8
+        ({"a": [[[[[[[[1]]]]]]]]}, "METADATA_TOO_DEEP"),
+        ({"price": float("nan")}, "METADATA_NOT_FINITE"),
+        ({"a": [1, {"b": float("-inf")}]}, "METADATA_NOT_FINITE"),
+    ]
+    for values, reason in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Upsert(pb.UpsertRequest(collection=collection, items=[
+                pb.Item(id=ids[0], vector=vec([1] * DIM)),
+                pb.Item(id=ids[1], vector=vec([1] * DIM), metadata=dict_to_struct(values)),
+            ]))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert error_reason(caught.value) == reason and "items[1].metadata" in caught.value.details()
+        assert len(caught.value.details()) < 300
+    assert stub.GetCollection(pb.GetCollectionRequest(name=collection)).collection.item_count == 0
+
+    within = {"blob": "x" * 8000, "tags": [nested(6)]}
+    stub.Upsert(pb.UpsertRequest(collection=collection, items=[
+        pb.Item(id=i, vector=vec(np.eye(DIM)[n]), metadata=dict_to_struct(within)) for n, i in enumerate(ids)]))
+    hits = stub.Search(pb.SearchRequest(collection=collection, query=vec([1] * DIM), top_k=2)).hits
+    assert len(hits) == 2 and all(len(h.metadata.fields["blob"].string_value) == 8000 for h in hits)
+
+
+def test_filters_beyond_the_limits_are_refused(stub, collection) -> None:
+    ids = own_ids(1)
+    stub.Upsert(pb.UpsertRequest(collection=collection, items=[
+        pb.Item(id=ids[0], vector=vec([1] * DIM), metadata=dict_to_struct({"price": 3}))]))
+    cases = [
+        ({"price": float("nan")}, "FILTER_NOT_FINITE"),  # was INTERNAL: MessageToDict refuses NaN
+        ({"price": float("inf")}, "FILTER_NOT_FINITE"),
+        (nested(9), "FILTER_TOO_DEEP"),
+        ({"blob": "x" * 9000}, "FILTER_TOO_LARGE"),  # larger than any item's metadata: never matches
+    ]
+    for values, reason in cases:
+        for call in (
+            lambda f: stub.Search(pb.SearchRequest(collection=collection, query=vec([1] * DIM), top_k=1, filter=f)),
+            lambda f: stub.SearchBatch(pb.SearchBatchRequest(collection=collection, queries=[vec([1] * DIM)], top_k=1, filter=f)),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                call(dict_to_struct(values))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+            assert error_reason(caught.value) == reason
+
+
+def test_a_filter_on_a_flag_does_not_match_a_count(stub, collection) -> None:
+    ids = own_ids(3)
+    stub.Upsert(pb.UpsertRequest(collection=collection, items=[
+        pb.Item(id=i, vector=vec(np.eye(DIM)[n]), metadata=dict_to_struct(m))
+        for n, (i, m) in enumerate(zip(ids, [{"flag": True}, {"flag": 1}, {"flag": [1, {"x": False}]}]))]))
+
+    def matching(values) -> list[str]:
+        hits = stub.Search(pb.SearchRequest(collection=collection, query=vec([1] * DIM), top_k=3,
+                                            filter=dict_to_struct(values))).hits
+        return sorted(h.id for h in hits)
+
+    assert matching({"flag": 1}) == [ids[1]]
+    assert matching({"flag": True}) == [ids[0]]
+    assert matching({"flag": [1, {"x": False}]}) == [ids[2]]
+    assert matching({"flag": [True, {"x": 0}]}) == []
+
+
+def test_answers_that_would_not_fit_one_message_say_what_to_change(channel_to) -> None:
+    settings = settings_for_test(IndexSettings, max_message_bytes=1 << 20, max_top_k=10)
+    with running_service(IndexService, settings) as runtime:
+        stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
+        stub.CreateCollection(pb.CreateCollectionRequest(name="big", space_id="s@1", dim=DIM))
+        rng = np.random.default_rng(3)
+        ids = [f"id-{i}" for i in range(150)]
+        for chunk in (ids[:75], ids[75:]):  # each request within the 1 MiB limit
+            stub.Upsert(pb.UpsertRequest(collection="big", items=[
+                pb.Item(id=i, vector=vec(rng.normal(size=DIM)), metadata=dict_to_struct({"blob": "x" * 8000}))
+                for i in chunk]))
+        assert len(stub.Search(pb.SearchRequest(collection="big", query=vec([1] * DIM), top_k=10)).hits) == 10
+        calls = [
+            (stub.SearchBatch, pb.SearchBatchRequest(collection="big", queries=[vec(rng.normal(size=DIM)) for _ in range(20)], top_k=10), "fewer queries"),
+            (stub.GetItems, pb.GetItemsRequest(collection="big", ids=ids), "fewer ids"),
+        ]
+        for method, request, advice in calls:
+            with pytest.raises(grpc.RpcError) as caught:
+                method(request)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error_reason(caught.value) == "ANSWER_TOO_LARGE" and advice in caught.value.details()

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
@@ -39,9 +39,19 @@ class ApiError(Exception):
         return cls(code, error.details() or code, error_reason(error))  # type: ignore[attr-defined]
 
 
+def call_status(error: grpc.RpcError) -> status_pb2.Status | None:
+    """The ``google.rpc.Status`` a failed call carries, or None. A status whose code the
+    transport overrode (trailers over the size limit come back as RESOURCE_EXHAUSTED) is
+    ignored rather than raised as the ValueError of rpc_status.from_call."""
+    try:
+        return rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+
+
 def error_reason(error: grpc.RpcError) -> str:
     """The ``ErrorInfo.reason`` of a failed call's ``google.rpc.Status``, or ""."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = call_status(error)
     if status is not None:
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()

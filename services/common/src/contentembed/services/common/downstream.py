@@ -12,9 +12,8 @@ from typing import Generic, NamedTuple, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from contentembed.client.sync import error_reason
+from contentembed.client.sync import call_status, error_reason
 from contentembed.services.common.auth import channel_credentials
 from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import (
@@ -49,7 +48,7 @@ def error_from_rpc(error: grpc.RpcError, downstream: str) -> ContentEmbedError:
 def retry_delay_s(error: grpc.RpcError) -> float | None:
     """The google.rpc.RetryInfo delay of a failed call, so an overloaded encoder's hint
     reaches the gateway's own caller."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = call_status(error)
     for detail in status.details if status is not None else ():
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):

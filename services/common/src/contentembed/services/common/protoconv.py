@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from contentembed.common.v1 import types_pb2
 from contentembed.services.common.errors import InvalidArgument
@@ -16,7 +16,21 @@ ACCEPTED_DTYPES = (types_pb2.DTYPE_UNSPECIFIED, types_pb2.DTYPE_FLOAT32)
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(struct)
+    """The Struct as plain Python. Unlike json_format.MessageToDict this keeps NaN and
+    infinities (which it refuses with a ValueError, an INTERNAL error to the caller), so
+    that metadata.check_metadata can refuse them as the caller's mistake."""
+    return {key: _value_to_python(value) for key, value in struct.fields.items()}
+
+
+def _value_to_python(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value_to_python(item) for item in value.list_value.values]
+    if kind is None or kind == "null_value":  # an unset Value reads as null, as in JSON
+        return None
+    return getattr(value, kind)
 
 
 def dict_to_struct(values: dict[str, Any]) -> struct_pb2.Struct:

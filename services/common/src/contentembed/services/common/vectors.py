@@ -36,15 +36,27 @@ def to_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=FLOAT32_LE).tobytes()
 
 
-def l2_normalize(matrix: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
-    return (matrix / np.maximum(norms, eps)).astype(np.float32, copy=False)
+def l2_normalize(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; zero rows stay zero.
+
+    Any finite float32 row keeps its direction: each row is first divided by its largest
+    absolute value, so the sum of squares can neither overflow (3e38 squared is inf in
+    float32, which would turn the row into zeros) nor underflow (1e-39 squared is 0,
+    which would make a subnormal row look like a zero vector).
+    """
+    matrix = np.asarray(matrix, dtype=np.float32)
+    # max/min instead of abs(): no full-size temporary just to find the peak.
+    peak = np.maximum(matrix.max(axis=-1, keepdims=True), -matrix.min(axis=-1, keepdims=True))
+    scaled = matrix / np.where(peak > 0, peak, np.float32(1))  # every value now in [-1, 1]
+    norms = np.linalg.norm(scaled, axis=-1, keepdims=True)  # >= 1 wherever the row is not zero
+    scaled /= np.where(norms > 0, norms, np.float32(1))
+    return scaled
 
 
 def reject_zero_rows(matrix: np.ndarray, *, what: str = "vectors") -> None:
-    """Cosine similarity is undefined for a zero vector."""
-    norms = np.linalg.norm(matrix, axis=-1)
-    zero = np.flatnonzero(norms == 0.0)
+    """Cosine similarity is undefined for a zero vector. Tested element-wise, not by the
+    norm: a row of tiny (subnormal) values has a float32 norm of 0 but a direction."""
+    zero = np.flatnonzero(~np.any(matrix != 0, axis=-1))
     if zero.size:
         raise InvalidArgument(
             f"{what}[{int(zero[0])}]: zero vector has no direction", reason="VECTOR_ZERO"

@@ -31,8 +31,10 @@ from contentembed.services.common.errors import (
     NotFound,
     Unavailable,
 )
+from contentembed.services.common.metadata import MetadataLimits, check_metadata
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.common.validation import (
+    shown,
     validate_collection_name,
     validate_ids,
     validate_top_k,
@@ -167,7 +169,7 @@ class EncoderRouter:
                     return encoder, info
             served = sorted(f"{i.modality}:{i.space_id}" for i in self._infos.values())
         raise FailedPrecondition(
-            f"no encoder embeds {modality} into space {space_id} (encoders serve: {served})",
+            f"no encoder embeds {modality} into space {shown(space_id)} (encoders serve: {served})",
             reason="NO_ENCODER_FOR_SPACE",
         )
 
@@ -189,7 +191,7 @@ class EncoderRouter:
                     return info
             choices = sorted(i.space_id for i in self._infos.values())
         raise FailedPrecondition(
-            f"no encoder serves space {space_id} (encoders serve {choices})",
+            f"no encoder serves space {shown(space_id)} (encoders serve {choices})",
             reason="NO_ENCODER_FOR_SPACE",
         )
 
@@ -203,6 +205,7 @@ class Gateway:
         metrics: GatewayMetrics,
         max_top_k: int,
         max_documents_per_upsert: int,
+        metadata_limits: MetadataLimits | None = None,
         shadow_workers: int = 2,
         shadow_queue_limit: int = 64,
         seed: int | None = None,
@@ -217,6 +220,7 @@ class Gateway:
         self.metrics = metrics
         self.max_top_k = max_top_k
         self.max_documents_per_upsert = max_documents_per_upsert
+        self.metadata_limits = metadata_limits or MetadataLimits()
         self._collection_spaces: dict[str, tuple[str, float]] = {}
         self.candidates: dict[str, Candidate] = {}
         self._random = random.Random(seed)
@@ -556,32 +560,34 @@ class Gateway:
         spaces = {c.version_spaces.get(version) for c in per_shard}
         if None in spaces:
             raise FailedPrecondition(
-                f"version {version!r} of {collection!r} is not loaded on every shard",
+                f"version {shown(version)} of {shown(collection)} is not loaded on every shard",
                 reason="VERSION_NOT_LOADED",
             )
         if len(spaces) != 1:
-            raise FailedPrecondition(f"shards disagree on the space of version {version!r}")
+            raise FailedPrecondition(f"shards disagree on the space of version {shown(version)}")
         if any(c.version == version for c in per_shard):
-            raise FailedPrecondition(f"version {version!r} is already serving", reason="ALREADY_SERVING")
+            raise FailedPrecondition(f"version {shown(version)} is already serving", reason="ALREADY_SERVING")
         space = spaces.pop()
         self.router.info_for_space(space)  # a candidate no encoder can query is refused now
         self.candidates[collection] = Candidate(version, space, shadow_fraction, canary_weight)
 
     def shadow_report(self, collection: str, deadline: float) -> tuple[Candidate, str]:
         """(candidate with its stats, the serving version)."""
+        validate_collection_name(collection)
         candidate = self.candidates.get(collection)
         if candidate is None:
-            raise NotFound(f"collection {collection!r} has no candidate", reason="NO_CANDIDATE")
+            raise NotFound(f"collection {shown(collection)} has no candidate", reason="NO_CANDIDATE")
         primary = self.shards[0].get_collection(collection, deadline).result().version
         return candidate, primary
 
     def promote(self, collection: str, deadline: float) -> tuple[str, str]:
         """(previous version, new serving version). Each shard flips atomically; a failure
         leaves the candidate in place so the promotion can be retried."""
+        validate_collection_name(collection)
         candidate = self.candidates.get(collection)
         if candidate is None:
             raise FailedPrecondition(
-                f"collection {collection!r} has no candidate to promote", reason="NO_CANDIDATE"
+                f"collection {shown(collection)} has no candidate to promote", reason="NO_CANDIDATE"
             )
         outcomes = outcomes_of_all(
             [s.activate_version(collection, candidate.version, deadline) for s in self.shards]
@@ -700,6 +706,11 @@ class Gateway:
                 reason="BATCH_TOO_LARGE",
             )
         validate_ids([d.id for d in documents], what="documents")
+        for position, document in enumerate(documents):
+            # The shards check it too; here a bad one is refused before anything is embedded.
+            check_metadata(
+                document.metadata, self.metadata_limits, what=f"documents[{position}].metadata"
+            )
         space = self.collection_space(collection, deadline)
         routes = {m: self.router.route(space, m) for m in {d.modality for d in documents}}
         for position, document in enumerate(documents):
@@ -756,6 +767,7 @@ class Gateway:
         validate_collection_name(collection)
         if not ids:
             raise InvalidArgument("ids: at least one id is required", reason="EMPTY_BATCH")
+        validate_ids(ids, what="ids", unique=False)
         by_shard: dict[int, list[str]] = defaultdict(list)
         for item_id in dict.fromkeys(ids):
             by_shard[shard_for_id(item_id, len(self.shards))].append(item_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -13,9 +14,10 @@ from contentembed.admin.v1 import admin_service_pb2_grpc as admin_grpc
 from contentembed.search.v1 import search_service_pb2 as search_pb
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
 from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
-from contentembed.services.common.config import EndpointList, ServiceSettings, split_endpoints
+from contentembed.services.common.config import EndpointList, split_endpoints
 from contentembed.services.common.errors import InvalidArgument
 from contentembed.services.common.interceptor import caller_time_remaining
+from contentembed.services.common.metadata import SearchServiceSettings, check_answer_size
 from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
 from contentembed.services.common.server import run_service
 from contentembed.services.gateway.cache import EmbeddingCache
@@ -28,11 +30,12 @@ from contentembed.services.gateway.flows import (
 )
 from contentembed.services.gateway.metrics import GatewayMetrics
 
+PARTIAL_POLICIES = frozenset(search_pb.PartialResultPolicy.values())
 SEARCH_SERVICE = search_pb.DESCRIPTOR.services_by_name["SearchService"].full_name
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(SearchServiceSettings):
     encoder_endpoints: EndpointList = Field(
         default_factory=lambda: ["127.0.0.1:50052"],
         description="Encoders host:port, comma-separated; each reports its space and modality.",
@@ -44,7 +47,6 @@ class GatewaySettings(ServiceSettings):
     # A gateway call mostly waits on an encoder and the shards: threads are cheap here, and
     # too few of them would cap how many queries the encoder can batch together.
     max_workers: int = Field(64, ge=1, le=4096, description="gRPC handler threads.")
-    max_top_k: int = Field(1000, ge=1)
     max_documents_per_upsert: int = Field(1000, ge=1)
     default_timeout_s: float = Field(
         10.0, gt=0, description="Deadline for calls that arrive without one."
@@ -99,6 +101,18 @@ def deadline_of(context: grpc.ServicerContext, settings: GatewaySettings) -> flo
         remaining = settings.default_timeout_s
     remaining = min(remaining, settings.max_timeout_s)
     return time.monotonic() + remaining - reply_margin_s(remaining)
+
+
+def cancel_with(context: grpc.ServicerContext) -> Callable[[Callable[[], None]], None]:
+    """Registers a downstream call's cancel to run when the caller goes away. A caller that
+    left while the call was being started already ended the RPC: add_callback then refuses
+    the callback, and the call is cancelled at once instead of running on unobserved."""
+
+    def register(cancel: Callable[[], None]) -> None:
+        if not context.add_callback(cancel):
+            cancel()
+
+    return register
 
 
 def reply_margin_s(remaining: float) -> float:
@@ -164,16 +178,27 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         query = request.WhichOneof("query")
         if query is None:
             raise InvalidArgument("query: give text or image", reason="EMPTY_QUERY")
+        if request.partial_result_policy not in PARTIAL_POLICIES:
+            # proto3 keeps unknown enum numbers: one from a newer client must not be
+            # silently read as "fail".
+            raise InvalidArgument(
+                f"partial_result_policy {request.partial_result_policy} is not a known policy",
+                reason="UNKNOWN_ENUM_VALUE",
+            )
         outcome = self.gateway.search(
             request.collection,
             request.text if query == "text" else request.image.data,
             request.top_k,
             allow_partial=request.partial_result_policy == search_pb.PARTIAL_RESULT_POLICY_ALLOW,
             deadline=deadline,
-            register_cancel=context.add_callback,
+            register_cancel=cancel_with(context),
             also_collections=list(request.also_collections),
         )
-        return search_response_pb(outcome)
+        response = search_response_pb(outcome)
+        # Hits carry the shards' metadata, bounded by the shards' own settings: when those
+        # allow more than this gateway's, say so rather than fail in the transport.
+        check_answer_size(response.ByteSize(), self.settings.max_message_bytes, what="lower top_k")
+        return response
 
 
 class AdminServicer(admin_grpc.AdminServiceServicer):
@@ -281,6 +306,7 @@ class GatewayService:
             GatewayMetrics(registry, settings.coverage_floor),
             max_top_k=settings.max_top_k,
             max_documents_per_upsert=settings.max_documents_per_upsert,
+            metadata_limits=settings.metadata_limits,
             shadow_workers=settings.shadow_workers,
             shadow_queue_limit=settings.shadow_queue_limit,
             recall_sample_rate=settings.recall_sample_rate,

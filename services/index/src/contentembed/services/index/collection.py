@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import struct
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -21,8 +21,9 @@ import hnswlib
 import numpy as np
 
 from contentembed.services.common.errors import InvalidArgument
+from contentembed.services.common.metadata import same_value
 from contentembed.services.common.rwlock import ReadWriteLock
-from contentembed.services.common.validation import validate_ids
+from contentembed.services.common.validation import shown, validate_ids
 from contentembed.services.common.vectors import l2_normalize, reject_zero_rows
 from contentembed.services.index.persistence import CorruptData, WalRecord, write_manifest
 
@@ -59,7 +60,9 @@ Journal = Callable[[WalRecord], None]
 
 
 def matches(metadata: Mapping[str, Any], metadata_filter: Mapping[str, Any]) -> bool:
-    return all(key in metadata and metadata[key] == value for key, value in metadata_filter.items())
+    return all(
+        key in metadata and same_value(metadata[key], value) for key, value in metadata_filter.items()
+    )
 
 
 class HnswCollection:
@@ -297,6 +300,14 @@ class HnswCollection:
                 for n, (i, label) in enumerate(zip(found, labels))
             ]
 
+    def metadata_items(self) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        """(id, metadata) of every item that has metadata; for checks at load time, before
+        the collection is shared (no lock)."""
+        for label, values in self._metadata.items():
+            item_id = self._id_of[label]
+            assert item_id is not None  # checked when the snapshot was loaded
+            yield item_id, values
+
     def list_ids(self, after: str, limit: int) -> tuple[list[str], bool]:
         """Ids in lexical order after ``after``; True when more follow."""
         with self._lock.read():
@@ -346,13 +357,21 @@ class HnswCollection:
 
     @classmethod
     def from_snapshot(cls, directory: Path, manifest: Mapping[str, Any], name: str) -> HnswCollection:
-        """Loads a snapshot whose manifest was verified (persistence.verify_manifest)."""
+        """Loads a snapshot whose manifest was verified (persistence.verify_manifest).
+
+        The checksums prove the files are the ones the writer made, not that the writer
+        made them right (a batch job's bundle, a snapshot of an older release): the parts
+        are checked against each other too, so a snapshot that would fail searches later
+        is refused now (CorruptData) and never activated or recovered into.
+        """
         try:
             params = HnswParams(**manifest["hnsw"])
             check_hnsw_params(params)
             dim = int(manifest["dim"])
             seq, count = int(manifest["seq"]), int(manifest["count"])
             space_id = str(manifest["space_id"])
+            elements = manifest.get("elements")  # snapshots before it existed lack it
+            elements = None if elements is None else int(elements)
         except (KeyError, TypeError, ValueError, InvalidArgument) as error:
             raise CorruptData(f"{directory}: manifest is malformed ({error})") from None
         stored_dim = hnsw_file_dim(directory / "index.bin")
@@ -362,22 +381,122 @@ class HnswCollection:
         try:
             index = hnswlib.Index(space="cosine", dim=collection.dim)
             index.load_index(str(directory / "index.bin"), max_elements=0, allow_replace_deleted=True)
-            items = json.loads((directory / "items.json").read_bytes())
+            # NaN and Infinity are not JSON (Python reads them anyway): metadata holding them
+            # could not be sent back in a protobuf Struct.
+            raw = json.loads((directory / "items.json").read_bytes(), parse_constant=_not_json)
         except (RuntimeError, ValueError) as error:
+            raise CorruptData(f"{directory}: {error}") from None
+        try:
+            items = SnapshotItems.parse(raw)
+            items.check_against(index, count, elements)
+        except CorruptData as error:
             raise CorruptData(f"{directory}: {error}") from None
         index.set_ef(params.ef_search)
         collection._index = index
-        collection._id_of = list(items["ids"])
-        collection._label_of = {
-            item_id: label for label, item_id in enumerate(collection._id_of) if item_id is not None
-        }
-        collection._metadata = {int(label): meta for label, meta in items["metadata"]}
-        collection._next_label = int(items["next_label"])
-        collection._vacant = int(items["vacant"])
+        collection._id_of = items.ids
+        collection._label_of = items.label_of
+        collection._metadata = items.metadata
+        collection._next_label = len(items.ids)
+        collection._vacant = items.vacant
         collection.seq = seq
-        if len(collection._label_of) != count:
-            raise CorruptData(f"{directory}: item count differs from the manifest")
         return collection
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"items.json holds {constant}, which is not JSON")
+
+
+# Vectors read back per call while checking a snapshot: bounded memory at any dimension.
+CHECK_CHUNK_BYTES = 16 << 20
+
+
+@dataclass
+class SnapshotItems:
+    """items.json of a snapshot, parsed and checked on its own."""
+
+    ids: list[str | None]  # by label; None for a deleted one
+    label_of: dict[str, int]
+    metadata: dict[int, dict[str, Any]]
+    vacant: int
+
+    @classmethod
+    def parse(cls, raw: Any) -> SnapshotItems:
+        if not isinstance(raw, dict):
+            raise CorruptData("items.json is not an object")
+        ids, pairs, next_label, vacant = (
+            raw.get("ids"), raw.get("metadata"), raw.get("next_label"), raw.get("vacant")
+        )
+        if not isinstance(ids, list) or not isinstance(pairs, list):
+            raise CorruptData("items.json: ids and metadata must be lists")
+        if not _is_count(next_label) or not _is_count(vacant):
+            raise CorruptData("items.json: next_label and vacant must be non-negative integers")
+        # Labels are handed out in order and never reused, one ids entry each.
+        if next_label != len(ids):
+            raise CorruptData(f"items.json: next_label is {next_label} but {len(ids)} labels exist")
+        label_of: dict[str, int] = {}
+        for label, item_id in enumerate(ids):
+            if item_id is None:
+                continue
+            if not isinstance(item_id, str) or not item_id:
+                raise CorruptData(f"items.json: label {label} has an invalid id")
+            if label_of.setdefault(item_id, label) != label:
+                raise CorruptData(f"items.json: id {shown(item_id)} appears twice")
+        metadata: dict[int, dict[str, Any]] = {}
+        for pair in pairs:
+            if not (isinstance(pair, list) and len(pair) == 2 and _is_count(pair[0])
+                    and isinstance(pair[1], dict)):
+                raise CorruptData("items.json: metadata entries must be [label, object]")
+            label, values = pair
+            if label >= len(ids) or ids[label] is None:
+                raise CorruptData(f"items.json: metadata for label {label}, which holds no item")
+            if label in metadata:
+                raise CorruptData(f"items.json: metadata for label {label} appears twice")
+            metadata[label] = values
+        return cls(ids, label_of, metadata, vacant)
+
+    def check_against(self, index: hnswlib.Index, count: int, elements: int | None) -> None:
+        """Every live item has a vector that searches can find, every element of the index
+        has an item or is deleted, and the counts agree with the manifest."""
+        live = len(self.label_of)
+        if live != count:
+            raise CorruptData(f"{live} items, the manifest says {count}")
+        stored = index.get_current_count()
+        if elements is not None and stored != elements:
+            raise CorruptData(f"index.bin holds {stored} elements, the manifest says {elements}")
+        # Each element is a live item or a deleted slot waiting to be reused.
+        if stored != live + self.vacant:
+            raise CorruptData(
+                f"index.bin holds {stored} elements for {live} items and {self.vacant} vacant slots"
+            )
+        labels = np.fromiter(index.get_ids_list(), dtype=np.uint64, count=stored)
+        if stored and int(labels.max()) >= len(self.ids):
+            raise CorruptData(
+                f"index.bin has label {int(labels.max())}, items.json only {len(self.ids)} labels"
+            )
+        live_labels = np.fromiter(self.label_of.values(), dtype=np.uint64, count=live)
+        if not np.isin(live_labels, labels).all():
+            raise CorruptData("items without a vector in index.bin")
+        # A vacant slot still answering searches would be a hit without an id.
+        for label in labels[np.isin(labels, live_labels, invert=True)].tolist():
+            try:
+                index.get_items([label])
+            except RuntimeError:
+                continue  # marked deleted, as it must be
+            raise CorruptData(f"label {label} is searchable but holds no item")
+        # And a live item must not be marked deleted (get_items refuses those); its
+        # vector must be finite for scores to mean anything.
+        chunk = max(1, CHECK_CHUNK_BYTES // (4 * index.dim))
+        for start in range(0, live, chunk):
+            try:
+                vectors = index.get_items(live_labels[start : start + chunk])
+            except RuntimeError:
+                raise CorruptData("items whose vector index.bin marks deleted") from None
+            if not np.isfinite(vectors).all():
+                raise CorruptData("index.bin holds vectors that are not finite")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 # hnswlib's file starts with six size_t: offsetLevel0, max_elements, cur_element_count,

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 from pydantic import Field, model_validator
 
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
 from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
-from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
+from contentembed.services.common.metadata import (
+    SearchServiceSettings,
+    check_answer_size,
+    check_metadata,
+)
 from contentembed.services.common.protoconv import (
     dict_to_struct,
     struct_to_dict,
@@ -23,7 +28,12 @@ from contentembed.services.common.protoconv import (
     vector_to_pb,
 )
 from contentembed.services.common.server import run_service
-from contentembed.services.common.validation import validate_ids, validate_top_k
+from contentembed.services.common.validation import (
+    shown,
+    validate_ids,
+    validate_space_id,
+    validate_top_k,
+)
 from contentembed.services.index.collection import HnswCollection, HnswParams
 from contentembed.services.index.store import (
     CollectionStore,
@@ -33,11 +43,12 @@ from contentembed.services.index.store import (
     encode_token,
 )
 
+ResponseT = TypeVar("ResponseT", bound=Message)
 
-class IndexSettings(ServiceSettings):
+
+class IndexSettings(SearchServiceSettings):
     shard_index: int = Field(0, ge=0, description="This shard's number, 0-based.")
     shard_count: int = Field(1, ge=1, le=4096, description="How many shards share the ids.")
-    max_top_k: int = Field(1000, ge=1, description="Largest top_k a search may ask for.")
     max_items_per_upsert: int = Field(10_000, ge=1)
     hnsw_m: int = Field(16, ge=2, le=128)
     hnsw_ef_construction: int = Field(200, ge=1)
@@ -81,7 +92,7 @@ def check_space(collection: HnswCollection, space_id: str, *, what: str) -> None
     """Vectors of another space would be answered with meaningless neighbours."""
     if space_id and space_id != collection.space_id:
         raise FailedPrecondition(
-            f"{what} is in space {space_id}, collection {collection.name!r} "
+            f"{what} is in space {shown(space_id)}, collection {collection.name!r} "
             f"is in space {collection.space_id}",
             reason="SPACE_MISMATCH",
         )
@@ -111,6 +122,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             settings.initial_capacity,
             durability,
             settings.bundle_root,
+            settings.metadata_limits,
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -158,6 +170,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
     def CreateCollection(self, request: pb.CreateCollectionRequest, context: grpc.ServicerContext):
         if request.metric not in (pb.METRIC_UNSPECIFIED, pb.METRIC_COSINE):
             raise InvalidArgument(f"metric {request.metric} is not supported; use METRIC_COSINE")
+        validate_space_id(request.space_id)
         collection, created = self.store.create(
             request.name,
             request.space_id,
@@ -203,6 +216,8 @@ class IndexService(pb_grpc.IndexServiceServicer):
                 )
             vectors[position] = vector_from_pb(item.vector, what=f"items[{position}].vector")
         metadata = [struct_to_dict(item.metadata) for item in items]
+        for position, values in enumerate(metadata):
+            check_metadata(values, self.settings.metadata_limits, what=f"items[{position}].metadata")
         upserted = collection.upsert(ids, vectors, metadata)
         return pb.UpsertResponse(upserted_count=upserted, shard=self._shard_pb())
 
@@ -210,6 +225,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
         collection = self.store.get(request.collection)
         if not request.ids:
             raise InvalidArgument("ids: at least one id is required", reason="EMPTY_BATCH")
+        validate_ids(request.ids, what="ids", unique=False)
         deleted = collection.delete(list(request.ids))
         return pb.DeleteItemsResponse(deleted_count=deleted, shard=self._shard_pb())
 
@@ -221,6 +237,17 @@ class IndexService(pb_grpc.IndexServiceServicer):
         collection = self.store.get(request.collection, request.version)
         check_space(collection, request.space_id, what="query vector")
         return collection
+
+    def _filter(self, request) -> dict:
+        """The request's metadata filter, within the bounds of metadata itself."""
+        metadata_filter = struct_to_dict(request.filter)
+        check_metadata(metadata_filter, self.settings.metadata_limits, what="filter", kind="FILTER")
+        return metadata_filter
+
+    def _fitting(self, response: ResponseT, advice: str) -> ResponseT:
+        """The response, once it is known to fit in one message."""
+        check_answer_size(response.ByteSize(), self.settings.max_message_bytes, what=advice)
+        return response
 
     def _query(self, collection: HnswCollection, vector, what: str) -> np.ndarray:
         if vector.dim != collection.dim:
@@ -243,14 +270,15 @@ class IndexService(pb_grpc.IndexServiceServicer):
         collection = self._searchable(request)
         query = self._query(collection, request.query, "query")
         hits = collection.search(
-            query, request.top_k, request.ef, struct_to_dict(request.filter), request.exact
+            query, request.top_k, request.ef, self._filter(request), request.exact
         )
-        return pb.SearchResponse(
+        response = pb.SearchResponse(
             hits=self._hits_pb(hits),
             space_id=collection.space_id,
             version=collection.version,
             shard=self._shard_pb(),
         )
+        return self._fitting(response, "lower top_k")
 
     def SearchBatch(self, request: pb.SearchBatchRequest, context: grpc.ServicerContext):
         collection = self._searchable(request)
@@ -266,14 +294,15 @@ class IndexService(pb_grpc.IndexServiceServicer):
             [self._query(collection, q, f"queries[{i}]") for i, q in enumerate(request.queries)]
         )
         results = collection.search_batch(
-            queries, request.top_k, request.ef, struct_to_dict(request.filter), request.exact
+            queries, request.top_k, request.ef, self._filter(request), request.exact
         )
-        return pb.SearchBatchResponse(
+        response = pb.SearchBatchResponse(
             results=[pb.QueryHits(hits=self._hits_pb(hits)) for hits in results],
             space_id=collection.space_id,
             version=collection.version,
             shard=self._shard_pb(),
         )
+        return self._fitting(response, "send fewer queries per batch or lower top_k")
 
     def GetItems(self, request: pb.GetItemsRequest, context: grpc.ServicerContext):
         collection = self.store.get(request.collection)
@@ -281,27 +310,30 @@ class IndexService(pb_grpc.IndexServiceServicer):
             raise InvalidArgument("ids: at least one id is required", reason="EMPTY_BATCH")
         if len(request.ids) > self.settings.max_items_per_upsert:
             raise InvalidArgument(f"ids: at most {self.settings.max_items_per_upsert} per call")
+        validate_ids(request.ids, what="ids", unique=False)
         items = collection.get(list(request.ids))
         found = {item.id for item in items}
-        return pb.GetItemsResponse(
+        response = pb.GetItemsResponse(
             items=[
                 pb.Item(id=i.id, vector=vector_to_pb(i.vector), metadata=dict_to_struct(i.metadata))
                 for i in items
             ],
             missing_ids=[i for i in request.ids if i not in found],
         )
+        return self._fitting(response, "ask for fewer ids per call")
 
     def ListItems(self, request: pb.ListItemsRequest, context: grpc.ServicerContext):
         collection = self.store.get(request.collection)
         page_size, after = decode_page(request.page_size, request.page_token)
         ids, more = collection.list_ids(after, page_size)
         metadata = {item.id: item.metadata for item in collection.get(ids)}
-        return pb.ListItemsResponse(
+        response = pb.ListItemsResponse(
             items=[
                 pb.ListedItem(id=i, metadata=dict_to_struct(metadata[i])) for i in ids if i in metadata
             ],
             next_page_token=encode_token(ids[-1]) if more and ids else "",
         )
+        return self._fitting(response, "lower page_size")
 
     # -- bundles and versions --------------------------------------------------------
     def LoadBundle(self, request: pb.LoadBundleRequest, context: grpc.ServicerContext):

@@ -24,8 +24,9 @@ from contentembed.services.common.errors import (
     NotFound,
     Unavailable,
 )
+from contentembed.services.common.metadata import MetadataLimits, check_metadata
 from contentembed.services.common.sharding import shard_for_id
-from contentembed.services.common.validation import validate_collection_name
+from contentembed.services.common.validation import shown, validate_collection_name
 from contentembed.services.index.collection import (
     LIVE_VERSION,
     HnswCollection,
@@ -63,7 +64,7 @@ class ShardPosition:
             owner = shard_for_id(item_id, self.count)
             if owner != self.index:
                 raise FailedPrecondition(
-                    f"{what}[{position}]: id {item_id!r} belongs to shard {owner}, "
+                    f"{what}[{position}]: id {shown(item_id)} belongs to shard {owner}, "
                     f"this is shard {self.index} of {self.count}",
                     reason="WRONG_SHARD",
                 )
@@ -215,8 +216,11 @@ class CollectionStore:
         initial_capacity: int = 1024,
         durability: Durability | None = None,
         bundle_root: Path | None = None,
+        metadata_limits: MetadataLimits | None = None,
     ) -> None:
         self.default_params = default_params
+        # Bundles are an ingest path too: their metadata gets the bounds of Upsert's.
+        self.metadata_limits = metadata_limits or MetadataLimits()
         self.initial_capacity = initial_capacity
         self.durability = durability
         self.bundle_root = bundle_root
@@ -408,9 +412,10 @@ class CollectionStore:
             atomic_write(self._name_dir(name) / "alias.json", json.dumps(state).encode())
 
     def alias(self, name: str) -> Alias:
+        validate_collection_name(name)  # a malformed name is the caller's mistake, not NOT_FOUND
         alias = self._aliases.get(name)
         if alias is None:
-            raise NotFound(f"collection {name!r} does not exist", reason="COLLECTION_NOT_FOUND")
+            raise NotFound(f"collection {shown(name)} does not exist", reason="COLLECTION_NOT_FOUND")
         return alias
 
     def get(self, name: str, version: str = "") -> HnswCollection:
@@ -421,15 +426,16 @@ class CollectionStore:
         collection = alias.versions.get(version)
         if collection is None:
             raise NotFound(
-                f"collection {name!r} has no version {version!r} (loaded: {sorted(alias.versions)})",
+                f"collection {shown(name)} has no version {shown(version)} (loaded: {sorted(alias.versions)})",
                 reason="VERSION_NOT_FOUND",
             )
         return collection
 
     def delete(self, name: str) -> None:
+        validate_collection_name(name)
         with self._lock:
             if self._aliases.pop(name, None) is None:
-                raise NotFound(f"collection {name!r} does not exist", reason="COLLECTION_NOT_FOUND")
+                raise NotFound(f"collection {shown(name)} does not exist", reason="COLLECTION_NOT_FOUND")
             for key in [k for k in self._files if k[0] == name]:
                 self._files.pop(key).close()
             if self.durability is not None:
@@ -450,7 +456,7 @@ class CollectionStore:
         validate_collection_name(name)
         if not VERSION_NAME.match(version) or version == LIVE_VERSION:
             raise InvalidArgument(
-                f"version {version!r} must be 1-64 characters of [A-Za-z0-9._-] and not "
+                f"version {shown(version)} must be 1-64 characters of [A-Za-z0-9._-] and not "
                 f"{LIVE_VERSION!r}",
                 reason="BAD_VERSION",
             )
@@ -458,20 +464,21 @@ class CollectionStore:
         with self._lock:
             alias = self._aliases.get(name)
             if alias is not None and version in alias.versions:
-                raise AlreadyExists(f"collection {name!r} already has version {version!r}")
+                raise AlreadyExists(f"collection {shown(name)} already has version {shown(version)}")
         try:
             manifest = verify_manifest(directory)
             collection = HnswCollection.from_snapshot(directory, manifest, name)
         except CorruptData as error:
             log.error("refusing a bundle", extra={"bundle": str(directory), "error": str(error)})
             raise FailedPrecondition(
-                f"bundle {path!r} failed verification: {error}", reason="BUNDLE_CORRUPT"
+                f"bundle {shown(path)} failed verification: {error}", reason="BUNDLE_CORRUPT"
             ) from None
+        self._check_bundle_metadata(collection, path)
         collection.version = version
         with self._lock:
             alias = self._aliases.get(name)
             if alias is not None and version in alias.versions:
-                raise AlreadyExists(f"collection {name!r} already has version {version!r}")
+                raise AlreadyExists(f"collection {shown(name)} already has version {shown(version)}")
             if self.durability is not None:
                 if alias is None:
                     self._clear_unacknowledged(name)
@@ -483,24 +490,45 @@ class CollectionStore:
             alias.versions[version] = collection
         return collection, manifest
 
+    def _check_bundle_metadata(self, collection: HnswCollection, path: str) -> None:
+        """A batch job writes metadata without going through Upsert: the same bounds,
+        refused as the bundle's fault (FAILED_PRECONDITION), with Upsert's reasons."""
+        for item_id, values in collection.metadata_items():
+            try:
+                check_metadata(values, self.metadata_limits, what=f"metadata of {shown(item_id)}")
+            except InvalidArgument as error:
+                raise FailedPrecondition(
+                    f"bundle {shown(path)}: {error.message}", reason=error.reason
+                ) from None
+
     def _confined_bundle_path(self, path: str) -> Path:
         if self.bundle_root is None:
             raise FailedPrecondition(
                 "this shard has no --bundle-root; bundles cannot be loaded", reason="NO_BUNDLE_ROOT"
             )
         root = self.bundle_root.resolve()
-        candidate = (root / path).resolve()  # an absolute path replaces root here
-        if candidate != root and root not in candidate.parents:
+        try:
+            candidate = (root / path).resolve()  # an absolute path replaces root here
+            if candidate != root and root not in candidate.parents:
+                raise InvalidArgument(
+                    f"bundle path {shown(path)} is outside the bundle root",
+                    reason="PATH_OUTSIDE_ROOT",
+                )
+            is_dir = candidate.is_dir()
+        except (OSError, ValueError) as error:
+            # A name longer than the file system allows, a NUL byte: the caller's to fix. The
+            # error's own text repeats the whole path, so only its description is kept.
+            description = getattr(error, "strerror", None) or "not a valid path"
             raise InvalidArgument(
-                f"bundle path {path!r} is outside the bundle root", reason="PATH_OUTSIDE_ROOT"
-            )
-        if not candidate.is_dir():
-            raise NotFound(f"bundle {path!r} does not exist under the bundle root",
+                f"bundle path {shown(path)} is unusable: {description}", reason="BAD_BUNDLE_PATH"
+            ) from None
+        if not is_dir:
+            raise NotFound(f"bundle {shown(path)} does not exist under the bundle root",
                            reason="BUNDLE_NOT_FOUND")
         for entry in candidate.iterdir():
             if entry.is_symlink():  # a link could point a "bundle file" anywhere on the host
                 raise InvalidArgument(
-                    f"bundle {path!r} contains a symbolic link ({entry.name})",
+                    f"bundle {shown(path)} contains a symbolic link ({entry.name})",
                     reason="PATH_OUTSIDE_ROOT",
                 )
         return candidate
@@ -511,7 +539,7 @@ class CollectionStore:
             alias = self.alias(name)
             if version not in alias.versions:
                 raise NotFound(
-                    f"collection {name!r} has no version {version!r} (loaded: {sorted(alias.versions)})",
+                    f"collection {shown(name)} has no version {shown(version)} (loaded: {sorted(alias.versions)})",
                     reason="VERSION_NOT_FOUND",
                 )
             previous = alias.active
@@ -527,7 +555,7 @@ class CollectionStore:
             alias = self.alias(name)
             if alias.previous is None or alias.previous not in alias.versions:
                 raise FailedPrecondition(
-                    f"collection {name!r} has no previous version to roll back to",
+                    f"collection {shown(name)} has no previous version to roll back to",
                     reason="NO_PREVIOUS_VERSION",
                 )
             target = alias.previous
@@ -540,11 +568,15 @@ def encode_token(last: str) -> str:
 
 def decode_page(page_size: int, page_token: str, default: int = 100, limit: int = 1000) -> tuple[int, str]:
     if page_size < 0 or page_size > limit:
-        raise InvalidArgument(f"page_size must be 0..{limit}, got {page_size}")
+        raise InvalidArgument(f"page_size must be 0..{limit}, got {page_size}", reason="BAD_PAGE_SIZE")
     after = ""
     if page_token:
         try:
-            after = base64.urlsafe_b64decode(page_token.encode()).decode()
+            # validate=True: the default skips characters outside the alphabet, so "***"
+            # would decode to "" and silently restart from the first page.
+            after = base64.b64decode(page_token.encode(), altchars=b"-_", validate=True).decode()
         except ValueError as error:
-            raise InvalidArgument("page_token is not one this service issued") from error
+            raise InvalidArgument(
+                "page_token is not one this service issued", reason="BAD_PAGE_TOKEN"
+            ) from error
     return page_size or default, after
