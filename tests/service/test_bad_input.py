@@ -340,3 +340,127 @@ def test_bad_input_gets_its_canonical_code_and_changes_nothing(services, case: C
     with grpc.insecure_channel(runtime.address) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- property-based fuzzing of request messages ---------------------------------------------
+
+from google.protobuf import descriptor as protobuf_descriptor  # noqa: E402
+from google.protobuf import symbol_database  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FD = protobuf_descriptor.FieldDescriptor
+# Canonical codes a fuzzed request may end in: anything but UNKNOWN and INTERNAL.
+EXPECTED_CODES = {
+    "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION",
+    "RESOURCE_EXHAUSTED", "OUT_OF_RANGE", "DEADLINE_EXCEEDED", "UNAVAILABLE",
+}
+NAMES = st.sampled_from(["docs", "products", "pictures", "live", "v2", "s@1"])
+JSON = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+SCALARS = {
+    FD.TYPE_STRING: st.one_of(NAMES, st.text(max_size=40)),
+    FD.TYPE_BYTES: st.one_of(st.binary(max_size=64), st.just(PICTURE), st.just(unit(1).data)),
+    FD.TYPE_BOOL: st.booleans(),
+    FD.TYPE_INT32: st.integers(-(2**31), 2**31 - 1),
+    FD.TYPE_INT64: st.integers(-(2**63), 2**63 - 1),
+    FD.TYPE_UINT32: st.one_of(st.integers(0, 16), st.integers(0, 2**32 - 1)),
+    FD.TYPE_UINT64: st.integers(0, 2**64 - 1),
+    FD.TYPE_DOUBLE: st.floats(),
+    FD.TYPE_FLOAT: st.floats(width=32),
+}
+
+
+def message_strategy(descriptor, depth: int = 0) -> st.SearchStrategy:
+    """Messages of this type with any subset of their fields set to any value."""
+    if descriptor.full_name == "google.protobuf.Struct":
+        return st.dictionaries(st.text(max_size=8), JSON, max_size=3).map(_struct)
+    fields = {}
+    for field in descriptor.fields:
+        if field.type == FD.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry or depth > 2:
+                continue
+            value = message_strategy(field.message_type, depth + 1)
+        elif field.type == FD.TYPE_ENUM:
+            value = st.integers(-3, 8)  # known numbers and unknown ones
+        else:
+            value = SCALARS[field.type]
+        fields[field.name] = st.lists(value, max_size=4) if field.is_repeated else value
+    message_class = symbol_database.Default().GetSymbol(descriptor.full_name)
+    return st.fixed_dictionaries({}, optional=fields).map(lambda values: _build(message_class, values))
+
+
+def _struct(values: dict) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    try:
+        struct.update(values)
+    except (ValueError, TypeError):
+        pass  # protobuf itself cannot hold some of them (NaN keys are fine, others are not)
+    return struct
+
+
+def _build(message_class, values: dict):
+    message = message_class()
+    for name, value in values.items():
+        field = getattr(message, name)
+        if isinstance(value, list):
+            for element in value:
+                if isinstance(element, protobuf_message.Message):
+                    field.add().CopyFrom(element)
+                else:
+                    field.append(element)
+        elif isinstance(value, protobuf_message.Message):
+            field.CopyFrom(value)
+        else:
+            setattr(message, name, value)
+    return message
+
+
+def request_types() -> dict[str, tuple[str, object]]:
+    """Full method path -> (service key, request descriptor), for every public RPC."""
+    from contentembed.admin.v1 import admin_service_pb2
+    from contentembed.search.v1 import search_service_pb2
+
+    targets = {
+        "contentembed.index.v1.IndexService": ("index", index),
+        "contentembed.encoder.v1.EncoderService": ("text-encoder", encoder),
+        "contentembed.search.v1.SearchService": ("gateway", search_service_pb2),
+        "contentembed.admin.v1.AdminService": ("gateway", admin_service_pb2),
+    }
+    methods = {}
+    for full_name, (key, module) in targets.items():
+        service = module.DESCRIPTOR.services_by_name[full_name.rsplit(".", 1)[-1]]
+        for method in service.methods:
+            methods[f"/{full_name}/{method.name}"] = (key, method.input_type)
+            if key == "text-encoder":
+                methods[f"/{full_name}/{method.name}#image"] = ("image-encoder", method.input_type)
+    return methods
+
+
+REQUESTS = request_types()
+
+
+@pytest.mark.parametrize("method", sorted(REQUESTS))
+def test_fuzzed_requests_end_in_a_canonical_code_and_the_service_stays_up(services, method) -> None:
+    key, descriptor = REQUESTS[method]
+    runtime = services[key]
+    path = method.split("#")[0]
+
+    @settings(max_examples=40, derandomize=True, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(request=st.one_of(message_strategy(descriptor), st.binary(max_size=64)))
+    def fuzz(request) -> None:
+        error = call(runtime.address, path, request)
+        if error is None:
+            return
+        assert error.code().name in EXPECTED_CODES, f"{path}: {error.code().name}: {error.details()}"
+        assert error.details()
+        assert error_reason(error)
+
+    fuzz()
+    with grpc.insecure_channel(runtime.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
