@@ -10,8 +10,12 @@ import pytest
 from PIL import Image
 
 from contentembed.services.common.errors import InvalidArgument
-from contentembed.services.image_encoder.decoding import decode_image
-from tests.support.images import encoded, photo_like
+from contentembed.services.image_encoder.decoding import (
+    DEFAULT_MAX_DECODE_BYTES,
+    MiB,
+    decode_image,
+)
+from tests.support.images import encoded, photo_like, png16, stripe_centres, striped_png16
 
 JPEG = encoded(photo_like(1), "JPEG")
 LIMITS = {"max_bytes": 1_000_000, "max_pixels": 4_000_000, "what": "inputs[3]"}
@@ -84,3 +88,67 @@ def test_large_images_are_scaled_to_the_side_limit(image_format: str) -> None:
     assert max(image.size) <= 400 and image.size[0] > image.size[1]  # aspect kept
     full = decode_image(data, max_bytes=20_000_000, max_pixels=4_000_000, what="x")
     assert full.size == (1600, 1200)
+
+
+# The shape of the probe that found the defect: a 36-megapixel 16-bit RGBA PNG, under the
+# pixel limit and a few hundred KB on the wire, which the old pipeline took ~330 MB to decode.
+PROBE = striped_png16(6000, 6000, ((50000, 20000, 0, 65535), (0, 0, 65535, 65535)))
+# 16-bit RGBA, 4096 wide: opaque red, opaque azure, transparent (-> white), half-opaque black.
+WIDE_COLOURS = ((65535, 0, 0, 65535), (0, 32768, 65535, 65535), (65535, 65535, 65535, 0), (0, 0, 0, 32768))
+WIDE = striped_png16(4096, 2500, WIDE_COLOURS)
+SERVICE_LIMITS = {"max_bytes": 10_000_000, "max_pixels": 40_000_000, "max_side": 1024}
+
+
+def test_a_png_that_decodes_too_large_is_refused_from_its_header() -> None:
+    assert len(PROBE) < 600_000
+    allocated = Image.core.get_stats()["new_count"]
+    with pytest.raises(InvalidArgument) as caught:
+        decode_image(PROBE, what="inputs[2]", **SERVICE_LIMITS)
+    assert caught.value.reason == "IMAGE_DECODE_TOO_LARGE"
+    message = caught.value.message
+    assert message.startswith("inputs[2]: ") and "6000x6000 PNG" in message
+    assert f"above the limit of {DEFAULT_MAX_DECODE_BYTES}" in message
+    assert Image.core.get_stats()["new_count"] == allocated  # not one image allocated
+
+
+def test_the_byte_bound_is_a_setting() -> None:
+    limits = {**SERVICE_LIMITS, "what": "x"}
+    with pytest.raises(InvalidArgument) as caught:
+        decode_image(WIDE, max_decode_bytes=32 * MiB, **limits)
+    assert caught.value.reason == "IMAGE_DECODE_TOO_LARGE"
+    assert decode_image(PROBE, max_decode_bytes=256 * MiB, **limits).size == (1024, 1024)
+
+
+def expected_rgb(colour: tuple[int, ...]) -> tuple[int, int, int]:
+    """A 16-bit colour (gray, gray + alpha, RGB or RGBA) scaled to 8 bits, onto white."""
+    *values, alpha = colour if len(colour) in (2, 4) else (*colour, 65535)
+    rgb = values * 3 if len(values) == 1 else values
+    return tuple(round((v / 65535 * alpha + 65535 - alpha) / 65535 * 255) for v in rgb)
+
+
+@pytest.mark.parametrize(
+    "colours",
+    [
+        ((0,), (16448,), (32768,), (65535,)),  # I;16: Pillow keeps 16 bits, we scale
+        ((65535, 65535), (32768, 65535), (0, 0), (0, 32768)),  # LA 16-bit: decoded as RGBA
+        ((65535, 0, 0), (0, 32768, 65535), (4096, 8192, 16384), (65535, 65535, 65535)),
+        WIDE_COLOURS,
+    ],
+    ids=["I;16", "LA16", "RGB16", "RGBA16"],
+)
+@pytest.mark.parametrize("width", [4096, 8192])
+def test_16_bit_pngs_of_any_width_decode_to_scaled_rgb(colours, width: int) -> None:
+    data = striped_png16(width, 600, colours)
+    image = decode_image(data, what="x", **SERVICE_LIMITS)
+    assert image.mode == "RGB" and image.size == (1024, round(600 * 1024 / width))
+    for x, colour in zip(stripe_centres(1024, len(colours)), colours, strict=True):
+        got = image.getpixel((x, image.size[1] // 2))
+        want = expected_rgb(colour)
+        assert all(abs(g - w) <= 2 for g, w in zip(got, want, strict=True)), (colour, got, want)
+
+
+def test_16_bit_grayscale_scales_instead_of_clipping() -> None:
+    values = np.array([[0, 255, 256, 32768, 40000, 65535]], dtype=np.uint16)
+    image = decode_image(png16(values), **LIMITS)
+    assert [image.getpixel((x, 0))[0] for x in range(6)] == [0, 0, 1, 128, 156, 255]
+
