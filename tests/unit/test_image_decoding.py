@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +17,9 @@ from contentembed.services.common.errors import InvalidArgument
 from contentembed.services.image_encoder.decoding import (
     DEFAULT_MAX_DECODE_BYTES,
     MiB,
+    decode_cost,
     decode_image,
+    fitted_size,
 )
 from tests.support.images import encoded, photo_like, png16, stripe_centres, striped_png16
 
@@ -152,3 +158,70 @@ def test_16_bit_grayscale_scales_instead_of_clipping() -> None:
     image = decode_image(png16(values), **LIMITS)
     assert [image.getpixel((x, 0))[0] for x in range(6)] == [0, 0, 1, 128, 156, 255]
 
+
+MEMORY_CHILD = r"""
+import json, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+
+from contentembed.services.image_encoder.decoding import decode_image
+from tests.support.images import encoded, photo_like
+
+
+def status(key):
+    with open("/proc/self/status") as lines:
+        for line in lines:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    raise KeyError(key)
+
+
+path, requests, per_request, slots = sys.argv[1], *(int(a) for a in sys.argv[2:5])
+with open(path, "rb") as file:
+    data = file.read()
+limits = {"max_bytes": 10_000_000, "max_pixels": 40_000_000, "max_side": 1024, "what": "x"}
+decode_image(encoded(photo_like(1)), **limits)  # the decoders imported and warm
+baseline = status("VmRSS")
+decodes = threading.BoundedSemaphore(slots)  # as the service's max_concurrent_decodes
+
+
+def embed(_):
+    decoded = []
+    for _ in range(per_request):
+        with decodes:
+            decoded.append(decode_image(data, **limits))
+    return decoded  # held until every request is done, as queued images are
+
+
+with ThreadPoolExecutor(requests) as pool:  # one thread per Embed, as gRPC's handlers
+    results = list(pool.map(embed, range(requests)))
+sizes = sorted({image.size for decoded in results for image in decoded})
+del results
+print(json.dumps({"baseline": baseline, "peak": status("VmHWM"), "after": status("VmRSS"),
+                  "sizes": sizes}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_concurrent_decodes_of_large_16_bit_pngs_stay_bounded_and_memory_goes_back(tmp_path) -> None:
+    """8 Embed threads x 2 images of 4096x2500 16-bit RGBA, 4 decodes at a time, in a fresh
+    process: the peak RSS stays within 4 decodes' estimated cost plus the decoded results,
+    and RSS comes back to its baseline. Measured here: peak +190 MiB and +0 MiB after; the
+    old pipeline (two full-size copies, and malloc arenas keeping every thread's last
+    decode) peaked at +540-610 MiB and kept +230-250 MiB."""
+    path = tmp_path / "wide.png"
+    path.write_bytes(WIDE)
+    requests, per_request, slots = 8, 2, 4
+    with Image.open(path) as header:
+        cost = decode_cost(header, WIDE, fitted_size(header.size, 1024))  # ~50 MiB
+    results = requests * per_request * 1024 * 625 * 4  # 16 decoded 1024x625 RGB images
+    child = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(path), str(requests), str(per_request), str(slots)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    measured = json.loads(child.stdout)
+    assert measured["sizes"] == [[1024, 625]]
+    peak = measured["peak"] - measured["baseline"]
+    after = measured["after"] - measured["baseline"]
+    assert peak < slots * cost + results + 64 * MiB, f"peak +{peak / MiB:.0f} MiB"  # ~304 MiB
+    assert after < 48 * MiB, f"+{after / MiB:.0f} MiB still held after the decodes"
