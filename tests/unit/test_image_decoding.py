@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import subprocess
@@ -225,3 +226,81 @@ def test_concurrent_decodes_of_large_16_bit_pngs_stay_bounded_and_memory_goes_ba
     after = measured["after"] - measured["baseline"]
     assert peak < slots * cost + results + 64 * MiB, f"peak +{peak / MiB:.0f} MiB"  # ~304 MiB
     assert after < 48 * MiB, f"+{after / MiB:.0f} MiB still held after the decodes"
+
+
+def header_cost(data: bytes, max_side: int = 1024) -> int:
+    """decode_cost as decode_image computes it: opened, JPEGs drafted, nothing decoded."""
+    with Image.open(io.BytesIO(data)) as image:
+        target = fitted_size(image.size, max_side)
+        if image.format == "JPEG" and target != image.size:
+            image.draft("RGB", target)
+        return decode_cost(image, data, target)
+
+
+def test_jpeg_cost_counts_libjpegs_whole_image_buffers_for_multi_scan_files() -> None:
+    baseline = encoded(Image.new("RGB", (1600, 1200), (200, 100, 50)), "JPEG")  # 4:2:0
+    progressive = encoded(Image.new("RGB", (1600, 1200), (200, 100, 50)), "JPEG", progressive=True)
+    # The baseline file with its first scan declared to hold 1 component of 3: what a
+    # sequential JPEG with one scan per component looks like from its header.
+    ns = baseline.index(b"\xff\xda") + 4  # SOS marker, length, then Ns
+    one_scan_per_component = baseline[:ns] + b"\x01" + baseline[ns + 1 :]
+    # Y: 200x150 blocks; Cb, Cr: 100x75 each; 64 coefficients of 2 bytes a block. Full
+    # size, though the JPEG decodes at 1/2 (draft): libjpeg keeps the coefficients unscaled.
+    coefficients = (200 * 150 + 2 * 100 * 75) * 64 * 2
+    assert header_cost(progressive, 512) - header_cost(baseline, 512) == coefficients
+    assert header_cost(one_scan_per_component, 512) - header_cost(baseline, 512) == coefficients
+
+
+ESTIMATE_CHILD = r"""
+import json, sys
+from contentembed.services.image_encoder.decoding import decode_image
+from tests.support.images import encoded, photo_like
+
+
+def status(key):
+    with open("/proc/self/status") as lines:
+        for line in lines:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024  # kB
+
+
+limits = {"max_bytes": 10**8, "max_pixels": 10**8, "max_side": 1024, "what": "x"}
+decode_image(encoded(photo_like(1)), **limits)
+peaks = []
+for path in sys.argv[1:]:
+    with open(path, "rb") as file:
+        data = file.read()
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # resets VmHWM to the current RSS (Linux 4.0+)
+    baseline = status("VmRSS")
+    decode_image(data, max_decode_bytes=1 << 40, **limits)
+    peaks.append(status("VmHWM") - baseline)
+print(json.dumps(peaks))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="resets VmHWM in /proc")
+def test_the_header_estimate_bounds_the_measured_decoding_peak(tmp_path) -> None:
+    """decode_cost against the peak RSS of decoding, in a fresh process, for the formats
+    whose decoders allocate beyond the image: Pillow's RGBA for a 16-bit PNG, libjpeg's
+    coefficients for a progressive JPEG, libwebp's canvases (lossy and lossless)."""
+    flat = Image.new("RGB", (3000, 2000), (10, 200, 30))
+    images = {
+        "png16-rgba": WIDE,
+        "progressive-444": encoded(flat, "JPEG", progressive=True, subsampling=0),
+        "webp-lossy": encoded(flat, "WEBP", quality=80),
+        "webp-lossless": encoded(flat, "WEBP", lossless=True, quality=0, method=0),
+    }
+    paths = []
+    for name, data in images.items():
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+    child = subprocess.run(
+        [sys.executable, "-c", ESTIMATE_CHILD, *map(str, paths)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    for (name, data), peak in zip(images.items(), json.loads(child.stdout), strict=True):
+        cost = header_cost(data)
+        assert peak <= cost + 4 * MiB, f"{name}: measured +{peak / MiB:.0f} MiB, estimated {cost / MiB:.0f}"
+        assert cost <= 1.5 * peak + 16 * MiB, f"{name}: estimate {cost / MiB:.0f} MiB, measured +{peak / MiB:.0f}"
