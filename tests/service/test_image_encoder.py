@@ -13,9 +13,9 @@ from contentembed.services.common.spaces import digest_files
 from contentembed.services.image_encoder.service import ImageEncoderService, ImageEncoderSettings
 from contentembed.services.text_encoder.service import TextEncoderService, TextEncoderSettings
 from tests.conftest import error_reason, running_service, settings_for_test
-from tests.support.images import encoded, gray_image, photo_like, seed_pattern
+from tests.support.images import encoded, gray_image, photo_like, seed_pattern, striped_png16
 from tests.support.tiny_models import save_tiny_clip
-from tests.unit.test_image_decoding import png_claiming_size
+from tests.unit.test_image_decoding import PROBE, WIDE, png_claiming_size
 from tests.unit.test_tfidf import recall_at_k
 
 
@@ -168,3 +168,20 @@ def test_clip_vision_matches_the_full_model_and_shares_the_text_space(tmp_path) 
     expected = getattr(features, "pooler_output", features).numpy()
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_an_image_too_large_to_decode_is_refused_unread_and_16_bit_pngs_are_served() -> None:
+    settings = settings_for_test(ImageEncoderSettings)  # the defaults: 40 Mpx, 128 MiB decoding
+    good = encoded(photo_like(7))
+    with running_service(ImageEncoderService, settings) as runtime:
+        with pytest.raises(grpc.RpcError) as caught:
+            embed_images(runtime.address, [good, PROBE])  # 36 Mpx 16-bit RGBA, ~460 KB
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_reason(caught.value) == "IMAGE_DECODE_TOO_LARGE"
+        assert caught.value.details().startswith("inputs[1]: decoding this 6000x6000 PNG")
+        assert caught.value.details().endswith(f"above the limit of {128 * 1024 * 1024}")
+        # Still serving, and 16-bit PNGs 4096 wide (once refused as corrupt) are embedded.
+        gray16 = striped_png16(4096, 300, ((0,), (32768,), (65535,)))
+        vectors, _ = embed_images(runtime.address, [good, WIDE, gray16])
+    assert vectors.shape == (3, 768)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

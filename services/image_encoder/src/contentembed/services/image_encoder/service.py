@@ -15,7 +15,7 @@ from contentembed.services.common.encoder import EncoderService, EncoderSettings
 from contentembed.services.common.models import EmbeddingBackend
 from contentembed.services.common.server import run_service
 from contentembed.services.image_encoder.backends import load_backend
-from contentembed.services.image_encoder.decoding import decode_image
+from contentembed.services.image_encoder.decoding import DEFAULT_MAX_DECODE_BYTES, decode_image
 
 
 class ImageEncoderSettings(EncoderSettings):
@@ -40,6 +40,16 @@ class ImageEncoderSettings(EncoderSettings):
         ge=32,
         description="Decoded images are scaled to fit this many pixels per side (models "
         "look at 224-336), bounding the memory every queued image holds.",
+    )
+    max_decode_bytes: int = Field(
+        DEFAULT_MAX_DECODE_BYTES,
+        ge=1,
+        description="Most memory one image's decoding may take (bytes), computed from its "
+        "header before any pixel is decoded; above it: INVALID_ARGUMENT "
+        "IMAGE_DECODE_TOO_LARGE. 128 MiB admits a 24-megapixel 8-bit RGB(A) PNG (~108 MiB: "
+        "Pillow keeps RGB as 4 bytes a pixel) or JPEG (15 MiB baseline, 84 MiB progressive) "
+        "and refuses a 36-megapixel RGBA PNG (~160 MiB); times max_concurrent_decodes it "
+        "bounds decoding memory. Raise it with max_decoded_side.",
     )
     max_concurrent_decodes: int = Field(
         4, ge=1, description="Images decoded at once: full-size decoding is the memory peak."
@@ -77,6 +87,7 @@ class ImageEncoderService(EncoderService[Image.Image]):
                 max_pixels=self.settings.max_pixels,
                 what=f"inputs[{position}]",
                 max_side=self.settings.max_decoded_side,
+                max_decode_bytes=self.settings.max_decode_bytes,
             )
 
 
