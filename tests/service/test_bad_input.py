@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import zlib
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from contentembed.services.image_encoder.service import (
 )
 from contentembed.services.index.service import IndexService, IndexSettings
 from tests.conftest import error_reason, running_service, settings_for_test
-from tests.support.images import encoded, photo_like
+from tests.support.images import encoded, photo_like, png_claiming_size
 
 DIM = 8
 INDEX = "/contentembed.index.v1.IndexService/"
@@ -69,16 +68,6 @@ def nested(depth: int) -> dict:
     for _ in range(depth):
         value = {"n": value}
     return value
-
-
-def png_claiming_size(width: int, height: int) -> bytes:
-    """A valid tiny PNG whose header claims another size: a decompression bomb's shape."""
-    from PIL import Image
-
-    data = bytearray(encoded(Image.new("L", (8, 8))))
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
 
 
 def deeply_nested_upsert(levels: int) -> bytes:

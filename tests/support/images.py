@@ -108,3 +108,13 @@ def stripe_centres(width: int, stripes: int) -> list[int]:
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", binascii.crc32(kind + data))
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A valid tiny PNG whose header claims another size: a decompression bomb's shape."""
+    data = bytearray(encoded(Image.new("L", (8, 8))))
+    ihdr_start = 8 + 8  # signature, then length + type of the IHDR chunk
+    data[ihdr_start : ihdr_start + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[12 : ihdr_start + 13]))
+    data[ihdr_start + 13 : ihdr_start + 17] = struct.pack(">I", crc)
+    return bytes(data)

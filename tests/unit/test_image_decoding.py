@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +20,17 @@ from contentembed.services.image_encoder.decoding import (
     decode_image,
     fitted_size,
 )
-from tests.support.images import encoded, photo_like, png16, stripe_centres, striped_png16
+from tests.support.images import (
+    encoded,
+    photo_like,
+    png16,
+    png_claiming_size,
+    stripe_centres,
+    striped_png16,
+)
 
 JPEG = encoded(photo_like(1), "JPEG")
 LIMITS = {"max_bytes": 1_000_000, "max_pixels": 4_000_000, "what": "inputs[3]"}
-
-
-def png_claiming_size(width: int, height: int) -> bytes:
-    """A valid tiny PNG whose header claims another size: a decompression bomb's shape."""
-    data = bytearray(encoded(Image.new("L", (8, 8))))
-    ihdr_start = 8 + 8  # signature, then length + type of the IHDR chunk
-    data[ihdr_start : ihdr_start + 8] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[12 : ihdr_start + 13]))
-    data[ihdr_start + 13 : ihdr_start + 17] = struct.pack(">I", crc)
-    return bytes(data)
 
 
 @pytest.mark.parametrize(
