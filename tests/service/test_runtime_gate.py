@@ -203,3 +203,35 @@ def test_calls_that_would_queue_too_long_are_refused_at_arrival() -> None:
         assert calls_counted(runtime, "Embed", "RESOURCE_EXHAUSTED") == 1
         assert busy.result().space_id == "gated@1"
         assert embed(channel).space_id == "gated@1"  # capacity is back
+
+
+def test_a_gateway_whose_encoder_is_still_loading_answers_not_ready() -> None:
+    from contentembed.services.gateway.service import GatewayService, GatewaySettings
+    from contentembed.services.index.service import IndexService, IndexSettings
+    from tests.conftest import running_service
+
+    encoder = GatedEncoder()
+    with started(encoder) as (encoder_runtime, _), \
+            running_service(IndexService, settings_for_test(IndexSettings)) as shard:
+        settings = settings_for_test(
+            GatewaySettings,
+            encoder_endpoints=[encoder_runtime.address],
+            index_endpoints=[shard.address],
+            downstream_wait_s=60.0,
+        )
+        registry = CollectorRegistry()
+        gateway = ServiceRuntime(GatewayService(settings, registry), settings, registry)
+        gateway.start()
+        try:
+            with grpc.insecure_channel(gateway.address) as channel:
+                search = channel.unary_unary("/contentembed.search.v1.SearchService/Search")
+                with pytest.raises(grpc.RpcError) as caught:
+                    search(b"\x0a\x04docs\x12\x03tea", timeout=5)
+                # Not FAILED_PRECONDITION NO_ENCODER_FOR_SPACE: the gateway is not ready yet.
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert error_reason(caught.value) == "NOT_READY"
+                encoder.finish_loading.set()
+                assert gateway.wait_until_loaded(30) and gateway.load_error is None
+                assert gateway.state == "serving"
+        finally:
+            gateway.stop(grace=0)
