@@ -406,3 +406,16 @@ def test_local_stack_gives_up_after_its_restart_budget(tmp_path: Path) -> None:
     ]
     assert "crasher exited with code 1 again; its restart budget (2 per 60 s) is used up" in error
     assert "No module named contentembed.services.no_such_service" in error
+
+
+def test_a_service_that_fails_to_load_stops_the_start_at_once_with_its_cause(tmp_path: Path) -> None:
+    stack = LocalStack(run_dir=tmp_path, shard_count=1, text_model=str(tmp_path / "no-such-model"))
+    started = time.monotonic()
+    try:
+        with pytest.raises(StackError, match="text-encoder failed to load") as caught:
+            stack.start(timeout=300)
+    finally:
+        stack.stop()
+    assert "no-such-model" in str(caught.value)  # the log tail names the cause
+    assert time.monotonic() - started < 120, "it waited for the start-up timeout"
+    assert all(service.returncode is not None for service in stack.services)

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -210,6 +211,24 @@ class ServiceProcess:
             time.sleep(0.05)
         raise StackError(f"{self.name} did not open its port in time; log: {self.log_path}")
 
+    def load_failed(self) -> bool:
+        """True once the service reports a failed load (it then stays alive, never
+        SERVING): waiting longer would not help. Read from its /metrics, when it has one."""
+        if not self.metrics_port or self.metrics_port < 0:
+            return False
+        url = f"http://{HOST}:{self.metrics_port}/metrics"  # plain http on loopback
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:  # nosec B310
+                text = response.read().decode()
+        except OSError:
+            return False
+        return any(
+            line.startswith("contentembed_service_state{")
+            and 'contentembed_service_state="load_failed"' in line
+            and line.endswith(" 1.0")
+            for line in text.splitlines()
+        )
+
     def wait_until_serving(self, deadline: float) -> None:
         with grpc.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -221,6 +240,11 @@ class ServiceProcess:
                         return
                 except grpc.RpcError:
                     pass
+                if self.load_failed():
+                    raise StackError(
+                        f"{self.name} failed to load and will not serve; last log lines:\n"
+                        f"{self.log_tail()}"
+                    )
                 time.sleep(0.2)
         raise StackError(f"{self.name} was not SERVING in time; last log lines:\n{self.log_tail()}")
 
