@@ -18,7 +18,13 @@ from typing import TypeVar
 
 import pytest
 
-from contentembed.cli.stack import LocalStack, ServiceProcess, StackError, StackEvent
+from contentembed.cli.stack import (
+    LocalStack,
+    ServiceProcess,
+    StackError,
+    StackEvent,
+    port_is_free,
+)
 from contentembed.client import ApiError, Client
 
 pytestmark = [
@@ -48,17 +54,6 @@ def eventually(check: Callable[[], T | None], timeout: float, what: str) -> T:
         time.sleep(0.1)
 
 
-def can_bind(port: int) -> bool:
-    # SO_REUSEADDR: a port whose connections are in TIME_WAIT is free for a new server.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_block(size: int) -> int:
     """First of ``size`` consecutive loopback ports that are free now (`up` places the
     image-encoder at encoder+1 and the /metrics ports one after another)."""
@@ -66,7 +61,7 @@ def free_port_block(size: int) -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind((HOST, 0))
             base = probe.getsockname()[1]
-        if base + size < 65536 and all(can_bind(port) for port in range(base, base + size)):
+        if base + size < 65536 and all(port_is_free(port) for port in range(base, base + size)):
             return base
     raise RuntimeError(f"no block of {size} free ports found")
 
@@ -217,7 +212,7 @@ def assert_all_gone(launcher: Launcher, pids: dict[str, int], timeout: float) ->
 
 
 def assert_ports_free(launcher: Launcher) -> None:
-    taken = [port for port in launcher.ports if not can_bind(port)]
+    taken = [port for port in launcher.ports if not port_is_free(port)]
     assert taken == [], f"still bound after the stop: {taken}"
 
 

@@ -36,6 +36,19 @@ def top_id(stub, query: np.ndarray, version: str = "") -> tuple[str, str]:
     return response.hits[0].id, response.version
 
 
+def refused_load(stub, path: str, version: str = "v9", collection: str = "products") -> grpc.RpcError:
+    """LoadBundle must refuse this bundle with FAILED_PRECONDITION; returns the error."""
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.LoadBundle(pb.LoadBundleRequest(collection=collection, version=version, path=path))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
+    return caught.value
+
+
+def assert_only_v2_serves(stub) -> None:
+    info = stub.GetCollection(pb.GetCollectionRequest(name="products")).collection
+    assert (info.version, list(info.versions)) == ("v2", ["v2"])
+
+
 @pytest.fixture
 def dirs(tmp_path):
     bundles = tmp_path / "bundles"
@@ -109,12 +122,9 @@ def test_bundle_with_a_wrong_digest_is_refused_and_the_old_version_keeps_serving
     with running_service(IndexService, settings(dirs)) as runtime:
         stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
         stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v2", path="v2"))
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v3", path="v3"))
-        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert error_reason(caught.value) == "BUNDLE_CORRUPT" and "sha256" in caught.value.details()
-        info = stub.GetCollection(pb.GetCollectionRequest(name="products")).collection
-        assert (info.version, list(info.versions)) == ("v2", ["v2"])
+        error = refused_load(stub, "v3", version="v3")
+        assert error_reason(error) == "BUNDLE_CORRUPT" and "sha256" in error.details()
+        assert_only_v2_serves(stub)
         assert top_id(stub, BASIS[4]) == ("new-4", "v2")
 
 
@@ -219,12 +229,9 @@ def test_bundle_whose_parts_disagree_is_refused_and_the_old_version_keeps_servin
         stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
         stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v2", path="v2"))
         for collection, path in (("products", "short"), ("fresh", "first")):
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.LoadBundle(pb.LoadBundleRequest(collection=collection, version="v4", path=path))
-            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert error_reason(caught.value) == "BUNDLE_CORRUPT", caught.value.details()
-        info = stub.GetCollection(pb.GetCollectionRequest(name="products")).collection
-        assert (info.version, list(info.versions)) == ("v2", ["v2"])
+            error = refused_load(stub, path, version="v4", collection=collection)
+            assert error_reason(error) == "BUNDLE_CORRUPT", error.details()
+        assert_only_v2_serves(stub)
         assert top_id(stub, BASIS[DIM - 1]) == (f"new-{DIM - 1}", "v2")
         with pytest.raises(grpc.RpcError) as caught:  # the first version of a new name
             stub.GetCollection(pb.GetCollectionRequest(name="fresh"))
@@ -239,9 +246,6 @@ def test_bundle_metadata_gets_the_bounds_of_upsert(dirs, channel_to) -> None:
     with running_service(IndexService, settings(dirs)) as runtime:
         stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
         stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v2", path="v2"))
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v5", path="fat"))
-        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert error_reason(caught.value) == "METADATA_TOO_LARGE" and "'fat'" in caught.value.details()
-        info = stub.GetCollection(pb.GetCollectionRequest(name="products")).collection
-        assert (info.version, list(info.versions)) == ("v2", ["v2"])
+        error = refused_load(stub, "fat", version="v5")
+        assert error_reason(error) == "METADATA_TOO_LARGE" and "'fat'" in error.details()
+        assert_only_v2_serves(stub)
