@@ -235,3 +235,29 @@ def test_a_gateway_whose_encoder_is_still_loading_answers_not_ready() -> None:
                 assert gateway.state == "serving"
         finally:
             gateway.stop(grace=0)
+
+
+def test_calls_that_expire_while_queued_give_their_place_back() -> None:
+    service = GatedEncoder()
+    service.finish_loading.set()
+    with started(service, max_workers=1, max_concurrent_rpcs=4, max_queue_wait_s=60) as (
+        runtime, channel,
+    ):
+        assert runtime.wait_until_loaded(5)
+        stub = pb_grpc.EncoderServiceStub(channel)
+        busy = stub.Embed.future(pb.EmbedRequest(inputs=[pb.EmbedInput(text="sleep 1.5")]), timeout=10)
+        assert service.sleeping.wait(5)
+        # These wait for the only thread and expire there: their handlers never run.
+        expired = [stub.Embed.future(pb.EmbedRequest(inputs=[pb.EmbedInput()]), timeout=0.3)
+                   for _ in range(3)]
+        for call in expired:
+            with pytest.raises(grpc.RpcError):
+                call.result()
+        assert busy.result().space_id == "gated@1"
+        # Their places are free again: one busy call and one queued behind it fit the
+        # limit of 4 (had the three leaked, the queued call would be TOO_MANY_CALLS).
+        service.sleeping.clear()
+        busy = stub.Embed.future(pb.EmbedRequest(inputs=[pb.EmbedInput(text="sleep 0.3")]), timeout=10)
+        assert service.sleeping.wait(5)
+        assert embed(channel).space_id == "gated@1"
+        assert busy.result().space_id == "gated@1"

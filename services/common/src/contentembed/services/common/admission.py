@@ -13,7 +13,10 @@ too late to be used, and useful throughput collapses. So admission accounts for 
   answer nobody can use.
 
 Both refusals are RESOURCE_EXHAUSTED with a retry delay, cheap enough that the queue
-drains quickly. Service times are exponentially weighted means per method. Pure: no grpc.
+drains quickly. Service times are exponentially weighted means per method. How many calls
+wait and run is counted by the handler pool itself (``CountingExecutor``): a call whose
+caller left while it waited never reaches a handler, and a count kept per call would leak
+its place. Pure: no grpc.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 from contentembed.services.common.errors import ResourceExhausted
 
@@ -32,6 +37,37 @@ SMOOTHING = 0.1
 QUEUED_S = 0.002
 MIN_RETRY_S = 0.05
 MAX_RETRY_S = 5.0
+
+
+class CountingExecutor(futures.ThreadPoolExecutor):
+    """The handler pool, knowing how many submitted calls wait for a thread or run."""
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self.workers = max_workers
+        self._count_lock = threading.Lock()
+        self._submitted = 0  # waiting or running
+
+    @property
+    def in_progress(self) -> int:
+        return self._submitted
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
+        def counted() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._count_lock:
+                    self._submitted -= 1
+
+        with self._count_lock:
+            self._submitted += 1
+        try:
+            return super().submit(counted)
+        except BaseException:
+            with self._count_lock:
+                self._submitted -= 1
+            raise
 
 
 @dataclass
@@ -49,48 +85,45 @@ class Admission:
         workers: int,
         max_in_flight: int,
         max_queue_wait_s: float,
+        in_progress: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """in_progress: calls submitted to the handler pool and not finished yet."""
         self.workers = workers
         self.max_in_flight = max_in_flight
         self.max_queue_wait_s = max_queue_wait_s
+        self._in_progress = in_progress
         self._clock = clock
         self._lock = threading.Lock()
-        self._in_flight = 0
         self._service_s: dict[str, float] = {}
         self._mean_service_s = 0.0
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
 
     def expected_service_s(self, method: str) -> float | None:
         return self._service_s.get(method)
 
-    def _expected_wait_locked(self) -> float:
+    def _expected_wait(self, in_progress: int) -> float:
         """How long one more call would wait for a thread, from the calls ahead of it."""
-        ahead = self._in_flight + 1 - self.workers
+        ahead = in_progress + 1 - self.workers
         return max(0, ahead) * self._mean_service_s / self.workers
 
     def arrive(self, method: str) -> Ticket:
         """Admits a call or raises ResourceExhausted (with a retry delay)."""
-        with self._lock:
-            wait = self._expected_wait_locked()
-            if self._in_flight >= self.max_in_flight:
-                raise ResourceExhausted(
-                    f"{self._in_flight} calls in progress, the limit is {self.max_in_flight}; "
-                    "retry later",
-                    reason="TOO_MANY_CALLS",
-                    retry_after_s=retry_delay(wait),
-                )
-            if wait > self.max_queue_wait_s:
-                raise ResourceExhausted(
-                    f"overloaded: a new call would wait about {wait * 1000:.0f} ms for a "
-                    f"handler (limit {self.max_queue_wait_s * 1000:.0f} ms); retry later",
-                    reason="OVERLOADED",
-                    retry_after_s=retry_delay(wait),
-                )
-            self._in_flight += 1
+        in_progress = self._in_progress()
+        wait = self._expected_wait(in_progress)
+        if in_progress >= self.max_in_flight:
+            raise ResourceExhausted(
+                f"{in_progress} calls in progress, the limit is {self.max_in_flight}; "
+                "retry later",
+                reason="TOO_MANY_CALLS",
+                retry_after_s=retry_delay(wait),
+            )
+        if wait > self.max_queue_wait_s:
+            raise ResourceExhausted(
+                f"overloaded: a new call would wait about {wait * 1000:.0f} ms for a "
+                f"handler (limit {self.max_queue_wait_s * 1000:.0f} ms); retry later",
+                reason="OVERLOADED",
+                retry_after_s=retry_delay(wait),
+            )
         return Ticket(method, self._clock())
 
     def start(self, ticket: Ticket, time_remaining_s: float | None) -> None:
@@ -116,11 +149,10 @@ class Admission:
 
     def finish(self, ticket: Ticket) -> None:
         """The call ended (answered, failed or shed); a call that ran updates the mean."""
+        if ticket.started is None:
+            return
         now = self._clock()
         with self._lock:
-            self._in_flight -= 1
-            if ticket.started is None:
-                return
             took = now - ticket.started
             previous = self._service_s.get(ticket.method)
             self._service_s[ticket.method] = (

@@ -28,7 +28,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 from typing import Protocol, TypeVar
 
 import grpc
@@ -37,7 +36,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from prometheus_client import Enum as EnumMetric
 
-from contentembed.services.common.admission import Admission
+from contentembed.services.common.admission import Admission, CountingExecutor
 from contentembed.services.common.auth import ApiKeyPolicy, server_credentials
 from contentembed.services.common.config import ServiceSettings, load_settings
 from contentembed.services.common.errors import Unavailable
@@ -113,16 +112,16 @@ class ServiceRuntime:
     def start(self) -> None:
         settings = self.settings
         keys = ApiKeyPolicy(settings.api_key_roles, self.service.required_role)
+        pool = CountingExecutor(settings.max_workers, thread_name_prefix=f"{self.service.name}-rpc")
         interceptor = RuntimeInterceptor(
             RpcMetrics(self.registry, self.service.name),
             keys,
             self._check_ready,
-            Admission(settings.max_workers, settings.max_concurrent_rpcs, settings.max_queue_wait_s),
+            Admission(settings.max_workers, settings.max_concurrent_rpcs,
+                      settings.max_queue_wait_s, lambda: pool.in_progress),
         )
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=settings.max_workers, thread_name_prefix=f"{self.service.name}-rpc"
-            ),
+            pool,
             interceptors=[interceptor],
             # gRPC binds with SO_REUSEPORT by default: a second server on a port already in
             # use would start "successfully" and share its traffic with the first.
