@@ -1,0 +1,568 @@
+"""Reliability on real processes: a crash loop under traffic, a shard recovering behind
+the gateway, and a full disk.
+
+The crash loop is the headline: a tfidf text-encoder, two durable index shards and a
+gateway take upserts, rewrites, deletes, searches and CreateCollection(exist_ok) from a
+few client threads while a killer SIGKILLs a random shard at random moments and restarts
+it on the same port. Every operation is recorded; at the end every acknowledged write
+must be there with the exact vector the encoder gives for its text, every acknowledged
+delete must have stuck, recall@10 must match exact search, and calls that did not meet a
+kill must have succeeded.
+
+The short variant runs by default; the long one (minutes, dozens of kills) is deselected
+by the ``crash_loop_long`` marker:  pytest -m crash_loop_long tests/e2e/test_crash_loop.py -s
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from contentembed.cli.catalog import DEMO_CATALOG, read_catalog
+from contentembed.cli.stack import ServiceProcess
+from contentembed.client import ApiError, Client
+from contentembed.encoder.v1 import encoder_service_pb2 as encoder_pb
+from contentembed.encoder.v1 import encoder_service_pb2_grpc as encoder_grpc
+from contentembed.index.v1 import index_service_pb2 as pb
+from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
+from contentembed.services.common.protoconv import matrix_from_pb, struct_to_dict, vector_to_pb
+from contentembed.services.common.sharding import shard_for_id
+from contentembed.services.index.collection import HnswCollection, HnswParams
+
+pytestmark = pytest.mark.e2e
+
+ENCODER = "contentembed.services.text_encoder"
+INDEX = "contentembed.services.index"
+GATEWAY = "contentembed.services.gateway"
+COLLECTION = "crash"
+SHARDS = 2
+CALL_TIMEOUT_S = 10.0
+# A kill window runs from the SIGKILL to the restarted shard answering SERVING, plus this:
+# the gateway's channel reconnects on its own schedule after the port opens again.
+WINDOW_MARGIN_S = 2.0
+# Codes a call may fail with because a shard is down or recovering; anything else
+# (NOT_FOUND, INTERNAL, UNKNOWN, ...) is a bug whenever it happens.
+OUTAGE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+MAX_MESSAGE = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+
+
+# -- processes ---------------------------------------------------------------------------
+def fit_tfidf(directory: Path, max_features: int = 0) -> Path:
+    """A tfidf model fitted on the demo catalog: deterministic vectors, loads in a blink."""
+    model = directory / "tfidf.json"
+    subprocess.run(
+        [sys.executable, "-m", "contentembed.services.text_encoder.tfidf", str(DEMO_CATALOG),
+         str(model), "--max-features", str(max_features)],
+        check=True, capture_output=True, timeout=120,
+    )
+    return model
+
+
+class Cluster:
+    """tfidf text-encoder, durable index shards and a gateway, each a process on 127.0.0.1.
+    A restarted shard comes back on its old port, so the gateway's endpoints stay valid."""
+
+    def __init__(self, run_dir: Path, model: Path, shard_args: Sequence[str] = ()) -> None:
+        self.run_dir = run_dir
+        self.model = model
+        self.shard_args = list(shard_args)
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.started: list[ServiceProcess] = []  # every process ever started, for cleanup
+        self.encoder: ServiceProcess | None = None
+        self.shards: list[ServiceProcess] = []
+        self.gateway: ServiceProcess | None = None
+
+    def data_dir(self, shard: int) -> Path:
+        return self.run_dir / "data" / f"index-{shard}"
+
+    def _launch(self, name: str, module: str, args: list[str]) -> ServiceProcess:
+        process = ServiceProcess(name, module, args, self.run_dir)
+        self.started.append(process)
+        process.start(self.env)
+        return process
+
+    def _launch_shard(self, shard: int, port: int) -> ServiceProcess:
+        return self._launch(f"index-{shard}", INDEX, [
+            "--port", str(port), "--metrics-port", "-1",
+            "--shard-index", str(shard), "--shard-count", str(SHARDS),
+            "--data-dir", str(self.data_dir(shard)), *self.shard_args,
+        ])
+
+    def start(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        self.encoder = self._launch("text-encoder", ENCODER, [
+            "--port", "0", "--metrics-port", "-1", "--backend", "tfidf", "--model", str(self.model),
+        ])
+        self.shards = [self._launch_shard(shard, 0) for shard in range(SHARDS)]
+        for process in [self.encoder, *self.shards]:
+            process.wait_for_port(deadline)
+        self.gateway = self._launch("gateway", GATEWAY, [
+            "--port", "0", "--metrics-port", "-1",
+            "--encoder-endpoints", self.encoder.address,
+            "--index-endpoints", ",".join(s.address for s in self.shards),
+        ])
+        self.gateway.wait_for_port(deadline)
+        for process in [self.encoder, *self.shards, self.gateway]:
+            process.wait_until_serving(deadline)
+
+    def kill(self, shard: int) -> None:
+        process = self.shards[shard]
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.process is not None
+        process.process.wait(10)
+
+    def restart(self, shard: int, timeout: float = 60.0) -> ServiceProcess:
+        """Starts the shard again on its old port; returns once the port is open (it may
+        still be recovering: wait_until_serving for that)."""
+        port = self.shards[shard].port
+        process = self._launch_shard(shard, port)
+        process.wait_for_port(time.monotonic() + timeout)
+        assert process.port == port, f"shard {shard} came back on {process.port}, not {port}"
+        self.shards[shard] = process
+        return process
+
+    def stop(self) -> None:
+        """SIGKILL whatever still runs: the data of these runs is never needed again."""
+        for process in reversed(self.started):
+            if process.process is not None and process.process.poll() is None:
+                process.process.kill()
+                process.process.wait(10)
+
+
+@contextmanager
+def running(cluster: Cluster) -> Iterator[Cluster]:
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def is_serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            ).status
+        except grpc.RpcError:
+            return False
+    return status == health_pb2.HealthCheckResponse.SERVING
+
+
+def wait_until_whole(client: Client, query: str, timeout: float = 30.0) -> None:
+    """Until the gateway answers from every shard (its channels reconnect on their own)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if not client.search(COLLECTION, text=query, top_k=1, allow_partial=True).partial:
+                return
+        except ApiError:
+            pass
+        assert time.monotonic() < deadline, "the gateway never reached every shard again"
+        time.sleep(0.1)
+
+
+# -- vectors -----------------------------------------------------------------------------
+def embed(encoder_address: str, texts: Sequence[str]) -> np.ndarray:
+    """The encoder's own vectors for texts, asked directly (not through the gateway)."""
+    with grpc.insecure_channel(encoder_address, options=MAX_MESSAGE) as channel:
+        stub = encoder_grpc.EncoderServiceStub(channel)
+        batch = stub.GetEncoderInfo(encoder_pb.GetEncoderInfoRequest(), timeout=10).max_batch_size or 32
+        parts = [
+            matrix_from_pb(stub.Embed(encoder_pb.EmbedRequest(
+                inputs=[encoder_pb.EmbedInput(text=t) for t in texts[start : start + batch]]
+            ), timeout=60).vectors)
+            for start in range(0, len(texts), batch)
+        ]
+    return np.concatenate(parts)
+
+
+def as_the_index_stores(vectors: np.ndarray) -> np.ndarray:
+    """What a shard keeps for these vectors, computed by the index's own code in memory:
+    the collection L2-normalizes (vectors.l2_normalize), then hnswlib normalizes once more
+    for its cosine space. The second pass moves last bits, so l2_normalize alone is not
+    bit-identical to what GetItems returns. Cheap graph parameters: the stored floats do
+    not depend on them."""
+    ids = [str(i) for i in range(len(vectors))]
+    reference = HnswCollection("reference", "reference", vectors.shape[1],
+                               HnswParams(m=2, ef_construction=1, ef_search=1), len(ids))
+    reference.upsert(ids, vectors, [{}] * len(ids))
+    return np.stack([item.vector for item in reference.get(ids)])
+
+
+def stored_items(address: str, ids: Sequence[str]) -> dict[str, pb.Item]:
+    found: dict[str, pb.Item] = {}
+    with grpc.insecure_channel(address, options=MAX_MESSAGE) as channel:
+        stub = pb_grpc.IndexServiceStub(channel)
+        for start in range(0, len(ids), 500):
+            response = stub.GetItems(
+                pb.GetItemsRequest(collection=COLLECTION, ids=list(ids[start : start + 500])),
+                timeout=60,
+            )
+            found.update((item.id, item) for item in response.items)
+    return found
+
+
+def recall_at_10(cluster: Cluster, client: Client, queries: Sequence[str]) -> float:
+    """Gateway answers against exact search on every shard, merged. Items whose exact score
+    ties the 10th are all right answers (rewritten items can share a text)."""
+    assert cluster.encoder is not None
+    vectors = embed(cluster.encoder.address, queries)
+    channels = [grpc.insecure_channel(s.address) for s in cluster.shards]
+    try:
+        stubs = [pb_grpc.IndexServiceStub(c) for c in channels]
+        total = 0.0
+        for query, vector in zip(queries, vectors):
+            got = client.search(COLLECTION, text=query, top_k=10)
+            assert not got.partial
+            exact = sorted(
+                ((hit.score, hit.id) for stub in stubs for hit in stub.Search(pb.SearchRequest(
+                    collection=COLLECTION, query=vector_to_pb(vector), top_k=30, exact=True
+                ), timeout=30).hits),
+                reverse=True,
+            )
+            wanted = min(10, len(exact))
+            if wanted == 0:
+                total += 1.0
+                continue
+            tenth = exact[wanted - 1][0]
+            right = {item_id for score, item_id in exact if score >= tenth - 1e-6}
+            total += min(len({hit.id for hit in got.hits} & right), wanted) / wanted
+        return total / len(queries)
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+# -- the crash loop ----------------------------------------------------------------------
+@dataclass
+class Op:
+    number: int
+    kind: str  # upsert, delete, search, create
+    worker: int
+    ids: tuple[str, ...] = ()
+    texts: tuple[str, ...] = ()
+    start: float = 0.0
+    end: float = 0.0
+    code: str = "OK"
+    reason: str = ""
+    partial: bool = False
+    shard_errors: tuple[str, ...] = ()
+    created: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "OK"
+
+    @property
+    def is_write(self) -> bool:
+        return self.kind in ("upsert", "delete")
+
+
+@dataclass
+class Kill:
+    shard: int
+    killed: float
+    serving: float = float("inf")
+
+
+@dataclass
+class LoopReport:
+    ops: list[Op]
+    kills: list[Kill]
+    duration_s: float
+    recall_before: float
+    recall_after: float
+    failures: list[str] = field(default_factory=list)
+
+
+def varied_text(rng: random.Random, texts: Sequence[str]) -> str:
+    """A catalog text with words dropped and a run of another text's words appended: new
+    vectors every time, always with words the tfidf vocabulary knows."""
+    words = rng.choice(texts).split()
+    kept = [w for w in words if rng.random() > 0.3] or words[:3]
+    other = rng.choice(texts).split()
+    start = rng.randrange(len(other))
+    return " ".join(kept + other[start : start + rng.randint(0, 6)])
+
+
+def run_op(client: Client, op: Op) -> Op:
+    op.start = time.monotonic()
+    try:
+        if op.kind == "upsert":
+            client.upsert_documents(COLLECTION, [
+                {"id": i, "text": t, "metadata": {"op": op.number}} for i, t in zip(op.ids, op.texts)
+            ], timeout=CALL_TIMEOUT_S)
+        elif op.kind == "delete":
+            client.delete_documents(COLLECTION, op.ids, timeout=CALL_TIMEOUT_S)
+        elif op.kind == "search":
+            result = client.search(COLLECTION, text=op.texts[0], top_k=10, allow_partial=True,
+                                   timeout=CALL_TIMEOUT_S)
+            op.partial = result.partial
+            op.shard_errors = tuple(s.error for s in result.shards if not s.ok)
+        else:
+            _, op.created = client.create_collection(COLLECTION, exist_ok=True, timeout=CALL_TIMEOUT_S)
+    except ApiError as error:
+        op.code, op.reason = error.code, error.reason
+    op.end = time.monotonic()
+    return op
+
+
+def worker(number: int, address: str, seed: int, texts: Sequence[str], numbers: Iterator[int],
+           stop: threading.Event, ops: list[Op]) -> None:
+    """Owns the ids it writes (w<number>-...): operations on one id never overlap in time,
+    so "the last acknowledged operation on an id" is well defined."""
+    rng = random.Random(seed)
+    owned: list[str] = []
+    with Client(address, timeout=CALL_TIMEOUT_S) as client:
+        while not stop.is_set():
+            roll = rng.random()
+            if roll < 0.30 or len(owned) < 4:
+                ids = tuple(f"w{number}-{len(owned) + k}" for k in range(rng.randint(1, 4)))
+                owned.extend(ids)
+                op = Op(next(numbers), "upsert", number, ids, tuple(varied_text(rng, texts) for _ in ids))
+            elif roll < 0.50:
+                ids = tuple(rng.sample(owned, rng.randint(1, 3)))
+                op = Op(next(numbers), "upsert", number, ids, tuple(varied_text(rng, texts) for _ in ids))
+            elif roll < 0.60:
+                op = Op(next(numbers), "delete", number, tuple(rng.sample(owned, rng.randint(1, 2))))
+            elif roll < 0.95:
+                op = Op(next(numbers), "search", number, texts=(varied_text(rng, texts),))
+            else:
+                op = Op(next(numbers), "create", number)
+            ops.append(run_op(client, op))
+
+
+def killer(cluster: Cluster, rng: random.Random, gap_s: tuple[float, float], max_down_s: float,
+           stop: threading.Event, kills: list[Kill], errors: list[BaseException]) -> None:
+    """SIGKILLs a random shard at a random moment, leaves it down a random while, restarts
+    it on its port and waits for SERVING before the next kill."""
+    try:
+        while not stop.wait(rng.uniform(*gap_s)):
+            shard = rng.randrange(SHARDS)
+            kill = Kill(shard, time.monotonic())
+            kills.append(kill)
+            cluster.kill(shard)
+            time.sleep(rng.uniform(0.0, max_down_s))
+            cluster.restart(shard).wait_until_serving(time.monotonic() + 120)
+            kill.serving = time.monotonic()
+    except BaseException as error:  # noqa: BLE001 - reported by the test thread
+        errors.append(error)
+
+
+def in_window(op: Op, kills: Sequence[Kill]) -> bool:
+    return any(op.start <= k.serving + WINDOW_MARGIN_S and op.end >= k.killed for k in kills)
+
+
+def allowed_states(events: Sequence[tuple[Op, str | None]]) -> set[int | None]:
+    """Final states an id may be in: None (absent) or the number of the upsert whose text
+    it holds. The last acknowledged operation wins; a failed one after it may or may not
+    have been applied; one before it must have been overwritten."""
+    last_ack = max((n for n, (op, _) in enumerate(events) if op.ok), default=None)
+    states: set[int | None] = set()
+    if last_ack is None:
+        states.add(None)  # never acknowledged: may never have been written
+        candidates = events
+    else:
+        candidates = [events[last_ack], *(e for e in events[last_ack + 1 :] if not e[0].ok)]
+    for op, _ in candidates:
+        states.add(op.number if op.kind == "upsert" else None)
+    return states
+
+
+def crash_loop(tmp_path: Path, *, duration_s: float, min_kills: int, workers: int,
+               gap_s: tuple[float, float], max_down_s: float, snapshot_every_ops: int,
+               seed: int) -> LoopReport:
+    catalog = list(read_catalog(DEMO_CATALOG))
+    texts = [record["text"] for record in catalog]
+    cluster = Cluster(tmp_path, fit_tfidf(tmp_path), ["--snapshot-every-ops", str(snapshot_every_ops)])
+    numbers = itertools.count(1)
+    ops: list[Op] = []
+    kills: list[Kill] = []
+    killer_errors: list[BaseException] = []
+    query_rng = random.Random(seed)
+    queries = [varied_text(query_rng, texts) for _ in range(40)]
+    with running(cluster):
+        assert cluster.gateway is not None
+        with Client(cluster.gateway.address, timeout=60) as client:
+            first = run_op(client, Op(next(numbers), "create", -1))
+            assert first.ok and first.created, first
+            for start in range(0, len(catalog), 100):
+                batch = catalog[start : start + 100]
+                op = run_op(client, Op(next(numbers), "upsert", -1, tuple(r["id"] for r in batch),
+                                       tuple(r["text"] for r in batch)))
+                assert op.ok, op
+                ops.append(op)
+            recall_before = recall_at_10(cluster, client, queries)
+
+            stop_workers, stop_kills = threading.Event(), threading.Event()
+            threads = [
+                threading.Thread(target=worker, name=f"worker-{n}", args=(
+                    n, cluster.gateway.address, seed * 100 + n, texts, numbers, stop_workers, ops))
+                for n in range(workers)
+            ]
+            threads.append(threading.Thread(target=killer, name="killer", args=(
+                cluster, random.Random(seed), gap_s, max_down_s, stop_kills, kills, killer_errors)))
+            started = time.monotonic()
+            for thread in threads:
+                thread.start()
+            try:
+                while not killer_errors:
+                    elapsed = time.monotonic() - started
+                    enough = len(kills) >= min_kills and kills[-1].serving < float("inf")
+                    if (elapsed >= duration_s and enough) or elapsed >= 3 * duration_s:
+                        break
+                    time.sleep(0.2)
+            finally:
+                stop_kills.set()
+                threads[-1].join(180)
+                # Traffic goes on a little past the last recovery, outside every window.
+                if kills and kills[-1].serving < float("inf"):
+                    time.sleep(max(0.0, kills[-1].serving + WINDOW_MARGIN_S + 2.0 - time.monotonic()))
+                stop_workers.set()
+                for thread in threads[:-1]:
+                    thread.join(60)
+            duration = time.monotonic() - started
+            assert not killer_errors, f"the killer failed: {killer_errors[0]!r}"
+            assert not any(t.is_alive() for t in threads), "a workload thread hung"
+            for process in cluster.shards:
+                assert is_serving(process.address), f"{process.name} is not SERVING at the end"
+
+            wait_until_whole(client, queries[0])
+            recall_after = recall_at_10(cluster, client, queries)
+            report = LoopReport(ops, kills, duration, recall_before, recall_after)
+            report.failures += check_final_state(cluster, ops)
+            snapshots = [
+                (cluster.data_dir(s) / "collections" / COLLECTION / "versions" / "live" / "CURRENT")
+                for s in range(SHARDS)
+            ]
+            if not any(path.exists() for path in snapshots):
+                report.failures.append("no shard wrote a snapshot: recovery was WAL replay only")
+    return report
+
+
+def check_final_state(cluster: Cluster, ops: Sequence[Op]) -> list[str]:
+    """Every id in an allowed state; every stored vector bit-identical to what the index
+    makes of the encoder's vector for the text of the write that won."""
+    assert cluster.encoder is not None
+    failures: list[str] = []
+    history: dict[str, list[tuple[Op, str | None]]] = defaultdict(list)
+    for op in sorted((op for op in ops if op.is_write), key=lambda op: op.start):
+        for position, item_id in enumerate(op.ids):
+            history[item_id].append((op, op.texts[position] if op.kind == "upsert" else None))
+    found: dict[str, pb.Item] = {}
+    for shard, process in enumerate(cluster.shards):
+        owned = sorted(i for i in history if shard_for_id(i, SHARDS) == shard)
+        found.update(stored_items(process.address, owned))
+
+    texts: dict[tuple[str, int], str] = {
+        (item_id, op.number): text for item_id, events in history.items() for op, text in events
+        if text is not None
+    }
+    to_compare: list[tuple[str, str]] = []
+    for item_id, events in history.items():
+        allowed = allowed_states(events)
+        item = found.get(item_id)
+        state = None if item is None else int(struct_to_dict(item.metadata)["op"])
+        if state not in allowed:
+            last = next((op for op, _ in reversed(events) if op.ok), None)
+            kind = (
+                "lost write" if last is not None and last.kind == "upsert"
+                else "resurrected delete" if last is not None else "phantom write"
+            )
+            failures.append(f"{kind}: {item_id} holds op {state}, allowed {sorted(allowed, key=str)}; "
+                            f"history {[(op.number, op.kind, op.code) for op, _ in events]}")
+        elif item is not None:
+            to_compare.append((item_id, texts[(item_id, state)]))
+    if to_compare:
+        expected = as_the_index_stores(embed(cluster.encoder.address, [t for _, t in to_compare]))
+        for (item_id, _), want in zip(to_compare, expected):
+            got = np.frombuffer(found[item_id].vector.data, "<f4")
+            if got.tobytes() != want.astype("<f4").tobytes():
+                failures.append(f"vector of {item_id} differs from the encoder's "
+                                f"(max abs diff {np.abs(got - want).max():.3g})")
+    return failures
+
+
+def check_and_summarize(report: LoopReport, label: str) -> None:
+    ops, kills = report.ops, report.kills
+    failures = list(report.failures)
+    outside = [op for op in ops if op.worker >= 0 and not in_window(op, kills)]
+    inside = [op for op in ops if op.worker >= 0 and in_window(op, kills)]
+    good_outside = [op for op in outside if op.ok and not op.partial]
+    success_outside = len(good_outside) / max(len(outside), 1)
+    acked_writes = [op for op in ops if op.is_write and op.ok]
+    uncertain = {i for op in ops if op.is_write and not op.ok for i in op.ids}
+
+    codes = Counter(f"{op.kind}:{op.code}/{op.reason}" for op in ops if not op.ok)
+    odd = {code: n for code, n in codes.items() if code.split(":")[1].split("/")[0] not in OUTAGE_CODES}
+    if odd:
+        failures.append(f"calls failed with codes no outage explains: {odd}")
+    bad_shard_errors = {
+        e for op in ops if op.kind == "search" for e in op.shard_errors
+        if not e.startswith(tuple(OUTAGE_CODES))
+    }
+    if bad_shard_errors:
+        failures.append(f"shards failed searches with {sorted(bad_shard_errors)[:5]}")
+    if any(op.kind == "create" and op.ok and op.created for op in ops):
+        failures.append("CreateCollection(exist_ok) answered created=True after the first creation")
+    if success_outside < 0.99:
+        failed = Counter(f"{op.kind}:{op.code}{' partial' if op.partial else ''}"
+                         for op in outside if not (op.ok and not op.partial))
+        failures.append(f"success outside kill windows {success_outside:.4f} < 0.99: {dict(failed)}")
+    if report.recall_after < 0.95 or report.recall_after < report.recall_before - 0.03:
+        failures.append(f"recall@10 {report.recall_before:.3f} before, {report.recall_after:.3f} after")
+    if len(kills) < 3:
+        failures.append(f"only {len(kills)} kills")
+    lost = sum(1 for f in failures if f.startswith(("lost write", "resurrected delete")))
+    # How long after SERVING the gateway still answered without the restarted shard.
+    lag = max((
+        op.end - k.serving for k, later in zip(kills, [*kills[1:], None]) for op in ops
+        if op.kind == "search" and k.serving <= op.start and (later is None or op.end < later.killed)
+        and any(f"index shard {k.shard} (" in e for e in op.shard_errors)
+    ), default=0.0)
+
+    print(
+        f"\ncrash loop [{label}]: {report.duration_s:.0f}s, {len(kills)} kills "
+        f"(shards {Counter(k.shard for k in kills)}), {len(ops)} operations, "
+        f"{len(acked_writes)} acknowledged writes "
+        f"({sum(len(op.ids) for op in acked_writes)} item writes), "
+        f"{len(uncertain)} uncertain ids, lost writes {lost}, "
+        f"success outside windows {success_outside:.4f} ({len(good_outside)}/{len(outside)}), "
+        f"inside windows {len(inside)} ops ({sum(op.ok for op in inside)} ok, "
+        f"{sum(op.partial for op in inside)} partial), "
+        f"recall@10 before {report.recall_before:.3f} after {report.recall_after:.3f}, "
+        f"gateway without a SERVING shard for up to {lag:.1f}s, "
+        f"failures by code {dict(codes)}"
+    )
+    assert not failures, "\n".join(failures[:30])
+
+
+def test_crash_loop(tmp_path: Path) -> None:
+    report = crash_loop(tmp_path, duration_s=25, min_kills=3, workers=3, gap_s=(2.0, 4.0),
+                        max_down_s=8.0, snapshot_every_ops=200, seed=9)
+    check_and_summarize(report, "short")
+
+
+@pytest.mark.crash_loop_long
+@pytest.mark.timeout(1500)
+def test_crash_loop_long(tmp_path: Path) -> None:
+    report = crash_loop(tmp_path, duration_s=300, min_kills=25, workers=4, gap_s=(1.0, 6.0),
+                        max_down_s=10.0, snapshot_every_ops=200, seed=19)
+    check_and_summarize(report, "long")
