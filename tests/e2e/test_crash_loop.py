@@ -566,3 +566,104 @@ def test_crash_loop_long(tmp_path: Path) -> None:
     report = crash_loop(tmp_path, duration_s=300, min_kills=25, workers=4, gap_s=(1.0, 6.0),
                         max_down_s=10.0, snapshot_every_ops=200, seed=19)
     check_and_summarize(report, "long")
+
+
+# -- a shard recovering behind the gateway ------------------------------------------------
+RECOVERY_ITEMS = 24_000
+
+
+def bulk_fill(address: str, dim: int, shard: int, count: int) -> list[str]:
+    """count random items straight into one shard (ids that hash to it), 1000 a call."""
+    rng = np.random.default_rng(5)
+    ids = [i for i in (f"bulk-{n}" for n in range(4 * count)) if shard_for_id(i, SHARDS) == shard][:count]
+    assert len(ids) == count
+    with grpc.insecure_channel(address, options=MAX_MESSAGE) as channel:
+        stub = pb_grpc.IndexServiceStub(channel)
+        for start in range(0, count, 1000):
+            vectors = rng.normal(size=(min(1000, count - start), dim)).astype(np.float32)
+            stub.Upsert(pb.UpsertRequest(collection=COLLECTION, items=[
+                pb.Item(id=i, vector=vector_to_pb(v)) for i, v in zip(ids[start:], vectors)
+            ]), timeout=120)
+    return ids
+
+
+def shard_counts(cluster: Cluster) -> list[int]:
+    counts = []
+    for process in cluster.shards:
+        with grpc.insecure_channel(process.address) as channel:
+            counts.append(pb_grpc.IndexServiceStub(channel).GetCollection(
+                pb.GetCollectionRequest(name=COLLECTION), timeout=30).collection.item_count)
+    return counts
+
+
+def test_gateway_during_wal_replay_answers_partial_or_unavailable_and_deletes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Shard 1 holds 24k items in its WAL and no snapshot, so after a kill its restart
+    spends seconds replaying with the port open (NOT_READY). Through the gateway meanwhile:
+    partial searches leave it out, strict ones are UNAVAILABLE (never NOT_FOUND), and the
+    CreateCollection(exist_ok) that ingest sends first is refused and destroys nothing."""
+    # 64 features: a 64-d space keeps a 24k-item log small and its replay seconds long.
+    model = fit_tfidf(tmp_path, max_features=64)
+    cluster = Cluster(tmp_path, model, ["--snapshot-every-ops", str(10**9), "--wal-sync", "never"])
+    catalog = list(read_catalog(DEMO_CATALOG))
+    with running(cluster):
+        assert cluster.gateway is not None
+        with Client(cluster.gateway.address, timeout=60) as client:
+            info, created = client.create_collection(COLLECTION)
+            assert created
+            for start in range(0, len(catalog), 100):
+                client.upsert_documents(COLLECTION, [
+                    {"id": r["id"], "text": r["text"]} for r in catalog[start : start + 100]
+                ])
+            bulk_fill(cluster.shards[1].address, info.dim, 1, RECOVERY_ITEMS)
+            before = shard_counts(cluster)
+            assert before[1] > RECOVERY_ITEMS
+            query = catalog[0]["text"]
+
+            cluster.kill(1)
+            restarted = cluster.restart(1)
+            partial_answers: list[tuple[bool, list[str]]] = []
+            strict_answers: list[str] = []
+            create_answers: list[str] = []
+            deadline = time.monotonic() + 180
+            while not is_serving(restarted.address):
+                assert time.monotonic() < deadline, "the shard never finished recovering"
+                restarted.check_alive()
+                result = client.search(COLLECTION, text=query, top_k=5, allow_partial=True)
+                partial_answers.append(
+                    (result.partial, [f"{s.shard_index}:{s.error}" for s in result.shards if not s.ok])
+                )
+                try:
+                    client.search(COLLECTION, text=query, top_k=5)
+                    strict_answers.append("OK")
+                except ApiError as error:
+                    strict_answers.append(f"{error.code}/{error.reason}: {error.message}")
+                try:
+                    _, again = client.create_collection(COLLECTION, exist_ok=True)
+                    create_answers.append(f"OK created={again}")
+                except ApiError as error:
+                    create_answers.append(f"{error.code}/{error.reason}")
+            wait_until_whole(client, query)
+            after = shard_counts(cluster)
+            final = client.search(COLLECTION, text=query, top_k=5)
+
+    print(f"\nwhile shard 1 replayed {before[1]} items: {len(partial_answers)} rounds; "
+          f"partial searches {Counter(p for p, _ in partial_answers)}; "
+          f"strict searches {Counter(a.split(':')[0] for a in strict_answers)}; "
+          f"creates {Counter(create_answers)}")
+    # The window was hit: the restarted shard itself answered NOT_READY at least once.
+    not_ready = [e for _, errors in partial_answers for e in errors if "NOT_READY" in e]
+    assert not_ready, f"no call reached the shard while it recovered: {partial_answers[:3]}"
+    for partial, errors in partial_answers:
+        # Calls that raced the very end of the replay may have been answered whole.
+        assert (partial and len(errors) == 1 and errors[0].startswith("1:UNAVAILABLE")) or (
+            not partial and not errors
+        ), (partial, errors)
+    for answer in strict_answers:
+        assert answer == "OK" or answer.startswith("UNAVAILABLE/"), answer
+    for answer in create_answers:
+        assert answer in ("OK created=False", "UNAVAILABLE/NOT_READY", "UNAVAILABLE/UNAVAILABLE"), answer
+    assert "UNAVAILABLE/NOT_READY" in create_answers
+    assert after == before  # nothing deleted, nothing lost
+    assert not final.partial and final.hits
