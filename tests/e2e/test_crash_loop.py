@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contentembed.cli.catalog import DEMO_CATALOG, read_catalog
-from contentembed.cli.stack import ServiceProcess
+from contentembed.cli.stack import HOST, ServiceProcess
 from contentembed.client import ApiError, Client
 from contentembed.encoder.v1 import encoder_service_pb2 as encoder_pb
 from contentembed.encoder.v1 import encoder_service_pb2_grpc as encoder_grpc
@@ -44,6 +45,8 @@ from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
 from contentembed.services.common.protoconv import matrix_from_pb, struct_to_dict, vector_to_pb
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.persistence import verify_manifest
+from tests.conftest import error_reason
 
 pytestmark = pytest.mark.e2e
 
@@ -667,3 +670,187 @@ def test_gateway_during_wal_replay_answers_partial_or_unavailable_and_deletes_no
     assert "UNAVAILABLE/NOT_READY" in create_answers
     assert after == before  # nothing deleted, nothing lost
     assert not final.partial and final.hits
+
+
+# -- a full disk ---------------------------------------------------------------------------
+# The shard runs under RLIMIT_FSIZE with SIGXFSZ ignored: a write past the limit fails with
+# EFBIG, as one on a full disk fails with ENOSPC. Only the soft limit is set, so the test
+# can lift it from outside (prlimit): the disk has space again.
+FSIZE_WRAPPER = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+soft = int(sys.argv.pop(1))
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, resource.RLIM_INFINITY))
+runpy.run_module("contentembed.services.index", run_name="__main__", alter_sys=True)
+"""
+FSIZE_LIMIT = 64 * 1024
+DISK_DIM = 16
+
+
+@dataclass
+class FileSizeLimitedShard(ServiceProcess):
+    """ServiceProcess with no hook for the child's limits: the same launch, wrapped."""
+
+    fsize_limit: int = FSIZE_LIMIT
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.port_file.unlink(missing_ok=True)
+        command = [sys.executable, "-c", FSIZE_WRAPPER, str(self.fsize_limit), *self.args,
+                   "--host", HOST, "--port-file", str(self.port_file)]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self.pid = self.process.pid
+
+
+def set_file_size_limit(pid: int, limit: int) -> None:
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+
+def test_disk_full_fails_loudly_applies_nothing_and_loses_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    live = data_dir / "collections" / COLLECTION / "versions" / "live"
+    rng = np.random.default_rng(11)
+    acked: dict[str, np.ndarray] = {}
+    refused: list[str] = []
+    deleted: list[str] = []
+    started: list[ServiceProcess] = []
+    env = dict(os.environ)
+
+    def launch(name: str, limited: bool = False) -> tuple[ServiceProcess, grpc.Channel]:
+        args = ["--port", "0", "--metrics-port", "-1", "--data-dir", str(data_dir),
+                "--snapshot-every-ops", str(10**9)]
+        process = (FileSizeLimitedShard if limited else ServiceProcess)(name, INDEX, args, tmp_path)
+        started.append(process)
+        process.start(env)
+        process.wait_for_port(time.monotonic() + 60)
+        process.wait_until_serving(time.monotonic() + 60)
+        return process, grpc.insecure_channel(process.address)
+
+    def item(item_id: str) -> pb.Item:
+        vector = rng.normal(size=DISK_DIM).astype(np.float32)
+        acked_or_not[item_id] = vector
+        return pb.Item(id=item_id, vector=vector_to_pb(vector))
+
+    acked_or_not: dict[str, np.ndarray] = {}
+    try:
+        # 1. Without a limit: 1000 items, and a graceful stop writes the snapshot that the
+        #    limited run must leave alone.
+        first, channel = launch("index-unlimited")
+        with channel:
+            stub = pb_grpc.IndexServiceStub(channel)
+            stub.CreateCollection(pb.CreateCollectionRequest(name=COLLECTION, space_id="s@1", dim=DISK_DIM))
+            for batch in range(10):
+                items = [item(f"base-{batch}-{n}") for n in range(100)]
+                stub.Upsert(pb.UpsertRequest(collection=COLLECTION, items=items), timeout=30)
+                acked.update((i.id, acked_or_not[i.id]) for i in items)
+        first.stop(30)
+        assert first.process is not None and first.process.returncode == 0
+        snapshot_seq = (live / "CURRENT").read_text()
+        snapshot = live / "snapshots" / snapshot_seq
+        manifest = verify_manifest(snapshot)
+        manifest_bytes = (snapshot / "manifest.json").read_bytes()
+        assert manifest["files"]["index.bin"]["bytes"] > 2 * FSIZE_LIMIT  # no snapshot fits now
+
+        # 2. Under the limit, single upserts until the WAL segment cannot grow.
+        limited, channel = launch("index-limited", limited=True)
+        with channel:
+            stub = pb_grpc.IndexServiceStub(channel)
+            failure: grpc.RpcError | None = None
+            for n in range(5000):
+                request = pb.UpsertRequest(collection=COLLECTION, items=[item(f"w-{n}")])
+                try:
+                    stub.Upsert(request, timeout=30)
+                except grpc.RpcError as error:
+                    failure = error
+                    refused.append(f"w-{n}")
+                    break
+                acked[f"w-{n}"] = acked_or_not[f"w-{n}"]
+            assert failure is not None, "the WAL never filled up"
+            first_failure = (failure.code().name, error_reason(failure), failure.details())
+            # And again, with a bigger request: the same answer, not a broken log.
+            with pytest.raises(grpc.RpcError) as again:
+                stub.Upsert(pb.UpsertRequest(
+                    collection=COLLECTION, items=[item("again-1"), item("again-2")]), timeout=30)
+            refused += ["again-1", "again-2"]
+            second_failure = (again.value.code().name, error_reason(again.value), again.value.details())
+            # Nothing of a refused write was applied; reads keep working.
+            got = stub.GetItems(pb.GetItemsRequest(collection=COLLECTION, ids=[*refused, "base-0-0"]))
+            assert sorted(got.missing_ids) == sorted(refused)
+            hits = stub.Search(pb.SearchRequest(collection=COLLECTION, top_k=5,
+                                                query=vector_to_pb(acked["base-0-0"])), timeout=30).hits
+            assert hits[0].id == "base-0-0"
+            assert stub.GetCollection(pb.GetCollectionRequest(name=COLLECTION)).collection.item_count == len(acked)
+            assert len(stub.ListItems(pb.ListItemsRequest(collection=COLLECTION, page_size=50)).items) == 50
+
+            # 3. Space again: writes go on without a restart.
+            set_file_size_limit(limited.pid, resource.RLIM_INFINITY)
+            after_space: list[str] = []
+            for item_id in ("freed-1", "freed-2"):
+                try:
+                    stub.Upsert(pb.UpsertRequest(collection=COLLECTION, items=[item(item_id)]), timeout=30)
+                    acked[item_id] = acked_or_not[item_id]
+                    after_space.append("OK")
+                except grpc.RpcError as error:
+                    refused.append(item_id)
+                    after_space.append(f"{error.code().name}/{error_reason(error)}")
+            try:
+                stub.DeleteItems(pb.DeleteItemsRequest(collection=COLLECTION, ids=["base-0-1"]), timeout=30)
+                del acked["base-0-1"]
+                deleted.append("base-0-1")
+                after_space.append("delete OK")
+            except grpc.RpcError as error:
+                after_space.append(f"delete {error.code().name}/{error_reason(error)}")
+
+        # 4. Room for the log but not for a snapshot, a graceful stop: its final snapshot
+        #    fails, the previous one stays.
+        set_file_size_limit(limited.pid, 2 * FSIZE_LIMIT)
+        limited.stop(60)
+        assert limited.process is not None
+        stop_code = limited.process.returncode
+        log = limited.log_path.read_text(errors="replace")
+        current_after = (live / "CURRENT").read_text()
+        leftovers = sorted(p.name for p in (live / "snapshots").iterdir() if p.name != snapshot_seq)
+        print(f"\ndisk full: first refusal {first_failure}; again {second_failure[:2]}; "
+              f"after space came back {after_space}; stop under the limit exited {stop_code}; "
+              f"snapshots dir besides {snapshot_seq}: {leftovers}")
+        assert "snapshot failed" in log and "write-ahead log append failed" in log
+        assert current_after == snapshot_seq
+        verify_manifest(snapshot)
+        assert (snapshot / "manifest.json").read_bytes() == manifest_bytes
+
+        # 5. Without the limit, every acknowledged write is there, bit for bit.
+        final, channel = launch("index-after")
+        with channel:
+            stub = pb_grpc.IndexServiceStub(channel)
+            ids = sorted(acked)
+            found: dict[str, pb.Item] = {}
+            missing: list[str] = []
+            for start in range(0, len(ids), 500):
+                response = stub.GetItems(pb.GetItemsRequest(collection=COLLECTION, ids=ids[start : start + 500]))
+                found.update((i.id, i) for i in response.items)
+                missing += response.missing_ids
+            assert missing == [], f"acknowledged writes lost: {missing[:10]}"
+            expected = as_the_index_stores(np.stack([acked[i] for i in ids]))
+            for item_id, want in zip(ids, expected):
+                assert found[item_id].vector.data == want.astype("<f4").tobytes(), item_id
+            gone = stub.GetItems(pb.GetItemsRequest(collection=COLLECTION, ids=[*refused, *deleted]))
+            assert sorted(gone.missing_ids) == sorted([*refused, *deleted])
+            count = stub.GetCollection(pb.GetCollectionRequest(name=COLLECTION)).collection.item_count
+            assert count == len(acked)
+        final.stop(30)
+        assert final.process is not None and final.process.returncode == 0
+        assert int((live / "CURRENT").read_text()) > int(snapshot_seq)  # snapshots work again
+
+        assert first_failure[:2] == ("RESOURCE_EXHAUSTED", "DISK_FULL"), first_failure
+        assert second_failure[:2] == first_failure[:2], second_failure
+        assert after_space == ["OK", "OK", "delete OK"]
+        assert stop_code == 0
+        assert leftovers == [], "a failed snapshot left files behind"
+    finally:
+        for process in started:
+            if process.process is not None and process.process.poll() is None:
+                process.process.kill()
+                process.process.wait(10)
