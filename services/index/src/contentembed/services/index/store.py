@@ -9,6 +9,8 @@ snapshot and replays the WAL after it. See persistence.py for the file layout.
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import logging
 import re
@@ -22,6 +24,7 @@ from contentembed.services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from contentembed.services.common.sharding import shard_for_id
@@ -49,6 +52,7 @@ from contentembed.services.index.persistence import (
 log = logging.getLogger(__name__)
 
 MAX_DIM = 65536
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,15 @@ class CollectionFiles:
             try:
                 self._wal.append(record)
             except (OSError, WalUnavailable) as error:
+                # Logged here: the interceptor leaves RESOURCE_EXHAUSTED (shed load) unlogged.
+                log.error("write-ahead log append failed", extra={"dir": str(self.directory),
+                                                                  "error": str(error)})
+                if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+                    # The canonical code for a full file system; no retry delay, since
+                    # only an operator frees space. The log is intact: writes resume then.
+                    raise ResourceExhausted(
+                        f"disk full, nothing was written: {error}", reason="DISK_FULL"
+                    ) from None
                 raise Unavailable(
                     f"write-ahead log failed, nothing was written: {error}", reason="WAL_FAILED"
                 ) from None
@@ -167,7 +180,14 @@ class CollectionFiles:
         self.snapshots_dir.mkdir(exist_ok=True)
         staging = self.snapshots_dir / f".staging-{rotated_at}"
         remove_tree(staging)
-        manifest = collection.write_snapshot(staging)
+        try:
+            manifest = collection.write_snapshot(staging)
+        except BaseException:
+            # A failed snapshot (a full disk) must not keep its partial files: they hold
+            # the space a retry needs, and the staging name changes with every attempt.
+            with contextlib.suppress(OSError):
+                remove_tree(staging)
+            raise
         final = self.snapshots_dir / str(manifest["seq"])
         remove_tree(final)
         staging.rename(final)
