@@ -854,3 +854,44 @@ def test_disk_full_fails_loudly_applies_nothing_and_loses_nothing(tmp_path: Path
             if process.process is not None and process.process.poll() is None:
                 process.process.kill()
                 process.process.wait(10)
+
+
+def test_failing_background_snapshots_back_off_while_writes_go_on(tmp_path: Path) -> None:
+    """A snapshot that does not fit on the disk is not retried every 50 ms: each try
+    rotated the WAL into a new segment and rewrote the whole index (115 tries, 84 segments
+    in 7 s before the back-off). Writes are acknowledged throughout: the WAL has room."""
+    data_dir = tmp_path / "data"
+    shard = FileSizeLimitedShard("index-limited", INDEX, [
+        "--port", "0", "--metrics-port", "-1", "--data-dir", str(data_dir), "--snapshot-every-ops", "20",
+    ], tmp_path)
+    rng = np.random.default_rng(2)
+    try:
+        shard.start(dict(os.environ))
+        shard.wait_for_port(time.monotonic() + 60)
+        shard.wait_until_serving(time.monotonic() + 60)
+        with grpc.insecure_channel(shard.address) as channel:
+            stub = pb_grpc.IndexServiceStub(channel)
+            stub.CreateCollection(pb.CreateCollectionRequest(name=COLLECTION, space_id="s@1", dim=DISK_DIM))
+            # 20 writes of 20 items: about 32 KiB of WAL, an index of about 80 KiB (the limit
+            # is 64 KiB), so the snapshot due after the 20th write cannot be written.
+            for n in range(40):
+                stub.Upsert(pb.UpsertRequest(collection=COLLECTION, items=[
+                    pb.Item(id=f"d{n}-{k}", vector=vector_to_pb(rng.normal(size=DISK_DIM).astype(np.float32)))
+                    for k in range(20)
+                ]), timeout=30)
+                time.sleep(0.02)
+            time.sleep(1.0)
+            count = stub.GetCollection(pb.GetCollectionRequest(name=COLLECTION)).collection.item_count
+        log = shard.log_path.read_text(errors="replace")
+        live = data_dir / "collections" / COLLECTION / "versions" / "live"
+        segments = sorted(p.name for p in (live / "wal").glob("*.log"))
+        tries = log.count("snapshot failed")
+        print(f"\nfailing snapshots: {tries} tries, WAL segments {segments}")
+        assert count == 800
+        assert 1 <= tries <= 2
+        assert len(segments) <= 3
+        assert not (live / "CURRENT").exists()
+    finally:
+        if shard.process is not None and shard.process.poll() is None:
+            shard.process.kill()
+            shard.process.wait(10)
