@@ -293,6 +293,8 @@ class LoopReport:
     recall_before: float
     recall_after: float
     failures: list[str] = field(default_factory=list)
+    snapshot_seqs: list[int] = field(default_factory=list)
+    files: list[list[str]] = field(default_factory=list)
 
 
 def varied_text(rng: random.Random, texts: Sequence[str]) -> str:
@@ -451,12 +453,20 @@ def crash_loop(tmp_path: Path, *, duration_s: float, min_kills: int, workers: in
             recall_after = recall_at_10(cluster, client, queries)
             report = LoopReport(ops, kills, duration, recall_before, recall_after)
             report.failures += check_final_state(cluster, ops)
-            snapshots = [
-                (cluster.data_dir(s) / "collections" / COLLECTION / "versions" / "live" / "CURRENT")
-                for s in range(SHARDS)
+            lives = [cluster.data_dir(s) / "collections" / COLLECTION / "versions" / "live"
+                     for s in range(SHARDS)]
+            report.snapshot_seqs = [
+                int((live / "CURRENT").read_text()) if (live / "CURRENT").exists() else 0
+                for live in lives
             ]
-            if not any(path.exists() for path in snapshots):
+            if not any(report.snapshot_seqs):
                 report.failures.append("no shard wrote a snapshot: recovery was WAL replay only")
+            # What kills mid-snapshot may leave behind (staging directories, old segments).
+            report.files = [
+                sorted(p.name for p in (live / "snapshots").iterdir()) + [
+                    f"{len(list((live / 'wal').glob('*.log')))} WAL segments"]
+                for live in lives
+            ]
     return report
 
 
@@ -552,7 +562,8 @@ def check_and_summarize(report: LoopReport, label: str) -> None:
         f"{sum(op.partial for op in inside)} partial), "
         f"recall@10 before {report.recall_before:.3f} after {report.recall_after:.3f}, "
         f"gateway without a SERVING shard for up to {lag:.1f}s, "
-        f"failures by code {dict(codes)}"
+        f"failures by code {dict(codes)}, last snapshots at seq {report.snapshot_seqs}, "
+        f"snapshot dirs and WAL per shard {report.files}"
     )
     assert not failures, "\n".join(failures[:30])
 
