@@ -461,12 +461,23 @@ def crash_loop(tmp_path: Path, *, duration_s: float, min_kills: int, workers: in
             ]
             if not any(report.snapshot_seqs):
                 report.failures.append("no shard wrote a snapshot: recovery was WAL replay only")
-            # What kills mid-snapshot may leave behind (staging directories, old segments).
+            # What kills mid-snapshot may have left behind (staging directories, segments)...
             report.files = [
                 sorted(p.name for p in (live / "snapshots").iterdir()) + [
                     f"{len(list((live / 'wal').glob('*.log')))} WAL segments"]
                 for live in lives
             ]
+            # ...is gone after a graceful stop: its final snapshot cleans up.
+            for shard, live in enumerate(lives):
+                process = cluster.shards[shard]
+                process.stop(60)
+                assert process.process is not None and process.process.returncode == 0
+                current = (live / "CURRENT").read_text()
+                left = sorted(p.name for p in (live / "snapshots").iterdir())
+                segments = list((live / "wal").glob("*.log"))
+                if left != [current] or len(segments) != 1:
+                    report.failures.append(f"shard {shard} keeps {left} and {len(segments)} "
+                                           f"WAL segments after a graceful stop")
     return report
 
 

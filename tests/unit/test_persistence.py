@@ -190,6 +190,19 @@ def test_store_recovers_snapshot_plus_wal(tmp_path, graceful: bool) -> None:
     assert "after" in contents(durable_store(tmp_path))
 
 
+def test_a_snapshot_removes_what_a_kill_mid_snapshot_left(tmp_path) -> None:
+    store = durable_store(tmp_path, every=10**9)
+    collection, _ = store.create("c", "s@1", 4)
+    collection.upsert(["a"], np.ones((1, 4), np.float32), [{}])
+    snapshots = tmp_path / "collections" / "c" / "versions" / "live" / "snapshots"
+    snapshots.mkdir()
+    (snapshots / ".staging-1").mkdir()  # a process killed while writing a snapshot
+    (snapshots / ".staging-1" / "index.bin").write_bytes(b"\0" * 4096)
+    store.snapshot_due(force=True)
+    assert [p.name for p in snapshots.iterdir()] == ["1"]
+    store.close()
+
+
 def test_corrupt_snapshot_refuses_the_load(tmp_path) -> None:
     store = durable_store(tmp_path)
     collection, _ = store.create("c", "s@1", 4)

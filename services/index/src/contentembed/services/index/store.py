@@ -197,8 +197,11 @@ class CollectionFiles:
         fsync_dir(self.snapshots_dir)
         atomic_write(self.directory / "CURRENT", str(manifest["seq"]).encode())
         self.snapshot_seq = manifest["seq"]
+        # Everything else goes, staging directories too: under the snapshot lock none is
+        # being written, so any is what a process killed mid-snapshot left (a crash loop
+        # of 29 kills left four partial snapshots behind before this).
         for old in self.snapshots_dir.iterdir():
-            if old != final and not old.name.startswith(".staging"):
+            if old != final:
                 remove_tree(old)
         for segment in self.segments():
             if int(segment.stem) < rotated_at:
