@@ -89,6 +89,54 @@ def test_failed_append_leaves_the_log_as_it_was(tmp_path, monkeypatch) -> None:
     assert [(r.seq, r.ids) for r in read_wal(path, last_segment=True)] == [(1, ["a"]), (2, ["acked"])]
 
 
+FULL_DISK_SCRIPT = """
+import resource, signal, sys
+from pathlib import Path
+import numpy as np
+from contentembed.services.index.persistence import WalRecord, WriteAheadLog, read_wal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+path = Path(sys.argv[1])
+wal = WriteAheadLog(path)
+def record(seq, item_id):
+    return WalRecord(seq, "upsert", [item_id], np.ones((1, 16), np.float32), [{}])
+seq = 0
+while True:
+    try:
+        wal.append(record(seq + 1, f"acked-{seq + 1}"))
+    except OSError as error:
+        print("refused", seq + 1, error.errno, path.stat().st_size)
+        break
+    seq += 1
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+wal.append(record(seq + 1, "after-space"))
+wal.close()
+print("log", [(r.seq, r.ids[0]) for r in read_wal(path, last_segment=True)][-2:], seq)
+"""
+
+
+def test_a_full_disk_mid_append_leaves_no_part_of_the_record(tmp_path) -> None:
+    """RLIMIT_FSIZE in a child process: a write past it fails with EFBIG after writing part
+    of the record, as on a full disk. The record must be gone (not completed by a later
+    flush once space is back), and the log must take the next write at the same seq."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "1.log"
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    refused, log = result.stdout.splitlines()
+    _, seq, errno_value, size = refused.split()
+    acked = int(seq) - 1
+    assert int(errno_value) == 27  # EFBIG
+    assert int(size) == sum(
+        len(encode_record(WalRecord(n, "upsert", [f"acked-{n}"], np.ones((1, 16), np.float32), [{}])))
+        for n in range(1, acked + 1)
+    )
+    assert log == f"log {[(acked, f'acked-{acked}'), (acked + 1, 'after-space')]} {acked}"
+
+
 def test_snapshot_verification_catches_changed_and_truncated_files(tmp_path) -> None:
     collection = HnswCollection("c", "s@1", 4, HnswParams())
     collection.upsert(["a", "b"], np.eye(4, dtype=np.float32)[:2], [{}, {}])
@@ -140,6 +188,19 @@ def test_store_recovers_snapshot_plus_wal(tmp_path, graceful: bool) -> None:
     reopened.get("c").upsert(["after"], np.ones((1, 8), np.float32), [{}])
     reopened.close()
     assert "after" in contents(durable_store(tmp_path))
+
+
+def test_a_snapshot_removes_what_a_kill_mid_snapshot_left(tmp_path) -> None:
+    store = durable_store(tmp_path, every=10**9)
+    collection, _ = store.create("c", "s@1", 4)
+    collection.upsert(["a"], np.ones((1, 4), np.float32), [{}])
+    snapshots = tmp_path / "collections" / "c" / "versions" / "live" / "snapshots"
+    snapshots.mkdir()
+    (snapshots / ".staging-1").mkdir()  # a process killed while writing a snapshot
+    (snapshots / ".staging-1" / "index.bin").write_bytes(b"\0" * 4096)
+    store.snapshot_due(force=True)
+    assert [p.name for p in snapshots.iterdir()] == ["1"]
+    store.close()
 
 
 def test_corrupt_snapshot_refuses_the_load(tmp_path) -> None:

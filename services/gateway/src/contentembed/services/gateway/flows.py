@@ -628,8 +628,11 @@ class Gateway:
                 answer = call.result()
             except ContentEmbedError as error:
                 failures.append(error)
+                # With its reason: UNAVAILABLE NOT_READY (a shard replaying its log, back
+                # soon) reads differently from a shard that is down.
+                label = error.code if error.reason == error.code else f"{error.code} {error.reason}"
                 outcomes.append(
-                    ShardOutcome(shard.shard_index, False, f"{error.code}: {error.message}",
+                    ShardOutcome(shard.shard_index, False, f"{label}: {error.message}",
                                  latency_ms=call.latency_ms)
                 )
                 continue

@@ -160,7 +160,12 @@ class WriteAheadLog:
         self.policy = policy
         self.sync_interval_s = sync_interval_s
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = path.open("ab")
+        # Unbuffered: a failed append must leave no bytes behind in a buffer. With the
+        # buffered writer, a full disk (ENOSPC, EFBIG) wrote part of a record, kept the
+        # rest buffered, and truncate() (which flushes first) failed again: the log broke
+        # for good, and once space came back a later flush completed the refused record,
+        # which the next restart replayed (and whose seq the next acknowledged write reused).
+        self._handle = path.open("ab", buffering=0)
         fsync_dir(path.parent)
         self._last_sync = time.monotonic()
         self._dirty = False
@@ -176,8 +181,9 @@ class WriteAheadLog:
                 raise WalUnavailable(f"{self.path}: {self._broken}")
             start = self._handle.tell()
             try:
-                self._handle.write(data)
-                self._handle.flush()
+                view, written = memoryview(data), 0
+                while written < len(data):  # a raw write may be short
+                    written += self._handle.write(view[written:])
                 now = time.monotonic()
                 if self.policy == "always" or (
                     self.policy == "interval" and now - self._last_sync >= self.sync_interval_s
@@ -207,9 +213,10 @@ class WriteAheadLog:
     def close(self) -> None:
         with self._lock:
             if not self._handle.closed:
-                self._handle.flush()
-                os.fsync(self._handle.fileno())
-                self._handle.close()
+                try:
+                    os.fsync(self._handle.fileno())
+                finally:
+                    self._handle.close()
 
 
 # -- snapshots -------------------------------------------------------------------------

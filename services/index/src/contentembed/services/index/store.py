@@ -9,11 +9,14 @@ snapshot and replays the WAL after it. See persistence.py for the file layout.
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import logging
 import re
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from contentembed.services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from contentembed.services.common.metadata import MetadataLimits, check_metadata
@@ -50,6 +54,8 @@ from contentembed.services.index.persistence import (
 log = logging.getLogger(__name__)
 
 MAX_DIM = 65536
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+SNAPSHOT_RETRY_S = 10.0  # after a failed background snapshot
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ class CollectionFiles:
         # the snapshot to finish, and a closed one is never snapshotted (or recreated) again.
         self._snapshot_lock = threading.Lock()
         self.closed = False
+        self.retry_snapshot_at = 0.0  # time.monotonic() before which a failed one waits
 
     @property
     def wal_dir(self) -> Path:
@@ -122,6 +129,15 @@ class CollectionFiles:
             try:
                 self._wal.append(record)
             except (OSError, WalUnavailable) as error:
+                # Logged here: the interceptor leaves RESOURCE_EXHAUSTED (shed load) unlogged.
+                log.error("write-ahead log append failed", extra={"dir": str(self.directory),
+                                                                  "error": str(error)})
+                if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+                    # The canonical code for a full file system; no retry delay, since
+                    # only an operator frees space. The log is intact: writes resume then.
+                    raise ResourceExhausted(
+                        f"disk full, nothing was written: {error}", reason="DISK_FULL"
+                    ) from None
                 raise Unavailable(
                     f"write-ahead log failed, nothing was written: {error}", reason="WAL_FAILED"
                 ) from None
@@ -168,15 +184,25 @@ class CollectionFiles:
         self.snapshots_dir.mkdir(exist_ok=True)
         staging = self.snapshots_dir / f".staging-{rotated_at}"
         remove_tree(staging)
-        manifest = collection.write_snapshot(staging)
+        try:
+            manifest = collection.write_snapshot(staging)
+        except BaseException:
+            # A failed snapshot (a full disk) must not keep its partial files: they hold
+            # the space a retry needs, and the staging name changes with every attempt.
+            with contextlib.suppress(OSError):
+                remove_tree(staging)
+            raise
         final = self.snapshots_dir / str(manifest["seq"])
         remove_tree(final)
         staging.rename(final)
         fsync_dir(self.snapshots_dir)
         atomic_write(self.directory / "CURRENT", str(manifest["seq"]).encode())
         self.snapshot_seq = manifest["seq"]
+        # Everything else goes, staging directories too: under the snapshot lock none is
+        # being written, so any is what a process killed mid-snapshot left (a crash loop
+        # of 29 kills left four partial snapshots behind before this).
         for old in self.snapshots_dir.iterdir():
-            if old != final and not old.name.startswith(".staging"):
+            if old != final:
                 remove_tree(old)
         for segment in self.segments():
             if int(segment.stem) < rotated_at:
@@ -310,12 +336,16 @@ class CollectionStore:
             if collection is None:
                 continue
             pending = collection.seq - files.snapshot_seq
-            if pending > 0 and (force or pending >= self.durability.snapshot_every_ops):
+            due = pending >= self.durability.snapshot_every_ops
+            if pending > 0 and (force or (due and time.monotonic() >= files.retry_snapshot_at)):
                 try:
                     files.snapshot(collection)
                     written += 1
                 except OSError as error:
-                    # The WAL still holds every write: a failed snapshot loses nothing.
+                    # The WAL still holds every write: a failed snapshot loses nothing. It
+                    # is not retried at once: every try rotates the WAL and rewrites the
+                    # whole index (on a full disk: 115 tries and 84 WAL segments in 7 s).
+                    files.retry_snapshot_at = time.monotonic() + SNAPSHOT_RETRY_S
                     log.error("snapshot failed", extra={"collection": name, "error": str(error)})
         return written
 
