@@ -414,3 +414,23 @@ def test_a_service_that_fails_to_load_stops_the_start_at_once_with_its_cause(tmp
     assert "no-such-model" in str(caught.value)  # the log tail names the cause
     assert time.monotonic() - started < 120, "it waited for the start-up timeout"
     assert all(service.returncode is not None for service in stack.services)
+
+
+def test_a_service_started_from_a_worker_thread_outlives_that_thread(tmp_path: Path) -> None:
+    """The parent-death signal follows the forking *thread*: only the main thread may ask
+    for it, or a service started by a helper thread dies when the helper ends."""
+    import threading
+
+    shard = ServiceProcess(
+        "index", "contentembed.services.index", ["--port", "0", "--metrics-port", "-1"], tmp_path
+    )
+    starter = threading.Thread(target=shard.start, args=(dict(os.environ),))
+    starter.start()
+    starter.join(30)
+    try:
+        shard.wait_for_port(time.monotonic() + 60)
+        shard.wait_until_serving(time.monotonic() + 60)
+        time.sleep(1.0)  # the starting thread is long gone
+        assert shard.returncode is None and shard.is_serving(timeout=5)
+    finally:
+        shard.stop(10)

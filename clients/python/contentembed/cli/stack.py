@@ -8,9 +8,10 @@ Children must not outlive the launcher. On Linux each child asks the kernel for 
 when its parent goes away (PR_SET_PDEATHSIG), which covers a SIGKILLed launcher. The
 kernel sends it when the *thread* that forked the child exits, not the process: every
 child, restarts included, must therefore be spawned from a thread that lives as long as
-the launcher (``contentembed up`` spawns them all from its main thread). Spawned from a
-short-lived worker thread, a service would be stopped as soon as that thread ended.
-Elsewhere (macOS, BSD) there is no such request; children then outlive a SIGKILLed
+the launcher (``contentembed up`` spawns them all from its main thread). A child spawned
+from any other thread (a test's helper thread, a supervisor someone runs in a worker)
+does not ask for the signal: it would be stopped as soon as that thread ended, which a
+crash-loop test found the hard way. Elsewhere (macOS, BSD) there is no such request; children then outlive a SIGKILLed
 launcher, and only the signal-driven ordered stop ends them.
 """
 
@@ -23,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import deque
@@ -164,7 +166,11 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=die_with_launcher(),
+                preexec_fn=(
+                    die_with_launcher()
+                    if threading.current_thread() is threading.main_thread()
+                    else None
+                ),
             )
         self.pid = self.process.pid
 
