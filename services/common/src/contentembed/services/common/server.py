@@ -126,9 +126,10 @@ class ServiceRuntime:
             # gRPC binds with SO_REUSEPORT by default: a second server on a port already in
             # use would start "successfully" and share its traffic with the first.
             options=[*channel_options(settings.max_message_bytes), ("grpc.so_reuseport", 0)],
-            # Admission refuses first (with a retry delay, counted); gRPC's own limit only
-            # bounds what refused calls waiting for a thread can hold.
-            maximum_concurrent_rpcs=2 * settings.max_concurrent_rpcs,
+            # Admission refuses first (with a retry delay, counted); gRPC's own limit, far
+            # above it, only bounds what a flood of refused calls waiting for a thread can
+            # hold (it refuses without a retry delay).
+            maximum_concurrent_rpcs=4 * settings.max_concurrent_rpcs,
         )
         self._service_names = self.service.register(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
