@@ -8,7 +8,6 @@ The figures print with `pytest -s`; docs/reliability.md records a run."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -17,6 +16,7 @@ from contentembed.cli.main import ingest_documents
 from contentembed.cli.stack import LocalStack
 from contentembed.client import Client
 from tests.support.load import LoadResult, closed_loop, open_loop, unique_queries
+from tests.support.memory import status_bytes
 
 pytestmark = pytest.mark.e2e
 # As many callers as the gateway keeps in flight and the encoder batches (64): fewer
@@ -32,10 +32,7 @@ RSS_BOUND_MIB = {"text-encoder": 2048, "image-encoder": 1536, "index": 512, "gat
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return status_bytes("VmRSS", pid) / 2**20
 
 
 class PeakMemory:

@@ -161,14 +161,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from contentembed.services.image_encoder.decoding import decode_image
 from tests.support.images import encoded, photo_like
-
-
-def status(key):
-    with open("/proc/self/status") as lines:
-        for line in lines:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024  # kB
-    raise KeyError(key)
+from tests.support.memory import status_bytes as status
 
 
 path, requests, per_request, slots = sys.argv[1], *(int(a) for a in sys.argv[2:5])
@@ -250,13 +243,7 @@ ESTIMATE_CHILD = r"""
 import json, sys
 from contentembed.services.image_encoder.decoding import decode_image
 from tests.support.images import encoded, photo_like
-
-
-def status(key):
-    with open("/proc/self/status") as lines:
-        for line in lines:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024  # kB
+from tests.support.memory import status_bytes as status
 
 
 limits = {"max_bytes": 10**8, "max_pixels": 10**8, "max_side": 1024, "what": "x"}
