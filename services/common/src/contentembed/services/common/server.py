@@ -93,7 +93,8 @@ class ServiceRuntime:
         self.load_error: BaseException | None = None
         self.state_metric = EnumMetric(
             "contentembed_service_state",
-            "Lifecycle of the service: product calls are answered only while serving.",
+            "Lifecycle of the service: loading and load_failed refuse product calls, "
+            "serving and stopping (draining) answer them.",
             ["service"],
             states=[LOADING, SERVING, LOAD_FAILED, STOPPING],
             registry=registry,
@@ -227,8 +228,9 @@ class ServiceRuntime:
             return
         self._stopped.set()
         if self._state == SERVING:
-            # In-flight and drain-delay calls still run; the state only tells the metric.
-            self.state_metric.state(STOPPING)
+            # The gate lets calls through while stopping: in-flight and drain-delay calls
+            # still run until the server itself stops taking them.
+            self._set_state(STOPPING)
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self.health.enter_graceful_shutdown()
         time.sleep(self.settings.drain_delay_s)

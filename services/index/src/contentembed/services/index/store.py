@@ -442,9 +442,10 @@ class CollectionStore:
             atomic_write(self._name_dir(name) / "alias.json", json.dumps(state).encode())
 
     def alias(self, name: str) -> Alias:
-        validate_collection_name(name)  # a malformed name is the caller's mistake, not NOT_FOUND
         alias = self._aliases.get(name)
         if alias is None:
+            # Only here, off the search path: every stored name passed the same check.
+            validate_collection_name(name)  # a malformed name is the caller's mistake
             raise NotFound(f"collection {shown(name)} does not exist", reason="COLLECTION_NOT_FOUND")
         return alias
 
