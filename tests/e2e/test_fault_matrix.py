@@ -46,6 +46,13 @@ def service(stack: LocalStack, name: str) -> ServiceProcess:
     return next(s for s in stack.services if s.name == name)
 
 
+def kill(stack: LocalStack, name: str) -> None:
+    """SIGKILL, as an OOM kill or a node loss does; returns once the process is gone."""
+    process = service(stack, name)
+    os.kill(process.pid, signal.SIGKILL)
+    process.process.wait(10)
+
+
 def timed(call: Callable[[], SearchResult]) -> tuple[SearchResult | ApiError, float]:
     started = time.monotonic()
     try:
@@ -91,9 +98,7 @@ def test_a_frozen_shard_degrades_to_partial_or_deadline_exceeded_within_the_dead
 
 
 def test_a_killed_shard_degrades_at_once_and_serves_again_after_its_restart(stack) -> None:
-    shard = service(stack, "index-0")
-    os.kill(shard.pid, signal.SIGKILL)
-    shard.process.wait(10)
+    kill(stack, "index-0")
     partial, took = search(stack, "tent for two", allow_partial=True)
     assert isinstance(partial, SearchResult) and partial.partial, partial
     assert took < DEADLINE_S + SLACK_S
@@ -111,9 +116,7 @@ def test_a_killed_shard_degrades_at_once_and_serves_again_after_its_restart(stac
 def test_a_killed_encoder_fails_new_queries_fast_but_cached_ones_still_answer(stack) -> None:
     cached, _ = search(stack, "espresso machine", allow_partial=False)
     assert isinstance(cached, SearchResult)
-    encoder = service(stack, "text-encoder")
-    os.kill(encoder.pid, signal.SIGKILL)
-    encoder.process.wait(10)
+    kill(stack, "text-encoder")
     fresh, took = search(stack, "something never asked before", allow_partial=True)
     assert isinstance(fresh, ApiError) and fresh.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"), fresh
     assert took < DEADLINE_S + SLACK_S
@@ -123,9 +126,7 @@ def test_a_killed_encoder_fails_new_queries_fast_but_cached_ones_still_answer(st
 
 
 def test_a_restarted_gateway_is_unavailable_then_answers_with_everything_kept(stack) -> None:
-    gateway = service(stack, "gateway")
-    os.kill(gateway.pid, signal.SIGKILL)
-    gateway.process.wait(10)
+    kill(stack, "gateway")
     down, took = search(stack, "sleeping bag", allow_partial=False)
     assert isinstance(down, ApiError) and down.code == "UNAVAILABLE", down
     back_to_serving(stack, "gateway")
