@@ -9,30 +9,47 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CollectionSummary(_message.Message):
-    __slots__ = ("name", "space_id", "dim", "item_count", "shard_count", "version")
+    __slots__ = ("name", "space_id", "dim", "item_count", "shard_count", "version", "versions", "pending_versions", "version_spaces", "candidate_version")
+    class VersionSpacesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_SPACES_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     space_id: str
     dim: int
     item_count: int
     shard_count: int
     version: str
-    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., item_count: _Optional[int] = ..., shard_count: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    pending_versions: _containers.RepeatedScalarFieldContainer[str]
+    version_spaces: _containers.ScalarMap[str, str]
+    candidate_version: str
+    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., item_count: _Optional[int] = ..., shard_count: _Optional[int] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., pending_versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ..., candidate_version: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "exist_ok", "space_id")
+    __slots__ = ("name", "exist_ok", "space_id", "modality")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXIST_OK_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     exist_ok: bool
     space_id: str
-    def __init__(self, name: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., space_id: _Optional[str] = ...) -> None: ...
+    modality: _types_pb2.Modality
+    def __init__(self, name: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., space_id: _Optional[str] = ..., modality: _Optional[_Union[_types_pb2.Modality, str]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection", "created")
@@ -191,3 +208,79 @@ class RollbackCollectionResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     version: str
     def __init__(self, version: _Optional[str] = ...) -> None: ...
+
+class ListSpacesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EncoderSpace(_message.Message):
+    __slots__ = ("space", "modality", "address", "backend", "max_batch_size", "max_input_bytes")
+    SPACE_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_INPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    space: _types_pb2.Space
+    modality: _types_pb2.Modality
+    address: str
+    backend: str
+    max_batch_size: int
+    max_input_bytes: int
+    def __init__(self, space: _Optional[_Union[_types_pb2.Space, _Mapping]] = ..., modality: _Optional[_Union[_types_pb2.Modality, str]] = ..., address: _Optional[str] = ..., backend: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_input_bytes: _Optional[int] = ...) -> None: ...
+
+class ListSpacesResponse(_message.Message):
+    __slots__ = ("encoders",)
+    ENCODERS_FIELD_NUMBER: _ClassVar[int]
+    encoders: _containers.RepeatedCompositeFieldContainer[EncoderSpace]
+    def __init__(self, encoders: _Optional[_Iterable[_Union[EncoderSpace, _Mapping]]] = ...) -> None: ...
+
+class ListShardsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShardEndpoint(_message.Message):
+    __slots__ = ("shard_index", "address")
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    shard_index: int
+    address: str
+    def __init__(self, shard_index: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
+
+class ListShardsResponse(_message.Message):
+    __slots__ = ("shards",)
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shards: _containers.RepeatedCompositeFieldContainer[ShardEndpoint]
+    def __init__(self, shards: _Optional[_Iterable[_Union[ShardEndpoint, _Mapping]]] = ...) -> None: ...
+
+class BeginVersionRequest(_message.Message):
+    __slots__ = ("collection", "version", "space_id")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    version: str
+    space_id: str
+    def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ..., space_id: _Optional[str] = ...) -> None: ...
+
+class BeginVersionResponse(_message.Message):
+    __slots__ = ("collection", "created")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    collection: CollectionSummary
+    created: bool
+    def __init__(self, collection: _Optional[_Union[CollectionSummary, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class DeleteVersionRequest(_message.Message):
+    __slots__ = ("collection", "version")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    version: str
+    def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class DeleteVersionResponse(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: CollectionSummary
+    def __init__(self, collection: _Optional[_Union[CollectionSummary, _Mapping]] = ...) -> None: ...

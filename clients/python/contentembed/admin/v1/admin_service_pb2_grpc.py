@@ -86,6 +86,26 @@ class AdminServiceStub:
                 request_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.RollbackCollectionRequest.SerializeToString,
                 response_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.RollbackCollectionResponse.FromString,
                 _registered_method=True)
+        self.ListSpaces = channel.unary_unary(
+                '/contentembed.admin.v1.AdminService/ListSpaces',
+                request_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.ListSpacesRequest.SerializeToString,
+                response_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.ListSpacesResponse.FromString,
+                _registered_method=True)
+        self.ListShards = channel.unary_unary(
+                '/contentembed.admin.v1.AdminService/ListShards',
+                request_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.ListShardsRequest.SerializeToString,
+                response_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.ListShardsResponse.FromString,
+                _registered_method=True)
+        self.BeginVersion = channel.unary_unary(
+                '/contentembed.admin.v1.AdminService/BeginVersion',
+                request_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.BeginVersionRequest.SerializeToString,
+                response_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.BeginVersionResponse.FromString,
+                _registered_method=True)
+        self.DeleteVersion = channel.unary_unary(
+                '/contentembed.admin.v1.AdminService/DeleteVersion',
+                request_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.DeleteVersionRequest.SerializeToString,
+                response_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.DeleteVersionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -119,7 +139,9 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpsertDocuments(self, request, context):
-        """Embeds and upserts documents; a document whose id exists is replaced.
+        """Embeds and upserts documents; a document whose id exists is replaced. Every version
+        of the collection receives the write (serving, candidate, previous and pending ones),
+        embedded by the encoder of that version's space.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,6 +177,35 @@ class AdminServiceServicer:
 
     def RollbackCollection(self, request, context):
         """Points every shard back at the version that served before the last flip.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSpaces(self, request, context):
+        """The encoders the gateway routes to: space, modality, model, dimension and address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListShards(self, request, context):
+        """The index shards the gateway fans out to, in shard order, with their addresses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginVersion(self, request, context):
+        """Opens a pending version on every shard (a build about to start): from now on it
+        receives every write, embedded in its space, until a bundle is installed into it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVersion(self, request, context):
+        """Drops a version that is not serving from every shard.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +263,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RollbackCollection,
                     request_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.RollbackCollectionRequest.FromString,
                     response_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.RollbackCollectionResponse.SerializeToString,
+            ),
+            'ListSpaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSpaces,
+                    request_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.ListSpacesRequest.FromString,
+                    response_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.ListSpacesResponse.SerializeToString,
+            ),
+            'ListShards': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListShards,
+                    request_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.ListShardsRequest.FromString,
+                    response_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.ListShardsResponse.SerializeToString,
+            ),
+            'BeginVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginVersion,
+                    request_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.BeginVersionRequest.FromString,
+                    response_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.BeginVersionResponse.SerializeToString,
+            ),
+            'DeleteVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVersion,
+                    request_deserializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.DeleteVersionRequest.FromString,
+                    response_serializer=contentembed_dot_admin_dot_v1_dot_admin__service__pb2.DeleteVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +557,114 @@ class AdminService:
             '/contentembed.admin.v1.AdminService/RollbackCollection',
             contentembed_dot_admin_dot_v1_dot_admin__service__pb2.RollbackCollectionRequest.SerializeToString,
             contentembed_dot_admin_dot_v1_dot_admin__service__pb2.RollbackCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSpaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.admin.v1.AdminService/ListSpaces',
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.ListSpacesRequest.SerializeToString,
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.ListSpacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListShards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.admin.v1.AdminService/ListShards',
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.ListShardsRequest.SerializeToString,
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.ListShardsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.admin.v1.AdminService/BeginVersion',
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.BeginVersionRequest.SerializeToString,
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.BeginVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.admin.v1.AdminService/DeleteVersion',
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.DeleteVersionRequest.SerializeToString,
+            contentembed_dot_admin_dot_v1_dot_admin__service__pb2.DeleteVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,8 +35,15 @@ class ShardInfo(_message.Message):
     def __init__(self, shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard", "versions", "version_spaces")
+    __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard", "versions", "version_spaces", "pending_versions", "versions_fingerprint", "version_digests")
     class VersionSpacesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class VersionDigestsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +60,9 @@ class Collection(_message.Message):
     SHARD_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     VERSION_SPACES_FIELD_NUMBER: _ClassVar[int]
+    PENDING_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_DIGESTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     space_id: str
     dim: int
@@ -63,7 +73,10 @@ class Collection(_message.Message):
     shard: ShardInfo
     versions: _containers.RepeatedScalarFieldContainer[str]
     version_spaces: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., item_count: _Optional[int] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    pending_versions: _containers.RepeatedScalarFieldContainer[str]
+    versions_fingerprint: str
+    version_digests: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., item_count: _Optional[int] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ..., pending_versions: _Optional[_Iterable[str]] = ..., versions_fingerprint: _Optional[str] = ..., version_digests: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "exist_ok")
@@ -140,14 +153,16 @@ class Item(_message.Message):
     def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("collection", "items", "space_id")
+    __slots__ = ("collection", "items", "space_id", "versions_fingerprint")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
     space_id: str
-    def __init__(self, collection: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., space_id: _Optional[str] = ...) -> None: ...
+    versions_fingerprint: str
+    def __init__(self, collection: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., space_id: _Optional[str] = ..., versions_fingerprint: _Optional[str] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted_count", "shard")
@@ -296,14 +311,16 @@ class ListItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ListedItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class LoadBundleRequest(_message.Message):
-    __slots__ = ("collection", "version", "path")
+    __slots__ = ("collection", "version", "path", "upload_id")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     collection: str
     version: str
     path: str
-    def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    upload_id: str
+    def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ..., path: _Optional[str] = ..., upload_id: _Optional[str] = ...) -> None: ...
 
 class LoadBundleResponse(_message.Message):
     __slots__ = ("collection", "item_count", "space_id")
@@ -344,3 +361,79 @@ class RollbackVersionResponse(_message.Message):
     collection: Collection
     rolled_back_version: str
     def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ..., rolled_back_version: _Optional[str] = ...) -> None: ...
+
+class UploadBundleRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: UploadHeader
+    chunk: FileChunk
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
+
+class UploadHeader(_message.Message):
+    __slots__ = ("collection", "version", "manifest")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    version: str
+    manifest: bytes
+    def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ..., manifest: _Optional[bytes] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("file", "offset", "data")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    file: str
+    offset: int
+    data: bytes
+    def __init__(self, file: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadBundleResponse(_message.Message):
+    __slots__ = ("upload_id", "item_count", "space_id", "digest", "shard")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    item_count: int
+    space_id: str
+    digest: str
+    shard: ShardInfo
+    def __init__(self, upload_id: _Optional[str] = ..., item_count: _Optional[int] = ..., space_id: _Optional[str] = ..., digest: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ...) -> None: ...
+
+class BeginVersionRequest(_message.Message):
+    __slots__ = ("collection", "version", "space_id", "dim")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    version: str
+    space_id: str
+    dim: int
+    def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ...) -> None: ...
+
+class BeginVersionResponse(_message.Message):
+    __slots__ = ("collection", "created")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    collection: Collection
+    created: bool
+    def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class DeleteVersionRequest(_message.Message):
+    __slots__ = ("collection", "version")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    version: str
+    def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class DeleteVersionResponse(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: Collection
+    def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ...) -> None: ...

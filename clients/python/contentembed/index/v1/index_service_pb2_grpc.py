@@ -100,6 +100,21 @@ class IndexServiceStub:
                 request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.RollbackVersionRequest.SerializeToString,
                 response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.RollbackVersionResponse.FromString,
                 _registered_method=True)
+        self.UploadBundle = channel.stream_unary(
+                '/contentembed.index.v1.IndexService/UploadBundle',
+                request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.UploadBundleRequest.SerializeToString,
+                response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.UploadBundleResponse.FromString,
+                _registered_method=True)
+        self.BeginVersion = channel.unary_unary(
+                '/contentembed.index.v1.IndexService/BeginVersion',
+                request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.BeginVersionRequest.SerializeToString,
+                response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.BeginVersionResponse.FromString,
+                _registered_method=True)
+        self.DeleteVersion = channel.unary_unary(
+                '/contentembed.index.v1.IndexService/DeleteVersion',
+                request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.DeleteVersionRequest.SerializeToString,
+                response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.DeleteVersionResponse.FromString,
+                _registered_method=True)
 
 
 class IndexServiceServicer:
@@ -131,14 +146,16 @@ class IndexServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Upsert(self, request, context):
-        """Inserts items or replaces those whose id exists (one live copy per id).
+        """Inserts items or replaces those whose id exists (one live copy per id), in every
+        version of the collection that is in the request's space (serving, loaded or pending).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteItems(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes ids from every version of the collection (pending versions remember it).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -189,6 +206,32 @@ class IndexServiceServicer:
 
     def RollbackVersion(self, request, context):
         """Points the alias back at the version active before the last activation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadBundle(self, request_iterator, context):
+        """Receives one bundle part over the wire: a header with the part's manifest, then its
+        files in chunks. The shard stages the files, checks every size and sha256 against the
+        manifest and the snapshot itself, and keeps it staged until LoadBundle installs it by
+        upload_id. Nothing is visible to searches or writes until then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginVersion(self, request, context):
+        """Opens a pending version: it holds no bundle yet but receives every write of its space
+        (and every delete) from now on, so that the bundle installed into it later misses
+        none of the writes made while it was being built. Idempotent for the same space.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVersion(self, request, context):
+        """Drops a version that is not serving: a pending one, a candidate, or the previous one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -261,6 +304,21 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.RollbackVersion,
                     request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.RollbackVersionRequest.FromString,
                     response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.RollbackVersionResponse.SerializeToString,
+            ),
+            'UploadBundle': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadBundle,
+                    request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.UploadBundleRequest.FromString,
+                    response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.UploadBundleResponse.SerializeToString,
+            ),
+            'BeginVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginVersion,
+                    request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.BeginVersionRequest.FromString,
+                    response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.BeginVersionResponse.SerializeToString,
+            ),
+            'DeleteVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVersion,
+                    request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.DeleteVersionRequest.FromString,
+                    response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.DeleteVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -615,6 +673,87 @@ class IndexService:
             '/contentembed.index.v1.IndexService/RollbackVersion',
             contentembed_dot_index_dot_v1_dot_index__service__pb2.RollbackVersionRequest.SerializeToString,
             contentembed_dot_index_dot_v1_dot_index__service__pb2.RollbackVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadBundle(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/contentembed.index.v1.IndexService/UploadBundle',
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.UploadBundleRequest.SerializeToString,
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.UploadBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.index.v1.IndexService/BeginVersion',
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.BeginVersionRequest.SerializeToString,
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.BeginVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.index.v1.IndexService/DeleteVersion',
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.DeleteVersionRequest.SerializeToString,
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.DeleteVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -127,9 +127,10 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not method.startswith(
-            OWN_METHOD_PREFIX
-        ):
+        if handler is None or not method.startswith(OWN_METHOD_PREFIX):
+            return handler
+        streaming = handler.stream_unary is not None  # client-streaming uploads
+        if handler.unary_unary is None and not streaming:
             return handler
         short_method = method.rsplit("/", 1)[-1]
         # gRPC calls this on its polling thread as the call arrives, before the call
@@ -140,7 +141,13 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
             self._readiness()
             ticket = self._admission.arrive(short_method)
         except ContentEmbedError as error:
-            return self._refusal(short_method, error, arrived)
+            return self._refusal(short_method, error, arrived, streaming)
+        if streaming:
+            return grpc.stream_unary_rpc_method_handler(
+                self._guarded(handler.stream_unary, short_method, ticket),
+                request_deserializer=tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
         return grpc.unary_unary_rpc_method_handler(
             self._guarded(handler.unary_unary, short_method, ticket),
             request_deserializer=tolerant(handler.request_deserializer),
@@ -160,6 +167,8 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
                         f"the request body is not a valid {request.type_name}: {request.error}",
                         reason="MALFORMED_REQUEST",
                     )
+                if isinstance(request, Iterator):  # a client stream: checked as it is read
+                    request = parsed_messages(request)
                 return behavior(request, context)
             except ContentEmbedError as error:
                 code = error.code
@@ -186,7 +195,7 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         return guarded
 
     def _refusal(
-        self, method: str, error: ContentEmbedError, arrived: float
+        self, method: str, error: ContentEmbedError, arrived: float, streaming: bool = False
     ) -> grpc.RpcMethodHandler:
         log.debug("rpc refused", extra={"method": method, "code": error.code,
                                         "error": error.message})
@@ -196,4 +205,19 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
             context.abort_with_status(rpc_status.to_status(status_for_error(error)))
 
         # No deserializer: the body of a refused call is never parsed.
+        if streaming:
+            return grpc.stream_unary_rpc_method_handler(refuse)
         return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def parsed_messages(messages: Iterator[Any]) -> Iterator[Any]:
+    """The messages of a client stream; one that did not parse ends it as
+    INVALID_ARGUMENT MALFORMED_REQUEST, like the body of a unary call."""
+    for position, message in enumerate(messages):
+        if isinstance(message, Unparseable):
+            raise InvalidArgument(
+                f"message {position} of the stream is not a valid {message.type_name}: "
+                f"{message.error}",
+                reason="MALFORMED_REQUEST",
+            )
+        yield message
