@@ -4,10 +4,22 @@ from contentembed.client.sync import (
     ApiError,
     Client,
     CollectionInfo,
+    EncoderSpace,
     Hit,
     SearchResult,
     ShadowReport,
+    ShardEndpoint,
     ShardResult,
 )
 
-__all__ = ["ApiError", "Client", "CollectionInfo", "Hit", "SearchResult", "ShadowReport", "ShardResult"]
+__all__ = [
+    "ApiError",
+    "Client",
+    "CollectionInfo",
+    "EncoderSpace",
+    "Hit",
+    "SearchResult",
+    "ShadowReport",
+    "ShardEndpoint",
+    "ShardResult",
+]

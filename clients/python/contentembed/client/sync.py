@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 
 from contentembed.admin.v1 import admin_service_pb2 as admin_pb
 from contentembed.admin.v1 import admin_service_pb2_grpc as admin_grpc
+from contentembed.common.v1 import types_pb2
 from contentembed.search.v1 import search_service_pb2 as search_pb
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
 
@@ -99,6 +100,36 @@ class CollectionInfo:
     item_count: int
     shard_count: int
     version: str
+    # Loaded on every shard; pending ones (opened by a build, waiting for its bundle).
+    versions: list[str] = field(default_factory=list)
+    pending_versions: list[str] = field(default_factory=list)
+    version_spaces: dict[str, str] = field(default_factory=dict)
+    candidate_version: str = ""
+
+
+MODALITIES = {"text": types_pb2.MODALITY_TEXT, "image": types_pb2.MODALITY_IMAGE}
+MODALITY_NAMES = {number: name for name, number in MODALITIES.items()}
+
+
+@dataclass(frozen=True)
+class EncoderSpace:
+    """An encoder the gateway routes to."""
+
+    space_id: str
+    model_id: str
+    model_revision: str
+    dim: int
+    modality: str  # "text" or "image"
+    address: str
+    backend: str
+    max_batch_size: int
+    max_input_bytes: int
+
+
+@dataclass(frozen=True)
+class ShardEndpoint:
+    shard_index: int
+    address: str
 
 
 @dataclass(frozen=True)
@@ -129,6 +160,10 @@ def _collection(message: admin_pb.CollectionSummary) -> CollectionInfo:
         item_count=message.item_count,
         shard_count=message.shard_count,
         version=message.version,
+        versions=list(message.versions),
+        pending_versions=list(message.pending_versions),
+        version_spaces=dict(message.version_spaces),
+        candidate_version=message.candidate_version,
     )
 
 
@@ -200,10 +235,14 @@ class Client:
         top_k: int = 10,
         allow_partial: bool = False,
         also_collections: Sequence[str] = (),
+        version: str = "",
+        exact: bool = False,
         timeout: float | None = None,
     ) -> SearchResult:
         """Nearest items to a text or an encoded image. ``also_collections`` searches more
-        collections at once (cosine merge within a space, rank fusion across spaces)."""
+        collections at once (cosine merge within a space, rank fusion across spaces).
+        ``version`` searches a loaded version other than the serving one; ``exact`` uses
+        brute force instead of HNSW (the reference for recall)."""
         if (text is None) == (image is None):
             raise ValueError("give exactly one of text or image")
         request = search_pb.SearchRequest(
@@ -215,6 +254,8 @@ class Client:
                 else search_pb.PARTIAL_RESULT_POLICY_FAIL
             ),
             also_collections=list(also_collections),
+            version=version,
+            exact=exact,
         )
         if text is not None:
             request.text = text
@@ -250,14 +291,19 @@ class Client:
         name: str,
         *,
         space_id: str = "",
+        modality: str = "text",
         exist_ok: bool = False,
         timeout: float | None = None,
     ) -> tuple[CollectionInfo, bool]:
         """space_id: one an encoder serves (e.g. a CLIP or pixels space for images);
-        empty: the text encoder's."""
+        empty: the space of the only encoder of ``modality`` ("text" or "image")."""
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {sorted(MODALITIES)}, got {modality!r}")
         response = self._call(
             self._admin.CreateCollection,
-            admin_pb.CreateCollectionRequest(name=name, exist_ok=exist_ok, space_id=space_id),
+            admin_pb.CreateCollectionRequest(
+                name=name, exist_ok=exist_ok, space_id=space_id, modality=MODALITIES[modality]
+            ),
             timeout,
         )
         return _collection(response.collection), response.created
@@ -371,6 +417,53 @@ class Client:
             timeout,
         )
         return response.version
+
+    # -- topology and versions -------------------------------------------------------
+    def list_spaces(self, *, timeout: float | None = None) -> list[EncoderSpace]:
+        """The encoders the gateway routes to, with the space each embeds into."""
+        response = self._call(self._admin.ListSpaces, admin_pb.ListSpacesRequest(), timeout)
+        return [
+            EncoderSpace(
+                space_id=e.space.space_id,
+                model_id=e.space.model_id,
+                model_revision=e.space.model_revision,
+                dim=e.space.dim,
+                modality=MODALITY_NAMES.get(e.modality, "unknown"),
+                address=e.address,
+                backend=e.backend,
+                max_batch_size=e.max_batch_size,
+                max_input_bytes=e.max_input_bytes,
+            )
+            for e in response.encoders
+        ]
+
+    def list_shards(self, *, timeout: float | None = None) -> list[ShardEndpoint]:
+        """The index shards the gateway fans out to, in shard order."""
+        response = self._call(self._admin.ListShards, admin_pb.ListShardsRequest(), timeout)
+        return [ShardEndpoint(s.shard_index, s.address) for s in response.shards]
+
+    def begin_version(
+        self, collection: str, version: str, space_id: str, *, timeout: float | None = None
+    ) -> tuple[CollectionInfo, bool]:
+        """Opens a pending version on every shard: it receives every online write (embedded
+        into ``space_id``) until a bundle is published into it. Returns (collection, created)."""
+        response = self._call(
+            self._admin.BeginVersion,
+            admin_pb.BeginVersionRequest(collection=collection, version=version, space_id=space_id),
+            timeout,
+        )
+        return _collection(response.collection), response.created
+
+    def delete_version(
+        self, collection: str, version: str, *, timeout: float | None = None
+    ) -> CollectionInfo:
+        """Drops a version that is not serving (pending, candidate or previous) everywhere."""
+        response = self._call(
+            self._admin.DeleteVersion,
+            admin_pb.DeleteVersionRequest(collection=collection, version=version),
+            timeout,
+        )
+        return _collection(response.collection)
 
     # -- health ----------------------------------------------------------------------
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
