@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections.abc import Callable
@@ -16,16 +15,19 @@ from rich.markup import escape
 from rich.table import Table
 from tqdm import tqdm
 
-from contentembed.cli.catalog import (
-    DEMO_CATALOG,
-    CatalogError,
-    read_catalog,
-    read_labelled_queries,
-)
+from contentembed.cli.catalog import DEMO_CATALOG, read_labelled_queries
 from contentembed.cli.signals import StopRequested, StopSignals
 from contentembed.cli.stack import LocalStack, StackError, StackEvent
 from contentembed.client import ApiError, Client, SearchResult
 from contentembed.client.sync import DEFAULT_TARGET, client_from_env
+from contentembed.pipeline.catalog import (
+    DEFAULT_MAX_REJECTS,
+    CatalogError,
+    TooManyRejects,
+    read_catalog_rows,
+    write_rejects,
+)
+from contentembed.pipeline.ingest import ingest_catalog
 
 app = typer.Typer(
     help="contentembed: content-embedding retrieval over gRPC.",
@@ -52,17 +54,9 @@ def ingest_documents(
     client: Client, collection: str, path: Path, batch_size: int, show_progress: bool = True
 ) -> tuple[int, list[str]]:
     """Creates the collection if needed and upserts the catalog in batches."""
-    client.create_collection(collection, exist_ok=True)
-    written = 0
-    truncated: list[str] = []
-    records = read_catalog(path)
-    with tqdm(desc=f"ingest {path.name}", unit="doc", disable=not show_progress) as progress:
-        while batch := list(itertools.islice(records, batch_size)):
-            count, cut = client.upsert_documents(collection, batch, timeout=120.0)
-            written += count
-            truncated += cut
-            progress.update(count)
-    return written, truncated
+    catalog = read_catalog_rows(path, max_rejects=None)
+    outcome = ingest_catalog(client, collection, catalog, batch_size, show_progress=show_progress)
+    return outcome.written, outcome.truncated
 
 
 def print_hits(result: SearchResult, query: str, expected_id: str | None = None) -> None:
@@ -197,35 +191,180 @@ def up(
     console.print("stopped.")
 
 
+RejectsOption = Annotated[
+    int,
+    typer.Option(min=0, help="Stop with exit code 1 when more rows than this are rejected."),
+]
+
+
 @app.command()
 def ingest(
     catalog: Annotated[
-        Path | None, typer.Argument(help="JSONL: {'id','text','metadata'} per line.")
+        Path | None,
+        typer.Argument(help="JSONL: {'id', 'text' or 'image' (path relative to the file), "
+                       "'metadata'} per line."),
     ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Ingest the built-in demo catalog.")] = False,
     collection: CollectionOption = DEMO_COLLECTION,
     batch_size: Annotated[int, typer.Option(min=1, max=1000)] = 64,
+    space: Annotated[
+        str | None, typer.Option(help="Space for a missing collection (default: the encoder's "
+                                 "for the catalog's modality).")
+    ] = None,
+    rejects: Annotated[
+        Path | None, typer.Option(help="Rejected rows as JSON lines; default "
+                                  "<catalog stem>.rejects.jsonl here, written only if any.")
+    ] = None,
+    max_rejects: RejectsOption = DEFAULT_MAX_REJECTS,
     target: TargetOption = DEFAULT_TARGET,
 ) -> None:
-    """Embed a JSONL catalog and upsert it into a collection (created if missing)."""
+    """Embed a JSONL catalog and upsert it into a collection (created if missing).
+
+    Rows that cannot be used (bad JSON, id, content, metadata, missing image, duplicate id,
+    or refused by the gateway) are written to the rejects file; more than --max-rejects
+    stops the run with exit code 1."""
     if (catalog is None) == (not demo):
         raise fail("give a catalog path or --demo")
     path = DEMO_CATALOG if demo else catalog
     assert path is not None
     if not path.is_file():
         raise fail(f"{path} is not a file")
+    rejects_path = rejects or Path(f"{path.stem}.rejects.jsonl")
+    try:
+        rows = read_catalog_rows(path, max_rejects)
+    except TooManyRejects as error:
+        write_rejects(rejects_path, error.rejects)
+        raise fail(f"{error}; see {rejects_path}") from None
+    except CatalogError as error:
+        raise fail(str(error)) from None
     with client_from_env(target) as client:
         try:
-            written, truncated = ingest_documents(client, collection, path, batch_size)
+            outcome = ingest_catalog(
+                client, collection, rows, batch_size, space_id=space, max_rejects=max_rejects
+            )
             info = client.get_collection(collection)
         except (ApiError, CatalogError) as error:
             raise fail(str(error)) from None
+    if outcome.rejects:
+        write_rejects(rejects_path, outcome.rejects)
+    if len(outcome.rejects) > max_rejects:
+        raise fail(f"{len(outcome.rejects)} rows rejected, more than --max-rejects "
+                   f"{max_rejects}; see {rejects_path}")
     console.print(
-        f"upserted {written} documents into [bold]{collection}[/] "
+        f"upserted {outcome.written} documents into [bold]{collection}[/] "
         f"({info.item_count} items on {info.shard_count} shards, space {info.space_id})"
     )
-    if truncated:
-        console.print(f"[yellow]{len(truncated)} texts were truncated to the model's length[/]")
+    if outcome.rejects:
+        console.print(f"[yellow]{len(outcome.rejects)} rows rejected: see {rejects_path}[/]")
+    if outcome.truncated:
+        console.print(
+            f"[yellow]{len(outcome.truncated)} texts were truncated to the model's length[/]"
+        )
+
+
+@app.command()
+def build(
+    catalog: Annotated[Path, typer.Argument(help="JSONL catalog (as for ingest).")],
+    collection: Annotated[str, typer.Option("--collection", "-c", help="Collection name.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Last stdout line: a JSON summary.")] = False,
+    version: Annotated[str | None, typer.Option(help="Version id (default: b-<hash>).")] = None,
+    space: Annotated[str | None, typer.Option(help="Embed into this space.")] = None,
+    shards: Annotated[
+        int | None, typer.Option(min=1, help="Parts (default: the gateway's shard count).")
+    ] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Rows per resumable chunk.")] = 1024,
+    max_rejects: RejectsOption = DEFAULT_MAX_REJECTS,
+    hnsw_m: Annotated[int, typer.Option("--hnsw-m", min=2, max=128)] = 16,
+    ef_construction: Annotated[int, typer.Option(min=1)] = 200,
+    ef_search: Annotated[int, typer.Option(min=1)] = 100,
+    local: Annotated[
+        bool, typer.Option("--local", help="Run the encoder backends in this process.")
+    ] = False,
+    text_backend: Annotated[str, typer.Option(help="--local text backend.")] = "sentence-transformers",
+    text_model: Annotated[str, typer.Option(help="--local text model.")] = "all-MiniLM-L6-v2",
+    image_backend: Annotated[str, typer.Option(help="--local image backend.")] = "pixels",
+    image_model: Annotated[str, typer.Option(help="--local image model.")] = "vit_b_16",
+    image_weights: Annotated[str, typer.Option(help="--local torchvision weights.")] = "",
+    device: Annotated[str, typer.Option(help="--local torch device.")] = "auto",
+    encoder: Annotated[
+        list[str] | None,
+        typer.Option("--encoder", help="Encoder host:port (repeatable); default: the gateway's."),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Batches in flight per encoder.")] = 4,
+    offline: Annotated[
+        bool,
+        typer.Option(help="Do not talk to the gateway (needs --shards and --local or --encoder); "
+                     "online writes made during the build are then NOT captured."),
+    ] = False,
+    slice_: Annotated[
+        str | None, typer.Option("--slice", help="I/N: embed only slice I of N, then stop.")
+    ] = None,
+    merge_: Annotated[
+        bool, typer.Option("--merge", help="Assemble the bundle from the slices in the work dir.")
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Embed N slices in N processes.")] = 1,
+    previous: Annotated[
+        Path | None, typer.Option("--from", help="Reuse unchanged rows' vectors of this bundle.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """Embed a catalog into a bundle (docs/bundles.md): one part per index shard.
+
+    Chunks of embeddings go to OUT.work/ first, so a killed build resumes where it
+    stopped. Unless --offline, the build asks the gateway for encoders and shard count and,
+    when the collection exists, opens the pending version (BeginVersion) before embedding,
+    so online writes made during the build reach the new version; with --offline they do
+    not."""
+    from contentembed.pipeline.build import BuildError, BuildOptions, Hnsw, parse_slice, run_build
+    from contentembed.pipeline.embedders import LocalOptions
+
+    try:
+        options = BuildOptions(
+            catalog=catalog, collection=collection, out=out, shards=shards,
+            hnsw=Hnsw(hnsw_m, ef_construction, ef_search), chunk_size=chunk_size,
+            max_rejects=max_rejects, version=version, previous=previous, space_id=space,
+            local=LocalOptions(text_backend, text_model, image_backend, image_model,
+                               image_weights, device) if local else None,
+            encoders=encoder or [], offline=offline,
+            target=target, slice=parse_slice(slice_) if slice_ else None, merge_only=merge_,
+            workers=workers, concurrency=concurrency, progress=progress,
+        )
+        if not catalog.is_file():
+            raise BuildError(f"{catalog} is not a file")
+        started = time.perf_counter()
+        with tqdm(desc=f"build {catalog.name}", unit="item", disable=not progress) as bar:
+            outcome = run_build(options, lambda text: err_console.print(escape(text)), bar)
+        elapsed = time.perf_counter() - started
+    except TooManyRejects as error:
+        raise fail(f"{error}; see {out.with_name(out.name + '.work') / 'rejects.jsonl'}") from None
+    except (BuildError, CatalogError) as error:
+        raise fail(escape(str(error))) from None
+    rate = outcome.embedded / elapsed if elapsed > 0 else 0.0
+    err_console.print(
+        f"embedded {outcome.embedded} rows ({rate:.0f} items/s), reused {outcome.reused} from "
+        f"--from, {outcome.resumed_chunks} chunks already done"
+    )
+    result = outcome.result
+    if result is None:
+        err_console.print(f"slice {slice_} of version {outcome.version} done; merge with --merge")
+        if as_json:
+            print(json.dumps({"version": outcome.version, "bundle": None, "slice": slice_,
+                              "embedded": outcome.embedded, "reused": outcome.reused}))
+        return
+    if result.already_built:
+        err_console.print(f"{out} already holds this bundle (digest {result.digest})")
+    else:
+        err_console.print(f"bundle {result.version}: {result.items} items in {len(result.parts)} "
+                          f"parts {result.parts}, {result.rejects} rejected; digest {result.digest}")
+    if as_json:
+        print(json.dumps({
+            "version": result.version, "bundle": str(out), "items": result.items,
+            "rejects": result.rejects, "digest": result.digest,
+            "embedded": outcome.embedded, "reused": outcome.reused,
+            "resumed_chunks": outcome.resumed_chunks, "already_built": result.already_built,
+        }))
 
 
 @app.command()

@@ -129,6 +129,35 @@ class HnswCollection:
             self._apply_upsert(record)
         return len(ids)
 
+    def bulk_insert(
+        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[Mapping[str, Any]]
+    ) -> int:
+        """Fills an empty collection in the given order on one thread (labels 0..n-1): the
+        same items in the same order give the same index.bin byte for byte, which is what
+        makes a batch build's bundle reproducible. Not journaled; one write (seq + 1)."""
+        if vectors.ndim != 2 or vectors.shape != (len(ids), self.dim):
+            raise InvalidArgument(
+                f"vectors: expected {len(ids)} x {self.dim}, got {'x'.join(map(str, vectors.shape))}",
+                reason="DIMENSION_MISMATCH",
+            )
+        validate_ids(ids, what="items")
+        reject_zero_rows(vectors, what="items")
+        vectors = l2_normalize(vectors)
+        with self._writers, self._lock.write():
+            if self._next_label:
+                raise ValueError("bulk_insert fills an empty collection only")
+            if len(ids) > self._index.get_max_elements():
+                self._index.resize_index(len(ids))
+            if len(ids):
+                labels = np.arange(len(ids), dtype=np.uint64)
+                self._index.add_items(vectors, labels, num_threads=1)
+            self._label_of = {item_id: label for label, item_id in enumerate(ids)}
+            self._id_of = list(ids)
+            self._metadata = {label: dict(m) for label, m in enumerate(metadata) if m}
+            self._next_label = len(ids)
+            self.seq += 1
+        return len(ids)
+
     def delete(self, ids: Sequence[str]) -> int:
         """Soft-deletes known ids (their slots get reused); unknown ids are ignored."""
         with self._writers, self._lock.write():

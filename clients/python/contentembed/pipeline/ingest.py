@@ -1,0 +1,125 @@
+"""``contentembed ingest``: a catalog upserted through the gateway (online path)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from contentembed.client import ApiError, Client
+from contentembed.pipeline.catalog import Catalog, CatalogError, CatalogRow, Reject
+
+
+@dataclass
+class IngestOutcome:
+    written: int = 0
+    truncated: list[str] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    created: bool = False
+
+
+def ensure_collection(
+    client: Client, collection: str, catalog: Catalog, space_id: str | None = None
+) -> bool:
+    """Creates a missing collection in the space of the encoder for the catalog's
+    modality (or ``space_id``); True when it was created."""
+    try:
+        client.get_collection(collection)
+        return False
+    except ApiError as error:
+        if error.code != "NOT_FOUND":
+            raise
+    modalities = catalog.modalities or ["text"]
+    if len(modalities) > 1 and not space_id:
+        try:
+            spaces = client.list_spaces()
+        except ApiError as error:
+            raise CatalogError(
+                f"the catalog mixes text and image rows; give --space (a joint space) ({error})"
+            ) from None
+        joint = sorted(
+            {s.space_id for s in spaces if s.modality == "text"}
+            & {s.space_id for s in spaces if s.modality == "image"}
+        )
+        if len(joint) != 1:
+            from contentembed.pipeline.catalog import check_single_modality
+
+            if not joint:
+                check_single_modality(catalog)
+            raise CatalogError(f"several joint spaces {joint}; pick one with --space")
+        space_id = joint[0]
+    _, created = client.create_collection(
+        collection, space_id=space_id or "", modality=modalities[0], exist_ok=True
+    )
+    return created
+
+
+def _document(row: CatalogRow) -> dict[str, Any]:
+    document: dict[str, Any] = {"id": row.id, "metadata": row.metadata}
+    if row.text is not None:
+        document["text"] = row.text
+    else:
+        document["image"] = row.content()
+    return document
+
+
+def upsert_bisecting(
+    client: Client, collection: str, rows: Sequence[CatalogRow], outcome: IngestOutcome
+) -> int:
+    """Upserts ``rows``; a batch the gateway refuses with INVALID_ARGUMENT is split until
+    the refused rows stand alone, and those are rejected with the gateway's message."""
+    documents = []
+    for row in rows:
+        try:
+            documents.append((row, _document(row)))
+        except OSError as error:
+            outcome.rejects.append(
+                Reject(row.line, row.id, f"image file became unreadable ({error.strerror})")
+            )
+    if not documents:
+        return len(rows)
+    try:
+        count, truncated = client.upsert_documents(
+            collection, [d for _, d in documents], timeout=120.0
+        )
+    except ApiError as error:
+        if error.code != "INVALID_ARGUMENT":
+            raise
+        if len(documents) == 1:
+            row = documents[0][0]
+            outcome.rejects.append(Reject(row.line, row.id, f"refused: {error.message}"))
+            return len(rows)
+        middle = len(documents) // 2
+        kept = [row for row, _ in documents]
+        upsert_bisecting(client, collection, kept[:middle], outcome)
+        upsert_bisecting(client, collection, kept[middle:], outcome)
+        return len(rows)
+    outcome.written += count
+    outcome.truncated += truncated
+    return len(rows)
+
+
+def ingest_catalog(
+    client: Client,
+    collection: str,
+    catalog: Catalog,
+    batch_size: int,
+    *,
+    space_id: str | None = None,
+    max_rejects: int | None = None,
+    show_progress: bool = True,
+) -> IngestOutcome:
+    outcome = IngestOutcome(rejects=list(catalog.rejects))
+    outcome.created = ensure_collection(client, collection, catalog, space_id)
+    with tqdm(
+        total=len(catalog.rows), desc=f"ingest {catalog.path.name}", unit="item",
+        disable=not show_progress,
+    ) as progress:
+        for start in range(0, len(catalog.rows), batch_size):
+            batch = catalog.rows[start : start + batch_size]
+            progress.update(upsert_bisecting(client, collection, batch, outcome))
+            if max_rejects is not None and len(outcome.rejects) > max_rejects:
+                break
+    return outcome
