@@ -29,9 +29,11 @@ import numpy as np
 
 from contentembed.pipeline.catalog import (
     Catalog,
+    CatalogError,
     CatalogRow,
     Reject,
     TooManyRejects,
+    check_single_modality,
     read_catalog_rows,
     sha256_file,
     write_rejects,
@@ -614,7 +616,15 @@ def run_build(options: BuildOptions, say: Callable[[str], None], bar: Any = None
         assert shard_count is not None
         if shard_count < 1:
             raise BuildError("the shard count must be at least 1")
-        embedders = open_embedders(options, modalities, listed)
+        try:
+            embedders = open_embedders(options, modalities, listed)
+        except BuildError as error:
+            if len(modalities) > 1:
+                try:
+                    check_single_modality(catalog)
+                except CatalogError as mixed:
+                    raise BuildError(f"{mixed} ({error})") from None
+            raise
         space = next(iter(embedders.values())).space
         params = params_of(options, shard_count)
         version = options.version or default_version(catalog.sha256, space.space_id,
