@@ -930,7 +930,11 @@ class Gateway:
                         targets.fingerprint,
                     )
                 )
-        results_of_all(upserts)
+        failures = [o for o in outcomes_of_all(upserts) if isinstance(o, ContentEmbedError)]
+        # A stale plan shows as VERSIONS_CHANGED on some shard: that one decides (a retry
+        # with a fresh plan), whatever another shard said first.
+        for error in sorted(failures, key=lambda e: e.reason != VERSIONS_CHANGED):
+            raise error
         return len(documents)
 
     def delete_documents(self, collection: str, ids: Sequence[str], deadline: float) -> int:

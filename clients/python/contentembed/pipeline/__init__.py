@@ -1,0 +1,1 @@
+"""The offline side of contentembed: catalogs, bundles, publishing and evaluation."""
