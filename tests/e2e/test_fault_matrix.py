@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from contentembed.cli.stack import LocalStack, ServiceProcess
+from contentembed.cli.stack import LocalStack
 from contentembed.client import ApiError, Client, SearchResult
+from tests.support.processes import kill, service
 
 pytestmark = pytest.mark.e2e
 DOCUMENTS = [
@@ -40,17 +41,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield stack
     finally:
         stack.stop()
-
-
-def service(stack: LocalStack, name: str) -> ServiceProcess:
-    return next(s for s in stack.services if s.name == name)
-
-
-def kill(stack: LocalStack, name: str) -> None:
-    """SIGKILL, as an OOM kill or a node loss does; returns once the process is gone."""
-    process = service(stack, name)
-    os.kill(process.pid, signal.SIGKILL)
-    process.process.wait(10)
 
 
 def timed(call: Callable[[], SearchResult]) -> tuple[SearchResult | ApiError, float]:

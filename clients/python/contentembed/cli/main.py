@@ -482,6 +482,195 @@ def rollback(
 
 
 @app.command()
+def publish(
+    bundle_dir: Annotated[Path, typer.Argument(help="A bundle directory written by build.")],
+    collection: CollectionOption = DEMO_COLLECTION,
+    shard: Annotated[
+        list[str] | None,
+        typer.Option("--shard", help="Shard host:port in shard order (repeat); default: the "
+                     "gateway's shards."),
+    ] = None,
+    mounted: Annotated[
+        str | None,
+        typer.Option(help="The bundle's path below every shard's --bundle-root: load it "
+                     "from there instead of uploading."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary last.")] = False,
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """Ship a bundle's parts to the index shards and install it as a version.
+
+    Into a new collection the version serves at once; into an existing one it is loaded
+    without serving (then `candidate` and `promote`, or `activate`). Every part is uploaded
+    and verified before any shard installs it; a shard that fails leaves nothing serving
+    the new version anywhere, and publishing again completes it.
+    """
+    from contentembed.pipeline.publish import BundleError, Publisher, PublishError, read_bundle
+
+    try:
+        bundle = read_bundle(bundle_dir)
+    except BundleError as error:
+        raise fail(str(error)) from None
+    addresses = list(shard or [])
+    with client_from_env(target) as client:
+        try:
+            if not addresses:
+                addresses = [s.address for s in client.list_shards()]
+            served = {e.space_id for e in client.list_spaces()}
+        except ApiError as error:
+            raise fail(f"asking the gateway at {target}: {error}") from None
+    if len(addresses) != len(bundle.parts):
+        raise fail(
+            f"the bundle has {len(bundle.parts)} parts but there are {len(addresses)} shards; "
+            f"build it again with --shards {len(addresses)}"
+        )
+    with Publisher(addresses) as publisher:
+        try:
+            new_collection = not publisher.collection_exists(collection)
+            if new_collection and bundle.space_id not in served:
+                raise fail(
+                    f"no encoder serves the bundle's space {bundle.space_id} (encoders serve "
+                    f"{sorted(served)}): a new collection in it could not be searched"
+                )
+            upload_ids = None
+            if mounted is None:
+                total = sum(part.size for part in bundle.parts)
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {bundle.version}",
+                          disable=as_json) as progress:
+                    upload_ids = publisher.upload(bundle, collection, progress.update)
+            shards = publisher.install(bundle, collection, new_collection, upload_ids, mounted)
+        except PublishError as error:
+            raise fail(str(error)) from None
+    serving = new_collection
+    if as_json:
+        print(json.dumps({
+            "collection": collection, "version": bundle.version, "digest": bundle.digest,
+            "serving": serving,
+            "shards": [{"shard": s.shard, "address": s.address, "items": s.items,
+                        "digest": s.digest} for s in shards],
+        }))
+        return
+    items = sum(s.items for s in shards)
+    if serving:
+        console.print(f"created [bold]{collection}[/] serving {bundle.version} "
+                      f"({items} items on {len(shards)} shards)")
+    else:
+        console.print(
+            f"{collection}: version {bundle.version} loaded on {len(shards)} shards "
+            f"({items} items), not serving. Next: contentembed candidate {collection} "
+            f"{bundle.version} --shadow 0.1, then promote (or activate)."
+        )
+
+
+@app.command()
+def activate(
+    collection: Annotated[str, typer.Argument(help="Collection.")],
+    version: Annotated[str, typer.Argument(help="A version loaded on every shard.")],
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """Make a loaded version serve on every shard at once, without shadow traffic first."""
+    with client_from_env(target) as client:
+        try:
+            client.set_candidate(collection, version)
+            previous, now = client.promote_candidate(collection)
+        except ApiError as error:
+            raise fail(str(error)) from None
+    console.print(f"{collection}: now serving {now} (was {previous})")
+
+
+@app.command()
+def versions(
+    collection: Annotated[str, typer.Argument(help="Collection.")],
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """The versions of a collection: serving, candidate, loaded and pending, with spaces."""
+    with client_from_env(target) as client:
+        try:
+            info = client.get_collection(collection)
+        except ApiError as error:
+            raise fail(str(error)) from None
+    table = Table(title=f"{collection}: {info.item_count} items on {info.shard_count} shards",
+                  title_justify="left")
+    for column in ("version", "state", "space"):
+        table.add_column(column)
+    for name in sorted(set(info.versions) | set(info.pending_versions)):
+        if name == info.version:
+            state = "serving"
+        elif name in info.pending_versions:
+            state = "pending (a build is running)"
+        elif name == info.candidate_version:
+            state = "candidate"
+        else:
+            state = "loaded"
+        table.add_row(name, state, info.version_spaces.get(name, ""))
+    console.print(table)
+
+
+@app.command()
+def retire(
+    collection: Annotated[str, typer.Argument(help="Collection.")],
+    version: Annotated[str, typer.Argument(help="A version that is not serving.")],
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """Drop a version that does not serve (pending, candidate or previous) from every shard.
+    Writes stop reaching it; it can no longer be a rollback target."""
+    with client_from_env(target) as client:
+        try:
+            client.delete_version(collection, version)
+        except ApiError as error:
+            raise fail(str(error)) from None
+    console.print(f"{collection}: version {version} dropped")
+
+
+@app.command("eval")
+def evaluate_command(
+    queries: Annotated[Path, typer.Argument(help="JSONL: {'id', 'text'|'image', 'relevant': [ids]}.")],
+    collection: CollectionOption = DEMO_COLLECTION,
+    version: Annotated[
+        list[str] | None,
+        typer.Option("--version", help="A loaded version (repeat to compare); default: serving."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON last.")] = False,
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """Recall@1/5/10, MRR@10, nDCG@10 and ANN recall@10 (HNSW against exact search) of
+    labelled queries through the live gateway, one column per version."""
+    from contentembed.pipeline.evaluation import EVAL_DEPTH, QueriesError, evaluate, read_queries
+
+    try:
+        labelled = read_queries(queries)
+    except (QueriesError, OSError) as error:
+        raise fail(str(error)) from None
+    reports = []
+    with client_from_env(target, timeout=60.0) as client:
+        for name in version or [""]:
+            def search(content: str | bytes, exact: bool, name: str = name) -> list[str]:
+                kind = {"text": content} if isinstance(content, str) else {"image": content}
+                result = client.search(collection, top_k=EVAL_DEPTH, version=name, exact=exact, **kind)
+                return [hit.id for hit in result.hits]
+
+            try:
+                if not name:
+                    name = client.get_collection(collection).version
+                with tqdm(total=len(labelled), desc=f"eval {name}", unit="query",
+                          disable=as_json) as progress:
+                    reports.append(evaluate(name, labelled, search, progress.update))
+            except ApiError as error:
+                raise fail(str(error)) from None
+    if as_json:
+        figures = [report.as_json() for report in reports]
+        print(json.dumps(figures[0] if len(figures) == 1 else figures))
+        return
+    table = Table(title=f"{collection}: {len(labelled)} labelled queries", title_justify="left")
+    table.add_column("measure")
+    for report in reports:
+        table.add_column(report.version, justify="right")
+    for key in [k for k in reports[0].as_json() if k not in ("version", "queries")]:
+        table.add_row(key, *[f"{report.as_json()[key]:.3f}" for report in reports])
+    console.print(table)
+
+
+@app.command()
 def health(target: TargetOption = DEFAULT_TARGET) -> None:
     """Show the gateway's grpc.health.v1 status (exit 1 unless SERVING)."""
     with client_from_env(target) as client:

@@ -167,6 +167,42 @@ def _collection(message: admin_pb.CollectionSummary) -> CollectionInfo:
     )
 
 
+def open_channel(
+    target: str,
+    *,
+    tls_ca_file: str | Path | None = None,
+    tls_cert_file: str | Path | None = None,
+    tls_key_file: str | Path | None = None,
+) -> grpc.Channel:
+    """A channel with the SDK's message limits; TLS when ``tls_ca_file`` is given (mutual
+    TLS with a client cert and key)."""
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if tls_ca_file is None:
+        return grpc.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(tls_ca_file).read_bytes(),
+        private_key=Path(tls_key_file).read_bytes() if tls_key_file else None,
+        certificate_chain=Path(tls_cert_file).read_bytes() if tls_cert_file else None,
+    )
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def channel_from_env(target: str) -> tuple[grpc.Channel, tuple[tuple[str, str], ...]]:
+    """(channel, call metadata) configured like client_from_env: for batch jobs that talk
+    to encoders and shards directly."""
+    api_key = os.environ.get("CONTENTEMBED_API_KEY")
+    channel = open_channel(
+        target,
+        tls_ca_file=os.environ.get("CONTENTEMBED_TLS_CA_FILE"),
+        tls_cert_file=os.environ.get("CONTENTEMBED_TLS_CERT_FILE"),
+        tls_key_file=os.environ.get("CONTENTEMBED_TLS_KEY_FILE"),
+    )
+    return channel, ((("x-api-key", api_key),) if api_key else ())
+
+
 class Client:
     """``with Client("127.0.0.1:50051") as client: client.search("products", text="...")``.
 
@@ -190,18 +226,9 @@ class Client:
         self.target = target
         self.timeout = timeout
         self._metadata = (("x-api-key", api_key),) if api_key else ()
-        options = [
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ]
-        if channel is None and tls_ca_file is not None:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=Path(tls_ca_file).read_bytes(),
-                private_key=Path(tls_key_file).read_bytes() if tls_key_file else None,
-                certificate_chain=Path(tls_cert_file).read_bytes() if tls_cert_file else None,
-            )
-            channel = grpc.secure_channel(target, credentials, options=options)
-        self._channel = channel or grpc.insecure_channel(target, options=options)
+        self._channel = channel or open_channel(
+            target, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file
+        )
         self._search = search_grpc.SearchServiceStub(self._channel)
         self._admin = admin_grpc.AdminServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

@@ -1,1 +1,1 @@
-"""Offline batch pipeline: catalog -> embeddings -> bundle."""
+"""The offline side of contentembed: catalogs, bundles (build), publishing and evaluation."""

@@ -46,6 +46,8 @@ class EncoderInfo:
     max_input_bytes: int
     backend: str
     modality: str  # TEXT or IMAGE
+    model_id: str = ""
+    model_revision: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,15 @@ class ShardCollection:
     dim: int
     item_count: int
     version: str
-    version_spaces: dict[str, str]
+    version_spaces: dict[str, str]  # loaded and pending versions
+    versions: tuple[str, ...] = ()  # loaded
+    pending_versions: tuple[str, ...] = ()
+    versions_fingerprint: str = ""
+    version_digests: dict[str, str] | None = None
+
+    def spaces_written(self) -> set[str]:
+        """Every space one of its versions (loaded or pending) is in: a write reaches all."""
+        return set(self.version_spaces.values()) | {self.space_id}
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,10 @@ def _collection(message: index_pb.Collection) -> ShardCollection:
         item_count=message.item_count,
         version=message.version,
         version_spaces=dict(message.version_spaces),
+        versions=tuple(message.versions),
+        pending_versions=tuple(message.pending_versions),
+        versions_fingerprint=message.versions_fingerprint,
+        version_digests=dict(message.version_digests),
     )
 
 
@@ -107,6 +121,8 @@ class EncoderClient:
             max_input_bytes=response.max_input_bytes,
             backend=response.backend,
             modality=MODALITY_NAMES.get(response.modality, "unknown"),
+            model_id=response.space.model_id,
+            model_revision=response.space.model_revision,
         )
 
     def embed(self, contents: Sequence[str | bytes], deadline: float) -> PendingCall[Any, Embedded]:
@@ -186,10 +202,14 @@ class IndexShardClient:
         vectors: np.ndarray,
         metadata: Sequence[dict[str, Any]],
         deadline: float,
+        versions_fingerprint: str = "",
     ) -> PendingCall[Any, int]:
+        """Writes every version of the collection in ``space_id``; with a fingerprint, the
+        shard refuses (ABORTED VERSIONS_CHANGED) when its versions changed since."""
         request = index_pb.UpsertRequest(
             collection=collection,
             space_id=space_id,
+            versions_fingerprint=versions_fingerprint,
             items=[
                 index_pb.Item(id=i, vector=vector_to_pb(v), metadata=dict_to_struct(m))
                 for i, v, m in zip(ids, vectors, metadata)
@@ -240,6 +260,24 @@ class IndexShardClient:
         """Returns the version now serving."""
         request = index_pb.RollbackVersionRequest(collection=name)
         return self._call(self._stub.RollbackVersion, request, deadline, lambda r: r.collection.version)
+
+    def begin_version(
+        self, name: str, version: str, space_id: str, dim: int, deadline: float
+    ) -> PendingCall[Any, tuple[ShardCollection, bool]]:
+        request = index_pb.BeginVersionRequest(
+            collection=name, version=version, space_id=space_id, dim=dim
+        )
+        return self._call(
+            self._stub.BeginVersion, request, deadline, lambda r: (_collection(r.collection), r.created)
+        )
+
+    def delete_version(
+        self, name: str, version: str, deadline: float
+    ) -> PendingCall[Any, ShardCollection]:
+        request = index_pb.DeleteVersionRequest(collection=name, version=version)
+        return self._call(
+            self._stub.DeleteVersion, request, deadline, lambda r: _collection(r.collection)
+        )
 
     def delete_collection(self, name: str, deadline: float) -> PendingCall[Any, None]:
         request = index_pb.DeleteCollectionRequest(name=name)

@@ -53,6 +53,7 @@ from contentembed.services.gateway.merge import Hit, merge_top_k, reciprocal_ran
 from contentembed.services.gateway.metrics import GatewayMetrics
 from contentembed.services.gateway.quality import CatalogCoverage, DriftMonitor
 from contentembed.services.gateway.shadow import Candidate
+from contentembed.services.gateway.versions import VERSIONS_CHANGED, WRITE_PLAN_TTL_S, WritePlan
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ NOT_RETRIED_AT_START = CLIENT_ERROR_CODES | {"UNAUTHENTICATED", "PERMISSION_DENI
 COLLECTION_SPACE_TTL_S = 5.0
 SHADOW_TIMEOUT_S = 10.0
 MAX_COLLECTIONS_PER_QUERY = 8
+WRITE_ATTEMPTS = 3  # plans a write may be re-made with when versions change under it
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,10 @@ class CollectionSummary:
     item_count: int
     shard_count: int
     version: str
+    versions: list[str] = field(default_factory=list)  # loaded on every shard
+    pending_versions: list[str] = field(default_factory=list)  # pending on some shard
+    version_spaces: dict[str, str] = field(default_factory=dict)
+    candidate_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,9 +117,13 @@ class Document:
         return modality_of(self.content)
 
 
-def summarize(per_shard: Sequence[ShardCollection]) -> CollectionSummary:
+def summarize(per_shard: Sequence[ShardCollection], candidate: str = "") -> CollectionSummary:
     first = per_shard[0]
     versions = sorted({c.version for c in per_shard})
+    loaded = set.intersection(*(set(c.versions) for c in per_shard))
+    spaces: dict[str, str] = {}
+    for collection in per_shard:
+        spaces.update(collection.version_spaces)
     return CollectionSummary(
         name=first.name,
         space_id=first.space_id,
@@ -121,6 +131,10 @@ def summarize(per_shard: Sequence[ShardCollection]) -> CollectionSummary:
         item_count=sum(c.item_count for c in per_shard),
         shard_count=len(per_shard),
         version=",".join(versions),
+        versions=sorted(loaded),
+        pending_versions=sorted({v for c in per_shard for v in c.pending_versions}),
+        version_spaces=spaces,
+        candidate_version=candidate,
     )
 
 
@@ -173,16 +187,24 @@ class EncoderRouter:
             reason="NO_ENCODER_FOR_SPACE",
         )
 
-    def default_space(self) -> EncoderInfo:
-        """The space a collection gets when its creator names none: the only text encoder's."""
+    def default_space(self, modality: str = TEXT) -> EncoderInfo:
+        """The space a collection gets when its creator names none: that of the only
+        encoder of the modality (text unless said otherwise)."""
         with self._lock:
-            text = [i for i in self._infos.values() if i.modality == TEXT]
-            if len(text) == 1:
-                return text[0]
-            choices = sorted(i.space_id for i in self._infos.values())
+            matching = [i for i in self._infos.values() if i.modality == modality]
+            if len(matching) == 1:
+                return matching[0]
+            choices = sorted(f"{i.modality}:{i.space_id}" for i in self._infos.values())
         raise FailedPrecondition(
-            f"name the collection's space_id; encoders serve {choices}", reason="SPACE_REQUIRED"
+            f"name the collection's space_id: {len(matching)} encoders embed {modality} "
+            f"(encoders serve {choices})",
+            reason="SPACE_REQUIRED",
         )
+
+    def infos(self) -> list[tuple[EncoderClient, EncoderInfo]]:
+        """Every encoder with what it last reported, in configuration order."""
+        with self._lock:
+            return [(e, self._infos[e.endpoint]) for e in self.encoders if e.endpoint in self._infos]
 
     def info_for_space(self, space_id: str) -> EncoderInfo:
         with self._lock:
@@ -222,6 +244,7 @@ class Gateway:
         self.max_documents_per_upsert = max_documents_per_upsert
         self.metadata_limits = metadata_limits or MetadataLimits()
         self._collection_spaces: dict[str, tuple[str, float]] = {}
+        self._write_plans: dict[str, tuple[WritePlan, float]] = {}
         self.candidates: dict[str, Candidate] = {}
         self._random = random.Random(seed)
         self._shadow_pool = ThreadPoolExecutor(shadow_workers, thread_name_prefix="shadow")
@@ -290,6 +313,22 @@ class Gateway:
         assert first_error is not None
         raise first_error
 
+    def version_space(self, collection: str, version: str, deadline: float) -> str:
+        """The space of a version loaded on every shard (for searches of that version)."""
+        per_shard = results_of_all([s.get_collection(collection, deadline) for s in self.shards])
+        if not all(version in c.versions for c in per_shard):
+            pending = any(version in c.pending_versions for c in per_shard)
+            raise FailedPrecondition(
+                f"version {shown(version)} of {shown(collection)} is "
+                + ("pending: its bundle is not published yet" if pending
+                   else "not loaded on every shard"),
+                reason="VERSION_PENDING" if pending else "VERSION_NOT_LOADED",
+            )
+        spaces = {c.version_spaces[version] for c in per_shard}
+        if len(spaces) != 1:
+            raise FailedPrecondition(f"shards disagree on the space of version {shown(version)}")
+        return spaces.pop()
+
     # -- search ----------------------------------------------------------------------
     def embed_query(
         self, space: str, content: str | bytes, deadline: float, register_cancel: RegisterCancel
@@ -325,10 +364,15 @@ class Gateway:
         deadline: float,
         register_cancel: RegisterCancel,
         also_collections: Sequence[str] = (),
+        version: str = "",
+        exact: bool = False,
     ) -> SearchOutcome:
         """Answers from the serving version, or from the candidate for a canary share;
         mirrors a shadow share to the candidate off the request path. With more than one
-        collection: merged by cosine within one space, fused by rank across spaces."""
+        collection: merged by cosine within one space, fused by rank across spaces.
+
+        A named ``version`` or ``exact`` search is an evaluation: it answers from exactly
+        what was asked (no canary, no shadow copy) and feeds no quality metric."""
         names = list(dict.fromkeys([collection, *also_collections]))
         for name in names:
             validate_collection_name(name)
@@ -341,6 +385,17 @@ class Gateway:
             raise InvalidArgument("text: the query text is empty", reason="EMPTY_TEXT")
         if isinstance(content, bytes) and not content:
             raise InvalidArgument("image: the query image is empty", reason="EMPTY_IMAGE")
+        if version or exact:
+            if len(names) > 1:
+                raise InvalidArgument(
+                    "version and exact apply to one collection; leave also_collections empty",
+                    reason="ONE_COLLECTION_ONLY",
+                )
+            space = self.version_space(collection, version, deadline) if version else None
+            return self._search_once(
+                collection, content, top_k, allow_partial, deadline, register_cancel,
+                version, space, exact=exact,
+            )
         if len(names) > 1:
             outcome = self._search_many(names, content, top_k, allow_partial, deadline, register_cancel)
             self.metrics.observe_search(
@@ -451,6 +506,7 @@ class Gateway:
         register_cancel: RegisterCancel,
         version: str = "",
         space: str | None = None,
+        exact: bool = False,
     ) -> SearchOutcome:
         started = time.perf_counter()
         space = space or self.collection_space(collection, deadline)
@@ -458,7 +514,8 @@ class Gateway:
         encoded = time.perf_counter()
 
         calls = [
-            shard.search(collection, vector, space, top_k, deadline, version) for shard in self.shards
+            shard.search(collection, vector, space, top_k, deadline, version, exact)
+            for shard in self.shards
         ]
         for call in calls:
             register_cancel(call.cancel)
@@ -556,18 +613,10 @@ class Gateway:
         if not version:
             self.candidates.pop(collection, None)
             return
+        space = self.version_space(collection, version, deadline)
         per_shard = results_of_all([s.get_collection(collection, deadline) for s in self.shards])
-        spaces = {c.version_spaces.get(version) for c in per_shard}
-        if None in spaces:
-            raise FailedPrecondition(
-                f"version {shown(version)} of {shown(collection)} is not loaded on every shard",
-                reason="VERSION_NOT_LOADED",
-            )
-        if len(spaces) != 1:
-            raise FailedPrecondition(f"shards disagree on the space of version {shown(version)}")
         if any(c.version == version for c in per_shard):
             raise FailedPrecondition(f"version {shown(version)} is already serving", reason="ALREADY_SERVING")
-        space = spaces.pop()
         self.router.info_for_space(space)  # a candidate no encoder can query is refused now
         self.candidates[collection] = Candidate(version, space, shadow_fraction, canary_weight)
 
@@ -656,18 +705,83 @@ class Gateway:
 
     # -- collections -----------------------------------------------------------------
     def create_collection(
-        self, name: str, space_id: str, exist_ok: bool, deadline: float
+        self, name: str, space_id: str, exist_ok: bool, deadline: float, modality: str = TEXT
     ) -> tuple[CollectionSummary, bool]:
         validate_collection_name(name)
-        info = self.router.info_for_space(space_id) if space_id else self.router.default_space()
+        info = (
+            self.router.info_for_space(space_id) if space_id else self.router.default_space(modality)
+        )
         results = results_of_all(
             [s.create_collection(name, info.space_id, info.dim, exist_ok, deadline) for s in self.shards]
         )
-        return summarize([c for c, _ in results]), any(created for _, created in results)
+        return self._summary([c for c, _ in results]), any(created for _, created in results)
+
+    def _summary(self, per_shard: Sequence[ShardCollection]) -> CollectionSummary:
+        candidate = self.candidates.get(per_shard[0].name)
+        return summarize(per_shard, candidate.version if candidate else "")
 
     def get_collection(self, name: str, deadline: float) -> CollectionSummary:
         validate_collection_name(name)
-        return summarize(results_of_all([s.get_collection(name, deadline) for s in self.shards]))
+        return self._summary(results_of_all([s.get_collection(name, deadline) for s in self.shards]))
+
+    # -- versions --------------------------------------------------------------------
+    def begin_version(
+        self, collection: str, version: str, space_id: str, deadline: float
+    ) -> tuple[CollectionSummary, bool]:
+        """Opens a pending version on every shard. A shard that fails leaves none opened by
+        this call on the others, so no shard pays for writes to a version nobody builds."""
+        validate_collection_name(collection)
+        if not space_id:
+            raise InvalidArgument("space_id is required", reason="MISSING_SPACE")
+        # Online writes are embedded into the version's space: an encoder must serve it.
+        info = self.router.info_for_space(space_id)
+        outcomes = outcomes_of_all(
+            [s.begin_version(collection, version, space_id, info.dim, deadline) for s in self.shards]
+        )
+        self._write_plans.pop(collection, None)
+        failures = [o for o in outcomes if isinstance(o, ContentEmbedError)]
+        if failures:
+            undo = [
+                shard.delete_version(collection, version, deadline)
+                for shard, outcome in zip(self.shards, outcomes)
+                if isinstance(outcome, tuple) and outcome[1]
+            ]
+            outcomes_of_all(undo)
+            raise failures[0]
+        return (
+            self._summary([c for c, _ in outcomes]),  # type: ignore[misc]
+            any(created for _, created in outcomes),  # type: ignore[misc]
+        )
+
+    def delete_version(self, collection: str, version: str, deadline: float) -> CollectionSummary:
+        """Drops a non-serving version everywhere; a shard that no longer has it is fine."""
+        validate_collection_name(collection)
+        outcomes = outcomes_of_all(
+            [s.delete_version(collection, version, deadline) for s in self.shards]
+        )
+        self._write_plans.pop(collection, None)
+        candidate = self.candidates.get(collection)
+        if candidate is not None and candidate.version == version:
+            self.candidates.pop(collection, None)
+        failures = [
+            o for o in outcomes
+            if isinstance(o, ContentEmbedError) and o.reason != "VERSION_NOT_FOUND"
+        ]
+        if failures:
+            raise failures[0]
+        if all(isinstance(o, ContentEmbedError) for o in outcomes):
+            raise outcomes[0]  # type: ignore[misc]  # no shard had it
+        return self.get_collection(collection, deadline)
+
+    def write_plan(self, collection: str, deadline: float, fresh: bool = False) -> WritePlan:
+        cached = self._write_plans.get(collection)
+        if cached is not None and not fresh and cached[1] > time.monotonic():
+            return cached[0]
+        plan = WritePlan.of(
+            results_of_all([s.get_collection(collection, deadline) for s in self.shards])
+        )
+        self._write_plans[collection] = (plan, time.monotonic() + WRITE_PLAN_TTL_S)
+        return plan
 
     def list_collections(
         self, page_size: int, page_token: str, deadline: float
@@ -681,23 +795,27 @@ class Gateway:
         for collections, _ in pages:
             for collection in collections:
                 by_name[collection.name].append(collection)
-        summaries = [summarize(by_name[name]) for name in sorted(by_name)]
+        summaries = [self._summary(by_name[name]) for name in sorted(by_name)]
         return summaries, pages[0][1]
 
     def delete_collection(self, name: str, deadline: float) -> None:
         validate_collection_name(name)
         results_of_all([s.delete_collection(name, deadline) for s in self.shards])
         self._collection_spaces.pop(name, None)
+        self._write_plans.pop(name, None)
         self.candidates.pop(name, None)  # a re-created collection starts without one
 
     # -- documents -------------------------------------------------------------------
     def upsert_documents(
         self, collection: str, documents: Sequence[Document], deadline: float
     ) -> tuple[int, list[str]]:
-        """Embeds and writes every document; returns (count, ids whose text was truncated).
+        """Embeds and writes every document into every version of the collection (each in
+        its own space); returns (count, ids whose text the serving model truncated).
 
-        Acknowledged only when every shard acknowledged its part. A failure may leave
-        some shards written: upserts are idempotent, so the caller retries the request.
+        Acknowledged only when every shard acknowledged every space. A failure may leave
+        some written: upserts are idempotent, so the caller retries the request. A version
+        opened or dropped meanwhile makes a shard refuse the write (VERSIONS_CHANGED): the
+        plan is made again and the write resent, so the new version misses nothing.
         """
         validate_collection_name(collection)
         if not documents:
@@ -714,12 +832,49 @@ class Gateway:
             check_metadata(
                 document.metadata, self.metadata_limits, what=f"documents[{position}].metadata"
             )
-        space = self.collection_space(collection, deadline)
-        routes = {m: self.router.route(space, m) for m in {d.modality for d in documents}}
-        for position, document in enumerate(documents):
-            _, info = routes[document.modality]
             if isinstance(document.content, str) and not document.content.strip():
                 raise InvalidArgument(f"documents[{position}]: text is empty", reason="EMPTY_TEXT")
+        embedded: dict[str, tuple[np.ndarray, list[bool]]] = {}
+        for attempt in range(WRITE_ATTEMPTS):
+            plan = self.write_plan(collection, deadline, fresh=attempt > 0)
+            for space in plan.spaces():
+                if space not in embedded:
+                    embedded[space] = self._embed_documents(plan, space, documents, deadline)
+            try:
+                written = self._write_documents(collection, plan, documents, embedded, deadline)
+            except ContentEmbedError as error:
+                if error.reason != VERSIONS_CHANGED:
+                    raise
+                self._write_plans.pop(collection, None)
+                continue
+            truncated = embedded[plan.serving_space][1]
+            return written, [d.id for d, cut in zip(documents, truncated) if cut]
+        raise Unavailable(
+            f"the versions of {shown(collection)} kept changing during the write; retry",
+            reason=VERSIONS_CHANGED,
+            retry_after_s=1.0,
+        )
+
+    def _embed_documents(
+        self, plan: WritePlan, space: str, documents: Sequence[Document], deadline: float
+    ) -> tuple[np.ndarray, list[bool]]:
+        """Every document embedded into ``space`` by its encoders, in chunks of their batch size."""
+        routes = {}
+        for modality in {d.modality for d in documents}:
+            try:
+                routes[modality] = self.router.route(space, modality)
+            except FailedPrecondition as error:
+                if space == plan.serving_space:
+                    raise
+                versions = ", ".join(plan.versions_in(space))
+                raise FailedPrecondition(
+                    f"{error.message}; version(s) {versions} of this collection are in that "
+                    f"space and must receive every write: deploy its encoder again, or drop "
+                    f"them (contentembed retire COLLECTION VERSION)",
+                    reason=error.reason,
+                ) from None
+        for position, document in enumerate(documents):
+            _, info = routes[document.modality]
             size = len(document.content.encode("utf-8") if isinstance(document.content, str)
                        else document.content)
             if size > info.max_input_bytes:
@@ -728,43 +883,59 @@ class Gateway:
                     f"encoder's limit of {info.max_input_bytes}",
                     reason="INPUT_TOO_LARGE",
                 )
-
         vectors = np.empty((len(documents), 0), dtype=np.float32)
         truncated = [False] * len(documents)
         for modality, (encoder, info) in routes.items():
             positions = [p for p, d in enumerate(documents) if d.modality == modality]
             batch = max(info.max_batch_size, 1)
             chunks = [positions[i : i + batch] for i in range(0, len(positions), batch)]
-            embedded = results_of_all(
+            results = results_of_all(
                 [encoder.embed([documents[p].content for p in chunk], deadline) for chunk in chunks]
             )
-            if any(e.space_id != space for e in embedded):
+            if any(e.space_id != space for e in results):
                 raise FailedPrecondition(
                     f"{encoder.label} no longer embeds into {space}; retry", reason="SPACE_MISMATCH"
                 )
             if vectors.shape[1] == 0:
-                vectors = np.empty((len(documents), embedded[0].vectors.shape[1]), dtype=np.float32)
-            for chunk, result in zip(chunks, embedded):
+                vectors = np.empty((len(documents), results[0].vectors.shape[1]), dtype=np.float32)
+            for chunk, result in zip(chunks, results):
                 vectors[chunk] = result.vectors
                 for p, cut in zip(chunk, result.truncated):
                     truncated[p] = cut
+        return vectors, truncated
 
+    def _write_documents(
+        self,
+        collection: str,
+        plan: WritePlan,
+        documents: Sequence[Document],
+        embedded: dict[str, tuple[np.ndarray, list[bool]]],
+        deadline: float,
+    ) -> int:
         by_shard: dict[int, list[int]] = defaultdict(list)
         for position, document in enumerate(documents):
             by_shard[shard_for_id(document.id, len(self.shards))].append(position)
-        upserts = [
-            self.shards[shard].upsert(
-                collection,
-                space,
-                [documents[p].id for p in positions],
-                vectors[positions],
-                [documents[p].metadata for p in positions],
-                deadline,
-            )
-            for shard, positions in sorted(by_shard.items())
-        ]
-        written = sum(results_of_all(upserts))
-        return written, [d.id for d, cut in zip(documents, truncated) if cut]
+        upserts = []
+        for shard, positions in sorted(by_shard.items()):
+            targets = plan.shards[shard]
+            for space in sorted(targets.spaces):
+                upserts.append(
+                    self.shards[shard].upsert(
+                        collection,
+                        space,
+                        [documents[p].id for p in positions],
+                        embedded[space][0][positions],
+                        [documents[p].metadata for p in positions],
+                        deadline,
+                        targets.fingerprint,
+                    )
+                )
+        failures = [o for o in outcomes_of_all(upserts) if isinstance(o, ContentEmbedError)]
+        # A stale plan shows as VERSIONS_CHANGED on some shard: that one decides (a retry
+        # with a fresh plan), whatever another shard said first.
+        for error in sorted(failures, key=lambda e: e.reason != VERSIONS_CHANGED):
+            raise error
+        return len(documents)
 
     def delete_documents(self, collection: str, ids: Sequence[str], deadline: float) -> int:
         validate_collection_name(collection)

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 
 from contentembed.admin.v1 import admin_service_pb2 as admin_pb
 from contentembed.admin.v1 import admin_service_pb2_grpc as admin_grpc
+from contentembed.common.v1 import types_pb2
 from contentembed.search.v1 import search_service_pb2 as search_pb
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
 from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
@@ -21,7 +22,11 @@ from contentembed.services.common.metadata import SearchServiceSettings, check_a
 from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
 from contentembed.services.common.server import run_service
 from contentembed.services.gateway.cache import EmbeddingCache
-from contentembed.services.gateway.downstream import EncoderClient, IndexShardClient
+from contentembed.services.gateway.downstream import (
+    MODALITY_NAMES,
+    EncoderClient,
+    IndexShardClient,
+)
 from contentembed.services.gateway.flows import (
     CollectionSummary,
     Document,
@@ -31,6 +36,7 @@ from contentembed.services.gateway.flows import (
 from contentembed.services.gateway.metrics import GatewayMetrics
 
 PARTIAL_POLICIES = frozenset(search_pb.PartialResultPolicy.values())
+MODALITY_NUMBERS = {name: number for number, name in MODALITY_NAMES.items()}
 SEARCH_SERVICE = search_pb.DESCRIPTOR.services_by_name["SearchService"].full_name
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
@@ -131,6 +137,10 @@ def summary_pb(summary: CollectionSummary) -> admin_pb.CollectionSummary:
         item_count=summary.item_count,
         shard_count=summary.shard_count,
         version=summary.version,
+        versions=summary.versions,
+        pending_versions=summary.pending_versions,
+        version_spaces=summary.version_spaces,
+        candidate_version=summary.candidate_version,
     )
 
 
@@ -196,6 +206,8 @@ class SearchServicer(search_grpc.SearchServiceServicer):
             deadline=deadline,
             register_cancel=cancel_with(context),
             also_collections=list(request.also_collections),
+            version=request.version,
+            exact=request.exact,
         )
         response = search_response_pb(outcome)
         # Hits carry the shards' metadata, bounded by the shards' own settings: when those
@@ -210,8 +222,14 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
         self.settings = settings
 
     def CreateCollection(self, request: admin_pb.CreateCollectionRequest, context):
+        modality = MODALITY_NAMES.get(request.modality or types_pb2.MODALITY_TEXT)
+        if modality is None:
+            raise InvalidArgument(
+                f"modality {request.modality} is not a known modality", reason="UNKNOWN_ENUM_VALUE"
+            )
         summary, created = self.gateway.create_collection(
-            request.name, request.space_id, request.exist_ok, deadline_of(context, self.settings)
+            request.name, request.space_id, request.exist_ok, deadline_of(context, self.settings),
+            modality,
         )
         return admin_pb.CreateCollectionResponse(collection=summary_pb(summary), created=created)
 
@@ -292,6 +310,48 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
     def RollbackCollection(self, request: admin_pb.RollbackCollectionRequest, context):
         version = self.gateway.rollback(request.collection, deadline_of(context, self.settings))
         return admin_pb.RollbackCollectionResponse(version=version)
+
+    def ListSpaces(self, request: admin_pb.ListSpacesRequest, context):
+        return admin_pb.ListSpacesResponse(
+            encoders=[
+                admin_pb.EncoderSpace(
+                    space=types_pb2.Space(
+                        space_id=info.space_id,
+                        model_id=info.model_id,
+                        model_revision=info.model_revision,
+                        dim=info.dim,
+                        normalization=types_pb2.NORMALIZATION_L2,
+                    ),
+                    modality=MODALITY_NUMBERS.get(info.modality, types_pb2.MODALITY_UNSPECIFIED),
+                    address=encoder.endpoint,
+                    backend=info.backend,
+                    max_batch_size=info.max_batch_size,
+                    max_input_bytes=info.max_input_bytes,
+                )
+                for encoder, info in self.gateway.router.infos()
+            ]
+        )
+
+    def ListShards(self, request: admin_pb.ListShardsRequest, context):
+        return admin_pb.ListShardsResponse(
+            shards=[
+                admin_pb.ShardEndpoint(shard_index=shard.shard_index, address=shard.endpoint)
+                for shard in self.gateway.shards
+            ]
+        )
+
+    def BeginVersion(self, request: admin_pb.BeginVersionRequest, context):
+        summary, created = self.gateway.begin_version(
+            request.collection, request.version, request.space_id,
+            deadline_of(context, self.settings),
+        )
+        return admin_pb.BeginVersionResponse(collection=summary_pb(summary), created=created)
+
+    def DeleteVersion(self, request: admin_pb.DeleteVersionRequest, context):
+        summary = self.gateway.delete_version(
+            request.collection, request.version, deadline_of(context, self.settings)
+        )
+        return admin_pb.DeleteVersionResponse(collection=summary_pb(summary))
 
 
 class GatewayService:

@@ -1,0 +1,187 @@
+"""Versions through the gateway: topology, pending versions that capture the writes made
+while a build runs, candidates in another space that receive every write, publishing
+over the wire, and search by version (exact or not). Real encoders and shards on port 0."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from contentembed.client import ApiError, Client
+from contentembed.index.v1 import index_service_pb2 as index_pb
+from contentembed.index.v1 import index_service_pb2_grpc as index_grpc
+from contentembed.pipeline.publish import Publisher, read_bundle
+from contentembed.services.gateway.service import GatewayService, GatewaySettings
+from contentembed.services.index.service import IndexService, IndexSettings
+from contentembed.services.text_encoder.service import TextEncoderService, TextEncoderSettings
+from tests.conftest import running_service, settings_for_test
+from tests.service.test_gateway import DOCUMENTS
+from tests.support.bundles import write_bundle
+from tests.support.tiny_models import save_tiny_clip
+
+
+class Stack:
+    def __init__(self, minilm, clip, shards, gateway, root: Path) -> None:
+        self.minilm, self.clip, self.shards, self.gateway, self.root = minilm, clip, shards, gateway, root
+
+    def space(self, encoder) -> str:
+        return encoder.service.backend.space.space_id
+
+    def vectors(self, encoder, texts: list[str]) -> np.ndarray:
+        return encoder.service.backend.encode(texts).vectors
+
+    def publish(self, collection: str, version: str, encoder, documents: list[dict]) -> None:
+        """What `contentembed publish` does with a bundle built from these documents."""
+        directory = write_bundle(
+            self.root / f"{collection}-{version}", collection, version, self.space(encoder),
+            [d["id"] for d in documents], self.vectors(encoder, [d["text"] for d in documents]),
+            len(self.shards),
+        )
+        bundle = read_bundle(directory)
+        with Publisher([s.address for s in self.shards]) as publisher:
+            new = not publisher.collection_exists(collection)
+            publisher.install(bundle, collection, new, publisher.upload(bundle, collection, lambda n: None))
+
+    def begin_on_shards(self, collection: str, version: str, encoder) -> None:
+        """BeginVersion straight on the shards, as another gateway replica would."""
+        for shard in self.shards:
+            with grpc.insecure_channel(shard.address) as channel:
+                index_grpc.IndexServiceStub(channel).BeginVersion(index_pb.BeginVersionRequest(
+                    collection=collection, version=version, space_id=self.space(encoder),
+                    dim=encoder.service.backend.space.dim))
+
+
+@pytest.fixture(scope="module")
+def stack(text_encoder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("versions")
+    clip_dir = save_tiny_clip(root / "tiny-clip")
+    with ExitStack() as exit_stack:
+        clip = exit_stack.enter_context(running_service(TextEncoderService, settings_for_test(
+            TextEncoderSettings, backend="clip", model=str(clip_dir), max_batch_size=16)))
+        assert clip.load_error is None, clip.load_error
+        shards = [
+            exit_stack.enter_context(running_service(IndexService, settings_for_test(
+                IndexSettings, shard_index=n, shard_count=2, data_dir=root / f"shard-{n}")))
+            for n in range(2)
+        ]
+        gateway = exit_stack.enter_context(running_service(GatewayService, settings_for_test(
+            GatewaySettings, encoder_endpoints=[text_encoder.address, clip.address],
+            index_endpoints=[s.address for s in shards], downstream_wait_s=60.0)))
+        yield Stack(text_encoder, clip, shards, gateway, root)
+
+
+@pytest.fixture
+def client(stack):
+    with Client(stack.gateway.address, timeout=60.0) as client:
+        yield client
+
+
+def ids_of(result) -> list[str]:
+    return [hit.id for hit in result.hits]
+
+
+def test_the_gateway_lists_its_encoders_and_shards(stack, client) -> None:
+    spaces = client.list_spaces()
+    assert {(s.modality, s.space_id, s.address) for s in spaces} == {
+        ("text", stack.space(stack.minilm), stack.minilm.address),
+        ("text", stack.space(stack.clip), stack.clip.address),
+    }
+    assert {s.dim for s in spaces} == {384, 16}
+    assert all(s.model_id and s.max_batch_size for s in spaces)
+    assert [(s.shard_index, s.address) for s in client.list_shards()] == [
+        (n, shard.address) for n, shard in enumerate(stack.shards)
+    ]
+    with pytest.raises(ApiError) as caught:  # two text encoders: which one?
+        client.create_collection("ambiguous", modality="text")
+    assert (caught.value.code, caught.value.reason) == ("FAILED_PRECONDITION", "SPACE_REQUIRED")
+
+
+def test_a_pending_version_receives_the_writes_made_while_its_bundle_was_built(stack, client) -> None:
+    catalog = DOCUMENTS[:10]
+    client.create_collection("pending", space_id=stack.space(stack.minilm))
+    client.upsert_documents("pending", catalog)
+    # The build starts: its version opens in the new model's space, then the catalog is read.
+    _, created = client.begin_version("pending", "v2", stack.space(stack.clip))
+    assert created and client.get_collection("pending").pending_versions == ["v2"]
+    client.upsert_documents("pending", [{"id": "late", "text": "solar lantern for the garden"}])
+    client.upsert_documents("pending", [{"id": catalog[0]["id"], "text": "a changed description"}])
+    assert client.delete_documents("pending", ["tent"]) == 1
+    with pytest.raises(ApiError) as caught:  # no bundle yet: nothing to search
+        client.search("pending", text="lantern", version="v2")
+    assert caught.value.reason == "VERSION_PENDING"
+
+    stack.publish("pending", "v2", stack.clip, catalog)  # the catalog as read at the start
+    info = client.get_collection("pending")
+    assert "v2" in info.versions and info.pending_versions == [] and info.version == "live"
+    everything = client.search("pending", text="garden", version="v2", exact=True, top_k=50)
+    assert everything.space_id == stack.space(stack.clip)
+    assert sorted(ids_of(everything)) == sorted({d["id"] for d in catalog} - {"tent"} | {"late"})
+    # The online rewrite of an item wins over the catalog's older text.
+    changed = stack.vectors(stack.clip, ["a changed description"])[0]
+    exact = client.search("pending", text="a changed description", version="v2", exact=True, top_k=1)
+    assert exact.hits[0].id == catalog[0]["id"]
+    assert exact.hits[0].score == pytest.approx(float(changed @ changed), abs=1e-4)
+
+
+def test_a_candidate_in_another_space_receives_writes_and_rollback_keeps_them(stack, client) -> None:
+    client.create_collection("shop", space_id=stack.space(stack.minilm))
+    client.upsert_documents("shop", DOCUMENTS)
+    stack.publish("shop", "v2", stack.clip, DOCUMENTS)
+    client.set_candidate("shop", "v2", shadow_fraction=0.0)
+    client.upsert_documents("shop", [{"id": "during", "text": "inflatable paddle board"}])
+
+    previous, serving = client.promote_candidate("shop")
+    assert (previous, serving) == ("live", "v2")
+    promoted = client.search("shop", text="inflatable paddle board", top_k=1)
+    assert promoted.space_id == stack.space(stack.clip) and ids_of(promoted) == ["during"]
+
+    client.upsert_documents("shop", [{"id": "after", "text": "insulated water bottle"}])
+    assert client.rollback_collection("shop") == "live"
+    back = client.search("shop", text="insulated water bottle", top_k=1)
+    assert back.space_id == stack.space(stack.minilm) and ids_of(back) == ["after"]
+    assert ids_of(client.search("shop", text="inflatable paddle board", top_k=1)) == ["during"]
+
+
+def test_a_version_whose_space_has_no_encoder_blocks_writes_until_it_is_retired(stack, client) -> None:
+    client.create_collection("orphan", space_id=stack.space(stack.minilm))
+    stack.publish("orphan", "v2", stack.clip, DOCUMENTS[:4])
+    with running_service(GatewayService, settings_for_test(
+        GatewaySettings, encoder_endpoints=[stack.minilm.address],
+        index_endpoints=[s.address for s in stack.shards], downstream_wait_s=60.0,
+    )) as minilm_only, Client(minilm_only.address, timeout=60.0) as other:
+        with pytest.raises(ApiError) as caught:
+            other.upsert_documents("orphan", DOCUMENTS[:2])
+        assert (caught.value.code, caught.value.reason) == ("FAILED_PRECONDITION", "NO_ENCODER_FOR_SPACE")
+        assert "v2" in caught.value.message and "retire" in caught.value.message
+        with pytest.raises(ApiError) as caught:
+            other.delete_version("orphan", "live")  # the serving one stays
+        assert caught.value.reason == "VERSION_SERVING"
+        assert "v2" not in other.delete_version("orphan", "v2").versions
+        assert other.upsert_documents("orphan", DOCUMENTS[:2])[0] == 2
+
+
+def test_a_version_opened_behind_the_gateways_back_still_gets_the_next_write(stack, client) -> None:
+    client.create_collection("replicas", space_id=stack.space(stack.minilm))
+    client.upsert_documents("replicas", DOCUMENTS[:3])  # the gateway now holds a write plan
+    stack.begin_on_shards("replicas", "v2", stack.clip)  # another gateway replica did this
+    client.upsert_documents("replicas", [{"id": "next", "text": "folding camping chair"}])
+    stack.publish("replicas", "v2", stack.clip, DOCUMENTS[:3])
+    found = client.search("replicas", text="folding camping chair", version="v2", exact=True, top_k=1)
+    assert ids_of(found) == ["next"]
+
+
+def test_exact_search_of_a_version_equals_brute_force_over_the_same_vectors(stack, client) -> None:
+    client.create_collection("exact", space_id=stack.space(stack.minilm))
+    client.upsert_documents("exact", DOCUMENTS)
+    items = stack.vectors(stack.minilm, [d["text"] for d in DOCUMENTS])
+    query = stack.vectors(stack.minilm, ["something to cook coffee with"])[0]
+    scores = items @ query
+    order = np.argsort(-scores)[:5]
+    result = client.search("exact", text="something to cook coffee with", exact=True, top_k=5,
+                           version="live")
+    assert ids_of(result) == [DOCUMENTS[n]["id"] for n in order]
+    assert [h.score for h in result.hits] == pytest.approx(scores[order].tolist(), abs=1e-5)
