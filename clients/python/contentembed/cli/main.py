@@ -341,6 +341,8 @@ def build(
         raise fail(f"{error}; see {out.with_name(out.name + '.work') / 'rejects.jsonl'}") from None
     except (BuildError, CatalogError) as error:
         raise fail(escape(str(error))) from None
+    except KeyboardInterrupt:
+        raise fail("stopped; finished chunks are kept in the work dir: re-run to resume", 130) from None
     rate = outcome.embedded / elapsed if elapsed > 0 else 0.0
     err_console.print(
         f"embedded {outcome.embedded} rows ({rate:.0f} items/s), reused {outcome.reused} from "
