@@ -1,0 +1,84 @@
+"""`contentembed ingest` against a real gateway: image catalogs, collections created in the
+space of the catalog's modality, and rows refused on the way written to a rejects file."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from contentembed.cli.main import app
+from contentembed.client import Client
+from contentembed.services.gateway.service import GatewayService, GatewaySettings
+from contentembed.services.image_encoder.service import ImageEncoderService, ImageEncoderSettings
+from contentembed.services.index.service import IndexService, IndexSettings
+from tests.conftest import running_service, settings_for_test
+from tests.support.images import encoded, photo_like
+
+
+@pytest.fixture(scope="module")
+def gateway(text_encoder):
+    with ExitStack() as stack:
+        image = stack.enter_context(running_service(ImageEncoderService, settings_for_test(
+            ImageEncoderSettings, backend="pixels", max_batch_size=8)))
+        shards = [
+            stack.enter_context(running_service(IndexService, settings_for_test(
+                IndexSettings, shard_index=n, shard_count=2)))
+            for n in range(2)
+        ]
+        yield stack.enter_context(running_service(GatewayService, settings_for_test(
+            GatewaySettings, encoder_endpoints=[text_encoder.address, image.address],
+            index_endpoints=[s.address for s in shards], downstream_wait_s=60.0)))
+
+
+def ingest(gateway, *args: str):
+    return CliRunner().invoke(app, ["ingest", *args, "-t", gateway.address])
+
+
+def write_catalog(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_an_image_catalog_lands_in_the_image_encoders_space_with_bad_rows_rejected(
+    gateway, tmp_path
+) -> None:
+    (tmp_path / "img").mkdir()
+    rows = []
+    for n in range(12):
+        (tmp_path / "img" / f"{n}.png").write_bytes(encoded(photo_like(n)))
+        rows.append({"id": f"photo-{n}", "image": f"img/{n}.png", "metadata": {"n": n}})
+    (tmp_path / "img" / "broken.png").write_bytes(b"not an image at all")
+    rows.insert(5, {"id": "broken", "image": "img/broken.png"})
+    rows.append({"id": "gone", "image": "img/missing.png"})
+    rows.append({"id": "photo-3", "image": "img/4.png"})  # a duplicate id
+    catalog = write_catalog(tmp_path / "photos.jsonl", rows)
+    rejects = tmp_path / "photos.rejects.jsonl"
+
+    done = ingest(gateway, str(catalog), "-c", "photos", "--batch-size", "4",
+                  "--rejects", str(rejects))
+    assert done.exit_code == 0, done.output
+    found = {r["line"]: r for r in map(json.loads, rejects.read_text().splitlines())}
+    assert set(found) == {6, 14, 15}
+    assert found[6]["id"] == "broken" and "refused" in found[6]["reason"]
+    assert "missing" in found[14]["reason"] or "not found" in found[14]["reason"].lower()
+    assert "duplicate" in found[15]["reason"]
+    with Client(gateway.address) as client:
+        info = client.get_collection("photos")
+        pixels = next(s for s in client.list_spaces() if s.modality == "image")
+        assert (info.item_count, info.space_id) == (12, pixels.space_id)
+        hit = client.search("photos", image=encoded(photo_like(7)), top_k=1).hits[0]
+    assert (hit.id, hit.metadata) == ("photo-7", {"n": 7})
+
+
+def test_too_many_rejects_stop_the_run_with_exit_code_one(gateway, tmp_path) -> None:
+    rows = [{"id": f"t{n}", "text": "" if n % 2 else f"item {n}"} for n in range(10)]
+    catalog = write_catalog(tmp_path / "texts.jsonl", rows)
+    done = ingest(gateway, str(catalog), "-c", "texts", "--max-rejects", "2",
+                  "--rejects", str(tmp_path / "r.jsonl"))
+    assert done.exit_code == 1
+    assert "r.jsonl" in done.output
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) >= 3
