@@ -200,6 +200,8 @@ REFUSED_UPLOADS = {
     "unknown file": (renamed, grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_FILE"),
     "out of order": (reordered, grpc.StatusCode.INVALID_ARGUMENT, "CHUNK_OUT_OF_ORDER"),
     "beyond size": (overlong, grpc.StatusCode.INVALID_ARGUMENT, "CHUNK_BEYOND_SIZE"),
+    "chunk over 4 MiB": (lambda part: messages(part)[:1] + [pb.UploadBundleRequest(chunk=pb.FileChunk(
+        file="index.bin", data=b"x" * ((4 << 20) + 1)))], grpc.StatusCode.INVALID_ARGUMENT, "CHUNK_TOO_LARGE"),
     "no header": (lambda part: messages(part)[1:], grpc.StatusCode.INVALID_ARGUMENT, "UPLOAD_HEADER_MISSING"),
     "two headers": (lambda part: messages(part)[:1] * 2, grpc.StatusCode.INVALID_ARGUMENT, "UPLOAD_HEADER_REPEATED"),
     "ends early": (lambda part: messages(part)[:-1], grpc.StatusCode.FAILED_PRECONDITION, "UPLOAD_INCOMPLETE"),

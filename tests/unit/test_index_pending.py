@@ -131,3 +131,24 @@ def test_uploads_are_swept_after_their_ttl_and_in_memory_ones_at_close(tmp_path)
     assert ids(collection) == {"a"} and list(root.iterdir()) == []
     store.close()
     assert not root.exists()
+
+
+def test_in_memory_pending_versions_merge_at_install(tmp_path) -> None:
+    write_part(tmp_path / "bundles" / "v2", ["a", "b", "c"])
+    store = CollectionStore(HnswParams(), bundle_root=tmp_path / "bundles")
+    store.create("c", "s@1", DIM)
+    store.upsert("c", ["x"], BASIS[:1], [{}])
+    _, created = store.begin_version("c", "v2", "s@2", DIM)
+    assert created and store.begin_version("c", "v2", "s@2", DIM)[1] is False
+    store.upsert("c", ["new"], BASIS[1:2], [{}], space_id="s@2")
+    store.upsert("c", ["b"], BASIS[1:2], [{}], space_id="s@2")
+    store.delete_items("c", ["b"])  # upserted then deleted: a tombstone, not an item
+    store.upsert("c", ["c"], BASIS[2:3], [{}], space_id="s@2")
+    store.upsert("c", ["c"], BASIS[3:4], [{"v": 2}], space_id="s@2")  # the last write wins
+    assert store.delete_items("c", ["x", "zz"]) == 1
+    collection, _ = store.load_bundle("c", "v2", path="v2")
+    assert ids(collection) == {"a", "c", "new"}
+    item = collection.get(["c"])[0]
+    assert item.metadata == {"v": 2} and np.allclose(item.vector, BASIS[3], atol=1e-6)
+    assert ids(store.get("c")) == set()  # live lost x, never had the space@2 writes
+    store.close()
