@@ -157,6 +157,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
 
     def _collection_pb(self, collection: HnswCollection) -> pb.Collection:
         alias = self.store.alias(collection.name)
+        versions, every = dict(alias.versions), alias.every_version()  # copies: they may change
         return pb.Collection(
             name=collection.name,
             space_id=collection.space_id,
@@ -170,11 +171,11 @@ class IndexService(pb_grpc.IndexServiceServicer):
             item_count=collection.item_count,
             version=collection.version,
             shard=self._shard_pb(),
-            versions=sorted(alias.versions),
-            version_spaces={version: c.space_id for version, c in alias.every_version().items()},
-            pending_versions=sorted(alias.pending),
+            versions=sorted(versions),
+            version_spaces={version: c.space_id for version, c in every.items()},
+            pending_versions=sorted(v for v, c in every.items() if c.pending),
             versions_fingerprint=alias.fingerprint,
-            version_digests={version: c.bundle_digest for version, c in alias.versions.items()},
+            version_digests={version: c.bundle_digest for version, c in versions.items()},
         )
 
     # -- RPCs -----------------------------------------------------------------------
