@@ -150,11 +150,16 @@ def test_bundle_paths_are_confined_to_the_root(dirs, channel_to, tmp_path) -> No
 
 
 def test_version_errors(dirs, channel_to) -> None:
+    data, bundles = dirs
+    write_bundle(bundles / "other", "space@2", ["o-1", "o-2"])
     with running_service(IndexService, settings(dirs)) as runtime:
         stub = pb_grpc.IndexServiceStub(channel_to(runtime.address))
         stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v2", path="v2"))
+        # The same part again is a no-op (a retried publish); another part is a conflict.
+        again = stub.LoadBundle(pb.LoadBundleRequest(collection="products", version="v2", path="v2"))
+        assert list(again.collection.versions) == ["v2"] and again.item_count == DIM
         cases = [
-            (stub.LoadBundle, pb.LoadBundleRequest(collection="products", version="v2", path="v2"), grpc.StatusCode.ALREADY_EXISTS),
+            (stub.LoadBundle, pb.LoadBundleRequest(collection="products", version="v2", path="other"), grpc.StatusCode.ALREADY_EXISTS),
             (stub.LoadBundle, pb.LoadBundleRequest(collection="products", version="bad/name", path="v2"), grpc.StatusCode.INVALID_ARGUMENT),
             (stub.ActivateVersion, pb.ActivateVersionRequest(collection="products", version="v7"), grpc.StatusCode.NOT_FOUND),
             (stub.RollbackVersion, pb.RollbackVersionRequest(collection="products"), grpc.StatusCode.FAILED_PRECONDITION),

@@ -52,6 +52,12 @@ class FailedPrecondition(ContentEmbedError):
     code = "FAILED_PRECONDITION"
 
 
+class Aborted(ContentEmbedError):
+    """A concurrent change made the request's plan stale; re-read and retry."""
+
+    code = "ABORTED"
+
+
 class ResourceExhausted(ContentEmbedError):
     code = "RESOURCE_EXHAUSTED"
 
@@ -87,6 +93,7 @@ ERRORS_BY_CODE: dict[str, type[ContentEmbedError]] = {
         NotFound,
         AlreadyExists,
         FailedPrecondition,
+        Aborted,
         ResourceExhausted,
         Unavailable,
         DeadlineExceeded,

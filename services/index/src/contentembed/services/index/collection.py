@@ -84,6 +84,12 @@ class HnswCollection:
         self.version = version
         self.journal: Journal | None = None
         self.seq = 0  # last write applied; snapshots and the WAL are ordered by it
+        # sha256 of the bundle part's manifest this version was installed from; "" for a
+        # collection built online. Written into every snapshot manifest of the version.
+        self.bundle_digest = ""
+        # Only for a pending version (BeginVersion): ids deleted while it waits for its
+        # bundle, which may hold them. None for every other version.
+        self.tombstones: set[str] | None = None
         self._index = hnswlib.Index(space="cosine", dim=dim)
         self._index.init_index(
             max_elements=initial_capacity,
@@ -108,6 +114,10 @@ class HnswCollection:
     @property
     def item_count(self) -> int:
         return len(self._label_of)
+
+    @property
+    def pending(self) -> bool:
+        return self.tombstones is not None
 
     # -- writes ----------------------------------------------------------------------
     def upsert(
@@ -159,12 +169,16 @@ class HnswCollection:
         return len(ids)
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Soft-deletes known ids (their slots get reused); unknown ids are ignored."""
+        """Soft-deletes known ids (their slots get reused); unknown ids are ignored, except
+        by a pending version, which journals them all as tombstones: the bundle installed
+        into it later may hold them. Returns how many ids existed here."""
         with self._writers, self._lock.write():
-            known = [i for i in dict.fromkeys(ids) if i in self._label_of]
-            if not known:
+            unique = list(dict.fromkeys(ids))
+            known = [i for i in unique if i in self._label_of]
+            logged = unique if self.pending else known
+            if not logged:
                 return 0
-            record = WalRecord(self.seq + 1, "delete", known)
+            record = WalRecord(self.seq + 1, "delete", logged)
             if self.journal is not None:
                 self.journal(record)
             self._apply_delete(record)
@@ -208,9 +222,13 @@ class HnswCollection:
                 self._metadata[label] = record.metadata[position]
             else:  # most catalogs have many items without metadata: store nothing for them
                 self._metadata.pop(label, None)
+        if self.tombstones is not None:
+            self.tombstones.difference_update(record.ids)  # written again: alive after all
         self.seq = record.seq
 
     def _apply_delete(self, record: WalRecord) -> None:
+        if self.tombstones is not None:
+            self.tombstones.update(record.ids)
         for item_id in record.ids:
             label = self._label_of.pop(item_id, None)
             if label is None:
@@ -220,6 +238,23 @@ class HnswCollection:
             self._metadata.pop(label, None)
             self._vacant += 1
         self.seq = record.seq
+
+    def absorb(self, pending: HnswCollection) -> None:
+        """Applies a pending version's net state on top of this one (a bundle loaded into
+        it): its live items are newer than the bundle's catalog and replace them, its
+        tombstones delete. Not journaled: the caller snapshots the result, whose seq is
+        above every record of the pending version's log. Holds the pending version's
+        writer lock throughout, so its state cannot move while it is copied."""
+        with pending._writers, pending._lock.read(), self._writers, self._lock.write():
+            ids = [i for i in pending._id_of if i is not None]
+            if ids:
+                labels = [pending._label_of[i] for i in ids]
+                vectors = np.asarray(pending._index.get_items(labels), dtype=np.float32)
+                metadata = [dict(pending._metadata.get(label, NO_METADATA)) for label in labels]
+                self._apply_upsert(WalRecord(self.seq + 1, "upsert", ids, vectors, metadata))
+            if pending.tombstones:
+                self._apply_delete(WalRecord(self.seq + 1, "delete", sorted(pending.tombstones)))
+            self.seq = max(self.seq, pending.seq) + 1
 
     # -- reads -----------------------------------------------------------------------
     def _check_query(self, queries: np.ndarray) -> np.ndarray:
@@ -373,6 +408,7 @@ class HnswCollection:
                 "count": self.item_count,
                 "elements": self._index.get_current_count(),
                 "seq": self.seq,
+                **({"bundle_digest": self.bundle_digest} if self.bundle_digest else {}),
                 **(extra or {}),
             }
         check = hnswlib.Index(space="cosine", dim=self.dim)
@@ -428,6 +464,9 @@ class HnswCollection:
         collection._next_label = len(items.ids)
         collection._vacant = items.vacant
         collection.seq = seq
+        # Set on a shard's own snapshots of an installed version; a bundle part's manifest
+        # has none (its digest is the sha256 of that manifest, known to whoever loads it).
+        collection.bundle_digest = str(manifest.get("bundle_digest", ""))
         return collection
 
 

@@ -8,9 +8,15 @@ else refuses the load, so bad data is never served.
 Layout of one collection directory::
 
     collection.json              name, space, dim, hnsw params (atomic write)
-    snapshots/<seq>/             index.bin (hnswlib), items.json, manifest.json
+    snapshots/<seq>/             index.bin (hnswlib), items.json, manifest.json (with
+                                 bundle_digest for a version installed from a bundle)
     CURRENT                      the seq of the snapshot to load (atomic write)
     wal/<first-seq>.log          records after that snapshot
+    PENDING                      only while a version opened by BeginVersion waits for its
+                                 bundle: no CURRENT, everything is in the WAL
+
+A collection directory is ``<data-dir>/collections/<name>/versions/<version>/``, next to
+``alias.json``; uploads are staged under ``<data-dir>/uploads/`` (removed at start-up).
 """
 
 from __future__ import annotations

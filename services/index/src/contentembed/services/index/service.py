@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -39,6 +40,7 @@ from contentembed.services.index.store import (
     CollectionStore,
     Durability,
     ShardPosition,
+    UploadLimits,
     decode_page,
     encode_token,
 )
@@ -71,6 +73,12 @@ class IndexSettings(SearchServiceSettings):
     )
     snapshot_every_ops: int = Field(
         50_000, ge=1, description="Writes between background snapshots (and one at shutdown)."
+    )
+    max_upload_bytes: int = Field(
+        16 << 30, ge=1, description="Largest bundle part UploadBundle takes (sum of its files)."
+    )
+    upload_ttl_s: float = Field(
+        3600.0, gt=0, description="Staged uploads not loaded within this long are removed."
     )
 
     @model_validator(mode="after")
@@ -123,6 +131,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             durability,
             settings.bundle_root,
             settings.metadata_limits,
+            UploadLimits(settings.max_upload_bytes, settings.upload_ttl_s),
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -147,6 +156,8 @@ class IndexService(pb_grpc.IndexServiceServicer):
         return pb.ShardInfo(shard_index=self.shard.index, shard_count=self.shard.count)
 
     def _collection_pb(self, collection: HnswCollection) -> pb.Collection:
+        alias = self.store.alias(collection.name)
+        versions, every = dict(alias.versions), alias.every_version()  # copies: they may change
         return pb.Collection(
             name=collection.name,
             space_id=collection.space_id,
@@ -160,10 +171,11 @@ class IndexService(pb_grpc.IndexServiceServicer):
             item_count=collection.item_count,
             version=collection.version,
             shard=self._shard_pb(),
-            versions=sorted(self.store.alias(collection.name).versions),
-            version_spaces={
-                version: c.space_id for version, c in self.store.alias(collection.name).versions.items()
-            },
+            versions=sorted(versions),
+            version_spaces={version: c.space_id for version, c in every.items()},
+            pending_versions=sorted(v for v, c in every.items() if c.pending),
+            versions_fingerprint=alias.fingerprint,
+            version_digests={version: c.bundle_digest for version, c in versions.items()},
         )
 
     # -- RPCs -----------------------------------------------------------------------
@@ -194,8 +206,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
         return pb.DeleteCollectionResponse(shard=self._shard_pb())
 
     def Upsert(self, request: pb.UpsertRequest, context: grpc.ServicerContext):
-        collection = self.store.get(request.collection)
-        check_space(collection, request.space_id, what="vectors")
+        serving = self.store.get(request.collection)
         items = request.items
         if not items:
             raise InvalidArgument("items: at least one item is required", reason="EMPTY_BATCH")
@@ -206,27 +217,32 @@ class IndexService(pb_grpc.IndexServiceServicer):
         ids = [item.id for item in items]
         validate_ids(ids, what="items")  # a malformed id is INVALID_ARGUMENT, not WRONG_SHARD
         self.shard.check_owns(ids, what="items")
-        vectors = np.empty((len(items), collection.dim), dtype=np.float32)
+        # The versions written are the store's to pick (by space); their dimension is
+        # checked there. Here: one dimension for the whole request.
+        dim = items[0].vector.dim or serving.dim
+        vectors = np.empty((len(items), dim), dtype=np.float32)
         for position, item in enumerate(items):
-            if item.vector.dim != collection.dim:
+            if item.vector.dim != dim:
                 raise InvalidArgument(
                     f"items[{position}]: vector has dimension {item.vector.dim}, "
-                    f"collection {collection.name!r} has {collection.dim}",
+                    f"items[0] has {dim}",
                     reason="DIMENSION_MISMATCH",
                 )
             vectors[position] = vector_from_pb(item.vector, what=f"items[{position}].vector")
         metadata = [struct_to_dict(item.metadata) for item in items]
         for position, values in enumerate(metadata):
             check_metadata(values, self.settings.metadata_limits, what=f"items[{position}].metadata")
-        upserted = collection.upsert(ids, vectors, metadata)
+        upserted = self.store.upsert(
+            request.collection, ids, vectors, metadata, request.space_id, request.versions_fingerprint
+        )
         return pb.UpsertResponse(upserted_count=upserted, shard=self._shard_pb())
 
     def DeleteItems(self, request: pb.DeleteItemsRequest, context: grpc.ServicerContext):
-        collection = self.store.get(request.collection)
+        self.store.get(request.collection)
         if not request.ids:
             raise InvalidArgument("ids: at least one id is required", reason="EMPTY_BATCH")
         validate_ids(request.ids, what="ids", unique=False)
-        deleted = collection.delete(list(request.ids))
+        deleted = self.store.delete_items(request.collection, list(request.ids))
         return pb.DeleteItemsResponse(deleted_count=deleted, shard=self._shard_pb())
 
     def _searchable(self, request) -> HnswCollection:
@@ -337,7 +353,9 @@ class IndexService(pb_grpc.IndexServiceServicer):
 
     # -- bundles and versions --------------------------------------------------------
     def LoadBundle(self, request: pb.LoadBundleRequest, context: grpc.ServicerContext):
-        collection, manifest = self.store.load_bundle(request.collection, request.version, request.path)
+        collection, manifest = self.store.load_bundle(
+            request.collection, request.version, request.path, request.upload_id
+        )
         return pb.LoadBundleResponse(
             collection=self._collection_pb(self.store.get(request.collection)),
             item_count=int(manifest["count"]),
@@ -355,6 +373,42 @@ class IndexService(pb_grpc.IndexServiceServicer):
         return pb.RollbackVersionResponse(
             collection=self._collection_pb(serving), rolled_back_version=rolled_back
         )
+
+    def UploadBundle(self, request_iterator: Iterator[pb.UploadBundleRequest], context: grpc.ServicerContext):
+        messages = iter(request_iterator)
+        first = next(messages, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument("the first message of an upload must be its header",
+                                  reason="UPLOAD_HEADER_MISSING")
+        header = first.header
+        with self.store.begin_upload(header.collection, header.version, header.manifest) as upload:
+            for position, message in enumerate(messages, start=1):
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidArgument(f"message {position}: only the first message is a header",
+                                          reason="UPLOAD_HEADER_REPEATED")
+                upload.write(message.chunk.file, message.chunk.offset, message.chunk.data)
+            staged = self.store.finish_upload(upload)
+        return pb.UploadBundleResponse(
+            upload_id=staged.upload_id,
+            item_count=staged.item_count,
+            space_id=staged.space_id,
+            digest=staged.digest,
+            shard=self._shard_pb(),
+        )
+
+    def BeginVersion(self, request: pb.BeginVersionRequest, context: grpc.ServicerContext):
+        if request.space_id:
+            validate_space_id(request.space_id)
+        _, created = self.store.begin_version(
+            request.collection, request.version, request.space_id, request.dim
+        )
+        return pb.BeginVersionResponse(
+            collection=self._collection_pb(self.store.get(request.collection)), created=created
+        )
+
+    def DeleteVersion(self, request: pb.DeleteVersionRequest, context: grpc.ServicerContext):
+        serving = self.store.delete_version(request.collection, request.version)
+        return pb.DeleteVersionResponse(collection=self._collection_pb(serving))
 
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter

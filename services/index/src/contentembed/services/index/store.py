@@ -11,16 +11,24 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import hashlib
 import json
 import logging
+import os
 import re
 import shutil
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from contentembed.services.common.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -29,6 +37,7 @@ from contentembed.services.common.errors import (
     Unavailable,
 )
 from contentembed.services.common.metadata import MetadataLimits, check_metadata
+from contentembed.services.common.rwlock import ReadWriteLock
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.common.validation import shown, validate_collection_name
 from contentembed.services.index.collection import (
@@ -38,6 +47,7 @@ from contentembed.services.index.collection import (
     check_hnsw_params,
 )
 from contentembed.services.index.persistence import (
+    SNAPSHOT_FILES,
     CorruptData,
     SyncPolicy,
     WalRecord,
@@ -45,7 +55,6 @@ from contentembed.services.index.persistence import (
     WriteAheadLog,
     atomic_write,
     fsync_dir,
-    fsync_file,
     read_wal,
     remove_tree,
     verify_manifest,
@@ -218,19 +227,138 @@ class CollectionFiles:
 
 
 VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# In a version directory opened by BeginVersion: the version waits for its bundle. A
+# snapshot (CURRENT) whose manifest carries a bundle digest overrides it (installed).
+PENDING_MARKER = "PENDING"
+
+
+def check_version_name(version: str) -> None:
+    if not VERSION_NAME.match(version) or version == LIVE_VERSION:
+        raise InvalidArgument(
+            f"version {shown(version)} must be 1-64 characters of [A-Za-z0-9._-] and not "
+            f"{LIVE_VERSION!r}",
+            reason="BAD_VERSION",
+        )
 
 
 @dataclass
 class Alias:
-    """A collection name: its loaded versions and which one serves."""
+    """A collection name: its loaded versions, which one serves, and the pending ones."""
 
     versions: dict[str, HnswCollection]
     active: str
     previous: str | None = None
+    # Opened by BeginVersion, waiting for their bundle: they take writes, serve nothing.
+    pending: dict[str, HnswCollection] = field(default_factory=dict)
+    # Writes hold it shared while they pick their target versions and write them; a change
+    # of the version set (load, begin, install, drop) holds it alone, so no write lands on
+    # a version being replaced, or misses one being added, or checks a stale fingerprint.
+    gate: ReadWriteLock = field(default_factory=ReadWriteLock, repr=False, compare=False)
 
     @property
     def serving(self) -> HnswCollection:
         return self.versions[self.active]
+
+    def every_version(self) -> dict[str, HnswCollection]:
+        """Loaded and pending versions, the serving one first."""
+        others = {**self.versions, **self.pending}
+        return {self.active: others.pop(self.active), **dict(sorted(others.items()))}
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever a version is loaded, opened, installed or dropped."""
+        state = sorted(
+            [version, c.space_id, "pending" if c.pending else "loaded"]
+            for version, c in self.every_version().items()
+        )
+        return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
+
+
+UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_CHUNK_BYTES = 4 << 20
+UPLOAD_INFO = "upload.json"  # in a staged upload: collection, version, digest
+
+
+def upload_id_for(name: str, version: str, digest: str) -> str:
+    """The same part (manifest digest) for the same collection and version: the same id,
+    whether it is staged or already installed."""
+    return hashlib.sha256(f"{name}\n{version}\n{digest}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_bytes: int = 16 << 30  # the sum of the sizes a manifest may declare
+    ttl_s: float = 3600.0  # staged uploads older than this are swept by the next upload
+
+
+@dataclass(frozen=True)
+class StagedUpload:
+    upload_id: str
+    item_count: int
+    space_id: str
+    digest: str
+
+
+class Upload:
+    """One UploadBundle stream being received into a private staging directory. Chunks of
+    a file arrive in order (files may interleave) and never past the declared size."""
+
+    def __init__(self, name: str, version: str, manifest_bytes: bytes, sizes: dict[str, int],
+                 staging: Path) -> None:
+        self.name = name
+        self.version = version
+        self.manifest_bytes = manifest_bytes
+        self.digest = hashlib.sha256(manifest_bytes).hexdigest()
+        self.upload_id = upload_id_for(name, version, self.digest)
+        self.sizes = sizes
+        self.received = dict.fromkeys(sizes, 0)
+        self.staging = staging
+        self._handles = {name: (staging / name).open("wb") for name in sizes}
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        self.close_files()
+        if error is not None:  # refused, cancelled, failed: nothing of it stays
+            with contextlib.suppress(OSError):
+                remove_tree(self.staging)
+
+    def write(self, file: str, offset: int, data: bytes) -> None:
+        if file not in self.sizes:
+            raise InvalidArgument(
+                f"chunk for {shown(file)}, which the manifest does not list ({sorted(self.sizes)})",
+                reason="UNKNOWN_FILE",
+            )
+        if len(data) > MAX_CHUNK_BYTES:
+            raise InvalidArgument(
+                f"chunk of {file}: {len(data)} bytes, at most {MAX_CHUNK_BYTES}", reason="CHUNK_TOO_LARGE"
+            )
+        if offset != self.received[file]:
+            raise InvalidArgument(
+                f"chunk of {file} at offset {offset}; {self.received[file]} bytes were received, "
+                "chunks of a file must come in order",
+                reason="CHUNK_OUT_OF_ORDER",
+            )
+        if offset + len(data) > self.sizes[file]:
+            raise InvalidArgument(
+                f"chunk of {file} ends at {offset + len(data)}, the manifest says {self.sizes[file]} bytes",
+                reason="CHUNK_BEYOND_SIZE",
+            )
+        self._handles[file].write(data)
+        self.received[file] += len(data)
+
+    def incomplete(self) -> list[str]:
+        return [f"{f} ({self.received[f]} of {size} bytes)"
+                for f, size in self.sizes.items() if self.received[f] != size]
+
+    def close_files(self) -> None:
+        for handle in self._handles.values():
+            if not handle.closed:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
 
 
 class CollectionStore:
@@ -243,8 +371,11 @@ class CollectionStore:
         durability: Durability | None = None,
         bundle_root: Path | None = None,
         metadata_limits: MetadataLimits | None = None,
+        upload_limits: UploadLimits | None = None,
     ) -> None:
         self.default_params = default_params
+        self.upload_limits = upload_limits or UploadLimits()
+        self._temp_uploads: Path | None = None  # in memory: staged uploads live here
         # Bundles are an ingest path too: their metadata gets the bounds of Upsert's.
         self.metadata_limits = metadata_limits or MetadataLimits()
         self.initial_capacity = initial_capacity
@@ -276,6 +407,8 @@ class CollectionStore:
             return
         root = self.durability.data_dir / "collections"
         root.mkdir(parents=True, exist_ok=True)
+        # A staged upload was never installed; its stream (and its id) died with the process.
+        shutil.rmtree(self.durability.data_dir / "uploads", ignore_errors=True)
         with self._lock:
             for name_dir in sorted(
                 p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
@@ -288,12 +421,16 @@ class CollectionStore:
                     remove_tree(name_dir)
                     continue
                 versions: dict[str, HnswCollection] = {}
+                pending: dict[str, HnswCollection] = {}
                 for version_dir in sorted((name_dir / "versions").iterdir()):
                     if version_dir.name.startswith("."):
                         continue
-                    versions[version_dir.name] = self._recover(name_dir.name, version_dir)
+                    collection = self._recover(name_dir.name, version_dir)
+                    (pending if collection.pending else versions)[version_dir.name] = collection
                 state = json.loads(alias_file.read_bytes())
-                self._aliases[name_dir.name] = Alias(versions, state["active"], state.get("previous"))
+                self._aliases[name_dir.name] = Alias(
+                    versions, state["active"], state.get("previous"), pending
+                )
             self._loaded = True
         self._snapshotter = threading.Thread(target=self._snapshot_loop, name="snapshots", daemon=True)
         self._snapshotter.start()
@@ -305,7 +442,26 @@ class CollectionStore:
             files = CollectionFiles(directory, self.durability)
             empty = HnswCollection(name, spec["space_id"], spec["dim"], HnswParams(**spec["hnsw"]),
                                    self.initial_capacity, version=directory.name)
+            marker = directory / PENDING_MARKER
+            installed = (directory / "CURRENT").exists()
+            if marker.exists() and not installed:
+                # Pending: everything is in its WAL. An install that crashed before CURRENT
+                # may have left a rotated (empty) segment and a partial snapshot: neither
+                # holds a write, and an empty segment after the live one would make a torn
+                # tail in the live one look like damage in an older segment.
+                empty.tombstones = set()
+                remove_tree(directory / "snapshots")
+                for segment in files.segments():
+                    if segment.stat().st_size == 0:
+                        segment.unlink()
             collection = files.recover(empty)
+            if marker.exists() and installed:
+                # Crashed between CURRENT and removing the marker: the snapshot is the
+                # installed bundle (with the pending writes applied) if it says so.
+                if not collection.bundle_digest:
+                    raise CorruptData("a pending version has a snapshot without a bundle digest")
+                marker.unlink()
+                fsync_dir(directory)
             # A bundle's manifest names the version it was built as; it serves under the
             # name it was loaded with.
             collection.version = directory.name
@@ -357,6 +513,8 @@ class CollectionStore:
             self.snapshot_due(force=True)
         for files in self._files.values():
             files.close()
+        if self._temp_uploads is not None:
+            shutil.rmtree(self._temp_uploads, ignore_errors=True)
 
     # -- collections -----------------------------------------------------------------
     def create(
@@ -390,7 +548,7 @@ class CollectionStore:
             collection = HnswCollection(name, space_id, dim, params, self.initial_capacity)
             if self.durability is not None:
                 self._clear_unacknowledged(name)
-                self._persist_version(collection, snapshot_from=None)
+                self._persist_version(collection)
                 self._write_alias(name, Alias({}, LIVE_VERSION))
             self._aliases[name] = Alias({LIVE_VERSION: collection}, LIVE_VERSION)
             return collection, True
@@ -408,8 +566,9 @@ class CollectionStore:
             )
         remove_tree(directory)
 
-    def _persist_version(self, collection: HnswCollection, snapshot_from: Path | None) -> None:
-        """Creates the version's directory in one rename: spec, optional first snapshot."""
+    def _persist_version(self, collection: HnswCollection, snapshot: bool = False) -> None:
+        """Creates the version's directory in one rename: spec, then a first snapshot (a
+        bundle, whose manifest gets the bundle digest) or the pending marker."""
         assert self.durability is not None
         directory = self._version_dir(collection.name, collection.version)
         staging = directory.with_name(f".staging-{collection.version}")
@@ -421,13 +580,12 @@ class CollectionStore:
                      "ef_search": collection.params.ef_search},
         }
         atomic_write(staging / "collection.json", json.dumps(spec).encode())
-        if snapshot_from is not None:
-            (staging / "snapshots").mkdir()
-            target = staging / "snapshots" / str(collection.seq)
-            shutil.copytree(snapshot_from, target)
-            for path in target.iterdir():
-                fsync_file(path)
+        if snapshot:
+            collection.write_snapshot(staging / "snapshots" / str(collection.seq))
+            fsync_dir(staging / "snapshots")
             atomic_write(staging / "CURRENT", str(collection.seq).encode())
+        if collection.pending:
+            atomic_write(staging / PENDING_MARKER, b"")
         staging.rename(directory)
         fsync_dir(directory.parent)
         files = CollectionFiles(directory, self.durability)
@@ -455,6 +613,11 @@ class CollectionStore:
         if not version:
             return alias.serving
         collection = alias.versions.get(version)
+        if collection is None and version in alias.pending:
+            raise FailedPrecondition(
+                f"version {shown(version)} of {shown(name)} is pending: its bundle is not installed",
+                reason="VERSION_PENDING",
+            )
         if collection is None:
             raise NotFound(
                 f"collection {shown(name)} has no version {shown(version)} (loaded: {sorted(alias.versions)})",
@@ -480,57 +643,357 @@ class CollectionStore:
         token = encode_token(page[-1]) if len(names) > page_size and page else ""
         return [self._aliases[name].serving for name in page], token
 
+    # -- writes to every version -----------------------------------------------------
+    def upsert(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[dict[str, Any]],
+        space_id: str = "",
+        fingerprint: str = "",
+    ) -> int:
+        """Writes the items to every version (loaded or pending) in the vectors' space
+        (empty: the serving version's). Each version journals its own copy before applying
+        it; a failure part-way (a full disk) leaves the earlier versions written, which a
+        retry of the same upsert makes whole. Returns the number of items."""
+        alias = self.alias(name)
+        with alias.gate.read():
+            if fingerprint and fingerprint != alias.fingerprint:
+                raise Aborted(
+                    f"the versions of {shown(name)} changed (fingerprint {alias.fingerprint}, "
+                    f"the request planned on {shown(fingerprint)}); nothing was written",
+                    reason="VERSIONS_CHANGED",
+                )
+            space = space_id or alias.serving.space_id
+            targets = [c for c in alias.every_version().values() if c.space_id == space]
+            if not targets:
+                raise FailedPrecondition(
+                    f"vectors are in space {shown(space)}; no version of collection {shown(name)} "
+                    f"is (serving: {alias.serving.space_id})",
+                    reason="SPACE_MISMATCH",
+                )
+            for target in targets:  # all checked before any is written
+                if vectors.ndim != 2 or vectors.shape[1] != target.dim:
+                    raise InvalidArgument(
+                        f"vectors have dimension {vectors.shape[-1]}, version "
+                        f"{shown(target.version)} of {shown(name)} has {target.dim}",
+                        reason="DIMENSION_MISMATCH",
+                    )
+            for target in targets:
+                target.upsert(ids, vectors, metadata)
+        return len(ids)
+
+    def delete_items(self, name: str, ids: Sequence[str]) -> int:
+        """Deletes from every version; pending ones remember ids they do not hold. Returns
+        how many of the ids existed in the serving version."""
+        alias = self.alias(name)
+        with alias.gate.read():
+            deleted = 0
+            for version, collection in alias.every_version().items():
+                existed = collection.delete(ids)
+                if version == alias.active:
+                    deleted = existed
+        return deleted
+
     # -- bundles and versions --------------------------------------------------------
-    def load_bundle(self, name: str, version: str, path: str) -> tuple[HnswCollection, dict]:
-        """Verifies every file of the bundle, then loads it as a new, inactive version
-        (the first version of a new collection is active at once)."""
+    def load_bundle(
+        self, name: str, version: str, path: str = "", upload_id: str = ""
+    ) -> tuple[HnswCollection, dict]:
+        """Verifies every file of a bundle part (a directory under the bundle root, or a
+        staged upload), then loads it as a new, inactive version (the first version of a
+        new collection is active at once), or installs it into the pending version of that
+        name. Idempotent: the same part loaded again as the same version changes nothing."""
         validate_collection_name(name)
-        if not VERSION_NAME.match(version) or version == LIVE_VERSION:
-            raise InvalidArgument(
-                f"version {shown(version)} must be 1-64 characters of [A-Za-z0-9._-] and not "
-                f"{LIVE_VERSION!r}",
-                reason="BAD_VERSION",
-            )
-        directory = self._confined_bundle_path(path)
+        check_version_name(version)
+        if bool(path) == bool(upload_id):
+            raise InvalidArgument("give exactly one of path and upload_id", reason="BAD_BUNDLE_SOURCE")
+        if upload_id:
+            if not UPLOAD_ID.match(upload_id):
+                raise InvalidArgument(f"upload_id {shown(upload_id)} is not one this shard issued",
+                                      reason="BAD_UPLOAD_ID")
+            with self._lock:
+                done = self._already_loaded(name, version, upload_id=upload_id)
+            if done is not None:
+                self._discard_upload(upload_id)
+                return done
+            directory, source = self._staged(name, version, upload_id), f"upload {upload_id}"
+        else:
+            directory, source = self._confined_bundle_path(path), f"bundle {shown(path)}"
+        try:
+            manifest_bytes = (directory / "manifest.json").read_bytes()
+        except OSError as error:
+            raise FailedPrecondition(f"{source} has no readable manifest.json: {error.strerror}",
+                                     reason="BUNDLE_CORRUPT") from None
+        digest = hashlib.sha256(manifest_bytes).hexdigest()
         with self._lock:
+            done = self._already_loaded(name, version, digest=digest)
+        if done is not None:
+            if upload_id:
+                self._discard_upload(upload_id)
+            return done
+        collection, manifest = self._verified_part(directory, name, source)
+        collection.version = version
+        collection.bundle_digest = digest
+        with self._lock:
+            done = self._already_loaded(name, version, digest=digest)
             alias = self._aliases.get(name)
-            if alias is not None and version in alias.versions:
-                raise AlreadyExists(f"collection {shown(name)} already has version {shown(version)}")
+            if done is not None:
+                pass  # a concurrent load of the same part won
+            elif alias is not None and version in alias.pending:
+                self._install(alias, version, collection)
+            else:
+                if self.durability is not None:
+                    if alias is None:
+                        self._clear_unacknowledged(name)
+                    self._persist_version(collection, snapshot=True)
+                if alias is None:
+                    alias = Alias({}, version)
+                    self._aliases[name] = alias
+                    self._write_alias(name, alias)
+                with alias.gate.write():
+                    alias.versions[version] = collection
+        if upload_id:
+            self._discard_upload(upload_id)
+        return done or (collection, manifest)
+
+    def _already_loaded(
+        self, name: str, version: str, digest: str = "", upload_id: str = ""
+    ) -> tuple[HnswCollection, dict] | None:
+        """The loaded version when it came from the same part (a retried publish); None
+        when the version is free or pending; ALREADY_EXISTS for another part."""
+        alias = self._aliases.get(name)
+        existing = alias.versions.get(version) if alias is not None else None
+        if existing is None:
+            return None
+        same = existing.bundle_digest and (
+            existing.bundle_digest == digest
+            or upload_id == upload_id_for(name, version, existing.bundle_digest)
+        )
+        if not same:
+            raise AlreadyExists(
+                f"collection {shown(name)} already has version {shown(version)} "
+                f"from another bundle (digest {existing.bundle_digest or 'none'})"
+            )
+        return existing, {"count": existing.item_count, "space_id": existing.space_id}
+
+    def _verified_part(self, directory: Path, name: str, source: str) -> tuple[HnswCollection, dict]:
         try:
             manifest = verify_manifest(directory)
             collection = HnswCollection.from_snapshot(directory, manifest, name)
         except CorruptData as error:
             log.error("refusing a bundle", extra={"bundle": str(directory), "error": str(error)})
             raise FailedPrecondition(
-                f"bundle {shown(path)} failed verification: {error}", reason="BUNDLE_CORRUPT"
+                f"{source} failed verification: {error}", reason="BUNDLE_CORRUPT"
             ) from None
-        self._check_bundle_metadata(collection, path)
-        collection.version = version
-        with self._lock:
-            alias = self._aliases.get(name)
-            if alias is not None and version in alias.versions:
-                raise AlreadyExists(f"collection {shown(name)} already has version {shown(version)}")
-            if self.durability is not None:
-                if alias is None:
-                    self._clear_unacknowledged(name)
-                self._persist_version(collection, snapshot_from=directory)
-            if alias is None:
-                alias = Alias({}, version)
-                self._aliases[name] = alias
-                self._write_alias(name, alias)
-            alias.versions[version] = collection
+        self._check_bundle_metadata(collection, source)
         return collection, manifest
 
-    def _check_bundle_metadata(self, collection: HnswCollection, path: str) -> None:
+    def _install(self, alias: Alias, version: str, bundle: HnswCollection) -> None:
+        """Installs a bundle part into the pending version of that name: the pending
+        version's writes (newer than the bundle's catalog) are applied on top, and the
+        result becomes a loaded version. Writes to the collection wait meanwhile.
+
+        On disk, in the pending version's own directory: a snapshot of the result, with a
+        seq above every record of the pending WAL and the bundle digest in its manifest,
+        then CURRENT, then the marker goes. A crash before CURRENT recovers the pending
+        version from its WAL (a retried publish installs again); after it, the snapshot."""
+        pending = alias.pending[version]
+        if (bundle.space_id, bundle.dim) != (pending.space_id, pending.dim):
+            raise FailedPrecondition(
+                f"bundle is in space {bundle.space_id} (dim {bundle.dim}); pending version "
+                f"{shown(version)} is in {pending.space_id} (dim {pending.dim})",
+                reason="SPACE_MISMATCH",
+            )
+        with alias.gate.write():
+            bundle.absorb(pending)
+            if self.durability is not None:
+                files = self._files[(bundle.name, version)]
+                files.snapshot(bundle)
+                (files.directory / PENDING_MARKER).unlink(missing_ok=True)
+                fsync_dir(files.directory)
+                bundle.journal = files.append
+            alias.versions[version] = bundle
+            del alias.pending[version]
+        log.info("bundle installed into a pending version",
+                 extra={"collection": bundle.name, "version": version, "items": bundle.item_count})
+
+    def begin_version(
+        self, name: str, version: str, space_id: str, dim: int
+    ) -> tuple[HnswCollection, bool]:
+        """Opens a pending version: an empty collection in that space that takes every
+        write of its space and every delete until a bundle is installed into it."""
+        validate_collection_name(name)
+        check_version_name(version)
+        if not space_id:
+            raise InvalidArgument("space_id is required", reason="MISSING_SPACE")
+        if not 1 <= dim <= MAX_DIM:
+            raise InvalidArgument(f"dim must be 1..{MAX_DIM}, got {dim}", reason="BAD_DIM")
+        with self._lock:
+            alias = self.alias(name)
+            if version in alias.versions:
+                raise AlreadyExists(f"collection {shown(name)} already has version {shown(version)}")
+            existing = alias.pending.get(version)
+            if existing is not None:
+                if (existing.space_id, existing.dim) != (space_id, dim):
+                    raise FailedPrecondition(
+                        f"version {shown(version)} is pending in space {existing.space_id} "
+                        f"(dim {existing.dim}), not {shown(space_id)} (dim {dim})",
+                        reason="SPACE_MISMATCH",
+                    )
+                return existing, False
+            for other in alias.every_version().values():
+                if other.space_id == space_id and other.dim != dim:
+                    raise FailedPrecondition(
+                        f"version {shown(other.version)} is in space {space_id} with dim "
+                        f"{other.dim}, not {dim}",
+                        reason="SPACE_MISMATCH",
+                    )
+            collection = HnswCollection(name, space_id, dim, alias.serving.params,
+                                        self.initial_capacity, version=version)
+            collection.tombstones = set()
+            with alias.gate.write():
+                if self.durability is not None:
+                    self._persist_version(collection)
+                alias.pending[version] = collection
+            return collection, True
+
+    def delete_version(self, name: str, version: str) -> HnswCollection:
+        """Drops a version that is not serving, with its files; returns the serving one."""
+        validate_collection_name(name)
+        with self._lock:
+            alias = self.alias(name)
+            if version == alias.active:
+                raise FailedPrecondition(
+                    f"version {shown(version)} of {shown(name)} is serving; activate another first",
+                    reason="VERSION_SERVING",
+                )
+            if version not in alias.versions and version not in alias.pending:
+                raise NotFound(
+                    f"collection {shown(name)} has no version {shown(version)}",
+                    reason="VERSION_NOT_FOUND",
+                )
+            with alias.gate.write():
+                if alias.previous == version:
+                    # Alias first: a crash before the files go brings the version back as
+                    # an ordinary candidate, never a rollback target that is half deleted.
+                    self._write_alias(name, Alias(alias.versions, alias.active, None))
+                    alias.previous = None
+                alias.versions.pop(version, None)
+                alias.pending.pop(version, None)
+                files = self._files.pop((name, version), None)
+                if files is not None:
+                    files.close()
+                if self.durability is not None:
+                    remove_tree(self._version_dir(name, version))
+            return alias.serving
+
+    # -- uploads ---------------------------------------------------------------------
+    def _uploads_root(self, create: bool) -> Path | None:
+        if self.durability is not None:
+            root = self.durability.data_dir / "uploads"
+        else:
+            if self._temp_uploads is None and create:
+                with self._lock:  # never held by callers that create
+                    if self._temp_uploads is None:
+                        self._temp_uploads = Path(tempfile.mkdtemp(prefix="contentembed-uploads-"))
+            root = self._temp_uploads
+        if root is not None and create:
+            root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def begin_upload(self, name: str, version: str, manifest_bytes: bytes) -> Upload:
+        """Checks an upload's header and opens its staging directory."""
+        validate_collection_name(name)
+        check_version_name(version)
+        if not manifest_bytes or len(manifest_bytes) > MAX_MANIFEST_BYTES:
+            raise InvalidArgument(
+                f"manifest must be 1..{MAX_MANIFEST_BYTES} bytes, got {len(manifest_bytes)}",
+                reason="BAD_MANIFEST",
+            )
+        sizes = manifest_sizes(manifest_bytes)
+        total = sum(sizes.values())
+        if total > self.upload_limits.max_bytes:
+            raise InvalidArgument(
+                f"the part is {total} bytes; this shard takes uploads of at most "
+                f"{self.upload_limits.max_bytes}",
+                reason="UPLOAD_TOO_LARGE",
+            )
+        root = self._uploads_root(create=True)
+        assert root is not None
+        self._sweep_uploads(root)
+        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+        try:
+            return Upload(name, version, manifest_bytes, sizes, staging)
+        except BaseException:
+            remove_tree(staging)
+            raise
+
+    def finish_upload(self, upload: Upload) -> StagedUpload:
+        """Once the stream ended: every file complete and verified, then staged under its
+        id (replacing an earlier copy of the same part)."""
+        incomplete = upload.incomplete()
+        if incomplete:
+            raise FailedPrecondition(
+                f"the stream ended before every file was complete: {', '.join(incomplete)}",
+                reason="UPLOAD_INCOMPLETE",
+            )
+        upload.close_files()
+        atomic_write(upload.staging / "manifest.json", upload.manifest_bytes)
+        collection, _ = self._verified_part(upload.staging, upload.name, f"upload {upload.upload_id}")
+        info = {"collection": upload.name, "version": upload.version, "digest": upload.digest}
+        atomic_write(upload.staging / UPLOAD_INFO, json.dumps(info).encode())
+        final = upload.staging.with_name(upload.upload_id)
+        remove_tree(final)
+        upload.staging.rename(final)
+        fsync_dir(final.parent)
+        return StagedUpload(upload.upload_id, collection.item_count, collection.space_id, upload.digest)
+
+    def _staged(self, name: str, version: str, upload_id: str) -> Path:
+        root = self._uploads_root(create=False)
+        directory = root / upload_id if root is not None else None
+        if directory is None or not directory.is_dir():
+            raise NotFound(f"no staged upload {upload_id} on this shard (uploads do not survive "
+                           "a restart)", reason="UPLOAD_NOT_FOUND")
+        try:
+            info = json.loads((directory / UPLOAD_INFO).read_bytes())
+        except (OSError, ValueError) as error:
+            raise FailedPrecondition(f"upload {upload_id} is unreadable: {error}",
+                                     reason="BUNDLE_CORRUPT") from None
+        if (info.get("collection"), info.get("version")) != (name, version):
+            raise FailedPrecondition(
+                f"upload {upload_id} was sent for {info.get('collection')}/{info.get('version')}, "
+                f"not {name}/{version}",
+                reason="UPLOAD_MISMATCH",
+            )
+        return directory
+
+    def _discard_upload(self, upload_id: str) -> None:
+        root = self._uploads_root(create=False)
+        if root is not None:
+            with contextlib.suppress(OSError):
+                remove_tree(root / upload_id)
+
+    def _sweep_uploads(self, root: Path) -> None:
+        """Removes staged (or abandoned partial) uploads untouched for upload_ttl_s."""
+        deadline = time.time() - self.upload_limits.ttl_s
+        for entry in root.iterdir():
+            try:
+                touched = max([entry.stat().st_mtime] + [p.stat().st_mtime for p in entry.iterdir()])
+                if touched < deadline:
+                    log.info("removing a stale upload", extra={"upload": entry.name})
+                    remove_tree(entry)
+            except OSError:
+                continue  # removed meanwhile by another upload's sweep
+
+    def _check_bundle_metadata(self, collection: HnswCollection, source: str) -> None:
         """A batch job writes metadata without going through Upsert: the same bounds,
         refused as the bundle's fault (FAILED_PRECONDITION), with Upsert's reasons."""
         for item_id, values in collection.metadata_items():
             try:
                 check_metadata(values, self.metadata_limits, what=f"metadata of {shown(item_id)}")
             except InvalidArgument as error:
-                raise FailedPrecondition(
-                    f"bundle {shown(path)}: {error.message}", reason=error.reason
-                ) from None
+                raise FailedPrecondition(f"{source}: {error.message}", reason=error.reason) from None
 
     def _confined_bundle_path(self, path: str) -> Path:
         if self.bundle_root is None:
@@ -568,6 +1031,11 @@ class CollectionStore:
         """Flips the alias; returns (now serving, previously serving version)."""
         with self._lock:
             alias = self.alias(name)
+            if version in alias.pending:
+                raise FailedPrecondition(
+                    f"version {shown(version)} of {shown(name)} is pending: install its bundle first",
+                    reason="VERSION_PENDING",
+                )
             if version not in alias.versions:
                 raise NotFound(
                     f"collection {shown(name)} has no version {shown(version)} (loaded: {sorted(alias.versions)})",
@@ -591,6 +1059,28 @@ class CollectionStore:
                 )
             target = alias.previous
         return self.activate(name, target)
+
+
+def manifest_sizes(manifest_bytes: bytes) -> dict[str, int]:
+    """The files an uploaded part's manifest lists, with their sizes; INVALID_ARGUMENT
+    BAD_MANIFEST unless it lists exactly the snapshot files with sizes and sha256."""
+    try:
+        manifest = json.loads(manifest_bytes)
+    except ValueError as error:
+        raise InvalidArgument(f"manifest is not JSON: {error}", reason="BAD_MANIFEST") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or set(files) != set(SNAPSHOT_FILES):
+        raise InvalidArgument(f"manifest must list exactly {list(SNAPSHOT_FILES)} under files",
+                              reason="BAD_MANIFEST")
+    sizes = {}
+    for name, entry in files.items():
+        size = entry.get("bytes") if isinstance(entry, dict) else None
+        sha = entry.get("sha256") if isinstance(entry, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(sha, str):
+            raise InvalidArgument(f"manifest: {name} needs bytes (a size) and sha256",
+                                  reason="BAD_MANIFEST")
+        sizes[name] = size
+    return sizes
 
 
 def encode_token(last: str) -> str:
