@@ -250,6 +250,16 @@ def cases() -> list[Case]:
         Case("gateway", A + "PromoteCandidate", "no candidate", lambda: admin.PromoteCandidateRequest(collection="products"), PRECONDITION),
         Case("gateway", A + "RollbackCollection", "nothing to roll back to", lambda: admin.RollbackCollectionRequest(collection="products"), PRECONDITION),
         Case("gateway", A + "RollbackCollection", "bad name", lambda: admin.RollbackCollectionRequest(collection="a b")),
+        Case("gateway", A + "ListSpaces", "unparseable body", lambda: b"\x0a\xff"),
+        Case("gateway", A + "ListShards", "unparseable body", lambda: b"\x0a\xff"),
+        Case("gateway", A + "BeginVersion", "no space", lambda: admin.BeginVersionRequest(collection="products", version="v7")),
+        Case("gateway", A + "BeginVersion", "space nobody serves", lambda: admin.BeginVersionRequest(collection="products", version="v7", space_id="nobody@1"), PRECONDITION),
+        Case("gateway", A + "BeginVersion", "bad name", lambda: admin.BeginVersionRequest(collection="../x", version="v7", space_id="nobody@1")),
+        Case("gateway", A + "DeleteVersion", "the serving version", lambda: admin.DeleteVersionRequest(collection="products", version="live"), PRECONDITION),
+        Case("gateway", A + "DeleteVersion", "unknown version", lambda: admin.DeleteVersionRequest(collection="products", version="v404"), NOT_FOUND),
+        Case("gateway", A + "DeleteVersion", "bad name", lambda: admin.DeleteVersionRequest(collection="a b", version="v1")),
+        Case("gateway", S + "Search", "version not loaded", lambda: search.SearchRequest(collection="products", text="kettle", top_k=3, version="v404"), PRECONDITION),
+        Case("gateway", S + "Search", "version with more collections", lambda: search.SearchRequest(collection="products", text="kettle", top_k=3, version="live", also_collections=["pictures"])),
     ]
     return table
 
