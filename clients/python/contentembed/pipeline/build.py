@@ -44,6 +44,9 @@ from contentembed.pipeline.embedders import (
     embed_rows,
 )
 
+# Pure (hashlib only): importable with the base install, and the shards' own routing.
+from contentembed.services.common.sharding import shard_for_id
+
 BUNDLE_FORMAT = "contentembed-bundle/v1"
 SLICE_FORMAT = "contentembed-build-slice/v1"
 Progress = Callable[[int], None]
@@ -51,12 +54,6 @@ Progress = Callable[[int], None]
 
 class BuildError(RuntimeError):
     pass
-
-
-def shard_for_id(item_id: str, shard_count: int) -> int:
-    # The shards' routing (contentembed.services.common.sharding), without the server extra.
-    digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shard_count
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import grpc
 from contentembed.client.sync import ApiError, channel_from_env
 from contentembed.index.v1 import index_service_pb2 as index_pb
 from contentembed.index.v1 import index_service_pb2_grpc as index_grpc
+from contentembed.pipeline.catalog import sha256_file
 
 BUNDLE_FORMAT = "contentembed-bundle/v1"
 PART_FILES = ("index.bin", "items.json")
@@ -79,14 +80,6 @@ class Bundle:
         return str(self.manifest["space"]["space_id"])
 
 
-def sha256_of(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def read_bundle(directory: Path) -> Bundle:
     """The bundle, after every file its manifest lists matched its sha256."""
     try:
@@ -107,7 +100,7 @@ def read_bundle(directory: Path) -> Bundle:
         path = directory / name
         if ".." in Path(name).parts or not path.is_file():
             raise BundleError(f"{directory}: {name} is missing")
-        if sha256_of(path) != expected:
+        if sha256_file(path) != expected:
             raise BundleError(f"{directory}: {name} does not match its sha256 in manifest.json")
     parts = []
     for listed in parts_listed:
