@@ -59,7 +59,7 @@ def catalogs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def shadow_queries(stack: LocalStack, wanted: int) -> dict:
     deadline = time.monotonic() + 60
     while True:
-        report = last_json(cli("shadow-report", "loop", "--json", "-t", stack.gateway_address))
+        report = json.loads(cli("shadow-report", "loop", "--json", "-t", stack.gateway_address).stdout)
         if report["queries"] >= wanted or time.monotonic() > deadline:
             return report
         time.sleep(0.5)

@@ -185,3 +185,50 @@ def test_exact_search_of_a_version_equals_brute_force_over_the_same_vectors(stac
                            version="live")
     assert ids_of(result) == [DOCUMENTS[n]["id"] for n in order]
     assert [h.score for h in result.hits] == pytest.approx(scores[order].tolist(), abs=1e-5)
+
+
+def test_eval_through_the_gateway_equals_numpy_over_the_same_vectors(stack, client, tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from contentembed.cli.main import app
+    from contentembed.pipeline.evaluation import hit_at, ndcg, reciprocal_rank
+
+    client.create_collection("evaluated", space_id=stack.space(stack.minilm))
+    client.upsert_documents("evaluated", DOCUMENTS)
+    labelled = [
+        ("music on the go", ["earbuds", "headphones"]),
+        ("making coffee", ["espresso"]),
+        ("sleeping in the mountains", ["sleeping-bag", "tent"]),
+        ("lifting weights at home", ["dumbbells"]),
+        ("a quiet flight", ["kettle"]),  # a query whose relevant item ranks low
+    ]
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(
+        json.dumps({"id": str(n), "text": text, "relevant": relevant}) + "\n"
+        for n, (text, relevant) in enumerate(labelled)
+    ))
+    done = CliRunner().invoke(app, ["eval", str(queries), "-c", "evaluated", "--json",
+                                    "-t", stack.gateway.address])
+    assert done.exit_code == 0, done.output
+    figures = json.loads(done.output.strip().splitlines()[-1])
+
+    items = stack.vectors(stack.minilm, [d["text"] for d in DOCUMENTS])
+    ids = [d["id"] for d in DOCUMENTS]
+    rankings = [
+        [ids[n] for n in np.argsort(-(items @ query), kind="stable")]
+        for query in stack.vectors(stack.minilm, [text for text, _ in labelled])
+    ]
+    relevant = [frozenset(r) for _, r in labelled]
+    expected = {
+        **{f"recall@{k}": np.mean([hit_at(r, rel, k) for r, rel in zip(rankings, relevant)])
+           for k in (1, 5, 10)},
+        "mrr@10": np.mean([reciprocal_rank(r, rel) for r, rel in zip(rankings, relevant)]),
+        "ndcg@10": np.mean([ndcg(r, rel) for r, rel in zip(rankings, relevant)]),
+    }
+    for key, value in expected.items():
+        assert figures[key] == pytest.approx(value, abs=1e-9), key
+    assert figures["ann_recall@10"] == 1.0  # 12 items: HNSW finds them all
+    assert (figures["queries"], figures["version"]) == (len(labelled), "live")
+    assert 0 < figures["recall@1"] < figures["recall@10"]  # the numbers are not degenerate

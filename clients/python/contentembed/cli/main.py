@@ -543,7 +543,11 @@ def publish(
             shards = publisher.install(bundle, collection, new_collection, upload_ids, mounted)
         except PublishError as error:
             raise fail(str(error)) from None
-    serving = new_collection
+    with client_from_env(target) as client:
+        try:  # a version published before may be serving already
+            serving = client.get_collection(collection).version == bundle.version
+        except ApiError:
+            serving = new_collection
     if as_json:
         print(json.dumps({
             "collection": collection, "version": bundle.version, "digest": bundle.digest,
@@ -554,7 +558,8 @@ def publish(
         return
     items = sum(s.items for s in shards)
     if serving:
-        console.print(f"created [bold]{collection}[/] serving {bundle.version} "
+        done = "created" if new_collection else "published to"
+        console.print(f"{done} [bold]{collection}[/]: {bundle.version} is serving "
                       f"({items} items on {len(shards)} shards)")
     else:
         console.print(
@@ -599,7 +604,7 @@ def versions(
         if name == info.version:
             state = "serving"
         elif name in info.pending_versions:
-            state = "pending (a build is running)"
+            state = "pending: gets every write until published"
         elif name == info.candidate_version:
             state = "candidate"
         else:
@@ -626,7 +631,12 @@ def retire(
 
 @app.command("eval")
 def evaluate_command(
-    queries: Annotated[Path, typer.Argument(help="JSONL: {'id', 'text'|'image', 'relevant': [ids]}.")],
+    queries: Annotated[
+        Path | None, typer.Argument(help="JSONL: {'id', 'text'|'image', 'relevant': [ids]}.")
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="The demo's 30 labelled queries (for `ingest --demo`).")
+    ] = False,
     collection: CollectionOption = DEMO_COLLECTION,
     version: Annotated[
         list[str] | None,
@@ -637,10 +647,22 @@ def evaluate_command(
 ) -> None:
     """Recall@1/5/10, MRR@10, nDCG@10 and ANN recall@10 (HNSW against exact search) of
     labelled queries through the live gateway, one column per version."""
-    from contentembed.pipeline.evaluation import EVAL_DEPTH, QueriesError, evaluate, read_queries
+    from contentembed.pipeline.evaluation import (
+        EVAL_DEPTH,
+        LabelledQuery,
+        QueriesError,
+        evaluate,
+        read_queries,
+    )
 
+    if (queries is None) == (not demo):
+        raise fail("give a queries file or --demo")
     try:
-        labelled = read_queries(queries)
+        labelled = (
+            read_queries(queries) if queries is not None
+            else [LabelledQuery(str(n), q.query, frozenset({q.expected_id}))
+                  for n, q in enumerate(read_labelled_queries())]
+        )
     except (QueriesError, OSError) as error:
         raise fail(str(error)) from None
     reports = []

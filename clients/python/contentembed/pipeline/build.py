@@ -698,12 +698,18 @@ def capture_online_writes(client: Any, collection: str, version: str, space_id: 
     from contentembed.client import ApiError
 
     try:
-        client.get_collection(collection)
+        info = client.get_collection(collection)
     except ApiError as error:
         if error.code == "NOT_FOUND":
             return f"collection {collection} does not exist yet: no online writes to capture"
         raise BuildError(f"cannot open version {version}: {error}; build with --offline to "
                          "skip capturing online writes") from None
+    if version in info.versions:
+        # The default version names (catalog, model, params, shards): the same build.
+        raise BuildError(
+            f"{collection} already has version {version} loaded (this catalog, model and "
+            f"parameters); nothing new to build. Give --version to build it under another name."
+        )
     try:
         _, created = client.begin_version(collection, version, space_id)
     except ApiError as error:
