@@ -100,15 +100,17 @@ def test_cli_search_prints_ranked_json(stack) -> None:
     assert result["space_id"].startswith("all-MiniLM-L6-v2@")
 
 
-def test_cli_ingest_reports_bad_catalog_line(stack, tmp_path: Path) -> None:
+def test_cli_ingest_rejects_a_bad_catalog_line_and_writes_the_rest(stack, tmp_path: Path) -> None:
     catalog = tmp_path / "bad.jsonl"
-    catalog.write_text('{"id": "x1", "text": "fine"}\n{"id": "x2"}\n')
+    catalog.write_text('{"id": "x1", "text": "fine"}\n{"id": "x2"}\n{"id": "x3", "text": "also fine"}\n')
     run = subprocess.run(
         [*CLI, "ingest", str(catalog), "--collection", "cli-test", "--target", stack.gateway_address],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
-    assert run.returncode == 1
-    assert "bad.jsonl:2" in run.stderr and "'text'" in run.stderr
+    assert run.returncode == 0, run.stderr
+    assert "upserted 2 documents" in run.stdout and "1 rows rejected" in run.stdout
+    (reject,) = map(json.loads, (tmp_path / "bad.rejects.jsonl").read_text().splitlines())
+    assert (reject["line"], reject["id"]) == (2, "x2") and "text" in reject["reason"]
 
 
 def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:

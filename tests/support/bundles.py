@@ -1,22 +1,16 @@
-"""Bundles for tests of publishing and versions, written in the documented format
-(docs/bundles.md) straight from vectors, without running a build."""
+"""Bundles for tests of publishing and versions, written by the build's own bundle writer
+straight from vectors, without embedding a catalog."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from contentembed.services.common.sharding import shard_for_id
-from contentembed.services.index.collection import HnswCollection, HnswParams
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from contentembed.pipeline.build import BundleContents
+from contentembed.pipeline.build import write_bundle as write_contents
 
 
 def write_bundle(
@@ -29,31 +23,15 @@ def write_bundle(
     shard_count: int,
     metadata: Sequence[dict[str, Any]] | None = None,
 ) -> Path:
-    metadata = metadata or [{} for _ in ids]
-    files: dict[str, str] = {}
-    parts = []
-    for shard in range(shard_count):
-        mine = [n for n, item_id in enumerate(ids) if shard_for_id(item_id, shard_count) == shard]
-        part = HnswCollection(collection, space_id, vectors.shape[1], HnswParams(), version=version)
-        if mine:
-            part.upsert([ids[n] for n in mine], vectors[mine], [metadata[n] for n in mine])
-        name = f"shard-{shard:04d}"
-        part.write_snapshot(directory / name)
-        for file in ("index.bin", "items.json", "manifest.json"):
-            files[f"{name}/{file}"] = sha256(directory / name / file)
-        parts.append({"shard": shard, "dir": name, "items": len(mine),
-                      "manifest_sha256": files[f"{name}/manifest.json"]})
-    (directory / "rejects.jsonl").write_text("")
-    files["rejects.jsonl"] = sha256(directory / "rejects.jsonl")
-    manifest = {
-        "format": "contentembed-bundle/v1", "version": version, "collection": collection,
-        "space": {"space_id": space_id, "model_id": space_id.split("@")[0], "model_revision": "",
-                  "dim": int(vectors.shape[1])},
-        "modalities": ["text"], "metric": "cosine",
-        "hnsw": {"m": 16, "ef_construction": 200, "ef_search": 100},
-        "shard_count": shard_count, "items": len(ids), "rejects": 0,
-        "catalog": {"name": "test", "sha256": "", "rows": len(ids)},
-        "parts": parts, "files": files,
-    }
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    contents = BundleContents(
+        collection=collection, version=version,
+        space={"space_id": space_id, "model_id": space_id.split("@")[0], "model_revision": "",
+               "dim": int(vectors.shape[1])},
+        modalities=["text"], hnsw={"m": 16, "ef_construction": 200, "ef_search": 100},
+        catalog={"name": "test", "sha256": "", "rows": len(ids)},
+        ids=list(ids), vectors=np.asarray(vectors, dtype=np.float32),
+        metadata=list(metadata or [{} for _ in ids]), digests=["" for _ in ids],
+    )
+    directory.mkdir(parents=True)
+    write_contents(directory, contents, shard_count)
     return directory

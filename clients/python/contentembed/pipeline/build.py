@@ -376,9 +376,78 @@ def load_slices(
     return records
 
 
-def merge(params: BuildParams, count: int, catalog_path: Path, catalog_rows: int | None = None) -> BundleResult:
+@dataclass(frozen=True)
+class BundleContents:
+    """Everything a bundle holds, in catalog order (ids unique)."""
+
+    collection: str
+    version: str
+    space: dict[str, Any]  # space_id, model_id, model_revision, dim
+    modalities: list[str]
+    hnsw: dict[str, int]
+    catalog: dict[str, Any]  # name, sha256, rows
+    ids: Sequence[str]
+    vectors: np.ndarray
+    metadata: Sequence[dict[str, Any]]
+    digests: Sequence[str]  # content digest per id, for build --from
+    rejects: Sequence[Reject] = ()
+
+
+def write_bundle(directory: Path, contents: BundleContents, shard_count: int) -> tuple[str, list[int]]:
+    """Writes the bundle (docs/bundles.md) into an empty directory; returns its digest and
+    the item count of each part. Parts are filled in id order on one thread, so the same
+    contents give the same bytes."""
     from contentembed.services.index.collection import HnswCollection, HnswParams
 
+    position = {item_id: n for n, item_id in enumerate(contents.ids)}
+    parts = []
+    files: dict[str, str] = {}
+    part_counts = []
+    for shard in range(shard_count):
+        mine = sorted(i for i in contents.ids if shard_for_id(i, shard_count) == shard)
+        rows_at = [position[i] for i in mine]
+        collection = HnswCollection(
+            contents.collection, contents.space["space_id"], int(contents.space["dim"]),
+            HnswParams(**contents.hnsw), initial_capacity=max(1, len(mine)),
+            version=contents.version,
+        )
+        collection.bulk_insert(mine, contents.vectors[rows_at],
+                               [contents.metadata[p] for p in rows_at])
+        name = f"shard-{shard:04d}"
+        collection.write_snapshot(directory / name)
+        for file in ("index.bin", "items.json", "manifest.json"):
+            files[f"{name}/{file}"] = sha256_file(directory / name / file)
+        parts.append({"shard": shard, "dir": name, "items": len(mine),
+                      "manifest_sha256": files[f"{name}/manifest.json"]})
+        part_counts.append(len(mine))
+    write_rejects(directory / "rejects.jsonl", list(contents.rejects))
+    content = {item_id: contents.digests[position[item_id]] for item_id in sorted(contents.ids)}
+    (directory / "content.json").write_text(
+        json.dumps(content, sort_keys=True, separators=(",", ":")), encoding="utf-8"
+    )
+    files["rejects.jsonl"] = sha256_file(directory / "rejects.jsonl")
+    files["content.json"] = sha256_file(directory / "content.json")
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "version": contents.version,
+        "collection": contents.collection,
+        "space": contents.space,
+        "modalities": contents.modalities,
+        "metric": "cosine",
+        "hnsw": contents.hnsw,
+        "shard_count": shard_count,
+        "items": len(contents.ids),
+        "rejects": len(contents.rejects),
+        "catalog": contents.catalog,
+        "parts": parts,
+        "files": dict(sorted(files.items())),
+    }
+    data = (json.dumps(manifest, indent=1) + "\n").encode()
+    (directory / "manifest.json").write_bytes(data)
+    return hashlib.sha256(data).hexdigest(), part_counts
+
+
+def merge(params: BuildParams, count: int, catalog_path: Path, catalog_rows: int | None = None) -> BundleResult:
     catalog_sha256 = sha256_file(catalog_path)
     records = load_slices(params, count, catalog_sha256, params.version)
     first = records[0]
@@ -407,55 +476,16 @@ def merge(params: BuildParams, count: int, catalog_path: Path, catalog_rows: int
         write_rejects(params.work / "rejects.jsonl", rejects)
         raise TooManyRejects(len(rejects), params.max_rejects, rejects)
     matrix = np.concatenate(blocks) if blocks else np.zeros((0, space["dim"]), np.float32)
-    position = {item_id: n for n, item_id in enumerate(ids)}
 
     staging = params.staging
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    hnsw = HnswParams(**first["hnsw"])
-    parts = []
-    files: dict[str, str] = {}
-    part_counts = []
-    for shard in range(shard_count):
-        mine = sorted(i for i in ids if shard_for_id(i, shard_count) == shard)
-        rows_at = [position[i] for i in mine]
-        collection = HnswCollection(
-            params.collection, space["space_id"], space["dim"], hnsw,
-            initial_capacity=max(1, len(mine)), version=version,
-        )
-        collection.bulk_insert(mine, matrix[rows_at], [metadata[p] for p in rows_at])
-        name = f"shard-{shard:04d}"
-        collection.write_snapshot(staging / name)
-        for file in ("index.bin", "items.json", "manifest.json"):
-            files[f"{name}/{file}"] = sha256_file(staging / name / file)
-        parts.append({"shard": shard, "dir": name, "items": len(mine),
-                      "manifest_sha256": files[f"{name}/manifest.json"]})
-        part_counts.append(len(mine))
-    write_rejects(staging / "rejects.jsonl", rejects)
-    content = {item_id: digests[position[item_id]] for item_id in sorted(ids)}
-    (staging / "content.json").write_text(
-        json.dumps(content, sort_keys=True, separators=(",", ":")), encoding="utf-8"
+    contents = BundleContents(
+        collection=params.collection, version=version, space=space,
+        modalities=first["modalities"], hnsw=first["hnsw"], catalog=first["catalog"],
+        ids=ids, vectors=matrix, metadata=metadata, digests=digests, rejects=rejects,
     )
-    files["rejects.jsonl"] = sha256_file(staging / "rejects.jsonl")
-    files["content.json"] = sha256_file(staging / "content.json")
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "version": version,
-        "collection": params.collection,
-        "space": space,
-        "modalities": first["modalities"],
-        "metric": "cosine",
-        "hnsw": first["hnsw"],
-        "shard_count": shard_count,
-        "items": len(ids),
-        "rejects": len(rejects),
-        "catalog": first["catalog"],
-        "parts": parts,
-        "files": dict(sorted(files.items())),
-    }
-    data = (json.dumps(manifest, indent=1) + "\n").encode()
-    (staging / "manifest.json").write_bytes(data)
-    digest = hashlib.sha256(data).hexdigest()
+    digest, part_counts = write_bundle(staging, contents, shard_count)
     result = BundleResult(version, params.out, len(ids), len(rejects), digest, parts=part_counts)
     out = params.out
     if out.exists():

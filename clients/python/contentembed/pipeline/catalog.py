@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Pure modules of the services (no grpc, no third-party packages): the same id rules and
+# digests as the shards, with the SDK's base install.
+from contentembed.services.common.digests import sha256_file
+from contentembed.services.common.validation import MAX_ID_BYTES, shown
+
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 DEMO_CATALOG = DEMO_DIR / "catalog.jsonl"
 DEMO_QUERIES = DEMO_DIR / "queries.jsonl"
 DEFAULT_MAX_REJECTS = 1000
-MAX_ID_BYTES = 256  # as contentembed.services.common.validation.MAX_ID_BYTES
-SHOWN = 64
 
 
 class CatalogError(ValueError):
@@ -90,19 +93,6 @@ class Catalog:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.path.name, "sha256": self.sha256, "rows": self.rows_total}
-
-
-def shown(value: str) -> str:
-    text = repr(value[: SHOWN + 1])
-    return text if len(value) <= SHOWN else f"{text[:SHOWN]}… ({len(value)} characters)"
-
-
-def sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def content_digest(kind: str, content: bytes, metadata: dict[str, Any]) -> str:

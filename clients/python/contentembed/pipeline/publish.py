@@ -30,7 +30,7 @@ import grpc
 from contentembed.client.sync import ApiError, channel_from_env
 from contentembed.index.v1 import index_service_pb2 as index_pb
 from contentembed.index.v1 import index_service_pb2_grpc as index_grpc
-from contentembed.pipeline.catalog import sha256_file
+from contentembed.services.common.digests import sha256_file
 
 BUNDLE_FORMAT = "contentembed-bundle/v1"
 PART_FILES = ("index.bin", "items.json")

@@ -120,10 +120,8 @@ class HnswCollection:
         return self.tombstones is not None
 
     # -- writes ----------------------------------------------------------------------
-    def upsert(
-        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]
-    ) -> int:
-        """Inserts or replaces; an id keeps exactly one live vector. Journaled first."""
+    def _checked(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
+        """The vectors L2-normalized, once ids and shape are known to be valid."""
         if vectors.ndim != 2 or vectors.shape != (len(ids), self.dim):
             raise InvalidArgument(
                 f"vectors: expected {len(ids)} x {self.dim}, got {'x'.join(map(str, vectors.shape))}",
@@ -131,7 +129,13 @@ class HnswCollection:
             )
         validate_ids(ids, what="items")
         reject_zero_rows(vectors, what="items")
-        vectors = l2_normalize(vectors)
+        return l2_normalize(vectors)
+
+    def upsert(
+        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]
+    ) -> int:
+        """Inserts or replaces; an id keeps exactly one live vector. Journaled first."""
+        vectors = self._checked(ids, vectors)
         with self._writers, self._lock.write():
             record = WalRecord(self.seq + 1, "upsert", list(ids), vectors, [dict(m) for m in metadata])
             if self.journal is not None:
@@ -145,14 +149,7 @@ class HnswCollection:
         """Fills an empty collection in the given order on one thread (labels 0..n-1): the
         same items in the same order give the same index.bin byte for byte, which is what
         makes a batch build's bundle reproducible. Not journaled; one write (seq + 1)."""
-        if vectors.ndim != 2 or vectors.shape != (len(ids), self.dim):
-            raise InvalidArgument(
-                f"vectors: expected {len(ids)} x {self.dim}, got {'x'.join(map(str, vectors.shape))}",
-                reason="DIMENSION_MISMATCH",
-            )
-        validate_ids(ids, what="items")
-        reject_zero_rows(vectors, what="items")
-        vectors = l2_normalize(vectors)
+        vectors = self._checked(ids, vectors)
         with self._writers, self._lock.write():
             if self._next_label:
                 raise ValueError("bulk_insert fills an empty collection only")

@@ -21,7 +21,6 @@ A collection directory is ``<data-dir>/collections/<name>/versions/<version>/``,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from contentembed.services.common.digests import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,6 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def fsync_file(path: Path) -> None:
