@@ -33,6 +33,7 @@ lint-protos: $(BUF)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/bandit -q -c pyproject.toml -r services clients bench protos
+	$(VENV)/bin/hadolint deploy/Dockerfile
 
 codegen: $(STAMP)
 	$(PY) protos/codegen.py
