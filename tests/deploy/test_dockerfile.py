@@ -241,10 +241,20 @@ def ignored(path: str) -> bool:
 
 
 def tracked_files(path: str) -> list[str]:
-    listing = subprocess.run(
-        ["git", "ls-files", "--", path], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    return listing.stdout.split()
+    """The repository's files under path (git's list; a walk outside a git checkout)."""
+    try:
+        listing = subprocess.run(
+            ["git", "ls-files", "--", path], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        return listing.stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        base = ROOT / path
+        found = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        return [
+            str(p.relative_to(ROOT))
+            for p in found
+            if "__pycache__" not in p.parts and not p.name.endswith(".pyc")
+        ]
 
 
 # ---------------------------------------------------------------------------------------
