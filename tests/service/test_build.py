@@ -287,3 +287,16 @@ def test_from_reuses_unchanged_rows(demo_bundle, text_encoder, image_encoder, im
                               encoders=[image_encoder.address], previous=demo_bundle.bundle), quiet)
     assert other.reused == 0 and other.embedded == 37
     assert any("another model" in note for note in other.notes)
+
+
+def test_a_version_already_loaded_is_its_own_error() -> None:
+    """The scheduled build Job treats it (CLI exit code 4) as "nothing new", not a failure."""
+    from types import SimpleNamespace
+
+    from contentembed.cli.main import EXIT_VERSION_EXISTS
+    from contentembed.pipeline.build import VersionExists, capture_online_writes
+
+    client = SimpleNamespace(get_collection=lambda name: SimpleNamespace(versions=["b-1"]))
+    with pytest.raises(VersionExists, match="already has version b-1"):
+        capture_online_writes(client, "products", "b-1", "space")
+    assert EXIT_VERSION_EXISTS == 4

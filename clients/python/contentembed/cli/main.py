@@ -47,6 +47,9 @@ DEMO_COLLECTION = "products"
 
 # `build --merge` when some slices are not complete yet: nothing was written.
 EXIT_SLICES_MISSING = 3
+# `build` when the collection already has the version it would make (same catalog, model,
+# parameters, shards): nothing new to build or publish.
+EXIT_VERSION_EXISTS = 4
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -326,6 +329,7 @@ def build(
         BuildOptions,
         Hnsw,
         SlicesMissing,
+        VersionExists,
         parse_slice,
         run_build,
     )
@@ -354,6 +358,9 @@ def build(
         # Not a failure for an Indexed Job: the pod of the last slice merges.
         raise fail(f"{escape(str(error))} (exit code {EXIT_SLICES_MISSING}: not every "
                    "slice is done yet; merge again once they are)", EXIT_SLICES_MISSING) from None
+    except VersionExists as error:
+        raise fail(f"{escape(str(error))} (exit code {EXIT_VERSION_EXISTS})",
+                   EXIT_VERSION_EXISTS) from None
     except (BuildError, CatalogError) as error:
         raise fail(escape(str(error))) from None
     except KeyboardInterrupt:

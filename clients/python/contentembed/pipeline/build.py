@@ -61,6 +61,10 @@ class BuildError(RuntimeError):
     pass
 
 
+class VersionExists(BuildError):
+    """The collection already has the version this build would make: nothing new."""
+
+
 class SlicesMissing(BuildError):
     """A merge found slices not (yet) complete; ``missing`` are their numbers."""
 
@@ -758,7 +762,7 @@ def capture_online_writes(client: Any, collection: str, version: str, space_id: 
                          "skip capturing online writes") from None
     if version in info.versions:
         # The default version names (catalog, model, params, shards): the same build.
-        raise BuildError(
+        raise VersionExists(
             f"{collection} already has version {version} loaded (this catalog, model and "
             f"parameters); nothing new to build. Give --version to build it under another name."
         )
