@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 BUF    := node_modules/.bin/buf
 
-.PHONY: setup demo test lint lint-protos codegen clean
+.PHONY: setup demo test lint lint-protos codegen clean kubectl
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -38,7 +38,16 @@ lint: $(STAMP)
 codegen: $(STAMP)
 	$(PY) protos/codegen.py
 
-test: setup lint-protos lint
+# tests/deploy renders deploy/k8s with `kubectl kustomize`: on a machine without kubectl,
+# Debian's kubernetes-client (kubectl 1.20, kustomize v2.0.3) is installed.
+kubectl:
+	@command -v kubectl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "kubectl not found: installing Debian's kubernetes-client"; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client; }
+
+test: setup lint-protos lint kubectl
 	$(PY) -m pytest
 
 clean:

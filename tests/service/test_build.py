@@ -182,12 +182,56 @@ def test_three_slices_and_a_merge_equal_a_single_build(demo_bundle, text_encoder
 
 
 def test_merge_names_a_missing_slice(text_encoder, tmp_path) -> None:
-    from contentembed.pipeline.build import BuildError
+    from contentembed.pipeline.build import SlicesMissing
 
     options = text_options(text_encoder, tmp_path / "partial", chunk_size=64)
     run_build(replace(options, slice=(1, 3)), quiet)
-    with pytest.raises(BuildError, match=r"slice 0/3 is missing.*slice 2/3 is missing"):
+    with pytest.raises(SlicesMissing, match=r"slice 0/3 is missing.*slice 2/3 is missing") as caught:
         merge_only(replace(options, merge_only=True), quiet)
+    assert (caught.value.missing, caught.value.count) == ([0, 2], 3)
+    assert not (tmp_path / "partial").exists()
+    assert not list(tmp_path.glob("partial.staging*"))
+
+
+def test_cli_merge_exits_3_while_slices_are_missing_then_merges(text_encoder, tmp_path) -> None:
+    """What each pod of the Indexed Job does after its slice (deploy/k8s/base/build-job.yaml):
+    `build --merge`; exit code 3 means another slice is still running and its pod merges."""
+    from typer.testing import CliRunner
+
+    from contentembed.cli.main import EXIT_SLICES_MISSING, app
+
+    out = tmp_path / "job"
+    options = text_options(text_encoder, out, chunk_size=64)
+    merge = ["build", str(DEMO_CATALOG), "-c", "products", "--out", str(out), "--merge",
+             "--offline", "--no-progress"]
+    runner = CliRunner()
+    run_build(replace(options, slice=(0, 2)), quiet)
+    early = runner.invoke(app, merge)
+    assert early.exit_code == EXIT_SLICES_MISSING == 3, early.output
+    assert not out.exists()
+    run_build(replace(options, slice=(1, 2)), quiet)
+    last = runner.invoke(app, [*merge, "--json"])
+    assert last.exit_code == 0, last.output
+    again = runner.invoke(app, [*merge, "--json"])  # a second pod merging: harmless
+    assert again.exit_code == 0, again.output
+    first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (last, again))
+    assert not first["already_built"] and second["already_built"]
+    assert first["digest"] == second["digest"]
+
+
+def test_concurrent_merges_agree_on_one_bundle(text_encoder, tmp_path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    options = text_options(text_encoder, tmp_path / "raced", chunk_size=64)
+    for index in range(2):
+        run_build(replace(options, slice=(index, 2)), quiet)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: merge_only(replace(options, merge_only=True), quiet).result,
+                                range(4)))
+    assert len({r.digest for r in results}) == 1
+    assert sum(not r.already_built for r in results) >= 1
+    verify_bundle(tmp_path / "raced")
+    assert not list(tmp_path.glob("raced.staging*"))
 
 
 def test_a_killed_build_resumes_to_the_same_digest(demo_bundle, text_encoder, tmp_path) -> None:
@@ -243,3 +287,16 @@ def test_from_reuses_unchanged_rows(demo_bundle, text_encoder, image_encoder, im
                               encoders=[image_encoder.address], previous=demo_bundle.bundle), quiet)
     assert other.reused == 0 and other.embedded == 37
     assert any("another model" in note for note in other.notes)
+
+
+def test_a_version_already_loaded_is_its_own_error() -> None:
+    """The scheduled build Job treats it (CLI exit code 4) as "nothing new", not a failure."""
+    from types import SimpleNamespace
+
+    from contentembed.cli.main import EXIT_VERSION_EXISTS
+    from contentembed.pipeline.build import VersionExists, capture_online_writes
+
+    client = SimpleNamespace(get_collection=lambda name: SimpleNamespace(versions=["b-1"]))
+    with pytest.raises(VersionExists, match="already has version b-1"):
+        capture_online_writes(client, "products", "b-1", "space")
+    assert EXIT_VERSION_EXISTS == 4

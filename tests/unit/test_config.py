@@ -26,3 +26,35 @@ def test_endpoint_lists_accept_commas_in_flags_and_environment(monkeypatch: pyte
 def test_invalid_shard_position_is_refused() -> None:
     with pytest.raises(Exception, match="shard_index"):
         IndexSettings(shard_index=2, shard_count=2)
+
+
+@pytest.mark.parametrize(("hostname", "expected"), [("index-0", 0), ("index-3", 3),
+                                                    ("contentembed-index-12.svc", 12)])
+def test_shard_index_from_the_statefulset_hostname(
+    monkeypatch: pytest.MonkeyPatch, hostname: str, expected: int
+) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: hostname)
+    monkeypatch.setenv("CONTENTEMBED_SHARD_COUNT", "16")
+    settings = load_settings(IndexSettings, ["--shard-index-from-hostname"])
+    assert (settings.shard_index, settings.shard_count) == (expected, 16)
+    monkeypatch.setenv("CONTENTEMBED_SHARD_INDEX_FROM_HOSTNAME", "true")
+    assert load_settings(IndexSettings, []).shard_index == expected
+
+
+@pytest.mark.parametrize("hostname", ["index", "index-", "index-a", "my-host-x1", "index-\u0663"])
+def test_shard_index_from_hostname_refuses_a_hostname_without_a_number(
+    monkeypatch: pytest.MonkeyPatch, hostname: str
+) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: hostname)
+    with pytest.raises(Exception, match="does not end in -<number>"):
+        IndexSettings(shard_index_from_hostname=True, shard_count=4)
+
+
+def test_shard_index_from_hostname_must_be_below_the_shard_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: "index-2")
+    with pytest.raises(Exception, match="CONTENTEMBED_SHARD_COUNT"):
+        IndexSettings(shard_index_from_hostname=True, shard_count=2)
+    with pytest.raises(Exception, match="not both"):
+        IndexSettings(shard_index_from_hostname=True, shard_index=1, shard_count=4)

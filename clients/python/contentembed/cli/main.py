@@ -45,6 +45,13 @@ CollectionOption = Annotated[str, typer.Option("--collection", "-c", help="Colle
 DEMO_COLLECTION = "products"
 
 
+# `build --merge` when some slices are not complete yet: nothing was written.
+EXIT_SLICES_MISSING = 3
+# `build` when the collection already has the version it would make (same catalog, model,
+# parameters, shards): nothing new to build or publish.
+EXIT_VERSION_EXISTS = 4
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code)
@@ -317,7 +324,15 @@ def build(
     when the collection exists, opens the pending version (BeginVersion) before embedding,
     so online writes made during the build reach the new version; with --offline they do
     not."""
-    from contentembed.pipeline.build import BuildError, BuildOptions, Hnsw, parse_slice, run_build
+    from contentembed.pipeline.build import (
+        BuildError,
+        BuildOptions,
+        Hnsw,
+        SlicesMissing,
+        VersionExists,
+        parse_slice,
+        run_build,
+    )
     from contentembed.pipeline.embedders import LocalOptions
 
     try:
@@ -339,6 +354,13 @@ def build(
         elapsed = time.perf_counter() - started
     except TooManyRejects as error:
         raise fail(f"{error}; see {out.with_name(out.name + '.work') / 'rejects.jsonl'}") from None
+    except SlicesMissing as error:
+        # Not a failure for an Indexed Job: the pod of the last slice merges.
+        raise fail(f"{escape(str(error))} (exit code {EXIT_SLICES_MISSING}: not every "
+                   "slice is done yet; merge again once they are)", EXIT_SLICES_MISSING) from None
+    except VersionExists as error:
+        raise fail(f"{escape(str(error))} (exit code {EXIT_VERSION_EXISTS})",
+                   EXIT_VERSION_EXISTS) from None
     except (BuildError, CatalogError) as error:
         raise fail(escape(str(error))) from None
     except KeyboardInterrupt:

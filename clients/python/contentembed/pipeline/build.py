@@ -11,7 +11,11 @@ Work directory ``DIR.work/`` (resumable)::
     rejects.jsonl          written when a run stops over --max-rejects
 
 A chunk whose done record and checksums verify is never embedded again; the bundle is
-assembled from the chunks of every slice into ``DIR.staging`` and renamed to ``DIR``.
+assembled from the chunks of every slice into a private ``DIR.staging-<random>`` and
+renamed to ``DIR``. Merging is deterministic: two merges of the same slices at once (the
+last pods of an Indexed Job) write the same bundle; the first rename wins and the other
+reports it as already built. A merge that finds slices missing raises ``SlicesMissing``
+(the CLI exits with ``EXIT_SLICES_MISSING``) and changes nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +59,19 @@ Progress = Callable[[int], None]
 
 class BuildError(RuntimeError):
     pass
+
+
+class VersionExists(BuildError):
+    """The collection already has the version this build would make: nothing new."""
+
+
+class SlicesMissing(BuildError):
+    """A merge found slices not (yet) complete; ``missing`` are their numbers."""
+
+    def __init__(self, message: str, missing: list[int], count: int) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.count = count
 
 
 @dataclass(frozen=True)
@@ -341,15 +359,17 @@ def load_slices(
     """Every slice's complete record, checked against each other and the catalog."""
     records = []
     problems = []
+    missing = []
     for index in range(count):
         directory = slice_dir(params.work, index, count)
         record = read_json(directory / "complete.json")
         if not isinstance(record, dict) or record.get("format") != SLICE_FORMAT:
             problems.append(f"slice {index}/{count} is missing or not complete ({directory})")
+            missing.append(index)
             continue
         records.append(record)
     if problems:
-        raise BuildError("cannot merge: " + "; ".join(problems))
+        raise SlicesMissing("cannot merge: " + "; ".join(problems), missing, count)
     first = records[0]
     for record in records:
         where = f"slice {record['slice']}/{count}"
@@ -477,8 +497,8 @@ def merge(params: BuildParams, count: int, catalog_path: Path, catalog_rows: int
         raise TooManyRejects(len(rejects), params.max_rejects, rejects)
     matrix = np.concatenate(blocks) if blocks else np.zeros((0, space["dim"]), np.float32)
 
-    staging = params.staging
-    shutil.rmtree(staging, ignore_errors=True)
+    # Private to this merge: another merge of the same slices may run at the same time.
+    staging = params.staging.with_name(f"{params.staging.name}-{uuid.uuid4().hex[:12]}")
     staging.mkdir(parents=True)
     contents = BundleContents(
         collection=params.collection, version=version, space=space,
@@ -488,17 +508,23 @@ def merge(params: BuildParams, count: int, catalog_path: Path, catalog_rows: int
     digest, part_counts = write_bundle(staging, contents, shard_count)
     result = BundleResult(version, params.out, len(ids), len(rejects), digest, parts=part_counts)
     out = params.out
-    if out.exists():
-        existing = out / "manifest.json"
-        shutil.rmtree(staging, ignore_errors=True)
-        if existing.is_file() and sha256_file(existing) == digest:
-            result.already_built = True
+    if not out.exists():
+        try:
+            os.replace(staging, out)
             return result
-        raise BuildError(
-            f"{out} already holds a different bundle; remove it or choose another --out"
-        )
-    os.replace(staging, out)
-    return result
+        except OSError:
+            if not out.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            # Another merge renamed its bundle into place first: compare below.
+    existing = out / "manifest.json"
+    shutil.rmtree(staging, ignore_errors=True)
+    if existing.is_file() and sha256_file(existing) == digest:
+        result.already_built = True
+        return result
+    raise BuildError(
+        f"{out} already holds a different bundle; remove it or choose another --out"
+    )
 
 
 def verify_bundle(directory: Path) -> dict[str, Any]:
@@ -736,7 +762,7 @@ def capture_online_writes(client: Any, collection: str, version: str, space_id: 
                          "skip capturing online writes") from None
     if version in info.versions:
         # The default version names (catalog, model, params, shards): the same build.
-        raise BuildError(
+        raise VersionExists(
             f"{collection} already has version {version} loaded (this catalog, model and "
             f"parameters); nothing new to build. Give --version to build it under another name."
         )

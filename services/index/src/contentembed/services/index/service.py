@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -50,6 +51,12 @@ ResponseT = TypeVar("ResponseT", bound=Message)
 
 class IndexSettings(SearchServiceSettings):
     shard_index: int = Field(0, ge=0, description="This shard's number, 0-based.")
+    shard_index_from_hostname: bool = Field(
+        False,
+        description="Take the shard number from the hostname: the number after its last "
+        "'-' (a Kubernetes StatefulSet pod index-3 is shard 3). Start-up fails if the "
+        "hostname does not end in one; --shard-index must then be left unset.",
+    )
     shard_count: int = Field(1, ge=1, le=4096, description="How many shards share the ids.")
     max_items_per_upsert: int = Field(10_000, ge=1)
     hnsw_m: int = Field(16, ge=2, le=128)
@@ -83,9 +90,32 @@ class IndexSettings(SearchServiceSettings):
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> IndexSettings:
+        if self.shard_index_from_hostname:
+            if "shard_index" in self.model_fields_set:
+                raise ValueError("give --shard-index or --shard-index-from-hostname, not both")
+            hostname = socket.gethostname()
+            self.shard_index = shard_index_of_hostname(hostname)
+            if self.shard_index >= self.shard_count:
+                raise ValueError(
+                    f"hostname {hostname!r} makes this shard {self.shard_index}, but "
+                    f"shard_count is {self.shard_count}: set CONTENTEMBED_SHARD_COUNT to the "
+                    "StatefulSet's replicas"
+                )
         if self.shard_index >= self.shard_count:
             raise ValueError(f"shard_index {self.shard_index} must be below shard_count {self.shard_count}")
         return self
+
+
+def shard_index_of_hostname(hostname: str) -> int:
+    """The number after the last '-' of a hostname (StatefulSet pod ``index-3`` -> 3)."""
+    name = hostname.split(".", 1)[0]
+    _, dash, number = name.rpartition("-")
+    if not dash or not number.isascii() or not number.isdigit():
+        raise ValueError(
+            f"--shard-index-from-hostname: hostname {hostname!r} does not end in -<number> "
+            "(a StatefulSet pod name such as index-3)"
+        )
+    return int(number)
 
 
 def params_from_pb(message: pb.HnswParams, defaults: HnswParams) -> HnswParams:
