@@ -295,3 +295,16 @@ def test_without_an_endpoint_nothing_is_traced_or_propagated(tmp_path) -> None:
     assert {EMBED, SHARD_SEARCH} <= {s.name for s in servers}
     assert all(s.parent is None for s in servers)
     assert len({s.context.trace_id for s in servers}) == len(servers)
+
+
+def test_the_client_sdk_carries_its_callers_trace(traced) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    traced.clear()
+    caller = TracerProvider().get_tracer("caller")  # not installed globally
+    with caller.start_as_current_span("caller") as span:
+        with Client(traced.gateway.address) as client:
+            client.search("shop", text="coffee", top_k=1)
+    root = one(traced.wait_for(12, timeout=1.0), SEARCH, SpanKind.SERVER)
+    assert root.context.trace_id == span.get_span_context().trace_id
+    assert root.parent is not None and root.parent.span_id == span.get_span_context().span_id
