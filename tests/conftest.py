@@ -20,12 +20,14 @@ def running_service(
     service_cls: Callable[[Any, CollectorRegistry], Any],
     settings: Any,
     load_timeout: float = 120.0,
+    span_exporter: Any = None,
 ) -> Iterator[Any]:
-    """Starts a service through the shared runtime on port 0 and stops it afterwards."""
+    """Starts a service through the shared runtime on port 0 and stops it afterwards;
+    ``span_exporter`` receives the spans of its runtime."""
     from contentembed.services.common.server import ServiceRuntime
 
     registry = CollectorRegistry()
-    runtime = ServiceRuntime(service_cls(settings, registry), settings, registry)
+    runtime = ServiceRuntime(service_cls(settings, registry), settings, registry, span_exporter)
     runtime.start()
     try:
         assert runtime.wait_until_loaded(load_timeout), "service did not finish loading"

@@ -14,6 +14,11 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+try:  # optional: the SDK does not depend on OpenTelemetry, but joins a caller's trace
+    from opentelemetry import propagate as otel_propagate
+except ImportError:  # pragma: no cover - depends on the installation
+    otel_propagate = None
+
 from contentembed.admin.v1 import admin_service_pb2 as admin_pb
 from contentembed.admin.v1 import admin_service_pb2_grpc as admin_grpc
 from contentembed.common.v1 import types_pb2
@@ -203,6 +208,17 @@ def channel_from_env(target: str) -> tuple[grpc.Channel, tuple[tuple[str, str], 
     return channel, ((("x-api-key", api_key),) if api_key else ())
 
 
+def trace_headers() -> list[tuple[str, str]]:
+    """The caller's current trace context (W3C traceparent, ...) when it has one and
+    OpenTelemetry is installed, so the services' spans join the caller's trace. Written
+    by the caller's own (global) propagator: its application decides the format."""
+    if otel_propagate is None:
+        return []
+    carrier: dict[str, str] = {}
+    otel_propagate.inject(carrier)
+    return list(carrier.items())
+
+
 class Client:
     """``with Client("127.0.0.1:50051") as client: client.search("products", text="...")``.
 
@@ -247,7 +263,7 @@ class Client:
             return method(
                 request,
                 timeout=self.timeout if timeout is None else timeout,
-                metadata=self._metadata,
+                metadata=(*self._metadata, *trace_headers()),
             )
         except grpc.RpcError as error:
             raise ApiError.from_rpc_error(error) from None

@@ -11,6 +11,11 @@ growing without bound; so does a request whose deadline comes before the queue a
 it can be worked off (at the recent per-item compute time): queued, it would only take
 model time from requests that can still finish. Requests whose deadline passed or whose
 caller went away are dropped when they reach the head of the queue, without being computed.
+
+Traced (given a tracer), each request gets two spans under its caller's span: its wait
+in the queue (``encoder.batch_wait``) and the model call of the batch it rode in
+(``encoder.batch_encode``, with the batch's items and requests). One model call thus
+shows in the trace of every request it served, the same batch number on each.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from contentembed.services.common.errors import (
@@ -85,6 +92,10 @@ class _Request(Generic[ItemT, ResultT]):
     is_active: Callable[[], bool]
     enqueued: float = field(default_factory=time.monotonic)
     future: Future[list[ResultT]] = field(default_factory=Future)
+    # Traced only: the submitter's context (the worker thread has none of its own) and
+    # the wall-clock enqueue time the wait span starts at.
+    trace_context: otel_context.Context | None = None
+    enqueued_ns: int = 0
 
 
 class DynamicBatcher(Generic[ItemT, ResultT]):
@@ -99,6 +110,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         max_queue_items: int,
         metrics: BatcherMetrics,
         name: str = "batcher",
+        tracer: Tracer | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue_items < max_batch_size:
             raise ValueError("need 1 <= max_batch_size <= max_queue_items")
@@ -107,6 +119,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_items = max_queue_items
         self.metrics = metrics
+        self._tracer = tracer
         self.batches_run = 0
         self.items_run = 0
         self._recent_compute_s = 0.0
@@ -134,6 +147,9 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 reason="BATCH_TOO_LARGE",
             )
         request: _Request[ItemT, ResultT] = _Request(items, deadline, is_active)
+        if self._tracer is not None:
+            request.trace_context = otel_context.get_current()
+            request.enqueued_ns = time.time_ns()
         with self._cond:
             if self._closed:
                 raise Unavailable("shutting down", reason="SHUTTING_DOWN")
@@ -210,11 +226,13 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                     if head.future.cancelled():  # its caller gave up waiting
                         self._pop_locked()
                         self.metrics.dropped.labels(self.metrics.service, "CANCELLED").inc()
+                        self._trace_wait(head, time.time_ns(), "CANCELLED", "the caller gave up waiting")
                         continue
                     reason = self._drop_reason(head, time.monotonic())
                     if reason is not None:
                         self._pop_locked()
                         self.metrics.dropped.labels(self.metrics.service, reason.code).inc()
+                        self._trace_wait(head, time.time_ns(), reason.code, reason.message)
                         if head.future.set_running_or_notify_cancel():
                             head.future.set_exception(reason)
                         continue
@@ -241,6 +259,38 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self.metrics.queue_depth.set(self._queued_items)
         return request
 
+    # -- tracing -----------------------------------------------------------------------
+    def _trace_wait(
+        self, request: _Request[ItemT, ResultT], end_ns: int, dropped: str | None = None, why: str = ""
+    ) -> None:
+        """The request's time in the queue; a dropped one's says why it was not computed."""
+        if self._tracer is None:
+            return
+        span = self._tracer.start_span(
+            "encoder.batch_wait", context=request.trace_context, start_time=request.enqueued_ns,
+            attributes={"contentembed.items": len(request.items)},
+        )
+        if dropped is not None:
+            span.set_attribute("contentembed.dropped", dropped)
+            span.set_status(Status(StatusCode.ERROR, f"{dropped}: {why}"))
+        span.end(end_time=end_ns)
+
+    def _encode_spans(self, batch: list[_Request[ItemT, ResultT]], items: int) -> list[Span]:
+        """Ends each request's wait span and opens its encode span, both at this moment."""
+        if self._tracer is None:
+            return []
+        now = time.time_ns()
+        spans = []
+        for request in batch:
+            self._trace_wait(request, now)
+            spans.append(self._tracer.start_span(
+                "encoder.batch_encode", context=request.trace_context, start_time=now,
+                attributes={"contentembed.batch.number": self.batches_run + 1,
+                            "contentembed.batch.items": items,
+                            "contentembed.batch.requests": len(batch)},
+            ))
+        return spans
+
     def _work(self) -> None:
         while (taken := self._take_batch()) is not None:
             # A future that is running can no longer be cancelled, so setting its result
@@ -253,6 +303,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             for request in batch:
                 self.metrics.queue_wait.observe(started - request.enqueued)
             items = [item for request in batch for item in request.items]
+            spans = self._encode_spans(batch, len(items))
             try:
                 results = list(self._run_batch(items))
                 if len(results) != len(items):
@@ -261,6 +312,10 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 # Inputs are validated per request before they are queued, so a failing
                 # batch is a fault of the model or the machine, not of one caller.
                 log.exception("batch of %d items failed", len(items))
+                for span in spans:
+                    span.record_exception(error)
+                    span.set_status(Status(StatusCode.ERROR, f"the batch failed: {error}"))
+                    span.end()
                 for request in batch:
                     request.future.set_exception(error)
                 continue
@@ -278,6 +333,9 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             self.items_run += len(items)
             self.metrics.batch_size.observe(len(items))
             self.metrics.items.inc(len(items))
+            # Ended before the results are handed over: the callers' spans end after.
+            for span in spans:
+                span.end()
             offset = 0
             for request in batch:
                 request.future.set_result(results[offset : offset + len(request.items)])

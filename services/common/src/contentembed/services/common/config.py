@@ -100,7 +100,18 @@ class ServiceSettings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(True, description="JSON lines logs (false: plain text).")
-
+    otlp_endpoint: str | None = Field(
+        None,
+        description="Send trace spans to this OpenTelemetry collector over OTLP/gRPC "
+        "(http://host:4317 plaintext, https://host:4317 TLS). Unset: tracing is off.",
+    )
+    trace_sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of traces this service starts that are recorded; a call that "
+        "arrives with a trace context follows its caller's decision.",
+    )
 
     _split_keys = field_validator("api_keys", "admin_api_keys", mode="before")(split_endpoints)
 
@@ -113,6 +124,15 @@ class ServiceSettings(BaseSettings):
             if not key or key != key.strip():
                 raise ValueError("API keys must be non-empty, without surrounding whitespace")
         return keys
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint_with_scheme(cls, endpoint: str | None) -> str | None:
+        # The exporter reads "host:4317" as a URL whose scheme is "host" and would try TLS:
+        # the scheme says plaintext or TLS explicitly.
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ValueError("--otlp-endpoint needs a scheme: http://host:4317 or https://host:4317")
+        return endpoint
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> ServiceSettings:

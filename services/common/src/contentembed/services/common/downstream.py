@@ -7,8 +7,8 @@ which service failed, so the caller's own interceptor maps it back to a status.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Generic, NamedTuple, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -23,6 +23,7 @@ from contentembed.services.common.errors import (
     error_for_code,
 )
 from contentembed.services.common.server import channel_options
+from contentembed.services.common.tracing import Tracing, end_client_span_when_done
 
 ResponseT = TypeVar("ResponseT")
 ResultT = TypeVar("ResultT")
@@ -110,6 +111,32 @@ def open_channel(endpoint: str, settings: ServiceSettings) -> grpc.Channel:
     if settings.downstream_api_key is None:
         return channel
     return grpc.intercept_channel(channel, PresentApiKey(settings.downstream_api_key))
+
+
+def start_call(
+    tracing: Tracing,
+    multi_callable: grpc.UnaryUnaryMultiCallable,
+    full_method: str,
+    request: Any,
+    timeout: float,
+    peer: str,
+    attributes: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> grpc.Future:
+    """Starts a unary call in a CLIENT span that carries the current trace context.
+
+    The span is made here, on the caller's thread, where the request's context is the
+    current one; the call itself completes on gRPC's threads, which end the span, so
+    the context never has to be found again there."""
+    span, metadata = tracing.start_client_call(full_method, peer, attributes)
+    try:
+        future = multi_callable.future(request, timeout=timeout, metadata=metadata or None, **kwargs)
+    except BaseException:
+        if span is not None:
+            span.end()
+        raise
+    end_client_span_when_done(span, future)
+    return future
 
 
 class PendingCall(Generic[ResponseT, ResultT]):

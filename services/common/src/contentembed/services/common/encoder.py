@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 
 import grpc
 import numpy as np
+from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
@@ -26,6 +27,7 @@ from contentembed.services.common.errors import DeadlineExceeded, InvalidArgumen
 from contentembed.services.common.interceptor import caller_time_remaining
 from contentembed.services.common.models import EmbeddingBackend
 from contentembed.services.common.protoconv import matrix_to_pb
+from contentembed.services.common.tracing import Tracing
 
 InputT = TypeVar("InputT")
 Embedded = tuple[np.ndarray, bool]
@@ -59,6 +61,11 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
         self.backend: EmbeddingBackend[InputT] | None = None
         self.batcher: DynamicBatcher[InputT, Embedded] | None = None
         self._batcher_metrics = BatcherMetrics(registry, self.name)
+        self._tracer: Tracer | None = None  # the batcher's spans: only with tracing on
+
+    def use_tracing(self, tracing: Tracing) -> None:
+        """The runtime's tracer, for the batcher's spans (set before ``load``)."""
+        self._tracer = tracing.tracer if tracing.enabled else None
 
     # -- what a concrete encoder supplies --------------------------------------------
     def load_backend(self) -> EmbeddingBackend[InputT]:
@@ -96,6 +103,7 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
             max_queue_items=self.settings.max_queue_items,
             metrics=self._batcher_metrics,
             name=self.name,
+            tracer=self._tracer,
         )
         self.backend = backend
 

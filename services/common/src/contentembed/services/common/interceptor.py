@@ -11,6 +11,12 @@
 
 Each of these outcomes is counted in ``contentembed_rpc_duration_seconds``. Nothing
 escapes a contentembed handler as UNKNOWN. Health and reflection are not intercepted.
+
+With tracing on (``tracing.py``), each call also gets a SERVER span, child of the trace
+context in its metadata, from its arrival (so the wait for a handler thread is inside it)
+to its answer, with its status code and ErrorInfo reason. A refused call gets one too,
+marked ``contentembed.refused``: a shard answering NOT_READY or shedding load is exactly
+what a slow or partial trace has to show.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from contentembed.services.common.admission import Admission, Ticket
 from contentembed.services.common.auth import ApiKeyPolicy
@@ -33,6 +42,7 @@ from contentembed.services.common.errors import (
     InvalidArgument,
 )
 from contentembed.services.common.metrics import RpcMetrics
+from contentembed.services.common.tracing import Tracing, end_span_with_status, split_method
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +124,13 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         keys: ApiKeyPolicy,
         readiness: ReadinessCheck,
         admission: Admission,
+        tracing: Tracing | None = None,
     ) -> None:
         self._metrics = metrics
         self._keys = keys
         self._readiness = readiness
         self._admission = admission
+        self._tracing = tracing or Tracing.off()
 
     def intercept_service(
         self,
@@ -136,30 +148,58 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         # gRPC calls this on its polling thread as the call arrives, before the call
         # waits for a pool thread: the right moment to refuse cheaply.
         arrived = time.perf_counter()
+        # Wall-clock arrival for the span's start; skipped when tracing is off.
+        arrived_ns = time.time_ns() if self._tracing.enabled else 0
         try:
             self._keys.check(method, handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
             self._readiness()
             ticket = self._admission.arrive(short_method)
         except ContentEmbedError as error:
-            return self._refusal(short_method, error, arrived, streaming)
+            return self._refusal(method, error, arrived, arrived_ns, streaming)
         if streaming:
             return grpc.stream_unary_rpc_method_handler(
-                self._guarded(handler.stream_unary, short_method, ticket),
+                self._guarded(handler.stream_unary, method, ticket, arrived_ns),
                 request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return grpc.unary_unary_rpc_method_handler(
-            self._guarded(handler.unary_unary, short_method, ticket),
+            self._guarded(handler.unary_unary, method, ticket, arrived_ns),
             request_deserializer=tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
+    def _start_span(
+        self, full_method: str, context: grpc.ServicerContext, arrived_ns: int
+    ) -> tuple[trace.Span, otel_context.Context]:
+        parent = self._tracing.extract(context.invocation_metadata())
+        service, method = split_method(full_method)
+        span = self._tracing.tracer.start_span(
+            full_method.lstrip("/"),
+            context=parent,
+            kind=SpanKind.SERVER,
+            start_time=arrived_ns,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+        )
+        return span, trace.set_span_in_context(span, parent)
+
     def _guarded(
-        self, behavior: Callable[[Any, grpc.ServicerContext], Any], method: str, ticket: Ticket
+        self,
+        behavior: Callable[[Any, grpc.ServicerContext], Any],
+        full_method: str,
+        ticket: Ticket,
+        arrived_ns: int,
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        method = full_method.rsplit("/", 1)[-1]
+
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             code = "OK"
+            failure: ContentEmbedError | None = None
+            span = token = None
+            if self._tracing.enabled:
+                # The handler's spans and downstream calls (this thread) are its children.
+                span, span_context = self._start_span(full_method, context, arrived_ns)
+                token = otel_context.attach(span_context)
             try:
                 self._admission.start(ticket, caller_time_remaining(context))
                 if isinstance(request, Unparseable):
@@ -172,12 +212,15 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
                 return behavior(request, context)
             except ContentEmbedError as error:
                 code = error.code
+                failure = error
                 if error.code != "RESOURCE_EXHAUSTED":  # shed load is counted, not logged
                     log.info("rpc failed", extra={"method": method, "code": code,
                                                   "error": clip(error.message, 300)})
                 context.abort_with_status(rpc_status.to_status(status_for_error(error)))
-            except Exception:
+            except Exception as error:
                 code = "INTERNAL"
+                if span is not None:
+                    span.record_exception(error)
                 log.exception("unexpected error", extra={"method": method})
                 context.abort_with_status(
                     rpc_status.to_status(
@@ -191,17 +234,34 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
             finally:
                 self._admission.finish(ticket)
                 self._metrics.observe(method, code, time.perf_counter() - started)
+                if span is not None:
+                    otel_context.detach(token)
+                    end_span_with_status(
+                        span, code,
+                        failure.message if failure else "unexpected error (see its exception event)",
+                        failure.reason if failure else None,
+                    )
 
         return guarded
 
     def _refusal(
-        self, method: str, error: ContentEmbedError, arrived: float, streaming: bool = False
+        self,
+        full_method: str,
+        error: ContentEmbedError,
+        arrived: float,
+        arrived_ns: int,
+        streaming: bool = False,
     ) -> grpc.RpcMethodHandler:
+        method = full_method.rsplit("/", 1)[-1]
         log.debug("rpc refused", extra={"method": method, "code": error.code,
                                         "error": error.message})
 
         def refuse(request: bytes, context: grpc.ServicerContext) -> None:
             self._metrics.observe(method, error.code, time.perf_counter() - arrived)
+            if self._tracing.enabled:
+                span, _ = self._start_span(full_method, context, arrived_ns)
+                span.set_attribute("contentembed.refused", True)
+                end_span_with_status(span, error.code, error.message, error.reason)
             context.abort_with_status(rpc_status.to_status(status_for_error(error)))
 
         # No deserializer: the body of a refused call is never parsed.

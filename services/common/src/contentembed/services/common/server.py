@@ -3,8 +3,8 @@
 A service supplies its domain part (``Service``); the runtime supplies the rest:
 gRPC server with explicit message limits, the one interceptor (API keys, readiness,
 admission, error mapping), grpc.health.v1 (NOT_SERVING until ``Service.load`` returns),
-server reflection, Prometheus metrics on their own port, structured logs and a graceful
-SIGTERM (NOT_SERVING, then drain).
+server reflection, Prometheus metrics on their own port, structured logs, tracing (spans
+over OTLP when ``--otlp-endpoint`` is set) and a graceful SIGTERM (NOT_SERVING, then drain).
 
 Readiness is the runtime's guarantee, not each service's convention: the port opens
 first (so probes and launchers see the process), but until ``load()`` has returned every
@@ -28,13 +28,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from prometheus_client import Enum as EnumMetric
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 from contentembed.services.common.admission import Admission, CountingExecutor
 from contentembed.services.common.auth import ApiKeyPolicy, server_credentials
@@ -43,6 +46,7 @@ from contentembed.services.common.errors import Unavailable
 from contentembed.services.common.interceptor import RuntimeInterceptor
 from contentembed.services.common.logs import configure_logging
 from contentembed.services.common.metrics import MetricsEndpoint, RpcMetrics
+from contentembed.services.common.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,10 @@ class Service(Protocol):
     def close(self) -> None:
         """Releases resources after the server stopped."""
 
+    # Optional: ``use_tracing(tracing: Tracing) -> None``. A service that makes spans of
+    # its own (the gateway's fan-out, the encoder's batches) takes the runtime's tracer
+    # through it, before ``register``; one that does not simply leaves it out.
+
 
 LOADING, SERVING, LOAD_FAILED, STOPPING = "loading", "serving", "load_failed", "stopping"
 # While loading, how long a refused caller is asked to wait before trying again.
@@ -83,10 +91,24 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 class ServiceRuntime:
     """Runs one ``Service`` behind a gRPC server; usable in-process (tests) or as a process."""
 
-    def __init__(self, service: Service, settings: ServiceSettings, registry: CollectorRegistry):
+    def __init__(
+        self,
+        service: Service,
+        settings: ServiceSettings,
+        registry: CollectorRegistry,
+        span_exporter: SpanExporter | None = None,
+    ):
+        """``span_exporter`` (tests) receives every span of this runtime as it ends, with
+        or without an OTLP endpoint."""
         self.service = service
         self.settings = settings
         self.registry = registry
+        self.tracing = Tracing.create(
+            service.name, settings.otlp_endpoint, settings.trace_sample_ratio, span_exporter
+        )
+        use_tracing = getattr(service, "use_tracing", None)
+        if use_tracing is not None:
+            use_tracing(self.tracing)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.port: int = 0
         self.metrics_port: int | None = None
@@ -120,6 +142,7 @@ class ServiceRuntime:
             self._check_ready,
             Admission(settings.max_workers, settings.max_concurrent_rpcs,
                       settings.max_queue_wait_s, lambda: pool.in_progress),
+            self.tracing,
         )
         self._server = grpc.server(
             pool,
@@ -161,6 +184,7 @@ class ServiceRuntime:
                 "api_keys": "required" if keys.enabled else "off",
                 "tls": "off" if settings.tls_cert_file is None
                 else "mutual" if settings.tls_client_ca_file is not None else "on",
+                "tracing": settings.otlp_endpoint or "off",
             },
         )
         threading.Thread(target=self._load, name=f"{self.service.name}-load", daemon=True).start()
@@ -239,6 +263,8 @@ class ServiceRuntime:
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
         self.service.close()
+        # Last: the spans of the drained calls and of close() still go out.
+        self.tracing.shutdown()
         log.info("stopped")
 
 

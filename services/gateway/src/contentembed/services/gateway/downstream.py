@@ -24,6 +24,7 @@ from contentembed.services.common.downstream import (
     error_from_rpc,
     open_channel,
     remaining_timeout,
+    start_call,
 )
 from contentembed.services.common.protoconv import (
     dict_to_struct,
@@ -31,11 +32,14 @@ from contentembed.services.common.protoconv import (
     struct_to_dict,
     vector_to_pb,
 )
+from contentembed.services.common.tracing import Tracing
 from contentembed.services.gateway.merge import Hit
 
 TEXT = "text"
 IMAGE = "image"
 MODALITY_NAMES = {types_pb2.MODALITY_TEXT: TEXT, types_pb2.MODALITY_IMAGE: IMAGE}
+ENCODER_SERVICE = encoder_pb.DESCRIPTOR.services_by_name["EncoderService"].full_name
+INDEX_SERVICE = index_pb.DESCRIPTOR.services_by_name["IndexService"].full_name
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class EncoderClient:
     def __init__(self, endpoint: str, settings: ServiceSettings) -> None:
         self.endpoint = endpoint
         self.label = f"encoder {endpoint}"
+        # Replaced by the runtime's (GatewayService.use_tracing) before any call.
+        self.tracing = Tracing.off()
         self._channel = open_channel(endpoint, settings)
         self._stub = encoder_grpc.EncoderServiceStub(self._channel)
 
@@ -135,7 +141,11 @@ class EncoderClient:
                 for c in contents
             ]
         )
-        future = self._stub.Embed.future(request, timeout=remaining_timeout(deadline, self.label))
+        future = start_call(
+            self.tracing, self._stub.Embed, f"/{ENCODER_SERVICE}/Embed", request,
+            remaining_timeout(deadline, self.label), self.endpoint,
+            {"contentembed.inputs": len(contents)},
+        )
 
         def convert(response: encoder_pb.EmbedResponse) -> Embedded:
             return Embedded(
@@ -155,11 +165,18 @@ class IndexShardClient:
         self.shard_index = shard_index
         self.endpoint = endpoint
         self.label = f"index shard {shard_index} ({endpoint})"
+        # Replaced by the runtime's (GatewayService.use_tracing) before any call.
+        self.tracing = Tracing.off()
         self._channel = open_channel(endpoint, settings)
         self._stub = index_grpc.IndexServiceStub(self._channel)
 
-    def _call(self, method: Any, request: Any, deadline: float, convert: Any, **kwargs: Any):
-        future = method.future(request, timeout=remaining_timeout(deadline, self.label), **kwargs)
+    def _call(self, method: str, request: Any, deadline: float, convert: Any, **kwargs: Any):
+        """Starts IndexService/``method``; the result converted by ``convert``."""
+        future = start_call(
+            self.tracing, getattr(self._stub, method), f"/{INDEX_SERVICE}/{method}", request,
+            remaining_timeout(deadline, self.label), self.endpoint,
+            {"contentembed.shard_index": self.shard_index}, **kwargs,
+        )
         return PendingCall(future, convert, self.label)
 
     def search(
@@ -192,7 +209,7 @@ class IndexShardClient:
                 version=response.version,
             )
 
-        return self._call(self._stub.Search, request, deadline, convert)
+        return self._call("Search", request, deadline, convert)
 
     def upsert(
         self,
@@ -215,11 +232,11 @@ class IndexShardClient:
                 for i, v, m in zip(ids, vectors, metadata)
             ],
         )
-        return self._call(self._stub.Upsert, request, deadline, lambda r: r.upserted_count)
+        return self._call("Upsert", request, deadline, lambda r: r.upserted_count)
 
     def delete_items(self, collection: str, ids: Sequence[str], deadline: float):
         request = index_pb.DeleteItemsRequest(collection=collection, ids=list(ids))
-        return self._call(self._stub.DeleteItems, request, deadline, lambda r: r.deleted_count)
+        return self._call("DeleteItems", request, deadline, lambda r: r.deleted_count)
 
     def create_collection(
         self, name: str, space_id: str, dim: int, exist_ok: bool, deadline: float
@@ -228,24 +245,19 @@ class IndexShardClient:
             name=name, space_id=space_id, dim=dim, metric=index_pb.METRIC_COSINE, exist_ok=exist_ok
         )
         return self._call(
-            self._stub.CreateCollection,
-            request,
-            deadline,
-            lambda r: (_collection(r.collection), r.created),
+            "CreateCollection", request, deadline, lambda r: (_collection(r.collection), r.created)
         )
 
     def get_collection(self, name: str, deadline: float) -> PendingCall[Any, ShardCollection]:
         request = index_pb.GetCollectionRequest(name=name)
-        return self._call(
-            self._stub.GetCollection, request, deadline, lambda r: _collection(r.collection)
-        )
+        return self._call("GetCollection", request, deadline, lambda r: _collection(r.collection))
 
     def list_collections(
         self, page_size: int, page_token: str, deadline: float
     ) -> PendingCall[Any, tuple[list[ShardCollection], str]]:
         request = index_pb.ListCollectionsRequest(page_size=page_size, page_token=page_token)
         return self._call(
-            self._stub.ListCollections,
+            "ListCollections",
             request,
             deadline,
             lambda r: ([_collection(c) for c in r.collections], r.next_page_token),
@@ -254,12 +266,12 @@ class IndexShardClient:
     def activate_version(self, name: str, version: str, deadline: float) -> PendingCall[Any, str]:
         """Returns the version that served before."""
         request = index_pb.ActivateVersionRequest(collection=name, version=version)
-        return self._call(self._stub.ActivateVersion, request, deadline, lambda r: r.previous_version)
+        return self._call("ActivateVersion", request, deadline, lambda r: r.previous_version)
 
     def rollback_version(self, name: str, deadline: float) -> PendingCall[Any, str]:
         """Returns the version now serving."""
         request = index_pb.RollbackVersionRequest(collection=name)
-        return self._call(self._stub.RollbackVersion, request, deadline, lambda r: r.collection.version)
+        return self._call("RollbackVersion", request, deadline, lambda r: r.collection.version)
 
     def begin_version(
         self, name: str, version: str, space_id: str, dim: int, deadline: float
@@ -268,20 +280,18 @@ class IndexShardClient:
             collection=name, version=version, space_id=space_id, dim=dim
         )
         return self._call(
-            self._stub.BeginVersion, request, deadline, lambda r: (_collection(r.collection), r.created)
+            "BeginVersion", request, deadline, lambda r: (_collection(r.collection), r.created)
         )
 
     def delete_version(
         self, name: str, version: str, deadline: float
     ) -> PendingCall[Any, ShardCollection]:
         request = index_pb.DeleteVersionRequest(collection=name, version=version)
-        return self._call(
-            self._stub.DeleteVersion, request, deadline, lambda r: _collection(r.collection)
-        )
+        return self._call("DeleteVersion", request, deadline, lambda r: _collection(r.collection))
 
     def delete_collection(self, name: str, deadline: float) -> PendingCall[Any, None]:
         request = index_pb.DeleteCollectionRequest(name=name)
-        return self._call(self._stub.DeleteCollection, request, deadline, lambda r: None)
+        return self._call("DeleteCollection", request, deadline, lambda r: None)
 
     def close(self) -> None:
         self._channel.close()

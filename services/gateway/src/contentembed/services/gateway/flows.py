@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, Tracer
 
 from contentembed.services.common.downstream import PendingCall, outcomes_of_all, results_of_all
 from contentembed.services.common.errors import (
@@ -257,6 +260,8 @@ class Gateway:
         self.catalog = CatalogCoverage(catalog_window_s)
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
+        # The runtime's (GatewayService.use_tracing); spans of the stages of a request.
+        self.tracer: Tracer = trace.NoOpTracer()
 
     # -- readiness -------------------------------------------------------------------
     def connect(self, deadline: float, refresh_every_s: float) -> None:
@@ -431,7 +436,7 @@ class Gateway:
             drift.observe(outcome.query_vector)
         self.catalog.observe(collection, (hit.id for hit in outcome.hits))
         if outcome.hits and self._random.random() < self.recall_sample_rate:
-            self._offload(lambda: self._audit_recall(collection, outcome, top_k))
+            self._offload(lambda: self._audit_recall(collection, outcome, top_k), "gateway.recall_audit")
 
     def _audit_recall(self, collection: str, outcome: SearchOutcome, top_k: int) -> None:
         """Recall@k of the answer against exact search over the same shards and version."""
@@ -510,23 +515,34 @@ class Gateway:
     ) -> SearchOutcome:
         started = time.perf_counter()
         space = space or self.collection_space(collection, deadline)
-        vector, truncated, cache_hit = self.embed_query(space, content, deadline, register_cancel)
+        with self.tracer.start_as_current_span(
+            "gateway.embed_query", attributes={"contentembed.space_id": space}
+        ) as span:
+            vector, truncated, cache_hit = self.embed_query(space, content, deadline, register_cancel)
+            span.set_attribute("contentembed.cache_hit", cache_hit)
         encoded = time.perf_counter()
 
-        calls = [
-            shard.search(collection, vector, space, top_k, deadline, version, exact)
-            for shard in self.shards
-        ]
-        for call in calls:
-            register_cancel(call.cancel)
-        try:
-            answers, outcomes = self._gather_shards(calls, allow_partial, deadline)
-        except FailedPrecondition:
-            self._collection_spaces.pop(collection, None)  # a new version in another space
-            raise
+        # The fan-out: each shard's call is a CLIENT span under this one.
+        with self.tracer.start_as_current_span(
+            "gateway.search_shards",
+            attributes={"contentembed.collection": collection, "contentembed.shards": len(self.shards)},
+        ) as span:
+            calls = [
+                shard.search(collection, vector, space, top_k, deadline, version, exact)
+                for shard in self.shards
+            ]
+            for call in calls:
+                register_cancel(call.cancel)
+            try:
+                answers, outcomes = self._gather_shards(calls, allow_partial, deadline)
+            except FailedPrecondition:
+                self._collection_spaces.pop(collection, None)  # a new version in another space
+                raise
+            span.set_attribute("contentembed.shards_failed", len(self.shards) - len(answers))
         searched = time.perf_counter()
 
-        hits = merge_top_k((answer.hits for answer in answers), top_k)
+        with self.tracer.start_as_current_span("gateway.merge"):
+            hits = merge_top_k((answer.hits for answer in answers), top_k)
         merged = time.perf_counter()
         return SearchOutcome(
             hits=hits,
@@ -570,19 +586,29 @@ class Gateway:
                 candidate.stats.record_failure()
                 log.info("shadow query failed", extra={"collection": collection, "error": error.message})
 
-        self._offload(run)
+        self._offload(run, "gateway.shadow_search")
 
-    def _offload(self, work: Callable[[], None]) -> None:
-        """Runs work off the request path; a full queue skips it (and counts the skip)."""
+    def _offload(self, work: Callable[[], None], span_name: str) -> None:
+        """Runs work off the request path; a full queue skips it (and counts the skip).
+
+        Work for a traced request gets a trace of its own, linked to the request's span:
+        as a child it would stretch a trace that ended when the caller got its answer."""
         with self._shadow_lock:
             if self._shadow_pending >= self._shadow_queue_limit:
                 self.metrics.shadow_skipped.inc()
                 return
             self._shadow_pending += 1
+        origin = trace.get_current_span().get_span_context()
 
         def run() -> None:
             try:
-                work()
+                if origin.is_valid:
+                    with self.tracer.start_as_current_span(
+                        span_name, context=otel_context.Context(), links=[Link(origin)]
+                    ):
+                        work()
+                else:
+                    work()
             except ContentEmbedError as error:
                 log.info("background query failed", extra={"error": error.message})
             finally:
@@ -839,9 +865,18 @@ class Gateway:
             plan = self.write_plan(collection, deadline, fresh=attempt > 0)
             for space in plan.spaces():
                 if space not in embedded:
-                    embedded[space] = self._embed_documents(plan, space, documents, deadline)
+                    with self.tracer.start_as_current_span(
+                        "gateway.embed_documents",
+                        attributes={"contentembed.space_id": space,
+                                    "contentembed.documents": len(documents)},
+                    ):
+                        embedded[space] = self._embed_documents(plan, space, documents, deadline)
             try:
-                written = self._write_documents(collection, plan, documents, embedded, deadline)
+                # The fan-out of the writes: one CLIENT span per shard and space under it.
+                with self.tracer.start_as_current_span(
+                    "gateway.write_shards", attributes={"contentembed.attempt": attempt}
+                ):
+                    written = self._write_documents(collection, plan, documents, embedded, deadline)
             except ContentEmbedError as error:
                 if error.reason != VERSIONS_CHANGED:
                     raise

@@ -21,6 +21,7 @@ from contentembed.services.common.interceptor import caller_time_remaining
 from contentembed.services.common.metadata import SearchServiceSettings, check_answer_size
 from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
 from contentembed.services.common.server import run_service
+from contentembed.services.common.tracing import Tracing
 from contentembed.services.gateway.cache import EmbeddingCache
 from contentembed.services.gateway.downstream import (
     MODALITY_NAMES,
@@ -387,6 +388,12 @@ class GatewayService:
         if method.startswith(f"/{ADMIN_SERVICE}/"):
             return ADMIN_ROLE
         return None
+
+    def use_tracing(self, tracing: Tracing) -> None:
+        """The runtime's tracer: for the flows' own spans and the downstream calls'."""
+        self.gateway.tracer = tracing.tracer
+        for client in [*self.gateway.router.encoders, *self.gateway.shards]:
+            client.tracing = tracing
 
     def register(self, server: grpc.Server) -> list[str]:
         search_grpc.add_SearchServiceServicer_to_server(
