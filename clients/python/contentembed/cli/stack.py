@@ -132,6 +132,11 @@ class ServiceProcess:
     port: int = 0
     metrics_port: int | None = None
     pid: int = 0
+    # Where it listens and is reached; ``launcher`` goes before the interpreter on its
+    # command line (a test runs a service in a network namespace of its own with
+    # ["ip", "netns", "exec", NAME], which execs it: the pid is still the service's).
+    host: str = HOST
+    launcher: list[str] = field(default_factory=list)
 
     @property
     def log_path(self) -> Path:
@@ -143,7 +148,7 @@ class ServiceProcess:
 
     @property
     def address(self) -> str:
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def returncode(self) -> int | None:
@@ -154,8 +159,8 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.port_file.unlink(missing_ok=True)
         command = [
-            sys.executable, "-m", self.module, *self.args,
-            "--host", HOST, "--port-file", str(self.port_file),
+            *self.launcher, sys.executable, "-m", self.module, *self.args,
+            "--host", self.host, "--port-file", str(self.port_file),
         ]
         with self.log_path.open("ab") as log:
             # A session of its own: Ctrl-C reaches the launcher, which stops the
@@ -222,7 +227,7 @@ class ServiceProcess:
         SERVING): waiting longer would not help. Read from its /metrics, when it has one."""
         if not self.metrics_port or self.metrics_port < 0:
             return False
-        url = f"http://{HOST}:{self.metrics_port}/metrics"  # plain http on loopback
+        url = f"http://{self.host}:{self.metrics_port}/metrics"  # plain http on loopback
         try:
             with urllib.request.urlopen(url, timeout=1.0) as response:  # nosec B310
                 text = response.read().decode()
