@@ -71,6 +71,12 @@ class ServiceSettings(BaseSettings):
         description="On SIGTERM, keep accepting calls this long after health turns "
         "NOT_SERVING, so load balancers and readiness probes notice first.",
     )
+    max_connection_age_s: float = Field(
+        300.0,
+        ge=0,
+        description="Close each client connection after this long (calls in flight finish), "
+        "so callers re-resolve and spread over replicas added since; 0 keeps connections.",
+    )
     tls_cert_file: Path | None = Field(None, description="Serve TLS with this certificate (PEM).")
     tls_key_file: Path | None = Field(None, description="Private key of --tls-cert-file (PEM).")
     tls_client_ca_file: Path | None = Field(

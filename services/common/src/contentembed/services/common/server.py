@@ -53,6 +53,19 @@ log = logging.getLogger(__name__)
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 
+
+# Callers ping every 5 s while their calls run (downstream.KEEPALIVE). A gRPC server by
+# default answers pings more often than every 5 minutes without data with too_many_pings
+# and closes the connection: a long Embed or an upload would be cut off.
+PING_POLICY = [("grpc.http2.min_ping_interval_without_data_ms", 4000)]
+
+
+def connection_age(max_age_s: float) -> list[tuple[str, int]]:
+    """Connections are closed (GOAWAY, calls in flight finish) after ``max_age_s``, so
+    clients resolve names again and reach pods added since, e.g. by an autoscaler."""
+    return [("grpc.max_connection_age_ms", int(max_age_s * 1000))] if max_age_s > 0 else []
+
+
 class Service(Protocol):
     """The domain part of a service process."""
 
@@ -149,7 +162,12 @@ class ServiceRuntime:
             interceptors=[interceptor],
             # gRPC binds with SO_REUSEPORT by default: a second server on a port already in
             # use would start "successfully" and share its traffic with the first.
-            options=[*channel_options(settings.max_message_bytes), ("grpc.so_reuseport", 0)],
+            options=[
+                *channel_options(settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+                *PING_POLICY,
+                *connection_age(settings.max_connection_age_s),
+            ],
             # Admission refuses first (with a retry delay, counted); gRPC's own limit, far
             # above it, only bounds what a flood of refused calls waiting for a thread can
             # hold (it refuses without a retry delay).

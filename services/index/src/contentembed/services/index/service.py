@@ -42,6 +42,7 @@ from contentembed.services.index.store import (
     Durability,
     ShardPosition,
     UploadLimits,
+    claim_data_dir,
     decode_page,
     encode_token,
 )
@@ -175,7 +176,10 @@ class IndexService(pb_grpc.IndexServiceServicer):
 
     def load(self) -> None:
         """Recovers durable collections (snapshot + WAL); a corrupt file keeps the shard
-        NOT_SERVING rather than serving with data missing."""
+        NOT_SERVING rather than serving with data missing; so does a data directory
+        written as another shard, or under another shard count."""
+        if self.settings.data_dir is not None:
+            claim_data_dir(self.settings.data_dir, self.shard)
         self.store.load()
 
     def close(self) -> None:

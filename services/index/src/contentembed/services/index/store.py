@@ -85,6 +85,35 @@ class ShardPosition:
                 )
 
 
+SHARD_FILE = "shard.json"
+
+
+def claim_data_dir(data_dir: Path, shard: ShardPosition) -> None:
+    """Records which shard of how many a data directory belongs to, and refuses to load it
+    as another. Ids are routed by hash modulo the shard count: under another count most of
+    its items belong elsewhere, and serving them would answer with duplicates (an upsert
+    lands on the new owner, the old copy stays) and deletes that miss. A directory written
+    before this file existed is claimed as it is found."""
+    path = data_dir / SHARD_FILE
+    if path.exists():
+        try:
+            recorded = json.loads(path.read_bytes())
+            found = ShardPosition(int(recorded["index"]), int(recorded["count"]))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CorruptData(f"{path}: unreadable ({error})") from None
+        if found != shard:
+            raise CorruptData(
+                f"{data_dir} holds shard {found.index} of {found.count}; this process is "
+                f"shard {shard.index} of {shard.count}. Ids hash to other shards under another "
+                f"count: give it a new data directory and fill it (build --shards "
+                f"{shard.count} + publish, or re-ingest), or start it as shard {found.index} "
+                f"of {found.count}"
+            )
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({"index": shard.index, "count": shard.count}).encode())
+
+
 @dataclass(frozen=True)
 class Durability:
     data_dir: Path
