@@ -66,6 +66,7 @@ COLLECTION_SPACE_TTL_S = 5.0
 SHADOW_TIMEOUT_S = 10.0
 MAX_COLLECTIONS_PER_QUERY = 8
 WRITE_ATTEMPTS = 3  # plans a write may be re-made with when versions change under it
+CONNECT_ATTEMPT_S = 5.0  # one try of the start-up wait for encoders and shards
 
 
 @dataclass(frozen=True)
@@ -267,14 +268,22 @@ class Gateway:
     def connect(self, deadline: float, refresh_every_s: float) -> None:
         """Blocks until every encoder (it may still be loading its model) and every shard
         answers; the gateway turns SERVING only then. Then keeps the routes fresh."""
+        log_after = 0.0
         while True:
+            # Each try is short, so a downstream that never answers (a wrong address, a
+            # port still closed) shows in the log every few seconds instead of the start
+            # waiting silently for the whole --downstream-wait-s.
+            attempt = min(deadline, time.monotonic() + CONNECT_ATTEMPT_S)
             try:
-                self.router.refresh(deadline, wait_for_ready=True, require_all=True)
-                results_of_all([shard.list_collections(1, "", deadline) for shard in self.shards])
+                self.router.refresh(attempt, wait_for_ready=True, require_all=True)
+                results_of_all([shard.list_collections(1, "", attempt) for shard in self.shards])
             except ContentEmbedError as error:
                 # A refused key or a bad request will not fix itself by waiting.
                 if time.monotonic() + 0.5 >= deadline or error.code in NOT_RETRIED_AT_START:
                     raise Unavailable(f"downstream services not ready: {error.message}") from error
+                if time.monotonic() >= log_after:
+                    log.warning("waiting for downstream services", extra={"error": error.message})
+                    log_after = time.monotonic() + CONNECT_ATTEMPT_S
                 time.sleep(0.5)
                 continue
             break
