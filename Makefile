@@ -27,8 +27,15 @@ setup: $(STAMP) $(BUF)
 demo: $(STAMP)
 	$(VENV)/bin/contentembed demo
 
+# buf breaking compares protos/ with the main branch's (the local branch `main`, or
+# origin/main in a clone that checked out another branch only). On main itself it compares
+# main with main and passes; on a branch it fails on a wire- or source-breaking change.
+# ../.git works in a clone and in a git worktree (where .git is a file naming the gitdir).
+BREAKING_BASE = $$(git rev-parse -q --verify refs/heads/main >/dev/null && echo branch=main || echo ref=origin/main)
+
 lint-protos: $(BUF)
 	cd protos && ../$(BUF) lint
+	cd protos && ../$(BUF) breaking --against "../.git#$(BREAKING_BASE),subdir=protos"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -49,7 +49,9 @@ class SearchServiceServicer:
     """
 
     def Search(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Embeds the query with the encoder of the collection's space (or takes it from the
+        gateway's cache), asks every shard for top_k hits and merges them into one answer.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
