@@ -7,7 +7,7 @@ ef_construction=200) in this process. For ef 50/100/200: single-query QPS (one q
 call; the service is driven by 4 concurrent asyncio callers so the client is not the
 limit), batched QPS (100 queries per call) and recall@10 against numpy exact search.
 Memory: the service's RSS growth over an empty index process against the bytes of
-vectors + graph (hnswlib's saved index). Prints the ratios DESIGN.md section 8 targets:
+vectors + graph (hnswlib's saved index). Prints the ratios and their targets:
 >= 0.8x raw single-query, >= 0.9x raw batched, recall@10 >= 0.98, RSS <= 1.3x.
 """
 

@@ -5,7 +5,7 @@
 Starts the services as local processes (as `contentembed up` does), ingests the demo
 catalog, then drives Search with 1 and 32 concurrent callers. The baseline is raw
 sentence-transformers all-MiniLM-L6-v2 in this process, one text per call and batches
-of 32. Prints queries/s and the ratios DESIGN.md section 8 sets targets for.
+of 32. Prints queries/s and the ratios against their targets (docs/benchmarks.md).
 """
 
 from __future__ import annotations

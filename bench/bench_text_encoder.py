@@ -6,8 +6,8 @@ Starts the text-encoder as its own process (dynamic batching on, the defaults), 
 drives Embed from an asyncio gRPC client: 1, 8, 32 and 64 concurrent callers sending one
 text each, and bulk callers sending full batches. The baseline is SentenceTransformer.encode
 in this process on the same device, one text per call and batches of 32 and 64. Prints
-texts/s and the ratios DESIGN.md section 8 sets targets for (32 single-text callers >= 0.7x
-raw batch-32; bulk >= 0.9x raw).
+texts/s and the ratios against their targets (docs/benchmarks.md): 32 single-text callers
+>= 0.7x raw batch-32; bulk >= 0.9x raw.
 """
 
 from __future__ import annotations

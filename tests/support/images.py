@@ -1,4 +1,4 @@
-"""Images the tests generate: the seed notebook's patterns and photo-like noise."""
+"""Images the tests generate: the original prototype's patterns and photo-like noise."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TF-IDF reproduces the seed notebook."""
+"""TF-IDF reproduces the original prototype's baseline (tokens, smoothed idf, L2 norm)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Image embedding backends behind the shared backend interface. Pure model code: no grpc.
 
-- ``pixels``: the seed notebook's minimal embedding; no weights, the zero-setup default.
+- ``pixels``: the original prototype's minimal embedding (features of the image at 32x32 grey);
+  no weights, the zero-setup default.
 - ``torchvision``: any torchvision classification model (``vit_b_16`` ...) with its
   classifier removed, weights from a local state-dict file, the weights' own transforms.
 - ``clip``: the vision tower + projection of a transformers CLIP directory, in the space

@@ -3,7 +3,7 @@
 - ``sentence-transformers``: any model directory; default all-MiniLM-L6-v2 (bundled).
 - ``clip``: the text tower + projection of a transformers CLIP directory, in the space
   the image-encoder's ``clip`` backend shares.
-- ``tfidf``: the seed notebook's baseline, fitted on a corpus and saved to a file.
+- ``tfidf``: the original prototype's baseline, fitted on a corpus and saved to a file.
 """
 
 from __future__ import annotations

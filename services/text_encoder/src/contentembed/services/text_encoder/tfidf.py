@@ -1,4 +1,5 @@
-"""TF-IDF text vectors, exactly as the seed notebook computes them.
+"""TF-IDF text vectors, exactly as the original prototype (the baseline this project
+started from) computed them.
 
 Lower-cased ``[a-z0-9]+`` tokens, term counts times smoothed idf
 ``log((N + 1) / (df + 1)) + 1``, L2-normalized; the dimension is the vocabulary size.
