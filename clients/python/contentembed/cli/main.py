@@ -18,8 +18,7 @@ from tqdm import tqdm
 from contentembed.cli.catalog import DEMO_CATALOG, read_labelled_queries
 from contentembed.cli.signals import StopRequested, StopSignals
 from contentembed.cli.stack import LocalStack, StackError, StackEvent
-from contentembed.client import ApiError, Client, SearchResult
-from contentembed.client.sync import DEFAULT_TARGET, client_from_env
+from contentembed.client import DEFAULT_TARGET, ApiError, Client, SearchResult, client_from_env
 from contentembed.pipeline.catalog import (
     DEFAULT_MAX_REJECTS,
     CatalogError,
@@ -485,10 +484,12 @@ def promote(
     """Make the candidate the serving version on every shard."""
     with client_from_env(target) as client:
         try:
-            previous, version = client.promote_candidate(collection)
+            promotion = client.promote_candidate(collection)
         except ApiError as error:
             raise fail(str(error)) from None
-    console.print(f"{collection}: now serving {version} (was {previous})")
+    console.print(
+        f"{collection}: now serving {promotion.version} (was {promotion.previous_version})"
+    )
 
 
 @app.command()
@@ -601,10 +602,12 @@ def activate(
     with client_from_env(target) as client:
         try:
             client.set_candidate(collection, version)
-            previous, now = client.promote_candidate(collection)
+            promotion = client.promote_candidate(collection)
         except ApiError as error:
             raise fail(str(error)) from None
-    console.print(f"{collection}: now serving {now} (was {previous})")
+    console.print(
+        f"{collection}: now serving {promotion.version} (was {promotion.previous_version})"
+    )
 
 
 @app.command()
