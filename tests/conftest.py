@@ -57,7 +57,7 @@ def settings_for_test(settings_cls: type, **overrides: Any) -> Any:
 
 
 def error_reason(error: grpc.RpcError) -> str:
-    from contentembed.client.sync import error_reason as reason_of
+    from contentembed.rpc_status import error_reason as reason_of
 
     reason = reason_of(error)
     assert reason, f"error carries no google.rpc.Status with ErrorInfo: {error}"

@@ -335,7 +335,8 @@ def worker(number: int, address: str, seed: int, texts: Sequence[str], numbers: 
     so "the last acknowledged operation on an id" is well defined."""
     rng = random.Random(seed)
     owned: list[str] = []
-    with Client(address, timeout=CALL_TIMEOUT_S) as client:
+    # One RPC per recorded operation (no SDK retries), as the checker's model assumes.
+    with Client(address, timeout=CALL_TIMEOUT_S, retries=0) as client:
         while not stop.is_set():
             roll = rng.random()
             if roll < 0.30 or len(owned) < 4:

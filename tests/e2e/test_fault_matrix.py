@@ -52,7 +52,8 @@ def timed(call: Callable[[], SearchResult]) -> tuple[SearchResult | ApiError, fl
 
 
 def search(stack: LocalStack, text: str, allow_partial: bool) -> tuple[SearchResult | ApiError, float]:
-    with Client(stack.gateway_address) as client:
+    # One attempt: these tests measure the services' own failure, not the SDK's retries.
+    with Client(stack.gateway_address, retries=0) as client:
         return timed(lambda: client.search(
             "things", text=text, top_k=3, allow_partial=allow_partial, timeout=DEADLINE_S))
 

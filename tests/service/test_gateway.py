@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from contentembed.client import ApiError, Client
+from contentembed.client import ApiError, Client, UpsertResult
 from contentembed.encoder.v1 import encoder_service_pb2 as encoder_pb
 from contentembed.encoder.v1 import encoder_service_pb2_grpc as encoder_grpc
 from contentembed.index.v1 import index_service_pb2 as index_pb
@@ -73,7 +73,7 @@ def loaded(text_encoder):
     with gateway_stack(text_encoder) as stack:
         with Client(stack.gateway.address) as client:
             client.create_collection("shop")
-            assert client.upsert_documents("shop", DOCUMENTS) == (len(DOCUMENTS), [])
+            assert client.upsert_documents("shop", DOCUMENTS) == UpsertResult(len(DOCUMENTS), [])
         yield stack
 
 

@@ -67,7 +67,7 @@ def test_image_collections_use_the_image_encoder_of_their_space(text_encoder) ->
         gateway = gateway_over(stack, [text_encoder, pixels])
         pixel_space = pixels.service.backend.space.space_id
         with Client(gateway.address) as client:
-            info, _ = client.create_collection("photos", space_id=pixel_space)
+            info = client.create_collection("photos", space_id=pixel_space).collection
             assert info.space_id == pixel_space and info.dim == 768
             client.upsert_documents("photos", [{"id": k, "image": v} for k, v in images.items()])
             result = client.search("photos", image=images["img-3"], top_k=1)
@@ -78,7 +78,7 @@ def test_image_collections_use_the_image_encoder_of_their_space(text_encoder) ->
             assert caught.value.code == "FAILED_PRECONDITION"
             assert "no encoder embeds text" in caught.value.message
             # Text collections still default to the text encoder's space.
-            assert client.create_collection("words")[0].space_id == text_encoder.service.backend.space.space_id
+            assert client.create_collection("words").collection.space_id == text_encoder.service.backend.space.space_id
 
 
 def test_text_finds_images_through_a_shared_clip_space(tmp_path) -> None:
@@ -90,7 +90,7 @@ def test_text_finds_images_through_a_shared_clip_space(tmp_path) -> None:
             ImageEncoderSettings, backend="clip", model=str(model_dir), device="cpu")))
         gateway = gateway_over(stack, [clip_text, clip_image])
         with Client(gateway.address) as client:
-            info, _ = client.create_collection("clip-photos")  # the only text encoder's space
+            info = client.create_collection("clip-photos").collection  # the only text encoder's space
             assert info.space_id == clip_image.service.backend.space.space_id
             client.upsert_documents("clip-photos", [
                 {"id": f"p{seed}", "image": encoded(photo_like(seed))} for seed in range(4)])

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from contentembed.client import ApiError, Client
+from contentembed.client import ApiError, Client, Promotion
 from contentembed.encoder.v1 import encoder_service_pb2 as encoder_pb
 from contentembed.encoder.v1 import encoder_service_pb2_grpc as encoder_grpc
 from contentembed.index.v1 import index_service_pb2 as index_pb
@@ -122,7 +122,7 @@ def test_promote_and_rollback_flip_every_shard(rollout) -> None:
             client.promote_candidate("shop")
         assert caught.value.code == "FAILED_PRECONDITION"
         client.set_candidate("shop", "v2", shadow_fraction=0.5)
-        assert client.promote_candidate("shop") == ("live", "v2")
+        assert client.promote_candidate("shop") == Promotion(previous_version="live", version="v2")
         assert client.search("shop", text="coffee", top_k=1).version == "v2"
         assert client.get_collection("shop").version == "v2"
         assert client.rollback_collection("shop") == "live"

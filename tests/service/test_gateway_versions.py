@@ -105,7 +105,7 @@ def test_a_pending_version_receives_the_writes_made_while_its_bundle_was_built(s
     client.create_collection("pending", space_id=stack.space(stack.minilm))
     client.upsert_documents("pending", catalog)
     # The build starts: its version opens in the new model's space, then the catalog is read.
-    _, created = client.begin_version("pending", "v2", stack.space(stack.clip))
+    created = client.begin_version("pending", "v2", stack.space(stack.clip)).created
     assert created and client.get_collection("pending").pending_versions == ["v2"]
     client.upsert_documents("pending", [{"id": "late", "text": "solar lantern for the garden"}])
     client.upsert_documents("pending", [{"id": catalog[0]["id"], "text": "a changed description"}])
@@ -134,8 +134,8 @@ def test_a_candidate_in_another_space_receives_writes_and_rollback_keeps_them(st
     client.set_candidate("shop", "v2", shadow_fraction=0.0)
     client.upsert_documents("shop", [{"id": "during", "text": "inflatable paddle board"}])
 
-    previous, serving = client.promote_candidate("shop")
-    assert (previous, serving) == ("live", "v2")
+    promotion = client.promote_candidate("shop")
+    assert (promotion.previous_version, promotion.version) == ("live", "v2")
     promoted = client.search("shop", text="inflatable paddle board", top_k=1)
     assert promoted.space_id == stack.space(stack.clip) and ids_of(promoted) == ["during"]
 
@@ -161,7 +161,7 @@ def test_a_version_whose_space_has_no_encoder_blocks_writes_until_it_is_retired(
             other.delete_version("orphan", "live")  # the serving one stays
         assert caught.value.reason == "VERSION_SERVING"
         assert "v2" not in other.delete_version("orphan", "v2").versions
-        assert other.upsert_documents("orphan", DOCUMENTS[:2])[0] == 2
+        assert other.upsert_documents("orphan", DOCUMENTS[:2]).upserted_count == 2
 
 
 def test_a_version_opened_behind_the_gateways_back_still_gets_the_next_write(stack, client) -> None:

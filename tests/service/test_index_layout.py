@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contentembed.client.sync import error_reason
 from contentembed.common.v1 import types_pb2
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
+from contentembed.rpc_status import error_reason
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.index.service import IndexService, IndexSettings
 from tests.conftest import running_service, settings_for_test

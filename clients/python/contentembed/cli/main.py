@@ -16,10 +16,10 @@ from rich.table import Table
 from tqdm import tqdm
 
 from contentembed.cli.catalog import DEMO_CATALOG, read_labelled_queries
+from contentembed.cli.extras import missing_services_message
 from contentembed.cli.signals import StopRequested, StopSignals
 from contentembed.cli.stack import LocalStack, StackError, StackEvent
-from contentembed.client import ApiError, Client, SearchResult
-from contentembed.client.sync import DEFAULT_TARGET, client_from_env
+from contentembed.client import DEFAULT_TARGET, ApiError, Client, SearchResult, client_from_env
 from contentembed.pipeline.catalog import (
     DEFAULT_MAX_REJECTS,
     CatalogError,
@@ -55,6 +55,14 @@ EXIT_VERSION_EXISTS = 4
 def fail(message: str, code: int = 1) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code)
+
+
+def require_service_extras(command: str) -> None:
+    """Exit 1 with one line naming the missing extras when the services cannot start here."""
+    message = missing_services_message(command)
+    if message:
+        err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def ingest_documents(
@@ -181,6 +189,7 @@ def up(
     stops with exit code 1. A port already in use: nothing starts, exit code 1. On Linux
     the services also stop (SIGTERM) when the launcher itself is killed.
     """
+    require_service_extras("up")
     stack = LocalStack(
         run_dir=run_dir,
         shard_count=shards,
@@ -485,10 +494,12 @@ def promote(
     """Make the candidate the serving version on every shard."""
     with client_from_env(target) as client:
         try:
-            previous, version = client.promote_candidate(collection)
+            promotion = client.promote_candidate(collection)
         except ApiError as error:
             raise fail(str(error)) from None
-    console.print(f"{collection}: now serving {version} (was {previous})")
+    console.print(
+        f"{collection}: now serving {promotion.version} (was {promotion.previous_version})"
+    )
 
 
 @app.command()
@@ -601,10 +612,12 @@ def activate(
     with client_from_env(target) as client:
         try:
             client.set_candidate(collection, version)
-            previous, now = client.promote_candidate(collection)
+            promotion = client.promote_candidate(collection)
         except ApiError as error:
             raise fail(str(error)) from None
-    console.print(f"{collection}: now serving {now} (was {previous})")
+    console.print(
+        f"{collection}: now serving {promotion.version} (was {promotion.previous_version})"
+    )
 
 
 @app.command()
@@ -774,6 +787,7 @@ def demo(
 
     Ctrl-C, SIGTERM or SIGHUP stops the services early (gateway, shards, encoders) and
     exits with code 0."""
+    require_service_extras("demo")
     stack = LocalStack(run_dir=run_dir, shard_count=shards)
     code = run_stack(stack, lambda signals: run_demo(stack, signals, queries))
     if code:

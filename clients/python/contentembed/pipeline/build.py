@@ -650,7 +650,7 @@ def run_build(options: BuildOptions, say: Callable[[str], None], bar: Any = None
     listed: list[Any] = []
     client = None
     if not options.offline:
-        from contentembed.client.sync import client_from_env
+        from contentembed.client import client_from_env
 
         client = client_from_env(options.target)
     try:
@@ -767,7 +767,7 @@ def capture_online_writes(client: Any, collection: str, version: str, space_id: 
             f"parameters); nothing new to build. Give --version to build it under another name."
         )
     try:
-        _, created = client.begin_version(collection, version, space_id)
+        created = client.begin_version(collection, version, space_id).created
     except ApiError as error:
         raise BuildError(f"cannot open version {version} of {collection}: {error}; build with "
                          "--offline to skip capturing online writes (then writes made during "

@@ -111,7 +111,7 @@ class RemoteEmbedder(Embedder):
         self.description = f"{info.backend} encoder at {address}"
 
     def _call(self, method: Any, request: Any, timeout: float) -> Any:
-        from contentembed.client.sync import call_status
+        from contentembed.rpc_status import call_status
 
         grpc = self._grpc
         for attempt in range(1, MAX_ATTEMPTS + 1):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from tqdm import tqdm
 
-from contentembed.client import ApiError, Client
+from contentembed.client import ApiError, Client, ImageDocument, TextDocument
 from contentembed.pipeline.catalog import Catalog, CatalogError, CatalogRow, Reject
 
 
@@ -50,19 +49,15 @@ def ensure_collection(
                 check_single_modality(catalog)
             raise CatalogError(f"several joint spaces {joint}; pick one with --space")
         space_id = joint[0]
-    _, created = client.create_collection(
+    return client.create_collection(
         collection, space_id=space_id or "", modality=modalities[0], exist_ok=True
-    )
-    return created
+    ).created
 
 
-def _document(row: CatalogRow) -> dict[str, Any]:
-    document: dict[str, Any] = {"id": row.id, "metadata": row.metadata}
+def _document(row: CatalogRow) -> TextDocument | ImageDocument:
     if row.text is not None:
-        document["text"] = row.text
-    else:
-        document["image"] = row.content()
-    return document
+        return TextDocument(row.id, row.text, row.metadata)
+    return ImageDocument(row.id, row.content(), row.metadata)
 
 
 def upsert_bisecting(
@@ -81,9 +76,7 @@ def upsert_bisecting(
     if not documents:
         return len(rows)
     try:
-        count, truncated = client.upsert_documents(
-            collection, [d for _, d in documents], timeout=120.0
-        )
+        result = client.upsert_documents(collection, [d for _, d in documents], timeout=120.0)
     except ApiError as error:
         if error.code != "INVALID_ARGUMENT":
             raise
@@ -96,8 +89,8 @@ def upsert_bisecting(
         upsert_bisecting(client, collection, kept[:middle], outcome)
         upsert_bisecting(client, collection, kept[middle:], outcome)
         return len(rows)
-    outcome.written += count
-    outcome.truncated += truncated
+    outcome.written += result.upserted_count
+    outcome.truncated += result.truncated_ids
     return len(rows)
 
 

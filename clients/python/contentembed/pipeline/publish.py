@@ -27,7 +27,8 @@ from typing import Any
 
 import grpc
 
-from contentembed.client.sync import ApiError, channel_from_env
+from contentembed.client import ApiError
+from contentembed.client.client import channel_from_env
 from contentembed.index.v1 import index_service_pb2 as index_pb
 from contentembed.index.v1 import index_service_pb2_grpc as index_grpc
 from contentembed.services.common.digests import sha256_file

@@ -11,9 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
 
-from contentembed.client.sync import call_status, error_reason
+from contentembed.rpc_status import error_reason, retry_delay_s
 from contentembed.services.common.auth import channel_credentials
 from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import (
@@ -44,17 +43,6 @@ def error_from_rpc(error: grpc.RpcError, downstream: str) -> ContentEmbedError:
     return error_for_code(
         code.name, f"{downstream}: {details}", error_reason(error) or None, retry_delay_s(error)
     )
-
-
-def retry_delay_s(error: grpc.RpcError) -> float | None:
-    """The google.rpc.RetryInfo delay of a failed call, so an overloaded encoder's hint
-    reaches the gateway's own caller."""
-    status = call_status(error)
-    for detail in status.details if status is not None else ():
-        info = error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            return info.retry_delay.ToNanoseconds() / 1e9
-    return None
 
 
 class _CallDetails(NamedTuple):

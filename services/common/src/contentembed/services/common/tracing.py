@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from contentembed.client.sync import error_reason
+from contentembed.rpc_status import error_reason
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,206 @@
+"""Requests and results shared by the sync and the async client (no I/O here)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from contentembed.admin.v1 import admin_service_pb2 as admin_pb
+from contentembed.client.errors import ApiError
+from contentembed.client.types import (
+    CollectionInfo,
+    Document,
+    EncoderSpace,
+    Hit,
+    ImageDocument,
+    SearchResult,
+    ShadowReport,
+    ShardEndpoint,
+    ShardResult,
+    TextDocument,
+)
+from contentembed.common.v1 import types_pb2
+from contentembed.search.v1 import search_service_pb2 as search_pb
+
+MODALITIES = {"text": types_pb2.MODALITY_TEXT, "image": types_pb2.MODALITY_IMAGE}
+MODALITY_NAMES = {number: name for name, number in MODALITIES.items()}
+
+# Retried by default: transient unavailability; overload only when the server said when.
+DEFAULT_RETRIES = 3
+DEFAULT_INITIAL_BACKOFF_S = 0.1
+DEFAULT_MAX_BACKOFF_S = 2.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to wait before retrying an idempotent call.
+
+    Retried: UNAVAILABLE, and RESOURCE_EXHAUSTED that carries a RetryInfo delay (overload
+    shedding; without a delay it is a size limit, which a retry cannot fix). The wait is
+    the server's RetryInfo delay when it sent one, else jittered exponential backoff
+    (half of ``initial * 2**attempt``, capped, plus a random share of the other half).
+    The caller stops retrying where the wait would pass the call's deadline.
+    """
+
+    retries: int = DEFAULT_RETRIES
+    initial_backoff_s: float = DEFAULT_INITIAL_BACKOFF_S
+    max_backoff_s: float = DEFAULT_MAX_BACKOFF_S
+
+    def delay(self, error: ApiError, attempt: int, idempotent: bool) -> float | None:
+        """Seconds to wait before retry number ``attempt + 1``, or None: do not retry."""
+        if not idempotent or attempt >= self.retries:
+            return None
+        if error.code == "UNAVAILABLE":
+            pass
+        elif error.code != "RESOURCE_EXHAUSTED" or error.retry_after_s is None:
+            return None
+        if error.retry_after_s is not None:
+            return error.retry_after_s
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2**attempt)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # nosec B311
+
+
+def struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    if values:
+        message.update(dict(values))
+    return message
+
+
+def collection_info(message: admin_pb.CollectionSummary) -> CollectionInfo:
+    return CollectionInfo(
+        name=message.name,
+        space_id=message.space_id,
+        dim=message.dim,
+        item_count=message.item_count,
+        shard_count=message.shard_count,
+        version=message.version,
+        versions=list(message.versions),
+        pending_versions=list(message.pending_versions),
+        version_spaces=dict(message.version_spaces),
+        candidate_version=message.candidate_version,
+    )
+
+
+def search_request(
+    collection: str,
+    text: str | None,
+    image: bytes | None,
+    top_k: int,
+    allow_partial: bool,
+    also_collections: Sequence[str],
+    version: str,
+    exact: bool,
+) -> search_pb.SearchRequest:
+    if (text is None) == (image is None):
+        raise ValueError("give exactly one of text or image")
+    request = search_pb.SearchRequest(
+        collection=collection,
+        top_k=top_k,
+        partial_result_policy=(
+            search_pb.PARTIAL_RESULT_POLICY_ALLOW
+            if allow_partial
+            else search_pb.PARTIAL_RESULT_POLICY_FAIL
+        ),
+        also_collections=list(also_collections),
+        version=version,
+        exact=exact,
+    )
+    if text is not None:
+        request.text = text
+    else:
+        request.image.data = image  # type: ignore[assignment]
+    return request
+
+
+def search_result(response: search_pb.SearchResponse) -> SearchResult:
+    return SearchResult(
+        hits=[
+            Hit(h.id, h.score, json_format.MessageToDict(h.metadata), h.shard_index, h.collection)
+            for h in response.hits
+        ],
+        space_id=response.space_id,
+        version=response.version,
+        partial=response.partial,
+        shards=[
+            ShardResult(s.shard_index, s.ok, s.error, s.hit_count, s.latency_ms)
+            for s in response.shards
+        ],
+        latency_ms={
+            "encode": response.latency.encode_ms,
+            "search": response.latency.search_ms,
+            "merge": response.latency.merge_ms,
+            "total": response.latency.total_ms,
+        },
+        query_truncated=response.query_truncated,
+        cache_hit=response.cache_hit,
+        fused=response.fused,
+    )
+
+
+def create_collection_request(
+    name: str, space_id: str, modality: str, exist_ok: bool
+) -> admin_pb.CreateCollectionRequest:
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {sorted(MODALITIES)}, got {modality!r}")
+    return admin_pb.CreateCollectionRequest(
+        name=name, exist_ok=exist_ok, space_id=space_id, modality=MODALITIES[modality]
+    )
+
+
+def upsert_request(
+    collection: str, documents: Iterable[Document]
+) -> admin_pb.UpsertDocumentsRequest:
+    request = admin_pb.UpsertDocumentsRequest(collection=collection)
+    for doc in documents:
+        if isinstance(doc, TextDocument):
+            request.documents.add(id=doc.id, metadata=struct(doc.metadata), text=doc.text)
+        elif isinstance(doc, ImageDocument):
+            message = request.documents.add(id=doc.id, metadata=struct(doc.metadata))
+            message.image.data = doc.image
+        else:
+            message = request.documents.add(id=str(doc["id"]), metadata=struct(doc.get("metadata")))
+            if "image" in doc:
+                message.image.data = doc["image"]
+            else:
+                message.text = str(doc["text"])
+    return request
+
+
+def shadow_report(response: admin_pb.GetShadowReportResponse) -> ShadowReport:
+    return ShadowReport(
+        primary_version=response.primary_version,
+        candidate_version=response.candidate_version,
+        candidate_space_id=response.candidate_space_id,
+        queries=response.queries,
+        failures=response.failures,
+        mean_overlap_at_k=response.mean_overlap_at_k,
+        mean_rank_correlation=response.mean_rank_correlation,
+        mean_latency_delta_ms=response.mean_latency_delta_ms,
+        canary_queries=response.canary_queries,
+    )
+
+
+def encoder_spaces(response: admin_pb.ListSpacesResponse) -> list[EncoderSpace]:
+    return [
+        EncoderSpace(
+            space_id=e.space.space_id,
+            model_id=e.space.model_id,
+            model_revision=e.space.model_revision,
+            dim=e.space.dim,
+            modality=MODALITY_NAMES.get(e.modality, "unknown"),
+            address=e.address,
+            backend=e.backend,
+            max_batch_size=e.max_batch_size,
+            max_input_bytes=e.max_input_bytes,
+        )
+        for e in response.encoders
+    ]
+
+
+def shard_endpoints(response: admin_pb.ListShardsResponse) -> list[ShardEndpoint]:
+    return [ShardEndpoint(s.shard_index, s.address) for s in response.shards]
