@@ -10,11 +10,10 @@
 (d) A service imports another service only through ``contentembed.services.common``
     (and ``common`` imports no service).
 
-Two breaks are known and are being fixed on other branches: gateway/flows.py and
-versions.py reach grpc through downstream code (the gateway restructure), and
-common/downstream.py and tracing.py import contentembed.client.sync (the rpc_status move).
-The strict tests allow exactly those import edges; the xfail(strict=True) tests allow none,
-so the suite flips loudly when the fixes land: remove the marks then.
+One break is known and is being fixed on another branch: gateway/flows.py and
+versions.py reach grpc through downstream code (the gateway restructure). The strict test
+allows exactly those import edges; the xfail(strict=True) test allows none, so the suite
+flips loudly when the fix lands: remove the mark then.
 """
 
 from __future__ import annotations
@@ -54,10 +53,6 @@ GATEWAY_RESTRUCTURE_EDGES = {
     (f"{GATEWAY}.flows", f"{COMMON}.downstream"),  # common/downstream.py imports grpc
     (f"{GATEWAY}.flows", f"{GATEWAY}.downstream"),  # the adapter imports grpc and _pb2
     (f"{GATEWAY}.versions", f"{GATEWAY}.downstream"),  # the adapter imports grpc and _pb2
-}
-RPC_STATUS_EDGES = {
-    (f"{COMMON}.downstream", "contentembed.client.sync"),  # call_status, error_reason
-    (f"{COMMON}.tracing", "contentembed.client.sync"),  # error_reason
 }
 
 
@@ -199,15 +194,6 @@ def test_the_transport_check_sees_the_adapter() -> None:
 
 
 def test_services_do_not_import_the_sdk() -> None:
-    violations = [
-        v for v in edge_violations(imports_sdk)
-        if not any(v == f"{a} imports {b}" for a, b in RPC_STATUS_EDGES)
-    ]
-    assert not violations, "services that import the SDK, CLI or pipeline:\n  " + "\n  ".join(violations)
-
-
-@pytest.mark.xfail(strict=True, reason="fixed by the rpc_status move")
-def test_services_do_not_import_the_sdk_at_all() -> None:
     violations = edge_violations(imports_sdk)
     assert not violations, "services that import the SDK, CLI or pipeline:\n  " + "\n  ".join(violations)
 

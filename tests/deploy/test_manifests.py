@@ -370,8 +370,10 @@ def test_build_job_slices_match_its_completions_and_the_cli(target: str) -> None
     assert f'"$rc" -eq {EXIT_VERSION_EXISTS}' in script.split("--merge")[0]
     assert f'"$rc" -eq {EXIT_SLICES_MISSING}' in script.split("--merge")[1]
     # The variables the CLI reads (its source), and nothing else of ours.
-    source = inspect.getsource(cli) + Path(inspect.getfile(cli)).parent.parent.joinpath(
-        "client", "sync.py").read_text()
+    package = Path(inspect.getfile(cli)).parent.parent
+    source = inspect.getsource(cli) + "".join(
+        path.read_text() for folder in ("client", "pipeline") for path in (package / folder).glob("*.py")
+    )
     for name in env:
         if name.startswith("CONTENTEMBED_"):
             assert f'"{name}"' in source, f"the CLI does not read {name}"
