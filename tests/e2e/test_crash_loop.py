@@ -635,7 +635,8 @@ def test_gateway_during_wal_replay_answers_partial_or_unavailable_and_deletes_no
     catalog = list(read_catalog(DEMO_CATALOG))
     with running(cluster):
         assert cluster.gateway is not None
-        with Client(cluster.gateway.address, timeout=60) as client:
+        # retries=0: each call is one observation of the recovering shard, not a wait it out.
+        with Client(cluster.gateway.address, timeout=60, retries=0) as client:
             info, created = client.create_collection(COLLECTION)
             assert created
             for start in range(0, len(catalog), 100):
