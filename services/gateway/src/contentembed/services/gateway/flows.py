@@ -1,5 +1,5 @@
-"""Search and ingest flows of the gateway. No grpc here: calls go through the typed
-clients in ``downstream.py`` and fail with domain errors.
+"""Search and ingest flows of the gateway. No grpc here: calls go through the ports in
+``ports.py`` (implemented over gRPC by ``downstream.py``) and fail with domain errors.
 
 Routing is by space: a collection is bound to a space (its serving version's), every
 encoder reports the space and modality it serves, and a query is embedded by the encoder
@@ -24,7 +24,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Tracer
 
-from contentembed.services.common.downstream import PendingCall, outcomes_of_all, results_of_all
 from contentembed.services.common.errors import (
     CLIENT_ERROR_CODES,
     ContentEmbedError,
@@ -43,17 +42,20 @@ from contentembed.services.common.validation import (
     validate_top_k,
 )
 from contentembed.services.gateway.cache import EmbeddingCache, cache_key
-from contentembed.services.gateway.downstream import (
-    IMAGE,
-    TEXT,
-    EncoderClient,
-    EncoderInfo,
-    IndexShardClient,
-    ShardAnswer,
-    ShardCollection,
-)
 from contentembed.services.gateway.merge import Hit, merge_top_k, reciprocal_rank_fusion
 from contentembed.services.gateway.metrics import GatewayMetrics
+from contentembed.services.gateway.ports import (
+    IMAGE,
+    TEXT,
+    EncoderInfo,
+    EncoderPort,
+    Pending,
+    ShardAnswer,
+    ShardCollection,
+    ShardPort,
+    outcomes_of,
+    wait_all,
+)
 from contentembed.services.gateway.quality import CatalogCoverage, DriftMonitor
 from contentembed.services.gateway.shadow import Candidate
 from contentembed.services.gateway.versions import VERSIONS_CHANGED, WRITE_PLAN_TTL_S, WritePlan
@@ -149,7 +151,7 @@ def modality_of(content: str | bytes) -> str:
 class EncoderRouter:
     """Which encoder serves (space, modality), refreshed from the encoders themselves."""
 
-    def __init__(self, encoders: Sequence[EncoderClient]) -> None:
+    def __init__(self, encoders: Sequence[EncoderPort]) -> None:
         self.encoders = list(encoders)
         self._infos: dict[str, EncoderInfo] = {}
         self._lock = threading.Lock()
@@ -179,7 +181,7 @@ class EncoderRouter:
             raise errors[0]
         return changed
 
-    def route(self, space_id: str, modality: str) -> tuple[EncoderClient, EncoderInfo]:
+    def route(self, space_id: str, modality: str) -> tuple[EncoderPort, EncoderInfo]:
         with self._lock:
             for encoder in self.encoders:
                 info = self._infos.get(encoder.endpoint)
@@ -205,7 +207,7 @@ class EncoderRouter:
             reason="SPACE_REQUIRED",
         )
 
-    def infos(self) -> list[tuple[EncoderClient, EncoderInfo]]:
+    def infos(self) -> list[tuple[EncoderPort, EncoderInfo]]:
         """Every encoder with what it last reported, in configuration order."""
         with self._lock:
             return [(e, self._infos[e.endpoint]) for e in self.encoders if e.endpoint in self._infos]
@@ -225,8 +227,8 @@ class EncoderRouter:
 class Gateway:
     def __init__(
         self,
-        encoders: Sequence[EncoderClient],
-        shards: Sequence[IndexShardClient],
+        encoders: Sequence[EncoderPort],
+        shards: Sequence[ShardPort],
         cache: EmbeddingCache,
         metrics: GatewayMetrics,
         max_top_k: int,
@@ -276,7 +278,7 @@ class Gateway:
             attempt = min(deadline, time.monotonic() + CONNECT_ATTEMPT_S)
             try:
                 self.router.refresh(attempt, wait_for_ready=True, require_all=True)
-                results_of_all([shard.list_collections(1, "", attempt) for shard in self.shards])
+                wait_all([shard.list_collections(1, "", attempt) for shard in self.shards])
             except ContentEmbedError as error:
                 # A refused key or a bad request will not fix itself by waiting.
                 if time.monotonic() + 0.5 >= deadline or error.code in NOT_RETRIED_AT_START:
@@ -329,7 +331,7 @@ class Gateway:
 
     def version_space(self, collection: str, version: str, deadline: float) -> str:
         """The space of a version loaded on every shard (for searches of that version)."""
-        per_shard = results_of_all([s.get_collection(collection, deadline) for s in self.shards])
+        per_shard = wait_all([s.get_collection(collection, deadline) for s in self.shards])
         if not all(version in c.versions for c in per_shard):
             pending = any(version in c.pending_versions for c in per_shard)
             raise FailedPrecondition(
@@ -456,7 +458,7 @@ class Gateway:
                          versions[0] if len(versions) == 1 else "", exact=True)
             for shard in self.shards
         ]
-        exact = merge_top_k((answer.hits for answer in results_of_all(calls)), top_k)
+        exact = merge_top_k((answer.hits for answer in wait_all(calls)), top_k)
         if exact:
             found = len({h.id for h in outcome.hits} & {h.id for h in exact}) / len(exact)
             self.metrics.sampled_recall.labels(collection).observe(found)
@@ -649,7 +651,7 @@ class Gateway:
             self.candidates.pop(collection, None)
             return
         space = self.version_space(collection, version, deadline)
-        per_shard = results_of_all([s.get_collection(collection, deadline) for s in self.shards])
+        per_shard = wait_all([s.get_collection(collection, deadline) for s in self.shards])
         if any(c.version == version for c in per_shard):
             raise FailedPrecondition(f"version {shown(version)} is already serving", reason="ALREADY_SERVING")
         self.router.info_for_space(space)  # a candidate no encoder can query is refused now
@@ -673,7 +675,7 @@ class Gateway:
             raise FailedPrecondition(
                 f"collection {shown(collection)} has no candidate to promote", reason="NO_CANDIDATE"
             )
-        outcomes = outcomes_of_all(
+        outcomes = outcomes_of(
             [s.activate_version(collection, candidate.version, deadline) for s in self.shards]
         )
         failures = [o for o in outcomes if isinstance(o, ContentEmbedError)]
@@ -685,7 +687,7 @@ class Gateway:
                 for shard, previous in zip(self.shards, outcomes)
                 if isinstance(previous, str) and previous != candidate.version
             ]
-            results_of_all(undo)
+            wait_all(undo)
             self._collection_spaces.pop(collection, None)
             raise failures[0]
         self.candidates.pop(collection, None)
@@ -694,13 +696,13 @@ class Gateway:
 
     def rollback(self, collection: str, deadline: float) -> str:
         validate_collection_name(collection)
-        versions = results_of_all([s.rollback_version(collection, deadline) for s in self.shards])
+        versions = wait_all([s.rollback_version(collection, deadline) for s in self.shards])
         self._collection_spaces.pop(collection, None)
         return versions[0]
 
     def _gather_shards(
         self,
-        calls: Sequence[PendingCall[Any, ShardAnswer]],
+        calls: Sequence[Pending[ShardAnswer]],
         allow_partial: bool,
         deadline: float,
     ) -> tuple[list[ShardAnswer], list[ShardOutcome]]:
@@ -746,7 +748,7 @@ class Gateway:
         info = (
             self.router.info_for_space(space_id) if space_id else self.router.default_space(modality)
         )
-        results = results_of_all(
+        results = wait_all(
             [s.create_collection(name, info.space_id, info.dim, exist_ok, deadline) for s in self.shards]
         )
         return self._summary([c for c, _ in results]), any(created for _, created in results)
@@ -757,7 +759,7 @@ class Gateway:
 
     def get_collection(self, name: str, deadline: float) -> CollectionSummary:
         validate_collection_name(name)
-        return self._summary(results_of_all([s.get_collection(name, deadline) for s in self.shards]))
+        return self._summary(wait_all([s.get_collection(name, deadline) for s in self.shards]))
 
     # -- versions --------------------------------------------------------------------
     def begin_version(
@@ -770,7 +772,7 @@ class Gateway:
             raise InvalidArgument("space_id is required", reason="MISSING_SPACE")
         # Online writes are embedded into the version's space: an encoder must serve it.
         info = self.router.info_for_space(space_id)
-        outcomes = outcomes_of_all(
+        outcomes = outcomes_of(
             [s.begin_version(collection, version, space_id, info.dim, deadline) for s in self.shards]
         )
         self._write_plans.pop(collection, None)
@@ -781,7 +783,7 @@ class Gateway:
                 for shard, outcome in zip(self.shards, outcomes)
                 if isinstance(outcome, tuple) and outcome[1]
             ]
-            outcomes_of_all(undo)
+            outcomes_of(undo)
             raise failures[0]
         return (
             self._summary([c for c, _ in outcomes]),  # type: ignore[misc]
@@ -791,7 +793,7 @@ class Gateway:
     def delete_version(self, collection: str, version: str, deadline: float) -> CollectionSummary:
         """Drops a non-serving version everywhere; a shard that no longer has it is fine."""
         validate_collection_name(collection)
-        outcomes = outcomes_of_all(
+        outcomes = outcomes_of(
             [s.delete_version(collection, version, deadline) for s in self.shards]
         )
         self._write_plans.pop(collection, None)
@@ -813,7 +815,7 @@ class Gateway:
         if cached is not None and not fresh and cached[1] > time.monotonic():
             return cached[0]
         plan = WritePlan.of(
-            results_of_all([s.get_collection(collection, deadline) for s in self.shards])
+            wait_all([s.get_collection(collection, deadline) for s in self.shards])
         )
         self._write_plans[collection] = (plan, time.monotonic() + WRITE_PLAN_TTL_S)
         return plan
@@ -823,7 +825,7 @@ class Gateway:
     ) -> tuple[list[CollectionSummary], str]:
         # Every shard holds every collection, so the same name-ordered page token
         # selects the same page on each.
-        pages = results_of_all(
+        pages = wait_all(
             [s.list_collections(page_size, page_token, deadline) for s in self.shards]
         )
         by_name: dict[str, list[ShardCollection]] = defaultdict(list)
@@ -835,7 +837,7 @@ class Gateway:
 
     def delete_collection(self, name: str, deadline: float) -> None:
         validate_collection_name(name)
-        results_of_all([s.delete_collection(name, deadline) for s in self.shards])
+        wait_all([s.delete_collection(name, deadline) for s in self.shards])
         self._collection_spaces.pop(name, None)
         self._write_plans.pop(name, None)
         self.candidates.pop(name, None)  # a re-created collection starts without one
@@ -933,7 +935,7 @@ class Gateway:
             positions = [p for p, d in enumerate(documents) if d.modality == modality]
             batch = max(info.max_batch_size, 1)
             chunks = [positions[i : i + batch] for i in range(0, len(positions), batch)]
-            results = results_of_all(
+            results = wait_all(
                 [encoder.embed([documents[p].content for p in chunk], deadline) for chunk in chunks]
             )
             if any(e.space_id != space for e in results):
@@ -974,7 +976,7 @@ class Gateway:
                         targets.fingerprint,
                     )
                 )
-        failures = [o for o in outcomes_of_all(upserts) if isinstance(o, ContentEmbedError)]
+        failures = [o for o in outcomes_of(upserts) if isinstance(o, ContentEmbedError)]
         # A stale plan shows as VERSIONS_CHANGED on some shard: that one decides (a retry
         # with a fresh plan), whatever another shard said first.
         for error in sorted(failures, key=lambda e: e.reason != VERSIONS_CHANGED):
@@ -993,7 +995,7 @@ class Gateway:
             self.shards[shard].delete_items(collection, shard_ids, deadline)
             for shard, shard_ids in sorted(by_shard.items())
         ]
-        return sum(results_of_all(calls))
+        return sum(wait_all(calls))
 
     def close(self) -> None:
         self._stop.set()
