@@ -16,8 +16,8 @@ from contentembed.index.v1 import index_service_pb2_grpc as index_grpc
 from contentembed.services.common.protoconv import vector_to_pb
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.gateway.merge import Hit, merge_top_k
+from contentembed.services.gateway.rollout import overlap_at_k
 from contentembed.services.gateway.service import GatewayService, GatewaySettings
-from contentembed.services.gateway.shadow import overlap_at_k
 from contentembed.services.index.collection import HnswCollection, HnswParams
 from contentembed.services.index.service import IndexService, IndexSettings
 from tests.conftest import running_service, settings_for_test
