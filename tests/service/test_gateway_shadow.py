@@ -123,8 +123,10 @@ def test_promote_and_rollback_flip_every_shard(rollout) -> None:
         assert caught.value.code == "FAILED_PRECONDITION"
         client.set_candidate("shop", "v2", shadow_fraction=0.5)
         assert client.promote_candidate("shop") == ("live", "v2")
-        assert client.search("shop", text="coffee", top_k=1).version == "v2"
-        assert client.get_collection("shop").version == "v2"
+        promoted = client.search("shop", text="coffee", top_k=1)
+        assert promoted.version == "v2" and promoted.versions == ["v2"]
+        info = client.get_collection("shop")
+        assert info.version == "v2" and info.serving_versions == ["v2"]
         assert client.rollback_collection("shop") == "live"
         assert client.search("shop", text="coffee", top_k=1).version == "live"
 

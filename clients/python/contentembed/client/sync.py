@@ -95,6 +95,10 @@ class SearchResult:
     query_truncated: bool = False
     cache_hit: bool = False
     fused: bool = False
+    # The versions that answered and the spaces searched, as lists (``version`` and
+    # ``space_id`` join them with ","), sorted.
+    versions: list[str] = field(default_factory=list)
+    space_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,13 @@ class CollectionInfo:
     pending_versions: list[str] = field(default_factory=list)
     version_spaces: dict[str, str] = field(default_factory=dict)
     candidate_version: str = ""
+    # Each shard's serving version, sorted and unique (``version`` joins them with ",").
+    serving_versions: list[str] = field(default_factory=list)
+
+
+def listed(values: Sequence[str], joined: str) -> list[str]:
+    """The list field, or for a gateway that predates it, the comma-joined string split."""
+    return list(values) if values else [part for part in joined.split(",") if part]
 
 
 MODALITIES = {"text": types_pb2.MODALITY_TEXT, "image": types_pb2.MODALITY_IMAGE}
@@ -169,6 +180,7 @@ def _collection(message: admin_pb.CollectionSummary) -> CollectionInfo:
         pending_versions=list(message.pending_versions),
         version_spaces=dict(message.version_spaces),
         candidate_version=message.candidate_version,
+        serving_versions=listed(message.serving_versions, message.version),
     )
 
 
@@ -326,6 +338,8 @@ class Client:
             query_truncated=response.query_truncated,
             cache_hit=response.cache_hit,
             fused=response.fused,
+            versions=listed(response.versions, response.version),
+            space_ids=listed(response.space_ids, response.space_id),
         )
 
     # -- collections -----------------------------------------------------------------

@@ -143,6 +143,7 @@ def summary_pb(summary: CollectionSummary) -> admin_pb.CollectionSummary:
         pending_versions=summary.pending_versions,
         version_spaces=summary.version_spaces,
         candidate_version=summary.candidate_version,
+        serving_versions=summary.serving_versions,
     )
 
 
@@ -180,6 +181,8 @@ def search_response_pb(outcome: SearchOutcome) -> search_pb.SearchResponse:
         query_truncated=outcome.query_truncated,
         cache_hit=outcome.cache_hit,
         fused=outcome.fused,
+        versions=outcome.versions,
+        space_ids=outcome.space_ids,
     )
 
 
