@@ -10,10 +10,8 @@
 (d) A service imports another service only through ``contentembed.services.common``
     (and ``common`` imports no service).
 
-One break is known and is being fixed on another branch: gateway/flows.py and
-versions.py reach grpc through downstream code (the gateway restructure). The strict test
-allows exactly those import edges; the xfail(strict=True) test allows none, so the suite
-flips loudly when the fix lands: remove the mark then.
+The gateway's domain reaches its transport only through ``gateway/ports.py``: its gRPC
+adapter (``downstream.py``) implements those ports, and the edge (``service.py``) wires them.
 """
 
 from __future__ import annotations
@@ -22,8 +20,6 @@ import ast
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # Directories that hold the ``contentembed`` namespace package.
@@ -48,12 +44,6 @@ DOMAIN_MODULES = {
 GATEWAY_NOT_DOMAIN = {f"{GATEWAY}.{name}" for name in ("service", "__main__", "downstream", "metrics")}
 TRANSPORT = ("grpc", "google.protobuf", "google.rpc")
 
-# The known breaks (see the xfail tests): the import edges that cause them.
-GATEWAY_RESTRUCTURE_EDGES = {
-    (f"{GATEWAY}.flows", f"{COMMON}.downstream"),  # common/downstream.py imports grpc
-    (f"{GATEWAY}.flows", f"{GATEWAY}.downstream"),  # the adapter imports grpc and _pb2
-    (f"{GATEWAY}.versions", f"{GATEWAY}.downstream"),  # the adapter imports grpc and _pb2
-}
 
 
 def module_name(path: Path) -> str:
@@ -74,7 +64,7 @@ def modules() -> dict[str, Path]:
         for path in root.rglob("*.py")
         if "__pycache__" not in path.parts
     }
-    assert "contentembed.services.gateway.flows" in found and "contentembed.client.sync" in found
+    assert "contentembed.services.gateway.ports" in found and "contentembed.client.sync" in found
     return found
 
 
@@ -173,12 +163,6 @@ def imports_sdk(module: str, imported: str) -> bool:
 
 
 def test_domain_modules_do_not_import_the_transport() -> None:
-    violations = domain_violations(GATEWAY_RESTRUCTURE_EDGES)
-    assert not violations, "domain modules that import grpc/protobuf/_pb2:\n  " + "\n  ".join(violations)
-
-
-@pytest.mark.xfail(strict=True, reason="fixed by the gateway restructure")
-def test_gateway_domain_modules_do_not_import_the_transport() -> None:
     violations = domain_violations(set())
     assert not violations, "domain modules that import grpc/protobuf/_pb2:\n  " + "\n  ".join(violations)
 

@@ -209,7 +209,7 @@ def test_partial_answers_still_work_when_the_first_shard_is_down(text_encoder) -
         with Client(stack.gateway.address, timeout=5.0) as client:
             client.create_collection("shop")
             client.upsert_documents("shop", DOCUMENTS)
-            stack.gateway.service.gateway._collection_spaces.clear()  # nothing cached
+            stack.gateway.service.gateway.collection_spaces.clear()  # nothing cached
             stack.shards[0].stop(grace=0)
             result = client.search("shop", text="coffee", top_k=5, allow_partial=True)
     assert result.partial and [s.ok for s in result.shards] == [False, True]

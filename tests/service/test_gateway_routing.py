@@ -157,5 +157,6 @@ def test_several_collections_merge_within_a_space_and_fuse_across_spaces(text_en
     scores = [h.score for h in same_space.hits]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0.3  # cosine scores
     assert across.fused and across.space_id == ",".join(sorted([minilm, clip]))
+    assert across.space_ids == sorted([minilm, clip]) and same_space.space_ids == [minilm]
     assert [h.score for h in across.hits][:2] == pytest.approx([1 / 61, 1 / 61])  # each list's first
     assert {h.collection for h in across.hits} == {"kitchen", "clipped"}

@@ -16,8 +16,8 @@ from contentembed.index.v1 import index_service_pb2_grpc as index_grpc
 from contentembed.services.common.protoconv import vector_to_pb
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.gateway.merge import Hit, merge_top_k
+from contentembed.services.gateway.rollout import overlap_at_k
 from contentembed.services.gateway.service import GatewayService, GatewaySettings
-from contentembed.services.gateway.shadow import overlap_at_k
 from contentembed.services.index.collection import HnswCollection, HnswParams
 from contentembed.services.index.service import IndexService, IndexSettings
 from tests.conftest import running_service, settings_for_test
@@ -123,8 +123,10 @@ def test_promote_and_rollback_flip_every_shard(rollout) -> None:
         assert caught.value.code == "FAILED_PRECONDITION"
         client.set_candidate("shop", "v2", shadow_fraction=0.5)
         assert client.promote_candidate("shop") == Promotion(previous_version="live", version="v2")
-        assert client.search("shop", text="coffee", top_k=1).version == "v2"
-        assert client.get_collection("shop").version == "v2"
+        promoted = client.search("shop", text="coffee", top_k=1)
+        assert promoted.version == "v2" and promoted.versions == ["v2"]
+        info = client.get_collection("shop")
+        assert info.version == "v2" and info.serving_versions == ["v2"]
         assert client.rollback_collection("shop") == "live"
         assert client.search("shop", text="coffee", top_k=1).version == "live"
 

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from contentembed.services.gateway.quality import (
+from contentembed.services.gateway.monitoring import (
     CatalogCoverage,
     DriftMonitor,
     population_stability_index,
 )
-from contentembed.services.gateway.shadow import overlap_at_k, rank_correlation
+from contentembed.services.gateway.rollout import overlap_at_k, rank_correlation
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:

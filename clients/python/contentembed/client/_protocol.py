@@ -83,7 +83,13 @@ def collection_info(message: admin_pb.CollectionSummary) -> CollectionInfo:
         pending_versions=list(message.pending_versions),
         version_spaces=dict(message.version_spaces),
         candidate_version=message.candidate_version,
+        serving_versions=listed(message.serving_versions, message.version),
     )
+
+
+def listed(values: Sequence[str], joined: str) -> list[str]:
+    """The list field, or for a gateway that predates it, the comma-joined string split."""
+    return list(values) if values else [part for part in joined.split(",") if part]
 
 
 def search_request(
@@ -139,6 +145,8 @@ def search_result(response: search_pb.SearchResponse) -> SearchResult:
         query_truncated=response.query_truncated,
         cache_hit=response.cache_hit,
         fused=response.fused,
+        versions=listed(response.versions, response.version),
+        space_ids=listed(response.space_ids, response.space_id),
     )
 
 

@@ -101,6 +101,10 @@ class SearchResult:
     query_truncated: bool = False
     cache_hit: bool = False
     fused: bool = False
+    # The versions that answered and the spaces searched, as lists (``version`` and
+    # ``space_id`` join them with ","), sorted.
+    versions: list[str] = field(default_factory=list)
+    space_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,8 @@ class CollectionInfo:
     pending_versions: list[str] = field(default_factory=list)
     version_spaces: dict[str, str] = field(default_factory=dict)
     candidate_version: str = ""
+    # Each shard's serving version, sorted and unique (``version`` joins them with ",").
+    serving_versions: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CollectionSummary(_message.Message):
-    __slots__ = ("name", "space_id", "dim", "item_count", "shard_count", "version", "versions", "pending_versions", "version_spaces", "candidate_version")
+    __slots__ = ("name", "space_id", "dim", "item_count", "shard_count", "version", "versions", "pending_versions", "version_spaces", "candidate_version", "serving_versions")
     class VersionSpacesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class CollectionSummary(_message.Message):
     PENDING_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     VERSION_SPACES_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     space_id: str
     dim: int
@@ -37,7 +38,8 @@ class CollectionSummary(_message.Message):
     pending_versions: _containers.RepeatedScalarFieldContainer[str]
     version_spaces: _containers.ScalarMap[str, str]
     candidate_version: str
-    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., item_count: _Optional[int] = ..., shard_count: _Optional[int] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., pending_versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ..., candidate_version: _Optional[str] = ...) -> None: ...
+    serving_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., item_count: _Optional[int] = ..., shard_count: _Optional[int] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., pending_versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ..., candidate_version: _Optional[str] = ..., serving_versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "exist_ok", "space_id", "modality")

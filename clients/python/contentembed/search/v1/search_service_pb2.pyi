@@ -79,7 +79,7 @@ class LatencyBreakdown(_message.Message):
     def __init__(self, encode_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., merge_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "space_id", "version", "partial", "shards", "latency", "query_truncated", "cache_hit", "fused")
+    __slots__ = ("hits", "space_id", "version", "partial", "shards", "latency", "query_truncated", "cache_hit", "fused", "versions", "space_ids")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,8 @@ class SearchResponse(_message.Message):
     QUERY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     FUSED_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    SPACE_IDS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     space_id: str
     version: str
@@ -98,4 +100,6 @@ class SearchResponse(_message.Message):
     query_truncated: bool
     cache_hit: bool
     fused: bool
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., partial: _Optional[bool] = ..., shards: _Optional[_Iterable[_Union[ShardResult, _Mapping]]] = ..., latency: _Optional[_Union[LatencyBreakdown, _Mapping]] = ..., query_truncated: _Optional[bool] = ..., cache_hit: _Optional[bool] = ..., fused: _Optional[bool] = ...) -> None: ...
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    space_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., partial: _Optional[bool] = ..., shards: _Optional[_Iterable[_Union[ShardResult, _Mapping]]] = ..., latency: _Optional[_Union[LatencyBreakdown, _Mapping]] = ..., query_truncated: _Optional[bool] = ..., cache_hit: _Optional[bool] = ..., fused: _Optional[bool] = ..., versions: _Optional[_Iterable[str]] = ..., space_ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,13 +1,13 @@
-"""Typed clients for the encoder and the index shards, as the gateway uses them.
+"""The gRPC adapter of the gateway's ports (``ports.py``): typed clients for the encoders
+and the index shards.
 
-They convert protobuf to gateway types at this one edge; the search and ingest flows
-work on numpy arrays and dataclasses.
+They convert protobuf to the ports' types at this one edge; the search, ingest and
+rollout modules work on numpy arrays and dataclasses and never see grpc.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -34,57 +34,18 @@ from contentembed.services.common.protoconv import (
 )
 from contentembed.services.common.tracing import Tracing
 from contentembed.services.gateway.merge import Hit
+from contentembed.services.gateway.ports import (
+    IMAGE,
+    TEXT,
+    Embedded,
+    EncoderInfo,
+    ShardAnswer,
+    ShardCollection,
+)
 
-TEXT = "text"
-IMAGE = "image"
 MODALITY_NAMES = {types_pb2.MODALITY_TEXT: TEXT, types_pb2.MODALITY_IMAGE: IMAGE}
 ENCODER_SERVICE = encoder_pb.DESCRIPTOR.services_by_name["EncoderService"].full_name
 INDEX_SERVICE = index_pb.DESCRIPTOR.services_by_name["IndexService"].full_name
-
-
-@dataclass(frozen=True)
-class EncoderInfo:
-    space_id: str
-    dim: int
-    max_batch_size: int
-    max_input_bytes: int
-    backend: str
-    modality: str  # TEXT or IMAGE
-    model_id: str = ""
-    model_revision: str = ""
-
-
-@dataclass(frozen=True)
-class Embedded:
-    vectors: np.ndarray
-    space_id: str
-    truncated: list[bool]
-
-
-@dataclass(frozen=True)
-class ShardCollection:
-    name: str
-    space_id: str
-    dim: int
-    item_count: int
-    version: str
-    version_spaces: dict[str, str]  # loaded and pending versions
-    versions: tuple[str, ...] = ()  # loaded
-    pending_versions: tuple[str, ...] = ()
-    versions_fingerprint: str = ""
-    version_digests: dict[str, str] | None = None
-
-    def spaces_written(self) -> set[str]:
-        """Every space one of its versions (loaded or pending) is in: a write reaches all."""
-        return set(self.version_spaces.values()) | {self.space_id}
-
-
-@dataclass(frozen=True)
-class ShardAnswer:
-    shard_index: int
-    hits: list[Hit]
-    space_id: str
-    version: str
 
 
 def _collection(message: index_pb.Collection) -> ShardCollection:

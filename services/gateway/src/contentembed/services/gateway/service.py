@@ -22,16 +22,17 @@ from contentembed.services.common.metadata import SearchServiceSettings, check_a
 from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
 from contentembed.services.common.server import run_service
 from contentembed.services.common.tracing import Tracing
-from contentembed.services.gateway.cache import EmbeddingCache
 from contentembed.services.gateway.downstream import (
     MODALITY_NAMES,
     EncoderClient,
     IndexShardClient,
 )
-from contentembed.services.gateway.flows import (
+from contentembed.services.gateway.gateway import (
     CollectionSummary,
     Document,
     Gateway,
+    GatewayConfig,
+    Query,
     SearchOutcome,
 )
 from contentembed.services.gateway.metrics import GatewayMetrics
@@ -142,6 +143,7 @@ def summary_pb(summary: CollectionSummary) -> admin_pb.CollectionSummary:
         pending_versions=summary.pending_versions,
         version_spaces=summary.version_spaces,
         candidate_version=summary.candidate_version,
+        serving_versions=summary.serving_versions,
     )
 
 
@@ -179,6 +181,8 @@ def search_response_pb(outcome: SearchOutcome) -> search_pb.SearchResponse:
         query_truncated=outcome.query_truncated,
         cache_hit=outcome.cache_hit,
         fused=outcome.fused,
+        versions=outcome.versions,
+        space_ids=outcome.space_ids,
     )
 
 
@@ -200,15 +204,17 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                 reason="UNKNOWN_ENUM_VALUE",
             )
         outcome = self.gateway.search(
-            request.collection,
-            request.text if query == "text" else request.image.data,
-            request.top_k,
-            allow_partial=request.partial_result_policy == search_pb.PARTIAL_RESULT_POLICY_ALLOW,
-            deadline=deadline,
-            register_cancel=cancel_with(context),
-            also_collections=list(request.also_collections),
-            version=request.version,
-            exact=request.exact,
+            Query(
+                collection=request.collection,
+                content=request.text if query == "text" else request.image.data,
+                top_k=request.top_k,
+                deadline=deadline,
+                allow_partial=request.partial_result_policy == search_pb.PARTIAL_RESULT_POLICY_ALLOW,
+                register_cancel=cancel_with(context),
+                also_collections=list(request.also_collections),
+                version=request.version,
+                exact=request.exact,
+            )
         )
         response = search_response_pb(outcome)
         # Hits carry the shards' metadata, bounded by the shards' own settings: when those
@@ -360,23 +366,31 @@ class GatewayService:
 
     def __init__(self, settings: GatewaySettings, registry: CollectorRegistry) -> None:
         self.settings = settings
+        encoders = [EncoderClient(endpoint, settings) for endpoint in settings.encoder_endpoints]
+        shards = [
+            IndexShardClient(index, endpoint, settings)
+            for index, endpoint in enumerate(settings.index_endpoints)
+        ]
+        # Kept as the adapters they are: tracing is set on them (use_tracing), a concern
+        # of the gRPC side that the gateway's domain never sees.
+        self.clients: list[EncoderClient | IndexShardClient] = [*encoders, *shards]
         self.gateway = Gateway(
-            [EncoderClient(endpoint, settings) for endpoint in settings.encoder_endpoints],
-            [
-                IndexShardClient(index, endpoint, settings)
-                for index, endpoint in enumerate(settings.index_endpoints)
-            ],
-            EmbeddingCache(settings.cache_ttl_s, settings.cache_max_entries),
+            encoders,
+            shards,
             GatewayMetrics(registry, settings.coverage_floor),
-            max_top_k=settings.max_top_k,
-            max_documents_per_upsert=settings.max_documents_per_upsert,
-            metadata_limits=settings.metadata_limits,
-            shadow_workers=settings.shadow_workers,
-            shadow_queue_limit=settings.shadow_queue_limit,
-            recall_sample_rate=settings.recall_sample_rate,
-            drift_reference_size=settings.drift_reference_size,
-            drift_window=settings.drift_window,
-            catalog_window_s=settings.catalog_window_s,
+            GatewayConfig(
+                max_top_k=settings.max_top_k,
+                max_documents_per_upsert=settings.max_documents_per_upsert,
+                metadata_limits=settings.metadata_limits,
+                cache_ttl_s=settings.cache_ttl_s,
+                cache_max_entries=settings.cache_max_entries,
+                shadow_workers=settings.shadow_workers,
+                shadow_queue_limit=settings.shadow_queue_limit,
+                recall_sample_rate=settings.recall_sample_rate,
+                drift_reference_size=settings.drift_reference_size,
+                drift_window=settings.drift_window,
+                catalog_window_s=settings.catalog_window_s,
+            ),
         )
 
     @staticmethod
@@ -391,8 +405,8 @@ class GatewayService:
 
     def use_tracing(self, tracing: Tracing) -> None:
         """The runtime's tracer: for the flows' own spans and the downstream calls'."""
-        self.gateway.tracer = tracing.tracer
-        for client in [*self.gateway.router.encoders, *self.gateway.shards]:
+        self.gateway.use_tracer(tracing.tracer)
+        for client in self.clients:
             client.tracing = tracing
 
     def register(self, server: grpc.Server) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from contentembed.services.gateway.downstream import ShardCollection
+from contentembed.services.gateway.ports import ShardCollection
 
 # How long a plan is reused. Staleness is safe: each upsert carries the shard's versions
 # fingerprint, and a shard whose versions changed refuses it (ABORTED VERSIONS_CHANGED),

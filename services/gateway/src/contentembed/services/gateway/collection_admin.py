@@ -1,0 +1,104 @@
+"""Creating, describing, listing and deleting collections across the shards. Pure: no
+grpc."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from contentembed.services.common.validation import validate_collection_name
+from contentembed.services.gateway.ports import TEXT, ShardCollection, ShardPort, wait_all
+from contentembed.services.gateway.routing import EncoderRouter
+
+
+@dataclass(frozen=True)
+class CollectionSummary:
+    name: str
+    space_id: str
+    dim: int
+    item_count: int
+    shard_count: int
+    version: str  # the serving versions joined with ",": one unless shards disagree
+    versions: list[str] = field(default_factory=list)  # loaded on every shard
+    pending_versions: list[str] = field(default_factory=list)  # pending on some shard
+    version_spaces: dict[str, str] = field(default_factory=dict)
+    candidate_version: str = ""
+    serving_versions: list[str] = field(default_factory=list)  # what ``version`` joins
+
+
+def summarize(per_shard: Sequence[ShardCollection], candidate: str = "") -> CollectionSummary:
+    first = per_shard[0]
+    serving = sorted({c.version for c in per_shard})
+    loaded = set.intersection(*(set(c.versions) for c in per_shard))
+    spaces: dict[str, str] = {}
+    for collection in per_shard:
+        spaces.update(collection.version_spaces)
+    return CollectionSummary(
+        name=first.name,
+        space_id=first.space_id,
+        dim=first.dim,
+        item_count=sum(c.item_count for c in per_shard),
+        shard_count=len(per_shard),
+        version=",".join(serving),
+        versions=sorted(loaded),
+        pending_versions=sorted({v for c in per_shard for v in c.pending_versions}),
+        version_spaces=spaces,
+        candidate_version=candidate,
+        serving_versions=serving,
+    )
+
+
+class CollectionAdmin:
+    def __init__(
+        self,
+        router: EncoderRouter,
+        shards: Sequence[ShardPort],
+        candidate_version: Callable[[str], str],
+        on_deleted: Callable[[str], None],
+    ) -> None:
+        self.router = router
+        self.shards = list(shards)
+        # The summaries name a collection's candidate, which rollout keeps.
+        self._candidate_version = candidate_version
+        # What other parts remember of a deleted collection must go with it.
+        self._on_deleted = on_deleted
+
+    def summary(self, per_shard: Sequence[ShardCollection]) -> CollectionSummary:
+        return summarize(per_shard, self._candidate_version(per_shard[0].name))
+
+    def create(
+        self, name: str, space_id: str, exist_ok: bool, deadline: float, modality: str = TEXT
+    ) -> tuple[CollectionSummary, bool]:
+        validate_collection_name(name)
+        info = (
+            self.router.info_for_space(space_id) if space_id else self.router.default_space(modality)
+        )
+        results = wait_all(
+            [s.create_collection(name, info.space_id, info.dim, exist_ok, deadline) for s in self.shards]
+        )
+        return self.summary([c for c, _ in results]), any(created for _, created in results)
+
+    def get(self, name: str, deadline: float) -> CollectionSummary:
+        validate_collection_name(name)
+        return self.summary(wait_all([s.get_collection(name, deadline) for s in self.shards]))
+
+    def list(
+        self, page_size: int, page_token: str, deadline: float
+    ) -> tuple[list[CollectionSummary], str]:
+        # Every shard holds every collection, so the same name-ordered page token
+        # selects the same page on each.
+        pages = wait_all(
+            [s.list_collections(page_size, page_token, deadline) for s in self.shards]
+        )
+        by_name: dict[str, list[ShardCollection]] = defaultdict(list)
+        for collections, _ in pages:
+            for collection in collections:
+                by_name[collection.name].append(collection)
+        summaries = [self.summary(by_name[name]) for name in sorted(by_name)]
+        return summaries, pages[0][1]
+
+    def delete(self, name: str, deadline: float) -> None:
+        validate_collection_name(name)
+        wait_all([s.delete_collection(name, deadline) for s in self.shards])
+        self._on_deleted(name)

@@ -1,0 +1,166 @@
+"""What the gateway's domain needs from the encoders and the index shards, and the values
+that cross that line. Pure: no grpc, no generated code.
+
+The gRPC adapter (``downstream.py``) implements these ports; the unit tests implement
+them in memory (``tests/support/gateway_fakes.py``), so the search, ingest and rollout
+logic runs in milliseconds without a model or a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from contentembed.services.common.errors import ContentEmbedError
+from contentembed.services.gateway.merge import Hit
+
+# Modalities as the encoders report them; plain strings because they are also metric
+# labels and message text.
+TEXT = "text"
+IMAGE = "image"
+
+ResultT = TypeVar("ResultT")
+ResultT_co = TypeVar("ResultT_co", covariant=True)
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    space_id: str
+    dim: int
+    max_batch_size: int
+    max_input_bytes: int
+    backend: str
+    modality: str  # TEXT or IMAGE
+    model_id: str = ""
+    model_revision: str = ""
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: np.ndarray
+    space_id: str
+    truncated: list[bool]
+
+
+@dataclass(frozen=True)
+class ShardCollection:
+    name: str
+    space_id: str
+    dim: int
+    item_count: int
+    version: str
+    version_spaces: dict[str, str]  # loaded and pending versions
+    versions: tuple[str, ...] = ()  # loaded
+    pending_versions: tuple[str, ...] = ()
+    versions_fingerprint: str = ""
+    version_digests: dict[str, str] | None = None
+
+    def spaces_written(self) -> set[str]:
+        """Every space one of its versions (loaded or pending) is in: a write reaches all."""
+        return set(self.version_spaces.values()) | {self.space_id}
+
+
+@dataclass(frozen=True)
+class ShardAnswer:
+    shard_index: int
+    hits: list[Hit]
+    space_id: str
+    version: str
+
+
+class Pending(Protocol[ResultT_co]):
+    """A started downstream call. ``result()`` waits and returns the converted answer or
+    raises a ``ContentEmbedError``; ``cancel()`` lets a caller that went away stop it."""
+
+    def result(self) -> ResultT_co: ...
+
+    def cancel(self) -> None: ...
+
+    @property
+    def latency_ms(self) -> float: ...
+
+
+def outcomes_of(calls: Sequence[Pending[ResultT]]) -> list[ResultT | ContentEmbedError]:
+    """Waits for every call; each result or its failure, in call order."""
+    found: list[ResultT | ContentEmbedError] = []
+    for call in calls:
+        try:
+            found.append(call.result())
+        except ContentEmbedError as error:
+            found.append(error)
+    return found
+
+
+def wait_all(calls: Sequence[Pending[ResultT]]) -> list[ResultT]:
+    """Waits for every call (none is left running unobserved), then raises the first
+    failure in call order, if any."""
+    found = outcomes_of(calls)
+    for outcome in found:
+        if isinstance(outcome, ContentEmbedError):
+            raise outcome
+    return found  # type: ignore[return-value]
+
+
+class EncoderPort(Protocol):
+    endpoint: str
+    label: str  # "encoder HOST:PORT", for messages
+
+    def info(self, deadline: float, wait_for_ready: bool = False) -> EncoderInfo: ...
+
+    def embed(self, contents: Sequence[str | bytes], deadline: float) -> Pending[Embedded]:
+        """Texts (str) or encoded images (bytes), one vector each, in order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ShardPort(Protocol):
+    shard_index: int
+    endpoint: str
+    label: str
+
+    def search(
+        self, collection: str, query: np.ndarray, space_id: str, top_k: int, deadline: float,
+        version: str = "", exact: bool = False,
+    ) -> Pending[ShardAnswer]: ...
+
+    def upsert(
+        self, collection: str, space_id: str, ids: Sequence[str], vectors: np.ndarray,
+        metadata: Sequence[dict[str, Any]], deadline: float, versions_fingerprint: str = "",
+    ) -> Pending[int]:
+        """Writes every version of the collection in ``space_id``; with a fingerprint, the
+        shard refuses (ABORTED VERSIONS_CHANGED) when its versions changed since."""
+        ...
+
+    def delete_items(self, collection: str, ids: Sequence[str], deadline: float) -> Pending[int]: ...
+
+    def create_collection(
+        self, name: str, space_id: str, dim: int, exist_ok: bool, deadline: float
+    ) -> Pending[tuple[ShardCollection, bool]]: ...
+
+    def get_collection(self, name: str, deadline: float) -> Pending[ShardCollection]: ...
+
+    def list_collections(
+        self, page_size: int, page_token: str, deadline: float
+    ) -> Pending[tuple[list[ShardCollection], str]]: ...
+
+    def activate_version(self, name: str, version: str, deadline: float) -> Pending[str]:
+        """Returns the version that served before."""
+        ...
+
+    def rollback_version(self, name: str, deadline: float) -> Pending[str]:
+        """Returns the version now serving."""
+        ...
+
+    def begin_version(
+        self, name: str, version: str, space_id: str, dim: int, deadline: float
+    ) -> Pending[tuple[ShardCollection, bool]]: ...
+
+    def delete_version(self, name: str, version: str, deadline: float) -> Pending[ShardCollection]: ...
+
+    def delete_collection(self, name: str, deadline: float) -> Pending[None]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,240 @@
+"""Answering a query: embed it in the collection's space (through the cache), ask every
+shard, merge. Pure: no grpc.
+
+Side effects that do not change the answer — the canary draw, shadow copies, quality
+monitors — are not here: the facade (``gateway.py``) asks rollout which version answers
+before searching, and hands the answer to its observers after.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+
+from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
+from contentembed.services.common.validation import validate_collection_name, validate_top_k
+from contentembed.services.gateway.cache import EmbeddingCache, cache_key
+from contentembed.services.gateway.fanout import ShardOutcome, gather_shards
+from contentembed.services.gateway.merge import Hit, merge_top_k, reciprocal_rank_fusion
+from contentembed.services.gateway.metrics import GatewayMetrics
+from contentembed.services.gateway.ports import IMAGE, TEXT, ShardPort
+from contentembed.services.gateway.routing import CollectionSpaces, EncoderRouter
+
+if TYPE_CHECKING:
+    from contentembed.services.gateway.rollout import Assignment
+
+RegisterCancel = Callable[[Callable[[], None]], Any]
+MAX_COLLECTIONS_PER_QUERY = 8
+
+
+def modality_of(content: str | bytes) -> str:
+    return TEXT if isinstance(content, str) else IMAGE
+
+
+def ignore_cancel(cancel: Callable[[], None]) -> None:
+    """For queries no caller waits on (shadow copies, audits): nothing to cancel them."""
+
+
+@dataclass(frozen=True)
+class Query:
+    collection: str
+    content: str | bytes  # text, or an encoded image
+    top_k: int
+    deadline: float  # time.monotonic() value
+    allow_partial: bool = False
+    # Called with each downstream call's cancel, to run when the caller goes away.
+    register_cancel: RegisterCancel = ignore_cancel
+    also_collections: Sequence[str] = ()
+    # A named version or an exact search is an evaluation: it answers from exactly what
+    # was asked (no canary, no shadow copy) and feeds no quality metric.
+    version: str = ""
+    exact: bool = False
+
+    @property
+    def collections(self) -> list[str]:
+        return list(dict.fromkeys([self.collection, *self.also_collections]))
+
+    @property
+    def is_evaluation(self) -> bool:
+        return bool(self.version or self.exact)
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    hits: list[Hit]
+    space_id: str  # joined with "," over the spaces of a multi-collection search
+    version: str  # joined with "," when shards or collections answered from several
+    partial: bool
+    shards: list[ShardOutcome]
+    encode_ms: float
+    search_ms: float
+    merge_ms: float
+    query_truncated: bool
+    cache_hit: bool = False
+    query_vector: np.ndarray | None = None
+    fused: bool = False
+    versions: list[str] = field(default_factory=list)  # those that answered, sorted
+    space_ids: list[str] = field(default_factory=list)  # those searched, sorted
+
+
+class SearchObserver(Protocol):
+    """Told about every answer served from the serving or canary version, after it was
+    made; it must not change it (shadow copies, quality monitors)."""
+
+    def after_search(self, query: Query, outcome: SearchOutcome, assignment: Assignment) -> None: ...
+
+
+class Searcher:
+    def __init__(
+        self,
+        router: EncoderRouter,
+        spaces: CollectionSpaces,
+        shards: Sequence[ShardPort],
+        cache: EmbeddingCache,
+        metrics: GatewayMetrics,
+        max_top_k: int,
+    ) -> None:
+        self.router = router
+        self.spaces = spaces
+        self.shards = list(shards)
+        self.cache = cache
+        self.metrics = metrics
+        self.max_top_k = max_top_k
+        # The runtime's (Gateway.use_tracer); spans of the stages of a request.
+        self.tracer: Tracer = trace.NoOpTracer()
+
+    def validate(self, query: Query) -> None:
+        names = query.collections
+        for name in names:
+            validate_collection_name(name)
+        if len(names) > MAX_COLLECTIONS_PER_QUERY:
+            raise InvalidArgument(
+                f"at most {MAX_COLLECTIONS_PER_QUERY} collections per query, got {len(names)}"
+            )
+        validate_top_k(query.top_k, self.max_top_k)
+        if isinstance(query.content, str) and not query.content.strip():
+            raise InvalidArgument("text: the query text is empty", reason="EMPTY_TEXT")
+        if isinstance(query.content, bytes) and not query.content:
+            raise InvalidArgument("image: the query image is empty", reason="EMPTY_IMAGE")
+        if query.is_evaluation and len(names) > 1:
+            raise InvalidArgument(
+                "version and exact apply to one collection; leave also_collections empty",
+                reason="ONE_COLLECTION_ONLY",
+            )
+
+    def forget_spaces(self, spaces: set[str]) -> None:
+        """An encoder now serves another model: its old vectors must not be reused."""
+        for space in spaces:
+            dropped = self.cache.drop_space(space)
+            self.metrics.cache_evictions.inc(dropped)
+
+    def embed_query(self, space: str, query: Query) -> tuple[np.ndarray, bool, bool]:
+        """(vector, truncated, cache hit) for the query in ``space``."""
+        content = query.content
+        modality = modality_of(content)
+        key = cache_key(space, modality, content)
+        cached = self.cache.get(key)
+        self.metrics.cache_lookups.labels("hit" if cached else "miss").inc()
+        if cached is not None:
+            return cached.vector, cached.truncated, True
+        encoder, _ = self.router.route(space, modality)
+        call = encoder.embed([content], query.deadline)
+        query.register_cancel(call.cancel)
+        embedded = call.result()
+        if embedded.space_id != space:
+            # The encoder was redeployed with another model since routes were refreshed.
+            self.forget_spaces(self.router.refresh(query.deadline) | {space})
+            raise FailedPrecondition(
+                f"{encoder.label} now embeds into {embedded.space_id}, collection space is "
+                f"{space}: re-embed the collection or roll the encoder back",
+                reason="SPACE_MISMATCH",
+            )
+        self.cache.put(key, embedded.vectors[0], embedded.truncated[0])
+        return embedded.vectors[0], embedded.truncated[0], False
+
+    def search_one(
+        self, query: Query, collection: str, version: str = "", space: str | None = None
+    ) -> SearchOutcome:
+        """One collection: its serving version's space unless ``space`` is given."""
+        started = time.perf_counter()
+        space = space or self.spaces.space_of(collection, query.deadline)
+        with self.tracer.start_as_current_span(
+            "gateway.embed_query", attributes={"contentembed.space_id": space}
+        ) as span:
+            vector, truncated, cache_hit = self.embed_query(space, query)
+            span.set_attribute("contentembed.cache_hit", cache_hit)
+        encoded = time.perf_counter()
+
+        # The fan-out: each shard's call is a CLIENT span under this one.
+        with self.tracer.start_as_current_span(
+            "gateway.search_shards",
+            attributes={"contentembed.collection": collection, "contentembed.shards": len(self.shards)},
+        ) as span:
+            calls = [
+                shard.search(collection, vector, space, query.top_k, query.deadline, version,
+                             query.exact)
+                for shard in self.shards
+            ]
+            for call in calls:
+                query.register_cancel(call.cancel)
+            try:
+                answers, outcomes = gather_shards(
+                    self.shards, calls, query.allow_partial, query.deadline
+                )
+            except FailedPrecondition:
+                self.spaces.forget(collection)  # a new version in another space
+                raise
+            span.set_attribute("contentembed.shards_failed", len(self.shards) - len(answers))
+        searched = time.perf_counter()
+
+        with self.tracer.start_as_current_span("gateway.merge"):
+            hits = merge_top_k((answer.hits for answer in answers), query.top_k)
+        merged = time.perf_counter()
+        versions = sorted({answer.version for answer in answers})
+        return SearchOutcome(
+            hits=hits,
+            space_id=space,
+            version=",".join(versions),
+            partial=len(answers) < len(self.shards),
+            shards=outcomes,
+            encode_ms=(encoded - started) * 1000,
+            search_ms=(searched - encoded) * 1000,
+            merge_ms=(merged - searched) * 1000,
+            query_truncated=truncated,
+            cache_hit=cache_hit,
+            query_vector=vector,
+            versions=versions,
+            space_ids=[space],
+        )
+
+    def search_many(self, query: Query) -> SearchOutcome:
+        """Several collections, each from its serving version: merged by cosine within one
+        space, fused by rank across spaces (their scores do not compare)."""
+        answers = [self.search_one(query, name) for name in query.collections]
+        started = time.perf_counter()
+        spaces = sorted({a.space_id for a in answers})
+        fused = len(spaces) > 1
+        ranked = [a.hits for a in answers]
+        hits = reciprocal_rank_fusion(ranked, query.top_k) if fused else merge_top_k(ranked, query.top_k)
+        versions = sorted({v for a in answers for v in a.versions})
+        return SearchOutcome(
+            hits=hits,
+            space_id=",".join(spaces),
+            version=",".join(sorted({a.version for a in answers})),
+            partial=any(a.partial for a in answers),
+            shards=[shard for a in answers for shard in a.shards],
+            encode_ms=sum(a.encode_ms for a in answers),
+            search_ms=sum(a.search_ms for a in answers),
+            merge_ms=sum(a.merge_ms for a in answers) + (time.perf_counter() - started) * 1000,
+            query_truncated=any(a.query_truncated for a in answers),
+            cache_hit=all(a.cache_hit for a in answers),
+            fused=fused,
+            versions=versions,
+            space_ids=spaces,
+        )

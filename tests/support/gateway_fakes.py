@@ -1,0 +1,320 @@
+"""In-memory encoders and index shards implementing the gateway's ports, so the gateway's
+domain runs in unit tests without a model, a server or grpc.
+
+They keep what the gateway's logic depends on — spaces, versions and their fingerprints,
+the shards' refusals — and nothing of an index's internals: search is exact cosine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from contentembed.services.common.errors import (
+    Aborted,
+    AlreadyExists,
+    ContentEmbedError,
+    FailedPrecondition,
+    NotFound,
+    Unavailable,
+)
+from contentembed.services.gateway.gateway import Gateway, GatewayConfig
+from contentembed.services.gateway.merge import Hit
+from contentembed.services.gateway.metrics import GatewayMetrics
+from contentembed.services.gateway.ports import (
+    TEXT,
+    Embedded,
+    EncoderInfo,
+    ShardAnswer,
+    ShardCollection,
+)
+
+T = TypeVar("T")
+
+
+class FakePending(Generic[T]):
+    """A call that already finished: with its value, or with its error."""
+
+    def __init__(self, run: Callable[[], T]) -> None:
+        self.cancelled = False
+        try:
+            self._value: T | None = run()
+            self._error: ContentEmbedError | None = None
+        except ContentEmbedError as error:
+            self._value, self._error = None, error
+
+    def result(self) -> T:
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    @property
+    def latency_ms(self) -> float:
+        return 0.1
+
+
+def vector_for(space: str, content: str | bytes, dim: int) -> np.ndarray:
+    """The same content in the same space gives the same unit vector; another space, another."""
+    data = content.encode() if isinstance(content, str) else content
+    seed = int.from_bytes(hashlib.sha256(space.encode() + b"\0" + data).digest()[:8], "little")
+    vector = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+class FakeEncoder:
+    def __init__(
+        self, space_id: str, modality: str = TEXT, dim: int = 8, max_batch_size: int = 64,
+        max_input_bytes: int = 10_000, endpoint: str | None = None,
+    ) -> None:
+        self.endpoint = endpoint or f"fake-{modality}-{space_id}"
+        self.label = f"encoder {self.endpoint}"
+        self.space_id = space_id
+        self.modality = modality
+        self.dim = dim
+        self.max_batch_size = max_batch_size
+        self.max_input_bytes = max_input_bytes
+        self.batches: list[list[str | bytes]] = []  # every embed call's inputs
+        self.down = False
+
+    def info(self, deadline: float, wait_for_ready: bool = False) -> EncoderInfo:
+        if self.down:
+            raise Unavailable(f"{self.label}: down")
+        return EncoderInfo(self.space_id, self.dim, self.max_batch_size, self.max_input_bytes,
+                           "fake", self.modality)
+
+    def embed(self, contents: Sequence[str | bytes], deadline: float) -> FakePending[Embedded]:
+        def run() -> Embedded:
+            if self.down:
+                raise Unavailable(f"{self.label}: down")
+            self.batches.append(list(contents))
+            vectors = np.stack([vector_for(self.space_id, c, self.dim) for c in contents])
+            return Embedded(vectors, self.space_id, [False] * len(contents))
+
+        return FakePending(run)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeCollection:
+    name: str
+    serving: str
+    version_spaces: dict[str, str]  # every version, loaded or pending
+    pending: set[str] = field(default_factory=set)
+    previous: list[str] = field(default_factory=list)
+    dim: int = 8
+    # version -> id -> (vector, metadata)
+    items: dict[str, dict[str, tuple[np.ndarray, dict[str, Any]]]] = field(default_factory=dict)
+    changes: int = 0  # bumped by every version change: the fingerprint
+
+    def fingerprint(self) -> str:
+        return f"{self.changes}:{sorted(self.version_spaces.items())}"
+
+
+class FakeShard:
+    """One index shard. ``fail[method]`` makes that method raise the given error (once
+    per entry in the list, then succeed); ``down`` makes every call fail."""
+
+    def __init__(self, shard_index: int) -> None:
+        self.shard_index = shard_index
+        self.endpoint = f"fake-shard-{shard_index}"
+        self.label = f"index shard {shard_index} ({self.endpoint})"
+        self.collections: dict[str, FakeCollection] = {}
+        self.fail: dict[str, list[ContentEmbedError]] = {}
+        self.down = False
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        # Run before an upsert is checked: lets a test change versions mid-write.
+        self.before_upsert: Callable[[], None] | None = None
+
+    # -- helpers for tests -----------------------------------------------------------
+    def add_collection(self, name: str, version: str, space: str, dim: int = 8) -> FakeCollection:
+        collection = FakeCollection(name, version, {version: space}, dim=dim, items={version: {}})
+        self.collections[name] = collection
+        return collection
+
+    def add_version(self, name: str, version: str, space: str, pending: bool = False) -> None:
+        collection = self.collections[name]
+        collection.version_spaces[version] = space
+        collection.items.setdefault(version, {})
+        if pending:
+            collection.pending.add(version)
+        collection.changes += 1
+
+    def _call(self, method: str, args: tuple[Any, ...], run: Callable[[], T]) -> FakePending[T]:
+        self.calls.append((method, args))
+
+        def checked() -> T:
+            if self.down:
+                raise Unavailable(f"{self.label}: connection refused")
+            queued = self.fail.get(method)
+            if queued:
+                raise queued.pop(0)
+            return run()
+
+        return FakePending(checked)
+
+    def _get(self, name: str) -> FakeCollection:
+        collection = self.collections.get(name)
+        if collection is None:
+            raise NotFound(f"{self.label}: collection {name!r} not found", reason="COLLECTION_NOT_FOUND")
+        return collection
+
+    def _describe(self, c: FakeCollection) -> ShardCollection:
+        count = len(c.items.get(c.serving, {}))
+        return ShardCollection(
+            name=c.name, space_id=c.version_spaces[c.serving], dim=c.dim, item_count=count,
+            version=c.serving, version_spaces=dict(c.version_spaces),
+            versions=tuple(sorted(set(c.version_spaces) - c.pending)),
+            pending_versions=tuple(sorted(c.pending)), versions_fingerprint=c.fingerprint(),
+        )
+
+    # -- the port --------------------------------------------------------------------
+    def search(self, collection, query, space_id, top_k, deadline, version="", exact=False):
+        def run() -> ShardAnswer:
+            c = self._get(collection)
+            answered = version or c.serving
+            if answered not in c.version_spaces or answered in c.pending:
+                raise FailedPrecondition(f"version {answered} not loaded", reason="VERSION_NOT_LOADED")
+            if c.version_spaces[answered] != space_id:
+                raise FailedPrecondition(
+                    f"{self.label}: query space {space_id}, version {answered} is in "
+                    f"{c.version_spaces[answered]}", reason="SPACE_MISMATCH")
+            scored = [
+                Hit(item_id, float(vector @ query), self.shard_index, metadata, collection)
+                for item_id, (vector, metadata) in c.items[answered].items()
+            ]
+            scored.sort(key=lambda h: (-h.score, h.id))
+            return ShardAnswer(self.shard_index, scored[:top_k], space_id, answered)
+
+        return self._call("search", (collection, space_id, version, exact), run)
+
+    def upsert(self, collection, space_id, ids, vectors, metadata, deadline, versions_fingerprint=""):
+        def run() -> int:
+            if self.before_upsert is not None:
+                hook, self.before_upsert = self.before_upsert, None
+                hook()
+            c = self._get(collection)
+            if versions_fingerprint and versions_fingerprint != c.fingerprint():
+                raise Aborted(f"{self.label}: versions changed", reason="VERSIONS_CHANGED")
+            for version, space in c.version_spaces.items():
+                if space == space_id:
+                    for item_id, vector, meta in zip(ids, vectors, metadata):
+                        c.items[version][item_id] = (np.asarray(vector), dict(meta))
+            return len(ids)
+
+        return self._call("upsert", (collection, space_id, tuple(ids)), run)
+
+    def delete_items(self, collection, ids, deadline):
+        def run() -> int:
+            c = self._get(collection)
+            deleted = 0
+            for items in c.items.values():
+                deleted = max(deleted, sum(1 for i in ids if items.pop(i, None) is not None))
+            return deleted
+
+        return self._call("delete_items", (collection, tuple(ids)), run)
+
+    def create_collection(self, name, space_id, dim, exist_ok, deadline):
+        def run() -> tuple[ShardCollection, bool]:
+            if name in self.collections:
+                if not exist_ok:
+                    raise AlreadyExists(f"collection {name!r} exists")
+                return self._describe(self.collections[name]), False
+            return self._describe(self.add_collection(name, "v0", space_id, dim)), True
+
+        return self._call("create_collection", (name, space_id), run)
+
+    def get_collection(self, name, deadline):
+        return self._call("get_collection", (name,), lambda: self._describe(self._get(name)))
+
+    def list_collections(self, page_size, page_token, deadline):
+        def run() -> tuple[list[ShardCollection], str]:
+            names = sorted(n for n in self.collections if n > page_token)[:page_size]
+            return [self._describe(self.collections[n]) for n in names], ""
+
+        return self._call("list_collections", (page_size, page_token), run)
+
+    def activate_version(self, name, version, deadline):
+        def run() -> str:
+            c = self._get(name)
+            if version not in c.version_spaces or version in c.pending:
+                raise FailedPrecondition(f"version {version} not loaded", reason="VERSION_NOT_LOADED")
+            before = c.serving
+            if before != version:
+                c.previous.append(before)
+                c.serving = version
+                c.changes += 1
+            return before
+
+        return self._call("activate_version", (name, version), run)
+
+    def rollback_version(self, name, deadline):
+        def run() -> str:
+            c = self._get(name)
+            if not c.previous:
+                raise FailedPrecondition("nothing to roll back to", reason="NO_PREVIOUS_VERSION")
+            c.serving = c.previous.pop()
+            c.changes += 1
+            return c.serving
+
+        return self._call("rollback_version", (name,), run)
+
+    def begin_version(self, name, version, space_id, dim, deadline):
+        def run() -> tuple[ShardCollection, bool]:
+            c = self._get(name)
+            created = version not in c.version_spaces
+            if created:
+                self.add_version(name, version, space_id, pending=True)
+            return self._describe(c), created
+
+        return self._call("begin_version", (name, version, space_id), run)
+
+    def delete_version(self, name, version, deadline):
+        def run() -> ShardCollection:
+            c = self._get(name)
+            if version not in c.version_spaces:
+                raise NotFound(f"version {version} not found", reason="VERSION_NOT_FOUND")
+            del c.version_spaces[version]
+            c.items.pop(version, None)
+            c.pending.discard(version)
+            c.changes += 1
+            return self._describe(c)
+
+        return self._call("delete_version", (name, version), run)
+
+    def delete_collection(self, name, deadline):
+        def run() -> None:
+            self._get(name)
+            del self.collections[name]
+
+        return self._call("delete_collection", (name,), run)
+
+    def close(self) -> None:
+        pass
+
+
+def fake_gateway(
+    encoders: Sequence[FakeEncoder], shards: Sequence[FakeShard], **config: Any
+) -> Gateway:
+    """A gateway over fakes, its routes asked once (as ``connect`` would, without the
+    refresh thread)."""
+    gateway = Gateway(
+        encoders, shards, GatewayMetrics(CollectorRegistry(), 0.3), GatewayConfig(**config)
+    )
+    gateway.router.refresh(time.monotonic() + 1)
+    return gateway
+
+
+def soon(seconds: float = 5.0) -> float:
+    """A deadline for a unit test's call."""
+    return time.monotonic() + seconds
