@@ -14,17 +14,11 @@ import pytest
 
 from contentembed.cli.stack import LocalStack
 from contentembed.client import ApiError, Client, SearchResult
+from tests.support.documents import TEN_PRODUCTS
 from tests.support.processes import kill, service
 
 pytestmark = pytest.mark.e2e
-DOCUMENTS = [
-    {"id": f"doc-{n}", "text": text}
-    for n, text in enumerate([
-        "gooseneck kettle for pour-over coffee", "burr coffee grinder", "two-person tent",
-        "down sleeping bag", "trail running shoes", "waterproof bluetooth speaker",
-        "yoga mat", "adjustable dumbbells", "espresso machine", "camping stove",
-    ])
-]
+DOCUMENTS = TEN_PRODUCTS
 DEADLINE_S = 2.0
 # Over the caller's deadline, what an answer may take: the client library's own overhead.
 SLACK_S = 1.0

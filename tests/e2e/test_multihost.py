@@ -24,18 +24,12 @@ import pytest
 from contentembed.cli.stack import LocalStack, ServiceProcess
 from contentembed.client import ApiError, Client, SearchResult
 from contentembed.services.text_encoder.tfidf import TfidfModel
+from tests.support.documents import TEN_PRODUCTS
 from tests.support.netns import Topology, free_subnet, remove_leftovers
 from tests.support.processes import service
 
 pytestmark = pytest.mark.e2e
-DOCUMENTS = [
-    {"id": f"doc-{n}", "text": text}
-    for n, text in enumerate([
-        "gooseneck kettle for pour-over coffee", "burr coffee grinder", "two-person tent",
-        "down sleeping bag", "trail running shoes", "waterproof bluetooth speaker",
-        "yoga mat", "adjustable dumbbells", "espresso machine", "camping stove",
-    ])
-]
+DOCUMENTS = TEN_PRODUCTS
 QUERIES = ["coffee grinder", "tent for camping", "running shoes", "bluetooth speaker", "yoga mat"]
 SERVICE_PORT = 50061  # every host has its own addresses, so all listen on the same port
 DEADLINE_S = 2.0
