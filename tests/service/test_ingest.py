@@ -4,7 +4,6 @@ space of the catalog's modality, and rows refused on the way written to a reject
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -12,26 +11,14 @@ from typer.testing import CliRunner
 
 from contentembed.cli.main import app
 from contentembed.client import Client
-from contentembed.services.gateway.service import GatewayService, GatewaySettings
-from contentembed.services.image_encoder.service import ImageEncoderService, ImageEncoderSettings
-from contentembed.services.index.service import IndexService, IndexSettings
-from tests.conftest import running_service, settings_for_test
 from tests.support.images import encoded, photo_like
+from tests.support.stacks import gateway_stack
 
 
 @pytest.fixture(scope="module")
 def gateway(text_encoder):
-    with ExitStack() as stack:
-        image = stack.enter_context(running_service(ImageEncoderService, settings_for_test(
-            ImageEncoderSettings, backend="pixels", max_batch_size=8)))
-        shards = [
-            stack.enter_context(running_service(IndexService, settings_for_test(
-                IndexSettings, shard_index=n, shard_count=2)))
-            for n in range(2)
-        ]
-        yield stack.enter_context(running_service(GatewayService, settings_for_test(
-            GatewaySettings, encoder_endpoints=[text_encoder.address, image.address],
-            index_endpoints=[s.address for s in shards], downstream_wait_s=60.0)))
+    with gateway_stack(text_encoder) as gateway:
+        yield gateway
 
 
 def ingest(gateway, *args: str):
