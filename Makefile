@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 BUF    := node_modules/.bin/buf
 
-.PHONY: setup demo test lint lint-protos codegen clean kubectl
+.PHONY: setup demo test lint lint-protos codegen clean kubectl chromium
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -54,7 +54,16 @@ kubectl:
 	  $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client; }
 
-test: setup lint-protos lint kubectl
+# tests/service/test_cli_search.py renders `search --html` pages in headless Chromium: on a
+# machine without it, Debian's chromium is installed.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "chromium not found: installing Debian's chromium"; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+test: setup lint-protos lint kubectl chromium
 	$(PY) -m pytest
 
 clean:

@@ -19,7 +19,14 @@ from contentembed.cli.catalog import DEMO_CATALOG, read_labelled_queries
 from contentembed.cli.extras import missing_services_message
 from contentembed.cli.signals import StopRequested, StopSignals
 from contentembed.cli.stack import LocalStack, StackError, StackEvent
-from contentembed.client import DEFAULT_TARGET, ApiError, Client, SearchResult, client_from_env
+from contentembed.client import (
+    DEFAULT_TARGET,
+    ApiError,
+    Client,
+    EncoderSpace,
+    SearchResult,
+    client_from_env,
+)
 from contentembed.pipeline.catalog import (
     DEFAULT_MAX_REJECTS,
     CatalogError,
@@ -53,7 +60,7 @@ EXIT_VERSION_EXISTS = 4
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -400,25 +407,187 @@ def build(
         }))
 
 
+def read_image_file(path: Path) -> bytes:
+    """The bytes of an image file given on the command line; one-line error if unreadable."""
+    if not path.is_file():
+        raise fail(escape(f"{path}: no such image file"))
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise fail(escape(f"cannot read {path}: {error.strerror or error}")) from None
+
+
+def text_or_image(text: str | None, image: Path | None) -> None:
+    if (text is None) == (image is None):
+        raise fail("give a query text or --image PATH, not both")
+
+
+ImageOption = Annotated[
+    Path | None, typer.Option("--image", help="An image file to use instead of the text.")
+]
+
+
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="Query text.")],
+    query: Annotated[str | None, typer.Argument(help="Query text (or --image).")] = None,
+    image: ImageOption = None,
     collection: CollectionOption = DEMO_COLLECTION,
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 5,
+    version: Annotated[
+        str, typer.Option("--version", help="Search a loaded version instead of the serving one.")
+    ] = "",
+    exact: Annotated[
+        bool, typer.Option("--exact", help="Brute force instead of HNSW (the recall reference).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write the hits as a self-contained HTML page."),
+    ] = None,
+    media_root: Annotated[
+        Path | None,
+        typer.Option(help="--html: resolve the hits' metadata image paths here (default: .)."),
+    ] = None,
     allow_partial: Annotated[bool, typer.Option(help="Answer even if a shard is down.")] = False,
     target: TargetOption = DEFAULT_TARGET,
 ) -> None:
-    """Print the ranked hits for a text query (the SDK also searches by image)."""
+    """Print the ranked hits for a text query or an image (--image)."""
+    text_or_image(query, image)
+    image_bytes = read_image_file(image) if image is not None else None
     with client_from_env(target) as client:
         try:
-            result = client.search(collection, text=query, top_k=top_k, allow_partial=allow_partial)
+            result = client.search(
+                collection, text=query, image=image_bytes, top_k=top_k,
+                allow_partial=allow_partial, version=version, exact=exact,
+            )
         except ApiError as error:
-            raise fail(str(error)) from None
+            raise fail(escape(str(error))) from None
+    if html is not None:
+        from contentembed.cli.html_report import render_search_page
+
+        page = render_search_page(
+            result, collection=collection, query_text=query, query_image=image_bytes,
+            query_name=image.name if image is not None else "", exact=exact,
+            media_root=media_root,
+        )
+        try:
+            html.write_text(page, encoding="utf-8")
+        except OSError as error:
+            raise fail(escape(f"cannot write {html}: {error.strerror or error}")) from None
+        err_console.print(f"wrote {escape(str(html))}", soft_wrap=True)
     if as_json:
         print(json.dumps(asdict(result), indent=2))
     else:
-        print_hits(result, query)
+        print_hits(result, query if query is not None else f"image {image}")
+
+
+@app.command()
+def spaces(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """The encoders the gateway routes to: modality, space, model, dim, backend, address."""
+    with client_from_env(target) as client:
+        try:
+            found = client.list_spaces()
+        except ApiError as error:
+            raise fail(escape(str(error))) from None
+    if as_json:
+        print(json.dumps([asdict(space) for space in found], indent=2))
+        return
+    table = Table()
+    for column in ("modality", "space", "model", "dim", "backend", "address"):
+        table.add_column(column, justify="right" if column == "dim" else "left", overflow="fold")
+    for space in sorted(found, key=lambda s: (s.modality, s.space_id, s.address)):
+        model = space.model_id + (f"@{space.model_revision}" if space.model_revision else "")
+        table.add_row(space.modality, space.space_id, model, str(space.dim), space.backend,
+                      space.address)
+    console.print(table)
+
+
+def pick_encoder(found: list[EncoderSpace], modality: str, space_id: str | None) -> EncoderSpace:
+    """The encoder for ``space_id``, or the only space of ``modality``; exits 1 otherwise."""
+    if space_id is not None:
+        match = [s for s in found if s.space_id == space_id]
+        if not match:
+            known = ", ".join(sorted({s.space_id for s in found})) or "none"
+            raise fail(escape(f"no encoder serves space {space_id} (spaces: {known})"))
+        if match[0].modality != modality:
+            given = "--image" if modality == "image" else "a text"
+            raise fail(escape(f"space {space_id} embeds {match[0].modality}s, but {given} was "
+                              "given"))
+        return match[0]
+    match = [s for s in found if s.modality == modality]
+    ids = sorted({s.space_id for s in match})
+    if not ids:
+        raise fail(f"no {modality} encoder behind the gateway")
+    if len(ids) > 1:
+        raise fail(escape(f"several {modality} spaces ({', '.join(ids)}): pick one with --space"))
+    return match[0]
+
+
+@app.command()
+def embed(
+    text: Annotated[str | None, typer.Argument(help="Text to embed (or --image).")] = None,
+    image: ImageOption = None,
+    space: Annotated[
+        str | None, typer.Option(help="Space to embed into (default: the only one for the "
+                                 "input's modality).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the vector to this .npy file.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON output (the default without --out; with --out "
+                           "a summary instead of the vector).")
+    ] = False,
+    target: TargetOption = DEFAULT_TARGET,
+) -> None:
+    """The vector of a text or an image, from the encoder the gateway routes that space to.
+
+    Prints {"space_id", "dim", "vector"} as JSON, or writes the vector (float32, shape
+    (dim,)) to --out. The encoder is called directly at the address the gateway reports."""
+    from contentembed.pipeline.embedders import EmbedError, InputRefused, RemoteEmbedder
+
+    text_or_image(text, image)
+    content: str | bytes = read_image_file(image) if image is not None else str(text)
+    modality = "image" if image is not None else "text"
+    with client_from_env(target) as client:
+        try:
+            chosen = pick_encoder(client.list_spaces(), modality, space)
+        except ApiError as error:
+            raise fail(escape(str(error))) from None
+    embedder = None
+    try:
+        embedder = RemoteEmbedder(chosen.address, concurrency=1)
+        if embedder.space.space_id != chosen.space_id:
+            raise fail(escape(f"encoder {chosen.address} now embeds into "
+                              f"{embedder.space.space_id}, not {chosen.space_id}"))
+        vector = embedder.embed_batch([content])[0]
+    except InputRefused as error:
+        raise fail(escape(f"the encoder refused the input: {error.message}")) from None
+    except EmbedError as error:
+        raise fail(escape(str(error))) from None
+    finally:
+        if embedder is not None:
+            embedder.close()
+    if out is None:
+        print(json.dumps({"space_id": chosen.space_id, "dim": int(vector.shape[0]),
+                          "vector": [float(v) for v in vector]}))
+        return
+    import numpy as np
+
+    try:
+        with out.open("wb") as handle:
+            np.save(handle, vector.astype(np.float32))
+    except OSError as error:
+        raise fail(escape(f"cannot write {out}: {error.strerror or error}")) from None
+    if as_json:
+        print(json.dumps({"space_id": chosen.space_id, "dim": int(vector.shape[0]),
+                          "out": str(out)}))
+    else:
+        console.print(f"wrote the {vector.shape[0]}-d vector (space {escape(chosen.space_id)}) "
+                      f"to {escape(str(out))}", soft_wrap=True)
 
 
 @app.command()
