@@ -101,6 +101,10 @@ def search_request(
     also_collections: Sequence[str],
     version: str,
     exact: bool,
+    ef: int = 0,
+    offset: int = 0,
+    score_threshold: float | None = None,
+    metadata_filter: Mapping[str, Any] | None = None,
 ) -> search_pb.SearchRequest:
     if (text is None) == (image is None):
         raise ValueError("give exactly one of text or image")
@@ -115,7 +119,13 @@ def search_request(
         also_collections=list(also_collections),
         version=version,
         exact=exact,
+        ef=ef,
+        offset=offset,
     )
+    if score_threshold is not None:
+        request.score_threshold = score_threshold
+    if metadata_filter:
+        request.filter.update(metadata_filter)
     if text is not None:
         request.text = text
     else:

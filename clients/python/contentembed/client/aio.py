@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,10 @@ class AsyncClient:
         also_collections: Sequence[str] = (),
         version: str = "",
         exact: bool = False,
+        ef: int = 0,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the field's name
         timeout: float | None = None,
     ) -> SearchResult:
         """Nearest items to a text or an encoded image. Retried (idempotent).
@@ -164,11 +168,15 @@ class AsyncClient:
             collection: Collection to search.
             text: Query text (give exactly one of ``text`` and ``image``).
             image: Encoded image bytes to search with.
-            top_k: Hits to return.
+            top_k: Hits to return; 0: the gateway's default.
             allow_partial: Answer from the shards that answered when some did not.
             also_collections: More collections searched at once.
             version: A loaded version other than the serving one.
             exact: Brute force instead of HNSW.
+            ef: Search-time HNSW ef on every shard; 0: each collection's default.
+            offset: Skip this many hits of the merged ranking (pages).
+            score_threshold: Drop hits scoring below it; None: no threshold.
+            filter: Metadata filter on every shard (see ``Client.search``).
             timeout: Deadline in seconds, retries included; default: the client's.
 
         Returns:
@@ -183,7 +191,8 @@ class AsyncClient:
             >>> result = await client.search("products", text="coffee")  # doctest: +SKIP
         """
         request = proto.search_request(
-            collection, text, image, top_k, allow_partial, also_collections, version, exact
+            collection, text, image, top_k, allow_partial, also_collections, version, exact,
+            ef, offset, score_threshold, filter,
         )
         response = await self._call(self._search.Search, request, timeout, idempotent=True)
         return proto.search_result(response)

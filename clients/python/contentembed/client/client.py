@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +230,10 @@ class Client:
         also_collections: Sequence[str] = (),
         version: str = "",
         exact: bool = False,
+        ef: int = 0,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the field's name
         timeout: float | None = None,
     ) -> SearchResult:
         """Nearest items to a text or an encoded image. Retried (idempotent).
@@ -238,13 +242,21 @@ class Client:
             collection: Collection to search.
             text: Query text (give exactly one of ``text`` and ``image``).
             image: Encoded image bytes to search with.
-            top_k: Hits to return.
+            top_k: Hits to return; 0: the gateway's default.
             allow_partial: Answer from the shards that answered when some did not
                 (``result.partial``); otherwise such a search fails UNAVAILABLE.
             also_collections: More collections searched at once (cosine merge within a
                 space, rank fusion across spaces).
             version: A loaded version other than the serving one.
             exact: Brute force instead of HNSW (the reference for recall).
+            ef: Search-time HNSW ef on every shard; 0: each collection's default.
+            offset: Skip this many hits of the merged ranking (pages: offset=0, top_k,
+                2 * top_k, ...); offset + top_k is bounded by the gateway's max_top_k.
+            score_threshold: Drop hits scoring below it; None: no threshold (0 drops
+                negative scores).
+            filter: Metadata filter on every shard: ``{"key": value}`` equality,
+                ``{"key": {"$in": [...]}}``, ``{"key": {"$gte": 1, "$lt": 5}}``,
+                ``{"$and": [...]}``, ``{"$or": [...]}``; a malformed one is BAD_FILTER.
             timeout: Deadline in seconds, retries included; default: the client's.
 
         Returns:
@@ -261,7 +273,8 @@ class Client:
             >>> [hit.id for hit in result.hits]  # doctest: +SKIP
         """
         request = proto.search_request(
-            collection, text, image, top_k, allow_partial, also_collections, version, exact
+            collection, text, image, top_k, allow_partial, also_collections, version, exact,
+            ef, offset, score_threshold, filter,
         )
         response = self._call(self._search.Search, request, timeout, idempotent=True)
         return proto.search_result(response)

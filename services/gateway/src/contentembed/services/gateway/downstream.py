@@ -7,7 +7,7 @@ rollout modules work on numpy arrays and dataclasses and never see grpc.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -149,6 +149,8 @@ class IndexShardClient:
         deadline: float,
         version: str = "",
         exact: bool = False,
+        ef: int = 0,
+        metadata_filter: Mapping[str, Any] | None = None,
     ) -> PendingCall[Any, ShardAnswer]:
         request = index_pb.SearchRequest(
             collection=collection,
@@ -157,7 +159,10 @@ class IndexShardClient:
             space_id=space_id,
             version=version,
             exact=exact,
+            ef=ef,
         )
+        if metadata_filter:
+            request.filter.CopyFrom(dict_to_struct(metadata_filter))
 
         def convert(response: index_pb.SearchResponse) -> ShardAnswer:
             return ShardAnswer(
