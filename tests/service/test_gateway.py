@@ -202,6 +202,19 @@ def test_filter_ef_offset_and_threshold_through_the_gateway(loaded, client) -> N
     assert asyncio.run(paged()) == expected[5:10]
 
 
+def test_more_like_this_searches_with_a_stored_items_vector(loaded, client) -> None:
+    vectors = encode(loaded.encoder.address, [d["text"] for d in DOCUMENTS[:10]])
+    vectors = np.vstack([vectors, encode(loaded.encoder.address, [d["text"] for d in DOCUMENTS[10:]])])
+    source = [d["id"] for d in DOCUMENTS].index("kettle")
+    order = np.argsort(-(vectors @ vectors[source]))
+    expected = [DOCUMENTS[i]["id"] for i in order if DOCUMENTS[i]["id"] != "kettle"][:4]
+    result = client.search("shop", item_id="kettle", top_k=4)
+    assert [h.id for h in result.hits] == expected
+    with pytest.raises(ApiError) as caught:
+        client.search("shop", item_id="no-such-item")
+    assert (caught.value.code, caught.value.reason) == ("NOT_FOUND", "ITEM_NOT_FOUND")
+
+
 def test_bad_documents_are_refused_whole(client) -> None:
     before = client.get_collection("shop").item_count
     bad_batches = [

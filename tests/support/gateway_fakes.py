@@ -201,6 +201,14 @@ class FakeShard:
 
         return self._call("search", (collection, space_id, version, exact, ef, metadata_filter), run)
 
+    def get_vector(self, collection, item_id, deadline):
+        def run() -> np.ndarray | None:
+            c = self._get(collection)
+            found = c.items.get(c.serving, {}).get(item_id)
+            return None if found is None else found[0]
+
+        return self._call("get_vector", (collection, item_id), run)
+
     def upsert(self, collection, space_id, ids, vectors, metadata, deadline, versions_fingerprint=""):
         def run() -> int:
             if self.before_upsert is not None:

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from contentembed.services.common.errors import InvalidArgument
+from contentembed.services.common.errors import InvalidArgument, NotFound
 from contentembed.services.gateway.ingest import Document
 from contentembed.services.gateway.search import Query
 from tests.support.gateway_fakes import FakeEncoder, FakeShard, fake_gateway, soon
@@ -100,3 +100,32 @@ def test_the_bounds_are_the_gateways(changes: dict, reason: str) -> None:
 def test_offset_plus_top_k_at_the_limit_is_served() -> None:
     gateway, _ = stack(max_top_k=40)
     assert len(gateway.search(Query("shop", "coffee", 10, soon(), offset=30)).hits) == 10
+
+
+def test_more_like_this_searches_with_the_items_vector_and_leaves_it_out() -> None:
+    gateway, shards = stack()
+    like = gateway.search(Query("shop", "", 5, soon(), item_id="d3"))
+    # The same ranking as a search with d3's text (its vector), d3 itself left out.
+    by_text = ids(gateway.search(Query("shop", WORDS[3], 6, soon())))
+    assert by_text[0] == "d3" and ids(like) == by_text[1:]
+    paged = gateway.search(Query("shop", "", 2, soon(), item_id="d3", offset=2,
+                                 metadata_filter={"even": True}))
+    assert all(h.metadata["even"] and h.id != "d3" for h in paged.hits) and len(paged.hits) == 2
+    # Only the item's own shard was asked for its vector.
+    assert sum(1 for shard in shards for call in shard.calls if call[0] == "get_vector") == 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "reason"),
+    [
+        ({"item_id": "nope"}, NotFound, "ITEM_NOT_FOUND"),
+        ({"item_id": "d1", "version": "live"}, InvalidArgument, "ONE_COLLECTION_ONLY"),
+        ({"item_id": "d1", "also_collections": ["shop2"]}, InvalidArgument, "ONE_COLLECTION_ONLY"),
+        ({"item_id": "x" * 300}, InvalidArgument, "ID_TOO_LONG"),
+    ],
+)
+def test_more_like_this_refusals(changes: dict, error: type, reason: str) -> None:
+    gateway, _ = stack()
+    with pytest.raises(error) as caught:
+        gateway.search(replace(Query("shop", "", 5, soon()), **changes))
+    assert caught.value.reason == reason

@@ -151,6 +151,7 @@ class AsyncClient:
         text: str | None = None,
         *,
         image: bytes | None = None,
+        item_id: str | None = None,
         top_k: int = 10,
         allow_partial: bool = False,
         also_collections: Sequence[str] = (),
@@ -166,8 +167,10 @@ class AsyncClient:
 
         Args:
             collection: Collection to search.
-            text: Query text (give exactly one of ``text`` and ``image``).
+            text: Query text (give exactly one of ``text``, ``image`` and ``item_id``).
             image: Encoded image bytes to search with.
+            item_id: "More like this": search with the stored vector of this item of the
+                collection, the item itself left out.
             top_k: Hits to return; 0: the gateway's default.
             allow_partial: Answer from the shards that answered when some did not.
             also_collections: More collections searched at once.
@@ -183,7 +186,7 @@ class AsyncClient:
             The hits, best first, with the space and version that answered.
 
         Raises:
-            ValueError: Neither or both of ``text`` and ``image``.
+            ValueError: Not exactly one of ``text``, ``image`` and ``item_id``.
             NotFoundError: No such collection or version.
             UnavailableError: Unavailable after the retries.
 
@@ -192,7 +195,7 @@ class AsyncClient:
         """
         request = proto.search_request(
             collection, text, image, top_k, allow_partial, also_collections, version, exact,
-            ef, offset, score_threshold, filter,
+            ef, offset, score_threshold, filter, item_id,
         )
         response = await self._call(self._search.Search, request, timeout, idempotent=True)
         return proto.search_result(response)

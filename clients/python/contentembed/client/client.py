@@ -225,6 +225,7 @@ class Client:
         text: str | None = None,
         *,
         image: bytes | None = None,
+        item_id: str | None = None,
         top_k: int = 10,
         allow_partial: bool = False,
         also_collections: Sequence[str] = (),
@@ -240,8 +241,10 @@ class Client:
 
         Args:
             collection: Collection to search.
-            text: Query text (give exactly one of ``text`` and ``image``).
+            text: Query text (give exactly one of ``text``, ``image`` and ``item_id``).
             image: Encoded image bytes to search with.
+            item_id: "More like this": search with the stored vector of this item of the
+                collection, the item itself left out.
             top_k: Hits to return; 0: the gateway's default.
             allow_partial: Answer from the shards that answered when some did not
                 (``result.partial``); otherwise such a search fails UNAVAILABLE.
@@ -263,7 +266,7 @@ class Client:
             The hits, best first, with the space and version that answered.
 
         Raises:
-            ValueError: Neither or both of ``text`` and ``image``.
+            ValueError: Not exactly one of ``text``, ``image`` and ``item_id``.
             NotFoundError: No such collection or version.
             UnavailableError: Shards or encoder unavailable after the retries.
             ApiError: Any other failure, as its code's subclass.
@@ -274,7 +277,7 @@ class Client:
         """
         request = proto.search_request(
             collection, text, image, top_k, allow_partial, also_collections, version, exact,
-            ef, offset, score_threshold, filter,
+            ef, offset, score_threshold, filter, item_id,
         )
         response = self._call(self._search.Search, request, timeout, idempotent=True)
         return proto.search_result(response)

@@ -19,10 +19,11 @@ PARTIAL_RESULT_POLICY_FAIL: PartialResultPolicy
 PARTIAL_RESULT_POLICY_ALLOW: PartialResultPolicy
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "top_k", "partial_result_policy", "also_collections", "version", "exact", "ef", "offset", "score_threshold", "filter")
+    __slots__ = ("collection", "text", "image", "item_id", "top_k", "partial_result_policy", "also_collections", "version", "exact", "ef", "offset", "score_threshold", "filter")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_RESULT_POLICY_FIELD_NUMBER: _ClassVar[int]
     ALSO_COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +36,7 @@ class SearchRequest(_message.Message):
     collection: str
     text: str
     image: _types_pb2.Image
+    item_id: str
     top_k: int
     partial_result_policy: PartialResultPolicy
     also_collections: _containers.RepeatedScalarFieldContainer[str]
@@ -44,7 +46,7 @@ class SearchRequest(_message.Message):
     offset: int
     score_threshold: float
     filter: _struct_pb2.Struct
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., top_k: _Optional[int] = ..., partial_result_policy: _Optional[_Union[PartialResultPolicy, str]] = ..., also_collections: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., exact: _Optional[bool] = ..., ef: _Optional[int] = ..., offset: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., item_id: _Optional[str] = ..., top_k: _Optional[int] = ..., partial_result_policy: _Optional[_Union[PartialResultPolicy, str]] = ..., also_collections: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., exact: _Optional[bool] = ..., ef: _Optional[int] = ..., offset: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "metadata", "shard_index", "collection")

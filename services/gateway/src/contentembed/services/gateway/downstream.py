@@ -30,6 +30,7 @@ from contentembed.services.common.protoconv import (
     dict_to_struct,
     matrix_from_pb,
     struct_to_dict,
+    vector_from_pb,
     vector_to_pb,
 )
 from contentembed.services.common.tracing import Tracing
@@ -176,6 +177,19 @@ class IndexShardClient:
             )
 
         return self._call("Search", request, deadline, convert)
+
+    def get_vector(
+        self, collection: str, item_id: str, deadline: float
+    ) -> PendingCall[Any, np.ndarray | None]:
+        request = index_pb.GetItemsRequest(collection=collection, ids=[item_id])
+
+        def convert(response: index_pb.GetItemsResponse) -> np.ndarray | None:
+            for item in response.items:
+                if item.id == item_id:
+                    return vector_from_pb(item.vector, what=f"{self.label} item {item_id!r}")
+            return None
+
+        return self._call("GetItems", request, deadline, convert)
 
     def upsert(
         self,

@@ -189,7 +189,9 @@ class Gateway:
         if query.top_k == 0:
             query = replace(query, top_k=self.config.default_top_k)
         self.searcher.validate(query)
-        if query.is_evaluation:
+        if query.is_evaluation or query.item_id:
+            # An item's vector is not a query: it feeds no drift or quality metric, and it
+            # is in the serving version's space, so no canary or shadow copy.
             space = (
                 self.rollout.version_space(query.collection, query.version, query.deadline)
                 if query.version else None

@@ -131,6 +131,12 @@ class ShardPort(Protocol):
         absent filter matches every item (grammar: common/filters.py)."""
         ...
 
+    def get_vector(
+        self, collection: str, item_id: str, deadline: float
+    ) -> Pending[np.ndarray | None]:
+        """The stored vector of an item of the serving version; None when absent."""
+        ...
+
     def upsert(
         self, collection: str, space_id: str, ids: Sequence[str], vectors: np.ndarray,
         metadata: Sequence[dict[str, Any]], deadline: float, versions_fingerprint: str = "",

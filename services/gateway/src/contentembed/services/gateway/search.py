@@ -17,10 +17,16 @@ import numpy as np
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
+from contentembed.services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from contentembed.services.common.filters import check_filter
 from contentembed.services.common.metadata import MetadataLimits, check_metadata
-from contentembed.services.common.validation import validate_collection_name, validate_top_k
+from contentembed.services.common.sharding import shard_for_id
+from contentembed.services.common.validation import (
+    shown,
+    validate_collection_name,
+    validate_ids,
+    validate_top_k,
+)
 from contentembed.services.gateway.cache import EmbeddingCache, cache_key
 from contentembed.services.gateway.fanout import ShardOutcome, gather_shards
 from contentembed.services.gateway.merge import Hit, merge_top_k, reciprocal_rank_fusion
@@ -65,6 +71,9 @@ class Query:
     score_threshold: float | None = None
     # Passed to every shard (grammar: common/filters.py); None or empty: every item.
     metadata_filter: Mapping[str, Any] | None = None
+    # "More like this": the stored vector of this item of the collection is the query
+    # (``content`` is unused), and the item is left out of the hits.
+    item_id: str = ""
 
     @property
     def depth(self) -> int:
@@ -165,7 +174,15 @@ class Searcher:
         if query.metadata_filter:
             check_metadata(query.metadata_filter, self.filter_limits, what="filter", kind="FILTER")
             check_filter(query.metadata_filter)
-        if isinstance(query.content, str) and not query.content.strip():
+        if query.item_id:
+            validate_ids([query.item_id], what="item_id")
+            if len(names) > 1 or query.version:
+                raise InvalidArgument(
+                    "item_id searches the serving version of one collection; leave version "
+                    "and also_collections empty",
+                    reason="ONE_COLLECTION_ONLY",
+                )
+        elif isinstance(query.content, str) and not query.content.strip():
             raise InvalidArgument("text: the query text is empty", reason="EMPTY_TEXT")
         if isinstance(query.content, bytes) and not query.content:
             raise InvalidArgument("image: the query image is empty", reason="EMPTY_IMAGE")
@@ -205,6 +222,19 @@ class Searcher:
         self.cache.put(key, embedded.vectors[0], embedded.truncated[0])
         return embedded.vectors[0], embedded.truncated[0], False
 
+    def item_vector(self, collection: str, query: Query) -> np.ndarray:
+        """The stored vector of the query's item, from the shard its id hashes to."""
+        shard = self.shards[shard_for_id(query.item_id, len(self.shards))]
+        call = shard.get_vector(collection, query.item_id, query.deadline)
+        query.register_cancel(call.cancel)
+        vector = call.result()
+        if vector is None:
+            raise NotFound(
+                f"collection {shown(collection)} holds no item {shown(query.item_id)}",
+                reason="ITEM_NOT_FOUND",
+            )
+        return vector
+
     def search_one(
         self, query: Query, collection: str, version: str = "", space: str | None = None,
         paged: bool = True,
@@ -214,11 +244,14 @@ class Searcher:
         across collections, which pages after it)."""
         started = time.perf_counter()
         space = space or self.spaces.space_of(collection, query.deadline)
-        with self.tracer.start_as_current_span(
-            "gateway.embed_query", attributes={"contentembed.space_id": space}
-        ) as span:
-            vector, truncated, cache_hit = self.embed_query(space, query)
-            span.set_attribute("contentembed.cache_hit", cache_hit)
+        if query.item_id:
+            vector, truncated, cache_hit = self.item_vector(collection, query), False, False
+        else:
+            with self.tracer.start_as_current_span(
+                "gateway.embed_query", attributes={"contentembed.space_id": space}
+            ) as span:
+                vector, truncated, cache_hit = self.embed_query(space, query)
+                span.set_attribute("contentembed.cache_hit", cache_hit)
         encoded = time.perf_counter()
 
         # The fan-out: each shard's call is a CLIENT span under this one.
@@ -226,8 +259,10 @@ class Searcher:
             "gateway.search_shards",
             attributes={"contentembed.collection": collection, "contentembed.shards": len(self.shards)},
         ) as span:
+            # An item query finds the item itself too: one more, left out below.
+            depth = query.depth + 1 if query.item_id else query.depth
             calls = [
-                shard.search(collection, vector, space, query.depth, query.deadline, version,
+                shard.search(collection, vector, space, depth, query.deadline, version,
                              query.exact, query.ef, query.metadata_filter)
                 for shard in self.shards
             ]
@@ -244,7 +279,9 @@ class Searcher:
         searched = time.perf_counter()
 
         with self.tracer.start_as_current_span("gateway.merge"):
-            hits = merge_top_k((answer.hits for answer in answers), query.depth)
+            hits = merge_top_k((answer.hits for answer in answers), depth)
+            if query.item_id:
+                hits = [hit for hit in hits if hit.id != query.item_id][: query.depth]
             if paged:
                 hits = query.page(hits)
         merged = time.perf_counter()

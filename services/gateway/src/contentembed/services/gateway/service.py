@@ -22,6 +22,7 @@ from contentembed.services.common.metadata import SearchServiceSettings, check_a
 from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
 from contentembed.services.common.server import run_service
 from contentembed.services.common.tracing import Tracing
+from contentembed.services.common.validation import validate_ids
 from contentembed.services.gateway.downstream import (
     MODALITY_NAMES,
     EncoderClient,
@@ -212,6 +213,8 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         query = request.WhichOneof("query")
         if query is None:
             raise InvalidArgument("query: give text or image", reason="EMPTY_QUERY")
+        if query == "item_id":
+            validate_ids([request.item_id], what="item_id")
         if request.partial_result_policy not in PARTIAL_POLICIES:
             # proto3 keeps unknown enum numbers: one from a newer client must not be
             # silently read as "fail".
@@ -222,7 +225,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         outcome = self.gateway.search(
             Query(
                 collection=request.collection,
-                content=request.text if query == "text" else request.image.data,
+                content=request.image.data if query == "image" else request.text,
                 top_k=request.top_k,
                 deadline=deadline,
                 allow_partial=request.partial_result_policy == search_pb.PARTIAL_RESULT_POLICY_ALLOW,
@@ -236,6 +239,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                     request.score_threshold if request.HasField("score_threshold") else None
                 ),
                 metadata_filter=struct_to_dict(request.filter),
+                item_id=request.item_id,
             )
         )
         response = search_response_pb(outcome)
