@@ -63,6 +63,19 @@ def metadata(value: object) -> struct_pb2.Struct:
     return struct
 
 
+def struct_of(values: dict) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def nested_or(depth: int) -> dict:
+    value: dict = {"m": 1}
+    for _ in range(depth):
+        value = {"$or": [value]}
+    return value
+
+
 def nested(depth: int) -> dict:
     value: dict = {"leaf": 1}
     for _ in range(depth):
@@ -161,6 +174,12 @@ def cases() -> list[Case]:
         Case("index", I + "Search", "unknown collection", lambda: index.SearchRequest(collection="nope", query=unit(1), top_k=3), NOT_FOUND),
         Case("index", I + "Search", "unknown version", lambda: index.SearchRequest(collection="docs", query=unit(1), top_k=3, version="v9"), NOT_FOUND),
         Case("index", I + "Search", "NaN in filter", lambda: index.SearchRequest(collection="docs", query=unit(1), top_k=3, filter=metadata(float("nan")))),
+        Case("index", I + "Search", "unknown filter operator", lambda: index.SearchRequest(collection="docs", query=unit(1), top_k=3, filter=metadata({"$regex": "a"}))),
+        Case("index", I + "Search", "range on a string", lambda: index.SearchRequest(collection="docs", query=unit(1), top_k=3, filter=metadata({"$gte": "a"}))),
+        Case("index", I + "Search", "$in without a list", lambda: index.SearchRequest(collection="docs", query=unit(1), top_k=3, filter=metadata({"$in": 3}))),
+        Case("index", I + "Search", "$or of nothing", lambda: index.SearchRequest(collection="docs", query=unit(1), top_k=3, filter=struct_of({"$or": []}))),
+        Case("index", I + "Search", "filter too deep", lambda: index.SearchRequest(collection="docs", query=unit(1), top_k=3, filter=struct_of(nested_or(12)))),
+        Case("index", I + "SearchBatch", "unknown filter operator", lambda: index.SearchBatchRequest(collection="docs", top_k=3, queries=[unit(1)], filter=struct_of({"$not": [{"m": 1}]}))),
         Case("index", I + "SearchBatch", "no queries", lambda: index.SearchBatchRequest(collection="docs", top_k=3)),
         Case("index", I + "SearchBatch", "too many queries", lambda: index.SearchBatchRequest(collection="docs", top_k=3, queries=[unit(1)] * 5000)),
         Case("index", I + "SearchBatch", "one wrong dim", lambda: index.SearchBatchRequest(collection="docs", top_k=3, queries=[unit(1), vector(np.ones(3))])),
@@ -212,7 +231,16 @@ def cases() -> list[Case]:
         # -- gateway ---------------------------------------------------------------------
         Case("gateway", S + "Search", "no query", lambda: search.SearchRequest(collection="products", top_k=3)),
         Case("gateway", S + "Search", "blank text", lambda: search.SearchRequest(collection="products", text="   ", top_k=3)),
-        Case("gateway", S + "Search", "top_k 0", lambda: search.SearchRequest(collection="products", text="kettle", top_k=0)),
+        Case("gateway", S + "Search", "offset + top_k above max_top_k", lambda: search.SearchRequest(collection="products", text="kettle", top_k=3, offset=2**32 - 1)),
+        Case("gateway", S + "Search", "empty item_id", lambda: search.SearchRequest(collection="products", item_id="", top_k=3)),
+        Case("gateway", S + "Search", "unknown item_id", lambda: search.SearchRequest(collection="products", item_id="no-such-item", top_k=3), NOT_FOUND),
+        Case("gateway", S + "Search", "item_id with a version", lambda: search.SearchRequest(collection="products", item_id="p1", top_k=3, version="live")),
+        Case("gateway", S + "Search", "ef huge", lambda: search.SearchRequest(collection="products", text="kettle", top_k=3, ef=2**32 - 1)),
+        Case("gateway", S + "Search", "unknown filter operator", lambda: search.SearchRequest(collection="products", text="kettle", top_k=3, filter=struct_of({"$not": [{"m": 1}]}))),
+        Case("gateway", S + "Search", "range on a string", lambda: search.SearchRequest(collection="products", text="kettle", top_k=3, filter=metadata({"$lt": "z"}))),
+        Case("gateway", S + "Search", "$in without a list", lambda: search.SearchRequest(collection="products", text="kettle", top_k=3, filter=metadata({"$in": "z"}))),
+        Case("gateway", S + "Search", "filter too deep", lambda: search.SearchRequest(collection="products", text="kettle", top_k=3, filter=struct_of(nested_or(12)))),
+        Case("gateway", S + "Search", "NaN in filter", lambda: search.SearchRequest(collection="products", text="kettle", top_k=3, filter=metadata(float("nan")))),
         Case("gateway", S + "Search", "top_k negative", lambda: search.SearchRequest(collection="products", text="kettle", top_k=-1)),
         Case("gateway", S + "Search", "top_k huge", lambda: search.SearchRequest(collection="products", text="kettle", top_k=2**31 - 1)),
         Case("gateway", S + "Search", "unknown collection", lambda: search.SearchRequest(collection="nope", text="kettle", top_k=3), NOT_FOUND),

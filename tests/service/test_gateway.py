@@ -126,7 +126,10 @@ def test_metadata_travels_with_hits(client) -> None:
     ("kwargs", "code", "mentions"),
     [
         ({"collection": "shop", "text": "", "top_k": 3}, "INVALID_ARGUMENT", "empty"),
-        ({"collection": "shop", "text": "tent", "top_k": 0}, "INVALID_ARGUMENT", "top_k"),
+        ({"collection": "shop", "text": "tent", "top_k": 10, "offset": 995}, "INVALID_ARGUMENT", "offset + top_k"),
+        ({"collection": "shop", "text": "tent", "ef": 10_001}, "INVALID_ARGUMENT", "ef"),
+        ({"collection": "shop", "text": "tent", "filter": {"price": {"$gt": "cheap"}}}, "INVALID_ARGUMENT", "number"),
+        ({"collection": "shop", "text": "tent", "filter": {"$xor": [{"price": 1}]}}, "INVALID_ARGUMENT", "unknown operator"),
         ({"collection": "shop", "text": "tent", "top_k": -5}, "INVALID_ARGUMENT", "top_k"),
         ({"collection": "shop", "text": "tent", "top_k": 1_000_000}, "INVALID_ARGUMENT", "top_k"),
         ({"collection": "nope", "text": "tent", "top_k": 3}, "NOT_FOUND", "nope"),
@@ -140,6 +143,76 @@ def test_bad_search_requests(client, kwargs, code, mentions) -> None:
     assert caught.value.code == code
     assert mentions in caught.value.message
     assert client.search("shop", text="tent", top_k=1).hits[0].id == "tent"
+
+
+def test_top_k_0_is_the_gateways_default(client) -> None:
+    assert len(client.search("shop", text="tent", top_k=0).hits) == 10  # default_top_k
+
+
+FACETS = [
+    {"id": f"f{i}", "text": f"{word} number {i}", "metadata": {"price": i * 10, "kind": kind}}
+    for i, (word, kind) in enumerate(
+        [(w, k) for w, k in [("coffee", "drink"), ("tea", "drink"), ("tent", "camp"),
+                             ("stove", "camp"), ("kettle", "kitchen"), ("mug", "kitchen")]] * 5
+    )
+]
+
+
+def test_filter_ef_offset_and_threshold_through_the_gateway(loaded, client) -> None:
+    client.create_collection("facets", exist_ok=True)
+    client.upsert_documents("facets", FACETS)
+    query = "hot coffee in the morning"
+    wanted = {"$or": [{"kind": {"$in": ["drink", "kitchen"]}}, {"price": {"$gte": 250}}]}
+    options = {"text": query, "ef": 200, "filter": wanted}
+
+    # The filter, against brute force over the matching documents.
+    texts = [d["text"] for d in FACETS]
+    vectors = np.vstack([encode(loaded.encoder.address, texts[i:i + 10]) for i in range(0, len(texts), 10)])
+    scores = vectors @ encode(loaded.encoder.address, [query])[0]
+
+    def keep(m) -> bool:
+        return m["kind"] in ("drink", "kitchen") or m["price"] >= 250
+    expected = [FACETS[i]["id"] for i in np.argsort(-scores) if keep(FACETS[i]["metadata"])]
+    whole = client.search("facets", top_k=len(expected), **options).hits
+    assert [h.id for h in whole] == expected and len(expected) < len(FACETS)
+
+    # Pages concatenate to the unpaged ranking; the last page is short.
+    pages = [client.search("facets", top_k=7, offset=offset, **options).hits
+             for offset in range(0, len(expected), 7)]
+    assert [h.id for page in pages for h in page] == expected
+    assert 0 < len(pages[-1]) <= 7
+
+    # A threshold drops the tail, and 0 < hits <= top_k survive.
+    cut = whole[len(whole) // 2].score
+    kept = client.search("facets", top_k=len(expected), score_threshold=cut, **options).hits
+    assert [h.id for h in kept] == [h.id for h in whole if h.score >= cut]
+    assert all(h.score >= cut for h in kept) and len(kept) < len(whole)
+    assert client.search("facets", score_threshold=2.0, **options).hits == []
+
+    # The async SDK takes the same options.
+    import asyncio
+
+    from contentembed.client.aio import AsyncClient
+
+    async def paged() -> list[str]:
+        async with AsyncClient(loaded.gateway.address) as aclient:
+            result = await aclient.search("facets", top_k=5, offset=5, score_threshold=-1.0, **options)
+        return [h.id for h in result.hits]
+
+    assert asyncio.run(paged()) == expected[5:10]
+
+
+def test_more_like_this_searches_with_a_stored_items_vector(loaded, client) -> None:
+    vectors = encode(loaded.encoder.address, [d["text"] for d in DOCUMENTS[:10]])
+    vectors = np.vstack([vectors, encode(loaded.encoder.address, [d["text"] for d in DOCUMENTS[10:]])])
+    source = [d["id"] for d in DOCUMENTS].index("kettle")
+    order = np.argsort(-(vectors @ vectors[source]))
+    expected = [DOCUMENTS[i]["id"] for i in order if DOCUMENTS[i]["id"] != "kettle"][:4]
+    result = client.search("shop", item_id="kettle", top_k=4)
+    assert [h.id for h in result.hits] == expected
+    with pytest.raises(ApiError) as caught:
+        client.search("shop", item_id="no-such-item")
+    assert (caught.value.code, caught.value.reason) == ("NOT_FOUND", "ITEM_NOT_FOUND")
 
 
 def test_bad_documents_are_refused_whole(client) -> None:

@@ -24,6 +24,7 @@ from contentembed.services.common.errors import (
     NotFound,
     Unavailable,
 )
+from contentembed.services.common.filters import matches
 from contentembed.services.gateway.gateway import Gateway, GatewayConfig
 from contentembed.services.gateway.merge import Hit
 from contentembed.services.gateway.metrics import GatewayMetrics
@@ -179,7 +180,8 @@ class FakeShard:
         )
 
     # -- the port --------------------------------------------------------------------
-    def search(self, collection, query, space_id, top_k, deadline, version="", exact=False):
+    def search(self, collection, query, space_id, top_k, deadline, version="", exact=False, ef=0,
+               metadata_filter=None):
         def run() -> ShardAnswer:
             c = self._get(collection)
             answered = version or c.serving
@@ -192,11 +194,20 @@ class FakeShard:
             scored = [
                 Hit(item_id, float(vector @ query), self.shard_index, metadata, collection)
                 for item_id, (vector, metadata) in c.items[answered].items()
+                if not metadata_filter or matches(metadata, metadata_filter)
             ]
             scored.sort(key=lambda h: (-h.score, h.id))
             return ShardAnswer(self.shard_index, scored[:top_k], space_id, answered)
 
-        return self._call("search", (collection, space_id, version, exact), run)
+        return self._call("search", (collection, space_id, version, exact, ef, metadata_filter), run)
+
+    def get_vector(self, collection, item_id, deadline):
+        def run() -> np.ndarray | None:
+            c = self._get(collection)
+            found = c.items.get(c.serving, {}).get(item_id)
+            return None if found is None else found[0]
+
+        return self._call("get_vector", (collection, item_id), run)
 
     def upsert(self, collection, space_id, ids, vectors, metadata, deadline, versions_fingerprint=""):
         def run() -> int:

@@ -138,3 +138,19 @@ def test_concurrent_writes_deletes_and_searches_lose_nothing() -> None:
     assert set(collection.list_ids("", 5000)[0]) == expected
     assert collection.search(vectors[1234], top_k=1)[0].id == "w1234"
     assert collection.search(vectors[1220], top_k=1)[0].id != "w1220"  # deleted
+
+
+@pytest.mark.parametrize("share", [0.02, 0.5])  # exact path for narrow filters, HNSW for wide
+def test_operator_filters_return_only_matches(share: float) -> None:
+    n = 400
+    vectors = clustered(n, 16, seed=3)
+    collection = HnswCollection("c", "space@1", 16, HnswParams(), initial_capacity=n)
+    cut = int(n * share)
+    metadata = [{"rank": i, "kind": "a" if i % 2 else "b"} for i in range(n)]
+    collection.upsert([f"v{i}" for i in range(n)], vectors, metadata)
+    wanted = {"$and": [{"rank": {"$lt": cut}}, {"$or": [{"kind": "a"}, {"kind": {"$in": ["b"]}}]}]}
+    hits = collection.search(vectors[0], top_k=10, metadata_filter=wanted)
+    assert hits and all(h.metadata["rank"] < cut for h in hits)
+    exact = collection.search(vectors[0], top_k=10, metadata_filter=wanted, exact=True)
+    assert [h.id for h in exact][: len(hits)] == [h.id for h in hits] or share > 0.05
+    assert collection.search(vectors[0], top_k=10, metadata_filter={"rank": {"$gt": n}}) == []

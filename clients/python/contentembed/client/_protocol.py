@@ -101,9 +101,14 @@ def search_request(
     also_collections: Sequence[str],
     version: str,
     exact: bool,
+    ef: int = 0,
+    offset: int = 0,
+    score_threshold: float | None = None,
+    metadata_filter: Mapping[str, Any] | None = None,
+    item_id: str | None = None,
 ) -> search_pb.SearchRequest:
-    if (text is None) == (image is None):
-        raise ValueError("give exactly one of text or image")
+    if sum(q is not None for q in (text, image, item_id)) != 1:
+        raise ValueError("give exactly one of text, image or item_id")
     request = search_pb.SearchRequest(
         collection=collection,
         top_k=top_k,
@@ -115,9 +120,17 @@ def search_request(
         also_collections=list(also_collections),
         version=version,
         exact=exact,
+        ef=ef,
+        offset=offset,
     )
+    if score_threshold is not None:
+        request.score_threshold = score_threshold
+    if metadata_filter:
+        request.filter.update(metadata_filter)
     if text is not None:
         request.text = text
+    elif item_id is not None:
+        request.item_id = item_id
     else:
         request.image.data = image  # type: ignore[assignment]
     return request

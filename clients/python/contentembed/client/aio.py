@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,31 +151,42 @@ class AsyncClient:
         text: str | None = None,
         *,
         image: bytes | None = None,
+        item_id: str | None = None,
         top_k: int = 10,
         allow_partial: bool = False,
         also_collections: Sequence[str] = (),
         version: str = "",
         exact: bool = False,
+        ef: int = 0,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the field's name
         timeout: float | None = None,
     ) -> SearchResult:
         """Nearest items to a text or an encoded image. Retried (idempotent).
 
         Args:
             collection: Collection to search.
-            text: Query text (give exactly one of ``text`` and ``image``).
+            text: Query text (give exactly one of ``text``, ``image`` and ``item_id``).
             image: Encoded image bytes to search with.
-            top_k: Hits to return.
+            item_id: "More like this": search with the stored vector of this item of the
+                collection, the item itself left out.
+            top_k: Hits to return; 0: the gateway's default.
             allow_partial: Answer from the shards that answered when some did not.
             also_collections: More collections searched at once.
             version: A loaded version other than the serving one.
             exact: Brute force instead of HNSW.
+            ef: Search-time HNSW ef on every shard; 0: each collection's default.
+            offset: Skip this many hits of the merged ranking (pages).
+            score_threshold: Drop hits scoring below it; None: no threshold.
+            filter: Metadata filter on every shard (see ``Client.search``).
             timeout: Deadline in seconds, retries included; default: the client's.
 
         Returns:
             The hits, best first, with the space and version that answered.
 
         Raises:
-            ValueError: Neither or both of ``text`` and ``image``.
+            ValueError: Not exactly one of ``text``, ``image`` and ``item_id``.
             NotFoundError: No such collection or version.
             UnavailableError: Unavailable after the retries.
 
@@ -183,7 +194,8 @@ class AsyncClient:
             >>> result = await client.search("products", text="coffee")  # doctest: +SKIP
         """
         request = proto.search_request(
-            collection, text, image, top_k, allow_partial, also_collections, version, exact
+            collection, text, image, top_k, allow_partial, also_collections, version, exact,
+            ef, offset, score_threshold, filter, item_id,
         )
         response = await self._call(self._search.Search, request, timeout, idempotent=True)
         return proto.search_result(response)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,33 +225,48 @@ class Client:
         text: str | None = None,
         *,
         image: bytes | None = None,
+        item_id: str | None = None,
         top_k: int = 10,
         allow_partial: bool = False,
         also_collections: Sequence[str] = (),
         version: str = "",
         exact: bool = False,
+        ef: int = 0,
+        offset: int = 0,
+        score_threshold: float | None = None,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the field's name
         timeout: float | None = None,
     ) -> SearchResult:
         """Nearest items to a text or an encoded image. Retried (idempotent).
 
         Args:
             collection: Collection to search.
-            text: Query text (give exactly one of ``text`` and ``image``).
+            text: Query text (give exactly one of ``text``, ``image`` and ``item_id``).
             image: Encoded image bytes to search with.
-            top_k: Hits to return.
+            item_id: "More like this": search with the stored vector of this item of the
+                collection, the item itself left out.
+            top_k: Hits to return; 0: the gateway's default.
             allow_partial: Answer from the shards that answered when some did not
                 (``result.partial``); otherwise such a search fails UNAVAILABLE.
             also_collections: More collections searched at once (cosine merge within a
                 space, rank fusion across spaces).
             version: A loaded version other than the serving one.
             exact: Brute force instead of HNSW (the reference for recall).
+            ef: Search-time HNSW ef on every shard; 0: each collection's default.
+            offset: Skip this many hits of the merged ranking (pages: offset=0, top_k,
+                2 * top_k, ...); offset + top_k is bounded by the gateway's max_top_k.
+            score_threshold: Drop hits scoring below it; None: no threshold (0 drops
+                negative scores).
+            filter: Metadata filter on every shard: ``{"key": value}`` equality,
+                ``{"key": {"$in": [...]}}``, ``{"key": {"$gte": 1, "$lt": 5}}``,
+                ``{"$and": [...]}``, ``{"$or": [...]}``; a malformed one is BAD_FILTER.
             timeout: Deadline in seconds, retries included; default: the client's.
 
         Returns:
             The hits, best first, with the space and version that answered.
 
         Raises:
-            ValueError: Neither or both of ``text`` and ``image``.
+            ValueError: Not exactly one of ``text``, ``image`` and ``item_id``.
             NotFoundError: No such collection or version.
             UnavailableError: Shards or encoder unavailable after the retries.
             ApiError: Any other failure, as its code's subclass.
@@ -261,7 +276,8 @@ class Client:
             >>> [hit.id for hit in result.hits]  # doctest: +SKIP
         """
         request = proto.search_request(
-            collection, text, image, top_k, allow_partial, also_collections, version, exact
+            collection, text, image, top_k, allow_partial, also_collections, version, exact,
+            ef, offset, score_threshold, filter, item_id,
         )
         response = self._call(self._search.Search, request, timeout, idempotent=True)
         return proto.search_result(response)

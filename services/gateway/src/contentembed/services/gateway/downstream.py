@@ -7,7 +7,7 @@ rollout modules work on numpy arrays and dataclasses and never see grpc.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -30,6 +30,7 @@ from contentembed.services.common.protoconv import (
     dict_to_struct,
     matrix_from_pb,
     struct_to_dict,
+    vector_from_pb,
     vector_to_pb,
 )
 from contentembed.services.common.tracing import Tracing
@@ -149,6 +150,8 @@ class IndexShardClient:
         deadline: float,
         version: str = "",
         exact: bool = False,
+        ef: int = 0,
+        metadata_filter: Mapping[str, Any] | None = None,
     ) -> PendingCall[Any, ShardAnswer]:
         request = index_pb.SearchRequest(
             collection=collection,
@@ -157,7 +160,10 @@ class IndexShardClient:
             space_id=space_id,
             version=version,
             exact=exact,
+            ef=ef,
         )
+        if metadata_filter:
+            request.filter.CopyFrom(dict_to_struct(metadata_filter))
 
         def convert(response: index_pb.SearchResponse) -> ShardAnswer:
             return ShardAnswer(
@@ -171,6 +177,19 @@ class IndexShardClient:
             )
 
         return self._call("Search", request, deadline, convert)
+
+    def get_vector(
+        self, collection: str, item_id: str, deadline: float
+    ) -> PendingCall[Any, np.ndarray | None]:
+        request = index_pb.GetItemsRequest(collection=collection, ids=[item_id])
+
+        def convert(response: index_pb.GetItemsResponse) -> np.ndarray | None:
+            for item in response.items:
+                if item.id == item_id:
+                    return vector_from_pb(item.vector, what=f"{self.label} item {item_id!r}")
+            return None
+
+        return self._call("GetItems", request, deadline, convert)
 
     def upsert(
         self,

@@ -21,7 +21,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from opentelemetry.trace import Tracer
 
@@ -59,6 +59,10 @@ __all__ = ["CollectionSummary", "Document", "Gateway", "GatewayConfig", "Query",
 @dataclass(frozen=True)
 class GatewayConfig:
     max_top_k: int = 100
+    # What a search's top_k 0 means; at most max_top_k.
+    default_top_k: int = 10
+    # The largest per-search ef; must not exceed the shards' max_ef.
+    max_ef: int = 10_000
     max_documents_per_upsert: int = 1000
     metadata_limits: MetadataLimits = field(default_factory=MetadataLimits)
     cache_ttl_s: float = 60.0
@@ -94,7 +98,8 @@ class Gateway:
             config.shadow_workers, config.shadow_queue_limit, metrics.shadow_skipped.inc
         )
         self.searcher = Searcher(
-            self.router, self.collection_spaces, self.shards, self.cache, metrics, config.max_top_k
+            self.router, self.collection_spaces, self.shards, self.cache, metrics, config.max_top_k,
+            config.max_ef, config.metadata_limits,
         )
         self.ingest = Ingest(
             self.router, self.shards, self.write_plans, config.max_documents_per_upsert,
@@ -179,9 +184,14 @@ class Gateway:
         cosine within one space, fused by rank across spaces.
 
         An evaluation (a named ``version``, or ``exact``) answers from exactly what was
-        asked: no canary, no shadow copy, no quality metric."""
+        asked: no canary, no shadow copy, no quality metric. A top_k of 0 is the
+        configured default_top_k."""
+        if query.top_k == 0:
+            query = replace(query, top_k=self.config.default_top_k)
         self.searcher.validate(query)
-        if query.is_evaluation:
+        if query.is_evaluation or query.item_id:
+            # An item's vector is not a query: it feeds no drift or quality metric, and it
+            # is in the serving version's space, so no canary or shadow copy.
             space = (
                 self.rollout.version_space(query.collection, query.version, query.deadline)
                 if query.version else None

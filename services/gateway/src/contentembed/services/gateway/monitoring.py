@@ -137,7 +137,8 @@ class QualityMonitor:
         if outcome.query_vector is not None:
             drift.observe(outcome.query_vector)
         self.catalog.observe(query.collection, (hit.id for hit in outcome.hits))
-        if outcome.hits and self._draw.random() < self.recall_sample_rate:
+        if (outcome.hits and not query.reshapes_answer
+                and self._draw.random() < self.recall_sample_rate):
             self.background.offload(
                 lambda: self.audit_recall(query.collection, outcome, query.top_k),
                 "gateway.recall_audit",

@@ -8,7 +8,7 @@ logic runs in milliseconds without a model or a server.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -124,8 +124,18 @@ class ShardPort(Protocol):
 
     def search(
         self, collection: str, query: np.ndarray, space_id: str, top_k: int, deadline: float,
-        version: str = "", exact: bool = False,
-    ) -> Pending[ShardAnswer]: ...
+        version: str = "", exact: bool = False, ef: int = 0,
+        metadata_filter: Mapping[str, Any] | None = None,
+    ) -> Pending[ShardAnswer]:
+        """The shard's best ``top_k``; ``ef`` 0 is the collection's default, an empty or
+        absent filter matches every item (grammar: common/filters.py)."""
+        ...
+
+    def get_vector(
+        self, collection: str, item_id: str, deadline: float
+    ) -> Pending[np.ndarray | None]:
+        """The stored vector of an item of the serving version; None when absent."""
+        ...
 
     def upsert(
         self, collection: str, space_id: str, ids: Sequence[str], vectors: np.ndarray,

@@ -9,7 +9,7 @@ before searching, and hands the answer to its observers after.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,8 +17,16 @@ import numpy as np
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
-from contentembed.services.common.validation import validate_collection_name, validate_top_k
+from contentembed.services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from contentembed.services.common.filters import check_filter
+from contentembed.services.common.metadata import MetadataLimits, check_metadata
+from contentembed.services.common.sharding import shard_for_id
+from contentembed.services.common.validation import (
+    shown,
+    validate_collection_name,
+    validate_ids,
+    validate_top_k,
+)
 from contentembed.services.gateway.cache import EmbeddingCache, cache_key
 from contentembed.services.gateway.fanout import ShardOutcome, gather_shards
 from contentembed.services.gateway.merge import Hit, merge_top_k, reciprocal_rank_fusion
@@ -55,6 +63,36 @@ class Query:
     # was asked (no canary, no shadow copy) and feeds no quality metric.
     version: str = ""
     exact: bool = False
+    # Search-time ef passed to every shard; 0: each collection's default.
+    ef: int = 0
+    # Ranks offset+1 .. offset+top_k of the merged ranking: shards are asked for depth.
+    offset: int = 0
+    # Hits scoring below it are dropped from the page; None: no threshold.
+    score_threshold: float | None = None
+    # Passed to every shard (grammar: common/filters.py); None or empty: every item.
+    metadata_filter: Mapping[str, Any] | None = None
+    # "More like this": the stored vector of this item of the collection is the query
+    # (``content`` is unused), and the item is left out of the hits.
+    item_id: str = ""
+
+    @property
+    def depth(self) -> int:
+        """How many hits every shard is asked for, and the merge keeps, before the page."""
+        return self.offset + self.top_k
+
+    def page(self, ranked: Sequence[Hit]) -> list[Hit]:
+        """This query's page of a merged ranking of ``depth`` hits, below the threshold
+        dropped (the ranking is best first, so the threshold cuts a tail)."""
+        hits = list(ranked[self.offset:self.offset + self.top_k])
+        if self.score_threshold is not None:
+            hits = [hit for hit in hits if hit.score >= self.score_threshold]
+        return hits
+
+    @property
+    def reshapes_answer(self) -> bool:
+        """A filter, a page past the first or a threshold: the answer is not the plain
+        top_k, so comparing it with an unfiltered exact search says nothing of recall."""
+        return bool(self.metadata_filter or self.offset or self.score_threshold is not None)
 
     @property
     def collections(self) -> list[str]:
@@ -99,6 +137,8 @@ class Searcher:
         cache: EmbeddingCache,
         metrics: GatewayMetrics,
         max_top_k: int,
+        max_ef: int = 10_000,
+        filter_limits: MetadataLimits | None = None,
     ) -> None:
         self.router = router
         self.spaces = spaces
@@ -106,6 +146,8 @@ class Searcher:
         self.cache = cache
         self.metrics = metrics
         self.max_top_k = max_top_k
+        self.max_ef = max_ef
+        self.filter_limits = filter_limits or MetadataLimits()
         # The runtime's (Gateway.use_tracer); spans of the stages of a request.
         self.tracer: Tracer = trace.NoOpTracer()
 
@@ -118,7 +160,29 @@ class Searcher:
                 f"at most {MAX_COLLECTIONS_PER_QUERY} collections per query, got {len(names)}"
             )
         validate_top_k(query.top_k, self.max_top_k)
-        if isinstance(query.content, str) and not query.content.strip():
+        if query.offset < 0 or query.depth > self.max_top_k:
+            raise InvalidArgument(
+                f"offset + top_k must be at most {self.max_top_k} (every shard is asked for "
+                f"that many hits), got {query.offset} + {query.top_k}",
+                reason="TOP_K_OUT_OF_RANGE",
+            )
+        if not 0 <= query.ef <= self.max_ef:
+            raise InvalidArgument(
+                f"ef must be between 0 (the default) and {self.max_ef}, got {query.ef}",
+                reason="EF_OUT_OF_RANGE",
+            )
+        if query.metadata_filter:
+            check_metadata(query.metadata_filter, self.filter_limits, what="filter", kind="FILTER")
+            check_filter(query.metadata_filter)
+        if query.item_id:
+            validate_ids([query.item_id], what="item_id")
+            if len(names) > 1 or query.version:
+                raise InvalidArgument(
+                    "item_id searches the serving version of one collection; leave version "
+                    "and also_collections empty",
+                    reason="ONE_COLLECTION_ONLY",
+                )
+        elif isinstance(query.content, str) and not query.content.strip():
             raise InvalidArgument("text: the query text is empty", reason="EMPTY_TEXT")
         if isinstance(query.content, bytes) and not query.content:
             raise InvalidArgument("image: the query image is empty", reason="EMPTY_IMAGE")
@@ -158,17 +222,36 @@ class Searcher:
         self.cache.put(key, embedded.vectors[0], embedded.truncated[0])
         return embedded.vectors[0], embedded.truncated[0], False
 
+    def item_vector(self, collection: str, query: Query) -> np.ndarray:
+        """The stored vector of the query's item, from the shard its id hashes to."""
+        shard = self.shards[shard_for_id(query.item_id, len(self.shards))]
+        call = shard.get_vector(collection, query.item_id, query.deadline)
+        query.register_cancel(call.cancel)
+        vector = call.result()
+        if vector is None:
+            raise NotFound(
+                f"collection {shown(collection)} holds no item {shown(query.item_id)}",
+                reason="ITEM_NOT_FOUND",
+            )
+        return vector
+
     def search_one(
-        self, query: Query, collection: str, version: str = "", space: str | None = None
+        self, query: Query, collection: str, version: str = "", space: str | None = None,
+        paged: bool = True,
     ) -> SearchOutcome:
-        """One collection: its serving version's space unless ``space`` is given."""
+        """One collection: its serving version's space unless ``space`` is given. With
+        ``paged`` False, the whole merged ranking of ``query.depth`` hits (for a merge
+        across collections, which pages after it)."""
         started = time.perf_counter()
         space = space or self.spaces.space_of(collection, query.deadline)
-        with self.tracer.start_as_current_span(
-            "gateway.embed_query", attributes={"contentembed.space_id": space}
-        ) as span:
-            vector, truncated, cache_hit = self.embed_query(space, query)
-            span.set_attribute("contentembed.cache_hit", cache_hit)
+        if query.item_id:
+            vector, truncated, cache_hit = self.item_vector(collection, query), False, False
+        else:
+            with self.tracer.start_as_current_span(
+                "gateway.embed_query", attributes={"contentembed.space_id": space}
+            ) as span:
+                vector, truncated, cache_hit = self.embed_query(space, query)
+                span.set_attribute("contentembed.cache_hit", cache_hit)
         encoded = time.perf_counter()
 
         # The fan-out: each shard's call is a CLIENT span under this one.
@@ -176,9 +259,11 @@ class Searcher:
             "gateway.search_shards",
             attributes={"contentembed.collection": collection, "contentembed.shards": len(self.shards)},
         ) as span:
+            # An item query finds the item itself too: one more, left out below.
+            depth = query.depth + 1 if query.item_id else query.depth
             calls = [
-                shard.search(collection, vector, space, query.top_k, query.deadline, version,
-                             query.exact)
+                shard.search(collection, vector, space, depth, query.deadline, version,
+                             query.exact, query.ef, query.metadata_filter)
                 for shard in self.shards
             ]
             for call in calls:
@@ -194,7 +279,11 @@ class Searcher:
         searched = time.perf_counter()
 
         with self.tracer.start_as_current_span("gateway.merge"):
-            hits = merge_top_k((answer.hits for answer in answers), query.top_k)
+            hits = merge_top_k((answer.hits for answer in answers), depth)
+            if query.item_id:
+                hits = [hit for hit in hits if hit.id != query.item_id][: query.depth]
+            if paged:
+                hits = query.page(hits)
         merged = time.perf_counter()
         versions = sorted({answer.version for answer in answers})
         return SearchOutcome(
@@ -216,12 +305,15 @@ class Searcher:
     def search_many(self, query: Query) -> SearchOutcome:
         """Several collections, each from its serving version: merged by cosine within one
         space, fused by rank across spaces (their scores do not compare)."""
-        answers = [self.search_one(query, name) for name in query.collections]
+        answers = [self.search_one(query, name, paged=False) for name in query.collections]
         started = time.perf_counter()
         spaces = sorted({a.space_id for a in answers})
         fused = len(spaces) > 1
         ranked = [a.hits for a in answers]
-        hits = reciprocal_rank_fusion(ranked, query.top_k) if fused else merge_top_k(ranked, query.top_k)
+        depth = query.depth
+        hits = query.page(
+            reciprocal_rank_fusion(ranked, depth) if fused else merge_top_k(ranked, depth)
+        )
         versions = sorted({v for a in answers for v in a.versions})
         return SearchOutcome(
             hits=hits,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import grpc
 from prometheus_client import CollectorRegistry
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from contentembed.admin.v1 import admin_service_pb2 as admin_pb
 from contentembed.admin.v1 import admin_service_pb2_grpc as admin_grpc
@@ -22,6 +22,7 @@ from contentembed.services.common.metadata import SearchServiceSettings, check_a
 from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
 from contentembed.services.common.server import run_service
 from contentembed.services.common.tracing import Tracing
+from contentembed.services.common.validation import validate_ids
 from contentembed.services.gateway.downstream import (
     MODALITY_NAMES,
     EncoderClient,
@@ -59,6 +60,14 @@ class GatewaySettings(SearchServiceSettings):
     # and answered 0.25x, most of the rest timing out there.
     max_workers: int = Field(64, ge=1, le=4096, description="gRPC handler threads.")
     max_documents_per_upsert: int = Field(1000, ge=1)
+    default_top_k: int = Field(
+        10, ge=1, description="What a search's top_k 0 means; at most max_top_k."
+    )
+    max_ef: int = Field(
+        10_000, ge=1,
+        description="Largest per-search ef; must not exceed the index shards' max_ef (a search "
+        "with an ef they refuse fails with their EF_OUT_OF_RANGE).",
+    )
     default_timeout_s: float = Field(
         10.0, gt=0, description="Deadline for calls that arrive without one."
     )
@@ -93,6 +102,14 @@ class GatewaySettings(SearchServiceSettings):
     _split_endpoints = field_validator("index_endpoints", "encoder_endpoints", mode="before")(
         split_endpoints
     )
+
+    @model_validator(mode="after")
+    def _default_top_k_within_max(self) -> GatewaySettings:
+        if self.default_top_k > self.max_top_k:
+            raise ValueError(
+                f"default_top_k {self.default_top_k} is above max_top_k {self.max_top_k}"
+            )
+        return self
 
     @field_validator("index_endpoints", "encoder_endpoints")
     @classmethod
@@ -196,6 +213,8 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         query = request.WhichOneof("query")
         if query is None:
             raise InvalidArgument("query: give text or image", reason="EMPTY_QUERY")
+        if query == "item_id":
+            validate_ids([request.item_id], what="item_id")
         if request.partial_result_policy not in PARTIAL_POLICIES:
             # proto3 keeps unknown enum numbers: one from a newer client must not be
             # silently read as "fail".
@@ -206,7 +225,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         outcome = self.gateway.search(
             Query(
                 collection=request.collection,
-                content=request.text if query == "text" else request.image.data,
+                content=request.image.data if query == "image" else request.text,
                 top_k=request.top_k,
                 deadline=deadline,
                 allow_partial=request.partial_result_policy == search_pb.PARTIAL_RESULT_POLICY_ALLOW,
@@ -214,6 +233,13 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                 also_collections=list(request.also_collections),
                 version=request.version,
                 exact=request.exact,
+                ef=request.ef,
+                offset=request.offset,
+                score_threshold=(
+                    request.score_threshold if request.HasField("score_threshold") else None
+                ),
+                metadata_filter=struct_to_dict(request.filter),
+                item_id=request.item_id,
             )
         )
         response = search_response_pb(outcome)
@@ -380,6 +406,8 @@ class GatewayService:
             GatewayMetrics(registry, settings.coverage_floor),
             GatewayConfig(
                 max_top_k=settings.max_top_k,
+                default_top_k=settings.default_top_k,
+                max_ef=settings.max_ef,
                 max_documents_per_upsert=settings.max_documents_per_upsert,
                 metadata_limits=settings.metadata_limits,
                 cache_ttl_s=settings.cache_ttl_s,

@@ -21,7 +21,7 @@ import hnswlib
 import numpy as np
 
 from contentembed.services.common.errors import InvalidArgument
-from contentembed.services.common.metadata import same_value
+from contentembed.services.common.filters import matches
 from contentembed.services.common.rwlock import ReadWriteLock
 from contentembed.services.common.validation import shown, validate_ids
 from contentembed.services.common.vectors import l2_normalize, reject_zero_rows
@@ -57,12 +57,6 @@ class StoredItem:
 
 
 Journal = Callable[[WalRecord], None]
-
-
-def matches(metadata: Mapping[str, Any], metadata_filter: Mapping[str, Any]) -> bool:
-    return all(
-        key in metadata and same_value(metadata[key], value) for key, value in metadata_filter.items()
-    )
 
 
 class HnswCollection:

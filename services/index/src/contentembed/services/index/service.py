@@ -18,6 +18,7 @@ from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
 from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
+from contentembed.services.common.filters import check_filter
 from contentembed.services.common.metadata import (
     SearchServiceSettings,
     check_answer_size,
@@ -283,15 +284,20 @@ class IndexService(pb_grpc.IndexServiceServicer):
         """Checks shared by Search and SearchBatch; returns the collection."""
         validate_top_k(request.top_k, self.settings.max_top_k)
         if request.ef > self.settings.max_ef:
-            raise InvalidArgument(f"ef must be at most {self.settings.max_ef}, got {request.ef}")
+            raise InvalidArgument(
+                f"ef must be at most {self.settings.max_ef}, got {request.ef}",
+                reason="EF_OUT_OF_RANGE",
+            )
         collection = self.store.get(request.collection, request.version)
         check_space(collection, request.space_id, what="query vector")
         return collection
 
     def _filter(self, request) -> dict:
-        """The request's metadata filter, within the bounds of metadata itself."""
+        """The request's metadata filter, within the bounds of metadata itself and in the
+        filter grammar (common/filters.py)."""
         metadata_filter = struct_to_dict(request.filter)
         check_metadata(metadata_filter, self.settings.metadata_limits, what="filter", kind="FILTER")
+        check_filter(metadata_filter)
         return metadata_filter
 
     def _fitting(self, response: ResponseT, advice: str) -> ResponseT:
