@@ -224,3 +224,25 @@ def test_a_text_pages_snippets_are_escaped(gateway, media, tmp_path) -> None:
         assert f'data-id="{key}"' in dom
     assert "<script>" not in dom and "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
     assert "green tea &lt;3" in dom and "Travel mug" in dom
+
+
+def test_search_filters_pages_and_thresholds(gateway, media) -> None:
+    image = str(media / "img" / "3.png")
+
+    def hits(*extra: str) -> list[dict]:
+        done = cli(gateway, "search", "--image", image, "-c", "pics", "--json", "--exact", *extra)
+        assert done.exit_code == 0, done.output
+        return json.loads(done.stdout)["hits"]
+
+    ranged = hits("-k", "10", "--filter", "n>=2", "--filter", "n<5")
+    assert sorted(int(h["metadata"]["n"]) for h in ranged) == [2, 3, 4]
+    either = hits("-k", "10", "-f", "n=1", "-f", "n=5")
+    assert sorted(h["id"] for h in either) == ["photo-1", "photo-5"]
+    everything = hits("-k", "6")
+    pages = hits("-k", "3") + hits("-k", "3", "--offset", "3")
+    assert [h["id"] for h in pages] == [h["id"] for h in everything]
+    cut = everything[2]["score"]
+    kept = hits("-k", "6", "--score-threshold", str(cut))
+    assert [h["id"] for h in kept] == [h["id"] for h in everything if h["score"] >= cut]
+    assert_one_line_error(cli(gateway, "search", "--image", image, "-c", "pics", "-f", "n>=x"),
+                          "needs a number")

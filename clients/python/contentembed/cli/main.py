@@ -439,6 +439,16 @@ def search(
     exact: Annotated[
         bool, typer.Option("--exact", help="Brute force instead of HNSW (the recall reference).")
     ] = False,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option("--filter", "-f", help="Metadata filter, repeatable: key=value (twice for "
+                     "either value), key>=n, key>n, key<=n, key<n."),
+    ] = None,
+    ef: Annotated[int, typer.Option(min=0, help="HNSW ef for this search; 0: the default.")] = 0,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many hits (the next page).")] = 0,
+    score_threshold: Annotated[
+        float | None, typer.Option(help="Leave out hits scoring below this.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     html: Annotated[
         Path | None,
@@ -452,13 +462,20 @@ def search(
     target: TargetOption = DEFAULT_TARGET,
 ) -> None:
     """Print the ranked hits for a text query or an image (--image)."""
+    from contentembed.cli.filters import FilterError, parse_filters
+
     text_or_image(query, image)
+    try:
+        metadata_filter = parse_filters(filters or [])
+    except FilterError as error:
+        raise fail(escape(str(error))) from None
     image_bytes = read_image_file(image) if image is not None else None
     with client_from_env(target) as client:
         try:
             result = client.search(
                 collection, text=query, image=image_bytes, top_k=top_k,
-                allow_partial=allow_partial, version=version, exact=exact,
+                allow_partial=allow_partial, version=version, exact=exact, ef=ef,
+                offset=offset, score_threshold=score_threshold, filter=metadata_filter or None,
             )
         except ApiError as error:
             raise fail(escape(str(error))) from None
