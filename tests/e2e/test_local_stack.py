@@ -74,7 +74,7 @@ def test_paraphrased_queries_find_their_items(client) -> None:
     ("kwargs", "code", "mentions"),
     [
         ({"collection": "products", "text": "", "top_k": 5}, "INVALID_ARGUMENT", "empty"),
-        ({"collection": "products", "text": "a tent", "top_k": 0}, "INVALID_ARGUMENT", "top_k"),
+        ({"collection": "products", "text": "a tent", "top_k": -1}, "INVALID_ARGUMENT", "top_k"),
         ({"collection": "products", "text": "a tent", "top_k": 10_000_000}, "INVALID_ARGUMENT", "top_k"),
         ({"collection": "no-such-collection", "text": "a tent", "top_k": 5}, "NOT_FOUND", "no-such-collection"),
     ],
