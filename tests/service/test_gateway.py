@@ -215,6 +215,33 @@ def test_more_like_this_searches_with_a_stored_items_vector(loaded, client) -> N
     assert (caught.value.code, caught.value.reason) == ("NOT_FOUND", "ITEM_NOT_FOUND")
 
 
+def test_a_vector_query_equals_the_text_query_it_was_embedded_from(loaded, client) -> None:
+    text = "coffee for the morning"
+    by_text = client.search("shop", text, top_k=5)
+    vector = encode(loaded.encoder.address, [text])[0]
+    space = client.get_collection("shop").space_id
+    for given in (vector, [float(v) for v in vector]):  # an array or a plain sequence
+        by_vector = client.search("shop", vector=given, vector_space_id=space, top_k=5)
+        assert [h.id for h in by_vector.hits] == [h.id for h in by_text.hits]
+        assert [h.score for h in by_vector.hits] == pytest.approx([h.score for h in by_text.hits], abs=1e-5)
+        assert not by_vector.cache_hit and by_vector.space_id == space
+    # With the options of a text search: a filter, a page.
+    filtered = client.search("shop", vector=vector, vector_space_id=space, top_k=3,
+                             filter={"price": {"$gte": 0}})
+    assert {h.id for h in filtered.hits} <= {"headphones", "earbuds"}
+
+    with pytest.raises(ApiError) as caught:
+        client.search("shop", vector=vector, vector_space_id="other-space@1")
+    assert (caught.value.code, caught.value.reason) == ("FAILED_PRECONDITION", "SPACE_MISMATCH")
+    with pytest.raises(ApiError) as caught:
+        client.search("shop", vector=vector[:-1], vector_space_id=space)
+    assert (caught.value.code, caught.value.reason) == ("INVALID_ARGUMENT", "DIMENSION_MISMATCH")
+    with pytest.raises(ValueError):
+        client.search("shop", vector=vector)  # no space
+    with pytest.raises(ValueError):
+        client.search("shop", "text", vector=vector, vector_space_id=space)
+
+
 def test_bad_documents_are_refused_whole(client) -> None:
     before = client.get_collection("shop").item_count
     bad_batches = [

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import random
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +94,21 @@ def listed(values: Sequence[str], joined: str) -> list[str]:
     return list(values) if values else [part for part in joined.split(",") if part]
 
 
+def query_vector_pb(vector: Any) -> types_pb2.Vector:
+    """A 1-D float sequence or array as a float32 little-endian Vector."""
+    # No numpy needed: a numpy array converts like any sequence (1-D only).
+    if getattr(vector, "ndim", 1) != 1:
+        raise ValueError(f"vector: a 1-D sequence of floats, got shape {vector.shape}")
+    values = array.array("f", (float(value) for value in vector))
+    if not values:
+        raise ValueError("vector: empty")
+    if sys.byteorder != "little":
+        values.byteswap()
+    return types_pb2.Vector(
+        data=values.tobytes(), dim=len(values), dtype=types_pb2.DTYPE_FLOAT32
+    )
+
+
 def search_request(
     collection: str,
     text: str | None,
@@ -106,9 +123,13 @@ def search_request(
     score_threshold: float | None = None,
     metadata_filter: Mapping[str, Any] | None = None,
     item_id: str | None = None,
+    vector: Any = None,
+    vector_space_id: str = "",
 ) -> search_pb.SearchRequest:
-    if sum(q is not None for q in (text, image, item_id)) != 1:
-        raise ValueError("give exactly one of text, image or item_id")
+    if sum(q is not None for q in (text, image, item_id, vector)) != 1:
+        raise ValueError("give exactly one of text, image, item_id or vector")
+    if vector is not None and not vector_space_id:
+        raise ValueError("a vector query needs vector_space_id (the space it was embedded in)")
     request = search_pb.SearchRequest(
         collection=collection,
         top_k=top_k,
@@ -131,6 +152,9 @@ def search_request(
         request.text = text
     elif item_id is not None:
         request.item_id = item_id
+    elif vector is not None:
+        request.vector.CopyFrom(query_vector_pb(vector))
+        request.vector_space_id = vector_space_id
     else:
         request.image.data = image  # type: ignore[assignment]
     return request

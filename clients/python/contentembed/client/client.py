@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,6 +33,9 @@ from contentembed.client.types import (
     UpsertResult,
 )
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 10.0
@@ -226,6 +229,8 @@ class Client:
         *,
         image: bytes | None = None,
         item_id: str | None = None,
+        vector: np.ndarray | Sequence[float] | None = None,
+        vector_space_id: str = "",
         top_k: int = 10,
         allow_partial: bool = False,
         also_collections: Sequence[str] = (),
@@ -245,6 +250,10 @@ class Client:
             image: Encoded image bytes to search with.
             item_id: "More like this": search with the stored vector of this item of the
                 collection, the item itself left out.
+            vector: A query vector embedded elsewhere (float32 values, the collection's
+                dim): no encoder call. Needs ``vector_space_id``.
+            vector_space_id: The space of ``vector``; must be the collection's
+                (FailedPreconditionError SPACE_MISMATCH otherwise).
             top_k: Hits to return; 0: the gateway's default.
             allow_partial: Answer from the shards that answered when some did not
                 (``result.partial``); otherwise such a search fails UNAVAILABLE.
@@ -266,7 +275,7 @@ class Client:
             The hits, best first, with the space and version that answered.
 
         Raises:
-            ValueError: Not exactly one of ``text``, ``image`` and ``item_id``.
+            ValueError: Not exactly one of ``text``, ``image``, ``item_id`` and ``vector``.
             NotFoundError: No such collection or version.
             UnavailableError: Shards or encoder unavailable after the retries.
             ApiError: Any other failure, as its code's subclass.
@@ -277,7 +286,7 @@ class Client:
         """
         request = proto.search_request(
             collection, text, image, top_k, allow_partial, also_collections, version, exact,
-            ef, offset, score_threshold, filter, item_id,
+            ef, offset, score_threshold, filter, item_id, vector, vector_space_id,
         )
         response = self._call(self._search.Search, request, timeout, idempotent=True)
         return proto.search_result(response)

@@ -19,11 +19,12 @@ PARTIAL_RESULT_POLICY_FAIL: PartialResultPolicy
 PARTIAL_RESULT_POLICY_ALLOW: PartialResultPolicy
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "item_id", "top_k", "partial_result_policy", "also_collections", "version", "exact", "ef", "offset", "score_threshold", "filter")
+    __slots__ = ("collection", "text", "image", "item_id", "vector", "top_k", "partial_result_policy", "also_collections", "version", "exact", "ef", "offset", "score_threshold", "filter", "vector_space_id")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_RESULT_POLICY_FIELD_NUMBER: _ClassVar[int]
     ALSO_COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -33,10 +34,12 @@ class SearchRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     image: _types_pb2.Image
     item_id: str
+    vector: _types_pb2.Vector
     top_k: int
     partial_result_policy: PartialResultPolicy
     also_collections: _containers.RepeatedScalarFieldContainer[str]
@@ -46,7 +49,8 @@ class SearchRequest(_message.Message):
     offset: int
     score_threshold: float
     filter: _struct_pb2.Struct
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., item_id: _Optional[str] = ..., top_k: _Optional[int] = ..., partial_result_policy: _Optional[_Union[PartialResultPolicy, str]] = ..., also_collections: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., exact: _Optional[bool] = ..., ef: _Optional[int] = ..., offset: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    vector_space_id: str
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., item_id: _Optional[str] = ..., vector: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., top_k: _Optional[int] = ..., partial_result_policy: _Optional[_Union[PartialResultPolicy, str]] = ..., also_collections: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., exact: _Optional[bool] = ..., ef: _Optional[int] = ..., offset: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector_space_id: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "metadata", "shard_index", "collection")

@@ -189,9 +189,10 @@ class Gateway:
         if query.top_k == 0:
             query = replace(query, top_k=self.config.default_top_k)
         self.searcher.validate(query)
-        if query.is_evaluation or query.item_id:
+        if query.is_evaluation or query.item_id or (query.by_vector and len(query.collections) == 1):
             # An item's vector is not a query: it feeds no drift or quality metric, and it
-            # is in the serving version's space, so no canary or shadow copy.
+            # is in the serving version's space, so no canary or shadow copy. A caller's
+            # vector is in one space too: the serving version's (or the named version's).
             space = (
                 self.rollout.version_space(query.collection, query.version, query.deadline)
                 if query.version else None

@@ -25,6 +25,7 @@ from contentembed.services.common.validation import (
     shown,
     validate_collection_name,
     validate_ids,
+    validate_space_id,
     validate_top_k,
 )
 from contentembed.services.gateway.cache import EmbeddingCache, cache_key
@@ -74,6 +75,14 @@ class Query:
     # "More like this": the stored vector of this item of the collection is the query
     # (``content`` is unused), and the item is left out of the hits.
     item_id: str = ""
+    # A query vector computed by the caller, in ``vector_space_id`` (``content`` is
+    # unused): no encoder call, no cache; every collection searched must be in that space.
+    vector: np.ndarray | None = None
+    vector_space_id: str = ""
+
+    @property
+    def by_vector(self) -> bool:
+        return self.vector is not None
 
     @property
     def depth(self) -> int:
@@ -182,6 +191,18 @@ class Searcher:
                     "and also_collections empty",
                     reason="ONE_COLLECTION_ONLY",
                 )
+        elif query.vector is not None:
+            if not query.vector_space_id:
+                raise InvalidArgument(
+                    "vector_space_id: name the space of the query vector", reason="MISSING_SPACE"
+                )
+            validate_space_id(query.vector_space_id)
+            if query.vector.ndim != 1 or not query.vector.size:
+                raise InvalidArgument("vector: empty", reason="VECTOR_SIZE_MISMATCH")
+            if not np.isfinite(query.vector).all():
+                raise InvalidArgument(
+                    "vector: contains NaN or infinity", reason="VECTOR_NOT_FINITE"
+                )
         elif isinstance(query.content, str) and not query.content.strip():
             raise InvalidArgument("text: the query text is empty", reason="EMPTY_TEXT")
         if isinstance(query.content, bytes) and not query.content:
@@ -246,6 +267,15 @@ class Searcher:
         space = space or self.spaces.space_of(collection, query.deadline)
         if query.item_id:
             vector, truncated, cache_hit = self.item_vector(collection, query), False, False
+        elif query.vector is not None:
+            if query.vector_space_id != space:
+                raise FailedPrecondition(
+                    f"the query vector is in {shown(query.vector_space_id)}, collection "
+                    f"{shown(collection)} is in {shown(space)}: embed the query in the "
+                    "collection's space",
+                    reason="SPACE_MISMATCH",
+                )
+            vector, truncated, cache_hit = query.vector, False, False
         else:
             with self.tracer.start_as_current_span(
                 "gateway.embed_query", attributes={"contentembed.space_id": space}

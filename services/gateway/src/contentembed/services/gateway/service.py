@@ -19,7 +19,7 @@ from contentembed.services.common.config import EndpointList, split_endpoints
 from contentembed.services.common.errors import InvalidArgument
 from contentembed.services.common.interceptor import caller_time_remaining
 from contentembed.services.common.metadata import SearchServiceSettings, check_answer_size
-from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
+from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict, vector_from_pb
 from contentembed.services.common.server import run_service
 from contentembed.services.common.tracing import Tracing
 from contentembed.services.common.validation import validate_ids
@@ -212,9 +212,12 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         deadline = deadline_of(context, self.settings)
         query = request.WhichOneof("query")
         if query is None:
-            raise InvalidArgument("query: give text or image", reason="EMPTY_QUERY")
+            raise InvalidArgument(
+                "query: give text, image, item_id or vector", reason="EMPTY_QUERY"
+            )
         if query == "item_id":
             validate_ids([request.item_id], what="item_id")
+        vector = vector_from_pb(request.vector) if query == "vector" else None
         if request.partial_result_policy not in PARTIAL_POLICIES:
             # proto3 keeps unknown enum numbers: one from a newer client must not be
             # silently read as "fail".
@@ -240,6 +243,8 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                 ),
                 metadata_filter=struct_to_dict(request.filter),
                 item_id=request.item_id,
+                vector=vector,
+                vector_space_id=request.vector_space_id,
             )
         )
         response = search_response_pb(outcome)
