@@ -242,6 +242,39 @@ def test_a_vector_query_equals_the_text_query_it_was_embedded_from(loaded, clien
         client.search("shop", "text", vector=vector, vector_space_id=space)
 
 
+def test_get_documents_answers_across_shards_in_request_order(loaded, client) -> None:
+    ids = ["tent", "no-such-id", "stove", "headphones", "kettle", "grinder", "also-missing", "kettle"]
+    result = client.get_documents("shop", ids)
+    assert [d.id for d in result.documents] == ["tent", "stove", "headphones", "kettle", "grinder", "kettle"]
+    assert result.missing_ids == ["no-such-id", "also-missing"]
+    assert {d.shard_index for d in result.documents} == {0, 1}  # both shards asked
+    for document in result.documents:
+        assert document.shard_index == shard_for_id(document.id, 2)
+        assert document.vector is None
+    by_id = {d.id: d for d in result.documents}
+    assert by_id["headphones"].metadata == {"price": 199} and by_id["tent"].metadata == {}
+
+    # With vectors: the stored ones, which are the encoder's vectors of the texts.
+    with_vectors = client.get_documents("shop", ["kettle", "tent"], with_vectors=True)
+    expected = encode(loaded.encoder.address, [DOCUMENTS[5]["text"], DOCUMENTS[6]["text"]])
+    got = np.array([d.vector for d in with_vectors.documents], dtype=np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    # The async SDK too.
+    import asyncio
+
+    from contentembed.client.aio import AsyncClient
+
+    async def fetch():
+        async with AsyncClient(loaded.gateway.address) as aclient:
+            return await aclient.get_documents("shop", ids)
+
+    assert asyncio.run(fetch()) == result
+    with pytest.raises(ApiError) as caught:
+        client.get_documents("nope", ["kettle"])
+    assert (caught.value.code, caught.value.reason) == ("NOT_FOUND", "COLLECTION_NOT_FOUND")
+
+
 def test_bad_documents_are_refused_whole(client) -> None:
     before = client.get_collection("shop").item_count
     bad_batches = [

@@ -34,6 +34,7 @@ from contentembed.services.gateway.ports import (
     EncoderInfo,
     ShardAnswer,
     ShardCollection,
+    StoredItem,
 )
 
 T = TypeVar("T")
@@ -208,6 +209,17 @@ class FakeShard:
             return None if found is None else found[0]
 
         return self._call("get_vector", (collection, item_id), run)
+
+    def get_items(self, collection, ids, deadline):
+        def run() -> list[StoredItem]:
+            c = self._get(collection)
+            stored = c.items.get(c.serving, {})
+            return [
+                StoredItem(i, stored[i][0], dict(stored[i][1]), self.shard_index)
+                for i in ids if i in stored
+            ]
+
+        return self._call("get_items", (collection, tuple(ids)), run)
 
     def upsert(self, collection, space_id, ids, vectors, metadata, deadline, versions_fingerprint=""):
         def run() -> int:

@@ -16,6 +16,7 @@ from contentembed.client.errors import ApiError
 from contentembed.client.types import (
     CollectionInfo,
     Document,
+    DocumentsResult,
     EncoderSpace,
     Hit,
     ImageDocument,
@@ -23,6 +24,7 @@ from contentembed.client.types import (
     ShadowReport,
     ShardEndpoint,
     ShardResult,
+    StoredDocument,
     TextDocument,
 )
 from contentembed.common.v1 import types_pb2
@@ -184,6 +186,28 @@ def search_result(response: search_pb.SearchResponse) -> SearchResult:
         fused=response.fused,
         versions=listed(response.versions, response.version),
         space_ids=listed(response.space_ids, response.space_id),
+    )
+
+
+def vector_values(vector: types_pb2.Vector) -> list[float]:
+    """A float32 little-endian Vector as Python floats (no numpy needed)."""
+    values = array.array("f")
+    values.frombytes(vector.data)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tolist()
+
+
+def documents_result(response: search_pb.GetDocumentsResponse, with_vectors: bool) -> DocumentsResult:
+    return DocumentsResult(
+        documents=[
+            StoredDocument(
+                d.id, json_format.MessageToDict(d.metadata), d.shard_index,
+                vector_values(d.vector) if with_vectors else None,
+            )
+            for d in response.documents
+        ],
+        missing_ids=list(response.missing_ids),
     )
 
 

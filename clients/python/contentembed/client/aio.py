@@ -29,6 +29,7 @@ from contentembed.client.types import (
     CollectionCreated,
     CollectionInfo,
     Document,
+    DocumentsResult,
     EncoderSpace,
     Promotion,
     SearchResult,
@@ -36,6 +37,7 @@ from contentembed.client.types import (
     ShardEndpoint,
     UpsertResult,
 )
+from contentembed.search.v1 import search_service_pb2 as search_pb
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
 
 if TYPE_CHECKING:
@@ -368,6 +370,40 @@ class AsyncClient:
             idempotent=False,
         )
         return response.deleted_count
+
+    async def get_documents(
+        self, collection: str, ids: Iterable[str], *, with_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> DocumentsResult:
+        """Stored documents by id (serving version), in request order. Retried
+        (idempotent).
+
+        Args:
+            collection: Collection to read.
+            ids: Document ids (1 to the gateway's max_ids_per_get, default 1000).
+            with_vectors: Also return each document's stored vector.
+            timeout: Deadline in seconds, retries included; default: the client's.
+
+        Returns:
+            The documents found (``documents``) and the ids not found (``missing_ids``).
+
+        Raises:
+            NotFoundError: No such collection.
+            InvalidArgumentError: No ids, too many, or a malformed one.
+
+        Example:
+            >>> client.get_documents("products", ["p1", "nope"]).missing_ids  # doctest: +SKIP
+            ['nope']
+        """
+        response = await self._call(
+            self._search.GetDocuments,
+            search_pb.GetDocumentsRequest(
+                collection=collection, ids=list(ids), with_vectors=with_vectors
+            ),
+            timeout,
+            idempotent=True,
+        )
+        return proto.documents_result(response, with_vectors)
 
     async def set_candidate(
         self,

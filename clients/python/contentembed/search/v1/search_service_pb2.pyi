@@ -117,3 +117,33 @@ class SearchResponse(_message.Message):
     versions: _containers.RepeatedScalarFieldContainer[str]
     space_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., partial: _Optional[bool] = ..., shards: _Optional[_Iterable[_Union[ShardResult, _Mapping]]] = ..., latency: _Optional[_Union[LatencyBreakdown, _Mapping]] = ..., query_truncated: _Optional[bool] = ..., cache_hit: _Optional[bool] = ..., fused: _Optional[bool] = ..., versions: _Optional[_Iterable[str]] = ..., space_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetDocumentsRequest(_message.Message):
+    __slots__ = ("collection", "ids", "with_vectors")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    with_vectors: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class StoredDocument(_message.Message):
+    __slots__ = ("id", "metadata", "vector", "shard_index")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    metadata: _struct_pb2.Struct
+    vector: _types_pb2.Vector
+    shard_index: int
+    def __init__(self, id: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., shard_index: _Optional[int] = ...) -> None: ...
+
+class GetDocumentsResponse(_message.Message):
+    __slots__ = ("documents", "missing_ids")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_IDS_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[StoredDocument]
+    missing_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, documents: _Optional[_Iterable[_Union[StoredDocument, _Mapping]]] = ..., missing_ids: _Optional[_Iterable[str]] = ...) -> None: ...

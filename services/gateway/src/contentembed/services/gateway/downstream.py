@@ -42,6 +42,7 @@ from contentembed.services.gateway.ports import (
     EncoderInfo,
     ShardAnswer,
     ShardCollection,
+    StoredItem,
 )
 
 MODALITY_NAMES = {types_pb2.MODALITY_TEXT: TEXT, types_pb2.MODALITY_IMAGE: IMAGE}
@@ -188,6 +189,24 @@ class IndexShardClient:
                 if item.id == item_id:
                     return vector_from_pb(item.vector, what=f"{self.label} item {item_id!r}")
             return None
+
+        return self._call("GetItems", request, deadline, convert)
+
+    def get_items(
+        self, collection: str, ids: Sequence[str], deadline: float
+    ) -> PendingCall[Any, list[StoredItem]]:
+        request = index_pb.GetItemsRequest(collection=collection, ids=list(ids))
+
+        def convert(response: index_pb.GetItemsResponse) -> list[StoredItem]:
+            return [
+                StoredItem(
+                    id=item.id,
+                    vector=vector_from_pb(item.vector, what=f"{self.label} item {item.id!r}"),
+                    metadata=struct_to_dict(item.metadata),
+                    shard_index=self.shard_index,
+                )
+                for item in response.items
+            ]
 
         return self._call("GetItems", request, deadline, convert)
 

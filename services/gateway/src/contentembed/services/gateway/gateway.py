@@ -35,9 +35,16 @@ from contentembed.services.gateway.background import BackgroundPool
 from contentembed.services.gateway.cache import EmbeddingCache
 from contentembed.services.gateway.collection_admin import CollectionAdmin, CollectionSummary
 from contentembed.services.gateway.ingest import Document, Ingest, WritePlans
+from contentembed.services.gateway.lookup import Lookup
 from contentembed.services.gateway.metrics import GatewayMetrics
 from contentembed.services.gateway.monitoring import QualityMonitor
-from contentembed.services.gateway.ports import TEXT, EncoderPort, ShardPort, wait_all
+from contentembed.services.gateway.ports import (
+    TEXT,
+    EncoderPort,
+    ShardPort,
+    StoredItem,
+    wait_all,
+)
 from contentembed.services.gateway.rollout import (
     Assignment,
     Candidate,
@@ -46,7 +53,14 @@ from contentembed.services.gateway.rollout import (
     ShadowMirror,
 )
 from contentembed.services.gateway.routing import CollectionSpaces, EncoderRouter
-from contentembed.services.gateway.search import Query, Searcher, SearchObserver, SearchOutcome
+from contentembed.services.gateway.search import (
+    Query,
+    RegisterCancel,
+    Searcher,
+    SearchObserver,
+    SearchOutcome,
+    ignore_cancel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +78,8 @@ class GatewayConfig:
     # The largest per-search ef; must not exceed the shards' max_ef.
     max_ef: int = 10_000
     max_documents_per_upsert: int = 1000
+    # The most ids one GetDocuments asks for; must not exceed the shards' max_items_per_upsert.
+    max_ids_per_get: int = 1000
     metadata_limits: MetadataLimits = field(default_factory=MetadataLimits)
     cache_ttl_s: float = 60.0
     cache_max_entries: int = 10_000
@@ -105,6 +121,7 @@ class Gateway:
             self.router, self.shards, self.write_plans, config.max_documents_per_upsert,
             config.metadata_limits,
         )
+        self.lookup = Lookup(self.shards, config.max_ids_per_get)
         self.rollout = Rollout(
             self.shards, self.router, self.collection_spaces, self.write_plans, self.candidates,
             draw,
@@ -246,6 +263,13 @@ class Gateway:
         self, collection: str, documents: Sequence[Document], deadline: float
     ) -> tuple[int, list[str]]:
         return self.ingest.upsert_documents(collection, documents, deadline)
+
+    def get_documents(
+        self, collection: str, ids: Sequence[str], deadline: float,
+        register_cancel: RegisterCancel = ignore_cancel,
+    ) -> tuple[list[StoredItem], list[str]]:
+        """The stored documents of ``ids`` in request order, and the missing ids."""
+        return self.lookup.get_documents(collection, ids, deadline, register_cancel)
 
     def delete_documents(self, collection: str, ids: Sequence[str], deadline: float) -> int:
         return self.ingest.delete_documents(collection, ids, deadline)

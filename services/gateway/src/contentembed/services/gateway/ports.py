@@ -71,6 +71,16 @@ class ShardAnswer:
     version: str
 
 
+@dataclass(frozen=True)
+class StoredItem:
+    """An item as a shard stores it (serving version)."""
+
+    id: str
+    vector: np.ndarray
+    metadata: dict[str, Any]
+    shard_index: int
+
+
 class Pending(Protocol[ResultT_co]):
     """A started downstream call. ``result()`` waits and returns the converted answer or
     raises a ``ContentEmbedError``; ``cancel()`` lets a caller that went away stop it."""
@@ -135,6 +145,12 @@ class ShardPort(Protocol):
         self, collection: str, item_id: str, deadline: float
     ) -> Pending[np.ndarray | None]:
         """The stored vector of an item of the serving version; None when absent."""
+        ...
+
+    def get_items(
+        self, collection: str, ids: Sequence[str], deadline: float
+    ) -> Pending[list[StoredItem]]:
+        """The stored items of the serving version among ``ids`` (absent ones left out)."""
         ...
 
     def upsert(

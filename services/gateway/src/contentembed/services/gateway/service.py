@@ -19,7 +19,12 @@ from contentembed.services.common.config import EndpointList, split_endpoints
 from contentembed.services.common.errors import InvalidArgument
 from contentembed.services.common.interceptor import caller_time_remaining
 from contentembed.services.common.metadata import SearchServiceSettings, check_answer_size
-from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict, vector_from_pb
+from contentembed.services.common.protoconv import (
+    dict_to_struct,
+    struct_to_dict,
+    vector_from_pb,
+    vector_to_pb,
+)
 from contentembed.services.common.server import run_service
 from contentembed.services.common.tracing import Tracing
 from contentembed.services.common.validation import validate_ids
@@ -60,6 +65,9 @@ class GatewaySettings(SearchServiceSettings):
     # and answered 0.25x, most of the rest timing out there.
     max_workers: int = Field(64, ge=1, le=4096, description="gRPC handler threads.")
     max_documents_per_upsert: int = Field(1000, ge=1)
+    max_ids_per_get: int = Field(
+        1000, ge=1, description="Most ids per GetDocuments; at most the shards' max_items_per_upsert."
+    )
     default_top_k: int = Field(
         10, ge=1, description="What a search's top_k 0 means; at most max_top_k."
     )
@@ -254,6 +262,29 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         return response
 
 
+    def GetDocuments(self, request: search_pb.GetDocumentsRequest, context: grpc.ServicerContext):
+        documents, missing = self.gateway.get_documents(
+            request.collection, list(request.ids), deadline_of(context, self.settings),
+            cancel_with(context),
+        )
+        response = search_pb.GetDocumentsResponse(
+            documents=[
+                search_pb.StoredDocument(
+                    id=document.id,
+                    metadata=dict_to_struct(document.metadata),
+                    vector=vector_to_pb(document.vector) if request.with_vectors else None,
+                    shard_index=document.shard_index,
+                )
+                for document in documents
+            ],
+            missing_ids=missing,
+        )
+        check_answer_size(
+            response.ByteSize(), self.settings.max_message_bytes, what="ask for fewer ids"
+        )
+        return response
+
+
 class AdminServicer(admin_grpc.AdminServiceServicer):
     def __init__(self, gateway: Gateway, settings: GatewaySettings) -> None:
         self.gateway = gateway
@@ -414,6 +445,7 @@ class GatewayService:
                 default_top_k=settings.default_top_k,
                 max_ef=settings.max_ef,
                 max_documents_per_upsert=settings.max_documents_per_upsert,
+                max_ids_per_get=settings.max_ids_per_get,
                 metadata_limits=settings.metadata_limits,
                 cache_ttl_s=settings.cache_ttl_s,
                 cache_max_entries=settings.cache_max_entries,
