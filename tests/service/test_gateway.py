@@ -275,6 +275,38 @@ def test_get_documents_answers_across_shards_in_request_order(loaded, client) ->
     assert (caught.value.code, caught.value.reason) == ("NOT_FOUND", "COLLECTION_NOT_FOUND")
 
 
+def test_search_batch_equals_single_searches(loaded, client) -> None:
+    texts = ["coffee for the morning", "camping in the mountains", "music on the go",
+             "coffee for the morning"]
+    singles = [client.search("shop", text, top_k=4) for text in texts]
+    batch = client.search_batch("shop", texts, top_k=4)
+    assert len(batch) == len(texts)
+    for single, answered in zip(singles, batch):
+        assert [h.id for h in answered.hits] == [h.id for h in single.hits]
+        assert [h.score for h in answered.hits] == pytest.approx([h.score for h in single.hits], abs=1e-5)
+        assert answered.space_id == single.space_id and not answered.partial
+        assert [s.ok for s in answered.shards] == [True, True]
+    # Every text was searched above, so all come from the cache now.
+    assert all(result.cache_hit for result in batch)
+    fresh = client.search_batch("shop", ["a brand new query about tents", "another new one"], top_k=2)
+    assert [r.cache_hit for r in fresh] == [False, False]
+
+    filtered = client.search_batch("shop", texts[:2], top_k=4, filter={"price": {"$gte": 0}})
+    assert all({h.id for h in r.hits} <= {"headphones", "earbuds"} for r in filtered)
+
+    import asyncio
+
+    from contentembed.client.aio import AsyncClient
+
+    async def batched():
+        async with AsyncClient(loaded.gateway.address) as aclient:
+            return await aclient.search_batch("shop", texts, top_k=4)
+
+    assert [[h.id for h in r.hits] for r in asyncio.run(batched())] == [[h.id for h in r.hits] for r in singles]
+    with pytest.raises(ValueError):
+        client.search_batch("shop", "one string")
+
+
 def test_bad_documents_are_refused_whole(client) -> None:
     before = client.get_collection("shop").item_count
     bad_batches = [

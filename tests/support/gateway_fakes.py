@@ -33,6 +33,7 @@ from contentembed.services.gateway.ports import (
     Embedded,
     EncoderInfo,
     ShardAnswer,
+    ShardBatchAnswer,
     ShardCollection,
     StoredItem,
 )
@@ -209,6 +210,21 @@ class FakeShard:
             return None if found is None else found[0]
 
         return self._call("get_vector", (collection, item_id), run)
+
+    def search_batch(self, collection, queries, space_id, top_k, deadline, ef=0, metadata_filter=None):
+        answers = [
+            self.search(collection, row, space_id, top_k, deadline, ef=ef,
+                        metadata_filter=metadata_filter)
+            for row in queries
+        ]
+
+        def run() -> ShardBatchAnswer:
+            found = [answer.result() for answer in answers]
+            results = tuple(answer.hits for answer in found)
+            return ShardBatchAnswer(self.shard_index, [h for hits in results for h in hits],
+                                    found[0].space_id, found[0].version, results)
+
+        return self._call("search_batch", (collection, space_id, ef, metadata_filter), run)
 
     def get_items(self, collection, ids, deadline):
         def run() -> list[StoredItem]:

@@ -162,6 +162,32 @@ def search_request(
     return request
 
 
+def search_batch_request(
+    collection: str,
+    texts: Iterable[str],
+    top_k: int,
+    allow_partial: bool,
+    ef: int,
+    metadata_filter: Mapping[str, Any] | None,
+) -> search_pb.SearchBatchRequest:
+    if isinstance(texts, str):
+        raise ValueError("texts: a list of query texts, not one string")
+    request = search_pb.SearchBatchRequest(
+        collection=collection,
+        texts=list(texts),
+        top_k=top_k,
+        partial_result_policy=(
+            search_pb.PARTIAL_RESULT_POLICY_ALLOW
+            if allow_partial
+            else search_pb.PARTIAL_RESULT_POLICY_FAIL
+        ),
+        ef=ef,
+    )
+    if metadata_filter:
+        request.filter.update(metadata_filter)
+    return request
+
+
 def search_result(response: search_pb.SearchResponse) -> SearchResult:
     return SearchResult(
         hits=[

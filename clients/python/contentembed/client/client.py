@@ -463,6 +463,39 @@ class Client:
         )
         return response.deleted_count
 
+    def search_batch(
+        self,
+        collection: str,
+        texts: Iterable[str],
+        *,
+        top_k: int = 10,
+        allow_partial: bool = False,
+        ef: int = 0,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the field's name
+        timeout: float | None = None,
+    ) -> list[SearchResult]:
+        """Many text queries against one collection in one call (serving version): the
+        gateway embeds them in batches and asks each shard once. Retried (idempotent).
+
+        Args:
+            collection: Collection to search.
+            texts: Query texts (1 to the gateway's max_queries_per_batch, default 64).
+            top_k: Hits per query; 0: the gateway's default.
+            allow_partial: Answer from the shards that answered when some did not.
+            ef: Search-time HNSW ef on every shard; 0: each collection's default.
+            filter: Metadata filter on every query (as ``search``).
+            timeout: Deadline in seconds, retries included; default: the client's.
+
+        Returns:
+            One SearchResult per text, in order.
+
+        Example:
+            >>> [r.hits[0].id for r in client.search_batch("products", ["kettle", "tent"])]  # doctest: +SKIP
+        """
+        request = proto.search_batch_request(collection, texts, top_k, allow_partial, ef, filter)
+        response = self._call(self._search.SearchBatch, request, timeout, idempotent=True)
+        return [proto.search_result(result) for result in response.results]
+
     def get_documents(
         self, collection: str, ids: Iterable[str], *, with_vectors: bool = False,
         timeout: float | None = None,

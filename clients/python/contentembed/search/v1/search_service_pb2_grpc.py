@@ -46,6 +46,11 @@ class SearchServiceStub:
                 request_serializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.GetDocumentsRequest.SerializeToString,
                 response_deserializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.GetDocumentsResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/contentembed.search.v1.SearchService/SearchBatch',
+                request_serializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -69,6 +74,15 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request, context):
+        """Many text queries against one collection in one call: the uncached texts embedded in
+        the encoder's batches, one batch search per shard, the shards' hits merged per query.
+        Answered from the serving version (no canary share, no shadow copy).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +95,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.GetDocuments,
                     request_deserializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.GetDocumentsRequest.FromString,
                     response_serializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.GetDocumentsResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchBatchRequest.FromString,
+                    response_serializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +158,33 @@ class SearchService:
             '/contentembed.search.v1.SearchService/GetDocuments',
             contentembed_dot_search_dot_v1_dot_search__service__pb2.GetDocumentsRequest.SerializeToString,
             contentembed_dot_search_dot_v1_dot_search__service__pb2.GetDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.search.v1.SearchService/SearchBatch',
+            contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchBatchRequest.SerializeToString,
+            contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,7 @@ from contentembed.services.gateway.ports import (
     Embedded,
     EncoderInfo,
     ShardAnswer,
+    ShardBatchAnswer,
     ShardCollection,
     StoredItem,
 )
@@ -178,6 +179,44 @@ class IndexShardClient:
             )
 
         return self._call("Search", request, deadline, convert)
+
+    def search_batch(
+        self,
+        collection: str,
+        queries: np.ndarray,
+        space_id: str,
+        top_k: int,
+        deadline: float,
+        ef: int = 0,
+        metadata_filter: Mapping[str, Any] | None = None,
+    ) -> PendingCall[Any, ShardBatchAnswer]:
+        request = index_pb.SearchBatchRequest(
+            collection=collection,
+            queries=[vector_to_pb(row) for row in queries],
+            top_k=top_k,
+            space_id=space_id,
+            ef=ef,
+        )
+        if metadata_filter:
+            request.filter.CopyFrom(dict_to_struct(metadata_filter))
+
+        def convert(response: index_pb.SearchBatchResponse) -> ShardBatchAnswer:
+            results = tuple(
+                [
+                    Hit(h.id, h.score, self.shard_index, struct_to_dict(h.metadata), collection)
+                    for h in result.hits
+                ]
+                for result in response.results
+            )
+            return ShardBatchAnswer(
+                shard_index=self.shard_index,
+                hits=[hit for hits in results for hit in hits],
+                space_id=response.space_id,
+                version=response.version,
+                results=results,
+            )
+
+        return self._call("SearchBatch", request, deadline, convert)
 
     def get_vector(
         self, collection: str, item_id: str, deadline: float

@@ -54,6 +54,7 @@ from contentembed.services.gateway.rollout import (
 )
 from contentembed.services.gateway.routing import CollectionSpaces, EncoderRouter
 from contentembed.services.gateway.search import (
+    BatchQuery,
     Query,
     RegisterCancel,
     Searcher,
@@ -67,7 +68,7 @@ log = logging.getLogger(__name__)
 NOT_RETRIED_AT_START = CLIENT_ERROR_CODES | {"UNAUTHENTICATED", "PERMISSION_DENIED"}
 CONNECT_ATTEMPT_S = 5.0  # one try of the start-up wait for encoders and shards
 
-__all__ = ["CollectionSummary", "Document", "Gateway", "GatewayConfig", "Query", "SearchOutcome"]
+__all__ = ["BatchQuery", "CollectionSummary", "Document", "Gateway", "GatewayConfig", "Query", "SearchOutcome"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class GatewayConfig:
     max_documents_per_upsert: int = 1000
     # The most ids one GetDocuments asks for; must not exceed the shards' max_items_per_upsert.
     max_ids_per_get: int = 1000
+    # The most texts one SearchBatch carries; must not exceed the shards' max_queries_per_batch.
+    max_queries_per_batch: int = 64
     metadata_limits: MetadataLimits = field(default_factory=MetadataLimits)
     cache_ttl_s: float = 60.0
     cache_max_entries: int = 10_000
@@ -232,6 +235,14 @@ class Gateway:
         self.metrics.observe_search(query.collection, best, outcome.partial)
         self._tell_observers(query, outcome, assignment)
         return outcome
+
+    def search_batch(self, batch: BatchQuery) -> list[SearchOutcome]:
+        """One outcome per text, in order, from the serving version (no canary share, no
+        shadow copy, no quality metric). A top_k of 0 is the configured default_top_k."""
+        if batch.top_k == 0:
+            batch = replace(batch, top_k=self.config.default_top_k)
+        self.searcher.validate_batch(batch, self.config.max_queries_per_batch)
+        return self.searcher.search_batch(batch)
 
     def _tell_observers(self, query: Query, outcome: SearchOutcome, assignment: Assignment) -> None:
         for observer in self.observers:

@@ -72,6 +72,14 @@ class ShardAnswer:
 
 
 @dataclass(frozen=True)
+class ShardBatchAnswer(ShardAnswer):
+    """A shard's answer to a batch of queries: ``results`` one hit list per query, in
+    order; ``hits`` (the base's) holds them all, for the hit count."""
+
+    results: tuple[list[Hit], ...] = ()
+
+
+@dataclass(frozen=True)
 class StoredItem:
     """An item as a shard stores it (serving version)."""
 
@@ -139,6 +147,13 @@ class ShardPort(Protocol):
     ) -> Pending[ShardAnswer]:
         """The shard's best ``top_k``; ``ef`` 0 is the collection's default, an empty or
         absent filter matches every item (grammar: common/filters.py)."""
+        ...
+
+    def search_batch(
+        self, collection: str, queries: np.ndarray, space_id: str, top_k: int, deadline: float,
+        ef: int = 0, metadata_filter: Mapping[str, Any] | None = None,
+    ) -> Pending[ShardBatchAnswer]:
+        """The shard's best ``top_k`` for each row of ``queries`` (serving version)."""
         ...
 
     def get_vector(

@@ -34,6 +34,7 @@ from contentembed.services.gateway.downstream import (
     IndexShardClient,
 )
 from contentembed.services.gateway.gateway import (
+    BatchQuery,
     CollectionSummary,
     Document,
     Gateway,
@@ -65,6 +66,10 @@ class GatewaySettings(SearchServiceSettings):
     # and answered 0.25x, most of the rest timing out there.
     max_workers: int = Field(64, ge=1, le=4096, description="gRPC handler threads.")
     max_documents_per_upsert: int = Field(1000, ge=1)
+    max_queries_per_batch: int = Field(
+        64, ge=1,
+        description="Most texts per SearchBatch; at most the shards' max_queries_per_batch.",
+    )
     max_ids_per_get: int = Field(
         1000, ge=1, description="Most ids per GetDocuments; at most the shards' max_items_per_upsert."
     )
@@ -262,6 +267,33 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         return response
 
 
+    def SearchBatch(self, request: search_pb.SearchBatchRequest, context: grpc.ServicerContext):
+        if request.partial_result_policy not in PARTIAL_POLICIES:
+            raise InvalidArgument(
+                f"partial_result_policy {request.partial_result_policy} is not a known policy",
+                reason="UNKNOWN_ENUM_VALUE",
+            )
+        outcomes = self.gateway.search_batch(
+            BatchQuery(
+                collection=request.collection,
+                texts=list(request.texts),
+                top_k=request.top_k,
+                deadline=deadline_of(context, self.settings),
+                allow_partial=request.partial_result_policy == search_pb.PARTIAL_RESULT_POLICY_ALLOW,
+                register_cancel=cancel_with(context),
+                ef=request.ef,
+                metadata_filter=struct_to_dict(request.filter),
+            )
+        )
+        response = search_pb.SearchBatchResponse(
+            results=[search_response_pb(outcome) for outcome in outcomes]
+        )
+        check_answer_size(
+            response.ByteSize(), self.settings.max_message_bytes,
+            what="send fewer texts or lower top_k",
+        )
+        return response
+
     def GetDocuments(self, request: search_pb.GetDocumentsRequest, context: grpc.ServicerContext):
         documents, missing = self.gateway.get_documents(
             request.collection, list(request.ids), deadline_of(context, self.settings),
@@ -446,6 +478,7 @@ class GatewayService:
                 max_ef=settings.max_ef,
                 max_documents_per_upsert=settings.max_documents_per_upsert,
                 max_ids_per_get=settings.max_ids_per_get,
+                max_queries_per_batch=settings.max_queries_per_batch,
                 metadata_limits=settings.metadata_limits,
                 cache_ttl_s=settings.cache_ttl_s,
                 cache_max_entries=settings.cache_max_entries,
