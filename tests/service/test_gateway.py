@@ -215,6 +215,98 @@ def test_more_like_this_searches_with_a_stored_items_vector(loaded, client) -> N
     assert (caught.value.code, caught.value.reason) == ("NOT_FOUND", "ITEM_NOT_FOUND")
 
 
+def test_a_vector_query_equals_the_text_query_it_was_embedded_from(loaded, client) -> None:
+    text = "coffee for the morning"
+    by_text = client.search("shop", text, top_k=5)
+    vector = encode(loaded.encoder.address, [text])[0]
+    space = client.get_collection("shop").space_id
+    for given in (vector, [float(v) for v in vector]):  # an array or a plain sequence
+        by_vector = client.search("shop", vector=given, vector_space_id=space, top_k=5)
+        assert [h.id for h in by_vector.hits] == [h.id for h in by_text.hits]
+        assert [h.score for h in by_vector.hits] == pytest.approx([h.score for h in by_text.hits], abs=1e-5)
+        assert not by_vector.cache_hit and by_vector.space_id == space
+    # With the options of a text search: a filter, a page.
+    filtered = client.search("shop", vector=vector, vector_space_id=space, top_k=3,
+                             filter={"price": {"$gte": 0}})
+    assert {h.id for h in filtered.hits} <= {"headphones", "earbuds"}
+
+    with pytest.raises(ApiError) as caught:
+        client.search("shop", vector=vector, vector_space_id="other-space@1")
+    assert (caught.value.code, caught.value.reason) == ("FAILED_PRECONDITION", "SPACE_MISMATCH")
+    with pytest.raises(ApiError) as caught:
+        client.search("shop", vector=vector[:-1], vector_space_id=space)
+    assert (caught.value.code, caught.value.reason) == ("INVALID_ARGUMENT", "DIMENSION_MISMATCH")
+    with pytest.raises(ValueError):
+        client.search("shop", vector=vector)  # no space
+    with pytest.raises(ValueError):
+        client.search("shop", "text", vector=vector, vector_space_id=space)
+
+
+def test_get_documents_answers_across_shards_in_request_order(loaded, client) -> None:
+    ids = ["tent", "no-such-id", "stove", "headphones", "kettle", "grinder", "also-missing", "kettle"]
+    result = client.get_documents("shop", ids)
+    assert [d.id for d in result.documents] == ["tent", "stove", "headphones", "kettle", "grinder", "kettle"]
+    assert result.missing_ids == ["no-such-id", "also-missing"]
+    assert {d.shard_index for d in result.documents} == {0, 1}  # both shards asked
+    for document in result.documents:
+        assert document.shard_index == shard_for_id(document.id, 2)
+        assert document.vector is None
+    by_id = {d.id: d for d in result.documents}
+    assert by_id["headphones"].metadata == {"price": 199} and by_id["tent"].metadata == {}
+
+    # With vectors: the stored ones, which are the encoder's vectors of the texts.
+    with_vectors = client.get_documents("shop", ["kettle", "tent"], with_vectors=True)
+    expected = encode(loaded.encoder.address, [DOCUMENTS[5]["text"], DOCUMENTS[6]["text"]])
+    got = np.array([d.vector for d in with_vectors.documents], dtype=np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    # The async SDK too.
+    import asyncio
+
+    from contentembed.client.aio import AsyncClient
+
+    async def fetch():
+        async with AsyncClient(loaded.gateway.address) as aclient:
+            return await aclient.get_documents("shop", ids)
+
+    assert asyncio.run(fetch()) == result
+    with pytest.raises(ApiError) as caught:
+        client.get_documents("nope", ["kettle"])
+    assert (caught.value.code, caught.value.reason) == ("NOT_FOUND", "COLLECTION_NOT_FOUND")
+
+
+def test_search_batch_equals_single_searches(loaded, client) -> None:
+    texts = ["coffee for the morning", "camping in the mountains", "music on the go",
+             "coffee for the morning"]
+    singles = [client.search("shop", text, top_k=4) for text in texts]
+    batch = client.search_batch("shop", texts, top_k=4)
+    assert len(batch) == len(texts)
+    for single, answered in zip(singles, batch):
+        assert [h.id for h in answered.hits] == [h.id for h in single.hits]
+        assert [h.score for h in answered.hits] == pytest.approx([h.score for h in single.hits], abs=1e-5)
+        assert answered.space_id == single.space_id and not answered.partial
+        assert [s.ok for s in answered.shards] == [True, True]
+    # Every text was searched above, so all come from the cache now.
+    assert all(result.cache_hit for result in batch)
+    fresh = client.search_batch("shop", ["a brand new query about tents", "another new one"], top_k=2)
+    assert [r.cache_hit for r in fresh] == [False, False]
+
+    filtered = client.search_batch("shop", texts[:2], top_k=4, filter={"price": {"$gte": 0}})
+    assert all({h.id for h in r.hits} <= {"headphones", "earbuds"} for r in filtered)
+
+    import asyncio
+
+    from contentembed.client.aio import AsyncClient
+
+    async def batched():
+        async with AsyncClient(loaded.gateway.address) as aclient:
+            return await aclient.search_batch("shop", texts, top_k=4)
+
+    assert [[h.id for h in r.hits] for r in asyncio.run(batched())] == [[h.id for h in r.hits] for r in singles]
+    with pytest.raises(ValueError):
+        client.search_batch("shop", "one string")
+
+
 def test_bad_documents_are_refused_whole(client) -> None:
     before = client.get_collection("shop").item_count
     bad_batches = [

@@ -33,7 +33,9 @@ from contentembed.services.gateway.ports import (
     Embedded,
     EncoderInfo,
     ShardAnswer,
+    ShardBatchAnswer,
     ShardCollection,
+    StoredItem,
 )
 
 T = TypeVar("T")
@@ -208,6 +210,32 @@ class FakeShard:
             return None if found is None else found[0]
 
         return self._call("get_vector", (collection, item_id), run)
+
+    def search_batch(self, collection, queries, space_id, top_k, deadline, ef=0, metadata_filter=None):
+        answers = [
+            self.search(collection, row, space_id, top_k, deadline, ef=ef,
+                        metadata_filter=metadata_filter)
+            for row in queries
+        ]
+
+        def run() -> ShardBatchAnswer:
+            found = [answer.result() for answer in answers]
+            results = tuple(answer.hits for answer in found)
+            return ShardBatchAnswer(self.shard_index, [h for hits in results for h in hits],
+                                    found[0].space_id, found[0].version, results)
+
+        return self._call("search_batch", (collection, space_id, ef, metadata_filter), run)
+
+    def get_items(self, collection, ids, deadline):
+        def run() -> list[StoredItem]:
+            c = self._get(collection)
+            stored = c.items.get(c.serving, {})
+            return [
+                StoredItem(i, stored[i][0], dict(stored[i][1]), self.shard_index)
+                for i in ids if i in stored
+            ]
+
+        return self._call("get_items", (collection, tuple(ids)), run)
 
     def upsert(self, collection, space_id, ids, vectors, metadata, deadline, versions_fingerprint=""):
         def run() -> int:

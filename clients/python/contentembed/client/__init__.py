@@ -34,6 +34,7 @@ from contentembed.client.errors import (
 from contentembed.client.types import (
     CollectionCreated,
     CollectionInfo,
+    DocumentsResult,
     EncoderSpace,
     Hit,
     ImageDocument,
@@ -42,6 +43,7 @@ from contentembed.client.types import (
     ShadowReport,
     ShardEndpoint,
     ShardResult,
+    StoredDocument,
     TextDocument,
     UpsertResult,
 )
@@ -60,6 +62,7 @@ __all__ = [
     "DeadlineExceededError",
     "EncoderSpace",
     "FailedPreconditionError",
+    "DocumentsResult",
     "Hit",
     "ImageDocument",
     "InternalError",
@@ -70,6 +73,7 @@ __all__ = [
     "Promotion",
     "ResourceExhaustedError",
     "SearchResult",
+    "StoredDocument",
     "ShadowReport",
     "ShardEndpoint",
     "ShardResult",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import random
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +16,7 @@ from contentembed.client.errors import ApiError
 from contentembed.client.types import (
     CollectionInfo,
     Document,
+    DocumentsResult,
     EncoderSpace,
     Hit,
     ImageDocument,
@@ -21,6 +24,7 @@ from contentembed.client.types import (
     ShadowReport,
     ShardEndpoint,
     ShardResult,
+    StoredDocument,
     TextDocument,
 )
 from contentembed.common.v1 import types_pb2
@@ -92,6 +96,21 @@ def listed(values: Sequence[str], joined: str) -> list[str]:
     return list(values) if values else [part for part in joined.split(",") if part]
 
 
+def query_vector_pb(vector: Any) -> types_pb2.Vector:
+    """A 1-D float sequence or array as a float32 little-endian Vector."""
+    # No numpy needed: a numpy array converts like any sequence (1-D only).
+    if getattr(vector, "ndim", 1) != 1:
+        raise ValueError(f"vector: a 1-D sequence of floats, got shape {vector.shape}")
+    values = array.array("f", (float(value) for value in vector))
+    if not values:
+        raise ValueError("vector: empty")
+    if sys.byteorder != "little":
+        values.byteswap()
+    return types_pb2.Vector(
+        data=values.tobytes(), dim=len(values), dtype=types_pb2.DTYPE_FLOAT32
+    )
+
+
 def search_request(
     collection: str,
     text: str | None,
@@ -106,9 +125,13 @@ def search_request(
     score_threshold: float | None = None,
     metadata_filter: Mapping[str, Any] | None = None,
     item_id: str | None = None,
+    vector: Any = None,
+    vector_space_id: str = "",
 ) -> search_pb.SearchRequest:
-    if sum(q is not None for q in (text, image, item_id)) != 1:
-        raise ValueError("give exactly one of text, image or item_id")
+    if sum(q is not None for q in (text, image, item_id, vector)) != 1:
+        raise ValueError("give exactly one of text, image, item_id or vector")
+    if vector is not None and not vector_space_id:
+        raise ValueError("a vector query needs vector_space_id (the space it was embedded in)")
     request = search_pb.SearchRequest(
         collection=collection,
         top_k=top_k,
@@ -131,8 +154,37 @@ def search_request(
         request.text = text
     elif item_id is not None:
         request.item_id = item_id
+    elif vector is not None:
+        request.vector.CopyFrom(query_vector_pb(vector))
+        request.vector_space_id = vector_space_id
     else:
         request.image.data = image  # type: ignore[assignment]
+    return request
+
+
+def search_batch_request(
+    collection: str,
+    texts: Iterable[str],
+    top_k: int,
+    allow_partial: bool,
+    ef: int,
+    metadata_filter: Mapping[str, Any] | None,
+) -> search_pb.SearchBatchRequest:
+    if isinstance(texts, str):
+        raise ValueError("texts: a list of query texts, not one string")
+    request = search_pb.SearchBatchRequest(
+        collection=collection,
+        texts=list(texts),
+        top_k=top_k,
+        partial_result_policy=(
+            search_pb.PARTIAL_RESULT_POLICY_ALLOW
+            if allow_partial
+            else search_pb.PARTIAL_RESULT_POLICY_FAIL
+        ),
+        ef=ef,
+    )
+    if metadata_filter:
+        request.filter.update(metadata_filter)
     return request
 
 
@@ -160,6 +212,28 @@ def search_result(response: search_pb.SearchResponse) -> SearchResult:
         fused=response.fused,
         versions=listed(response.versions, response.version),
         space_ids=listed(response.space_ids, response.space_id),
+    )
+
+
+def vector_values(vector: types_pb2.Vector) -> list[float]:
+    """A float32 little-endian Vector as Python floats (no numpy needed)."""
+    values = array.array("f")
+    values.frombytes(vector.data)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tolist()
+
+
+def documents_result(response: search_pb.GetDocumentsResponse, with_vectors: bool) -> DocumentsResult:
+    return DocumentsResult(
+        documents=[
+            StoredDocument(
+                d.id, json_format.MessageToDict(d.metadata), d.shard_index,
+                vector_values(d.vector) if with_vectors else None,
+            )
+            for d in response.documents
+        ],
+        missing_ids=list(response.missing_ids),
     )
 
 

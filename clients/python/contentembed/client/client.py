@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +25,7 @@ from contentembed.client.types import (
     CollectionCreated,
     CollectionInfo,
     Document,
+    DocumentsResult,
     EncoderSpace,
     Promotion,
     SearchResult,
@@ -32,7 +33,11 @@ from contentembed.client.types import (
     ShardEndpoint,
     UpsertResult,
 )
+from contentembed.search.v1 import search_service_pb2 as search_pb
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 10.0
@@ -226,6 +231,8 @@ class Client:
         *,
         image: bytes | None = None,
         item_id: str | None = None,
+        vector: np.ndarray | Sequence[float] | None = None,
+        vector_space_id: str = "",
         top_k: int = 10,
         allow_partial: bool = False,
         also_collections: Sequence[str] = (),
@@ -245,6 +252,10 @@ class Client:
             image: Encoded image bytes to search with.
             item_id: "More like this": search with the stored vector of this item of the
                 collection, the item itself left out.
+            vector: A query vector embedded elsewhere (float32 values, the collection's
+                dim): no encoder call. Needs ``vector_space_id``.
+            vector_space_id: The space of ``vector``; must be the collection's
+                (FailedPreconditionError SPACE_MISMATCH otherwise).
             top_k: Hits to return; 0: the gateway's default.
             allow_partial: Answer from the shards that answered when some did not
                 (``result.partial``); otherwise such a search fails UNAVAILABLE.
@@ -266,7 +277,7 @@ class Client:
             The hits, best first, with the space and version that answered.
 
         Raises:
-            ValueError: Not exactly one of ``text``, ``image`` and ``item_id``.
+            ValueError: Not exactly one of ``text``, ``image``, ``item_id`` and ``vector``.
             NotFoundError: No such collection or version.
             UnavailableError: Shards or encoder unavailable after the retries.
             ApiError: Any other failure, as its code's subclass.
@@ -277,7 +288,7 @@ class Client:
         """
         request = proto.search_request(
             collection, text, image, top_k, allow_partial, also_collections, version, exact,
-            ef, offset, score_threshold, filter, item_id,
+            ef, offset, score_threshold, filter, item_id, vector, vector_space_id,
         )
         response = self._call(self._search.Search, request, timeout, idempotent=True)
         return proto.search_result(response)
@@ -451,6 +462,73 @@ class Client:
             idempotent=False,
         )
         return response.deleted_count
+
+    def search_batch(
+        self,
+        collection: str,
+        texts: Iterable[str],
+        *,
+        top_k: int = 10,
+        allow_partial: bool = False,
+        ef: int = 0,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the field's name
+        timeout: float | None = None,
+    ) -> list[SearchResult]:
+        """Many text queries against one collection in one call (serving version): the
+        gateway embeds them in batches and asks each shard once. Retried (idempotent).
+
+        Args:
+            collection: Collection to search.
+            texts: Query texts (1 to the gateway's max_queries_per_batch, default 64).
+            top_k: Hits per query; 0: the gateway's default.
+            allow_partial: Answer from the shards that answered when some did not.
+            ef: Search-time HNSW ef on every shard; 0: each collection's default.
+            filter: Metadata filter on every query (as ``search``).
+            timeout: Deadline in seconds, retries included; default: the client's.
+
+        Returns:
+            One SearchResult per text, in order.
+
+        Example:
+            >>> [r.hits[0].id for r in client.search_batch("products", ["kettle", "tent"])]  # doctest: +SKIP
+        """
+        request = proto.search_batch_request(collection, texts, top_k, allow_partial, ef, filter)
+        response = self._call(self._search.SearchBatch, request, timeout, idempotent=True)
+        return [proto.search_result(result) for result in response.results]
+
+    def get_documents(
+        self, collection: str, ids: Iterable[str], *, with_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> DocumentsResult:
+        """Stored documents by id (serving version), in request order. Retried
+        (idempotent).
+
+        Args:
+            collection: Collection to read.
+            ids: Document ids (1 to the gateway's max_ids_per_get, default 1000).
+            with_vectors: Also return each document's stored vector.
+            timeout: Deadline in seconds, retries included; default: the client's.
+
+        Returns:
+            The documents found (``documents``) and the ids not found (``missing_ids``).
+
+        Raises:
+            NotFoundError: No such collection.
+            InvalidArgumentError: No ids, too many, or a malformed one.
+
+        Example:
+            >>> client.get_documents("products", ["p1", "nope"]).missing_ids  # doctest: +SKIP
+            ['nope']
+        """
+        response = self._call(
+            self._search.GetDocuments,
+            search_pb.GetDocumentsRequest(
+                collection=collection, ids=list(ids), with_vectors=with_vectors
+            ),
+            timeout,
+            idempotent=True,
+        )
+        return proto.documents_result(response, with_vectors)
 
     # -- model rollout: candidate, shadow, canary, promote, rollback ------------------
     def set_candidate(

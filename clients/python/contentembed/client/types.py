@@ -78,6 +78,25 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class StoredDocument:
+    """A stored document: its id, metadata and, when asked for, its vector (float32
+    values in the collection's space; None unless ``with_vectors``)."""
+
+    id: str
+    metadata: dict[str, Any]
+    shard_index: int
+    vector: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class DocumentsResult:
+    """The documents found, in request order, and the ids the collection does not hold."""
+
+    documents: list[StoredDocument]
+    missing_ids: list[str]
+
+
+@dataclass(frozen=True)
 class ShardResult:
     """How one index shard answered a search."""
 

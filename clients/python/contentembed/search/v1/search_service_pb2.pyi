@@ -19,11 +19,12 @@ PARTIAL_RESULT_POLICY_FAIL: PartialResultPolicy
 PARTIAL_RESULT_POLICY_ALLOW: PartialResultPolicy
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "item_id", "top_k", "partial_result_policy", "also_collections", "version", "exact", "ef", "offset", "score_threshold", "filter")
+    __slots__ = ("collection", "text", "image", "item_id", "vector", "top_k", "partial_result_policy", "also_collections", "version", "exact", "ef", "offset", "score_threshold", "filter", "vector_space_id")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_RESULT_POLICY_FIELD_NUMBER: _ClassVar[int]
     ALSO_COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -33,10 +34,12 @@ class SearchRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     image: _types_pb2.Image
     item_id: str
+    vector: _types_pb2.Vector
     top_k: int
     partial_result_policy: PartialResultPolicy
     also_collections: _containers.RepeatedScalarFieldContainer[str]
@@ -46,7 +49,8 @@ class SearchRequest(_message.Message):
     offset: int
     score_threshold: float
     filter: _struct_pb2.Struct
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., item_id: _Optional[str] = ..., top_k: _Optional[int] = ..., partial_result_policy: _Optional[_Union[PartialResultPolicy, str]] = ..., also_collections: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., exact: _Optional[bool] = ..., ef: _Optional[int] = ..., offset: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    vector_space_id: str
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., item_id: _Optional[str] = ..., vector: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., top_k: _Optional[int] = ..., partial_result_policy: _Optional[_Union[PartialResultPolicy, str]] = ..., also_collections: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., exact: _Optional[bool] = ..., ef: _Optional[int] = ..., offset: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector_space_id: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "metadata", "shard_index", "collection")
@@ -113,3 +117,55 @@ class SearchResponse(_message.Message):
     versions: _containers.RepeatedScalarFieldContainer[str]
     space_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., partial: _Optional[bool] = ..., shards: _Optional[_Iterable[_Union[ShardResult, _Mapping]]] = ..., latency: _Optional[_Union[LatencyBreakdown, _Mapping]] = ..., query_truncated: _Optional[bool] = ..., cache_hit: _Optional[bool] = ..., fused: _Optional[bool] = ..., versions: _Optional[_Iterable[str]] = ..., space_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetDocumentsRequest(_message.Message):
+    __slots__ = ("collection", "ids", "with_vectors")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    with_vectors: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class StoredDocument(_message.Message):
+    __slots__ = ("id", "metadata", "vector", "shard_index")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    metadata: _struct_pb2.Struct
+    vector: _types_pb2.Vector
+    shard_index: int
+    def __init__(self, id: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., shard_index: _Optional[int] = ...) -> None: ...
+
+class GetDocumentsResponse(_message.Message):
+    __slots__ = ("documents", "missing_ids")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_IDS_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[StoredDocument]
+    missing_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, documents: _Optional[_Iterable[_Union[StoredDocument, _Mapping]]] = ..., missing_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SearchBatchRequest(_message.Message):
+    __slots__ = ("collection", "texts", "top_k", "partial_result_policy", "ef", "filter")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_RESULT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    EF_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    top_k: int
+    partial_result_policy: PartialResultPolicy
+    ef: int
+    filter: _struct_pb2.Struct
+    def __init__(self, collection: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., partial_result_policy: _Optional[_Union[PartialResultPolicy, str]] = ..., ef: _Optional[int] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class SearchBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ...) -> None: ...

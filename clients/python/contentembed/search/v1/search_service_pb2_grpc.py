@@ -41,6 +41,16 @@ class SearchServiceStub:
                 request_serializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchRequest.SerializeToString,
                 response_deserializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.GetDocuments = channel.unary_unary(
+                '/contentembed.search.v1.SearchService/GetDocuments',
+                request_serializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.GetDocumentsRequest.SerializeToString,
+                response_deserializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.GetDocumentsResponse.FromString,
+                _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/contentembed.search.v1.SearchService/SearchBatch',
+                request_serializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -56,6 +66,23 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDocuments(self, request, context):
+        """The stored documents of the given ids (serving version): each id asked of the shard
+        it hashes to, answered in request order, with the ids the collection does not hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchBatch(self, request, context):
+        """Many text queries against one collection in one call: the uncached texts embedded in
+        the encoder's batches, one batch search per shard, the shards' hits merged per query.
+        Answered from the serving version (no canary share, no shadow copy).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -63,6 +90,16 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchRequest.FromString,
                     response_serializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchResponse.SerializeToString,
+            ),
+            'GetDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocuments,
+                    request_deserializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.GetDocumentsRequest.FromString,
+                    response_serializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.GetDocumentsResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchBatchRequest.FromString,
+                    response_serializer=contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,6 +131,60 @@ class SearchService:
             '/contentembed.search.v1.SearchService/Search',
             contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchRequest.SerializeToString,
             contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.search.v1.SearchService/GetDocuments',
+            contentembed_dot_search_dot_v1_dot_search__service__pb2.GetDocumentsRequest.SerializeToString,
+            contentembed_dot_search_dot_v1_dot_search__service__pb2.GetDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.search.v1.SearchService/SearchBatch',
+            contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchBatchRequest.SerializeToString,
+            contentembed_dot_search_dot_v1_dot_search__service__pb2.SearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

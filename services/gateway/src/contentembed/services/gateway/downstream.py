@@ -41,7 +41,9 @@ from contentembed.services.gateway.ports import (
     Embedded,
     EncoderInfo,
     ShardAnswer,
+    ShardBatchAnswer,
     ShardCollection,
+    StoredItem,
 )
 
 MODALITY_NAMES = {types_pb2.MODALITY_TEXT: TEXT, types_pb2.MODALITY_IMAGE: IMAGE}
@@ -178,6 +180,44 @@ class IndexShardClient:
 
         return self._call("Search", request, deadline, convert)
 
+    def search_batch(
+        self,
+        collection: str,
+        queries: np.ndarray,
+        space_id: str,
+        top_k: int,
+        deadline: float,
+        ef: int = 0,
+        metadata_filter: Mapping[str, Any] | None = None,
+    ) -> PendingCall[Any, ShardBatchAnswer]:
+        request = index_pb.SearchBatchRequest(
+            collection=collection,
+            queries=[vector_to_pb(row) for row in queries],
+            top_k=top_k,
+            space_id=space_id,
+            ef=ef,
+        )
+        if metadata_filter:
+            request.filter.CopyFrom(dict_to_struct(metadata_filter))
+
+        def convert(response: index_pb.SearchBatchResponse) -> ShardBatchAnswer:
+            results = tuple(
+                [
+                    Hit(h.id, h.score, self.shard_index, struct_to_dict(h.metadata), collection)
+                    for h in result.hits
+                ]
+                for result in response.results
+            )
+            return ShardBatchAnswer(
+                shard_index=self.shard_index,
+                hits=[hit for hits in results for hit in hits],
+                space_id=response.space_id,
+                version=response.version,
+                results=results,
+            )
+
+        return self._call("SearchBatch", request, deadline, convert)
+
     def get_vector(
         self, collection: str, item_id: str, deadline: float
     ) -> PendingCall[Any, np.ndarray | None]:
@@ -188,6 +228,24 @@ class IndexShardClient:
                 if item.id == item_id:
                     return vector_from_pb(item.vector, what=f"{self.label} item {item_id!r}")
             return None
+
+        return self._call("GetItems", request, deadline, convert)
+
+    def get_items(
+        self, collection: str, ids: Sequence[str], deadline: float
+    ) -> PendingCall[Any, list[StoredItem]]:
+        request = index_pb.GetItemsRequest(collection=collection, ids=list(ids))
+
+        def convert(response: index_pb.GetItemsResponse) -> list[StoredItem]:
+            return [
+                StoredItem(
+                    id=item.id,
+                    vector=vector_from_pb(item.vector, what=f"{self.label} item {item.id!r}"),
+                    metadata=struct_to_dict(item.metadata),
+                    shard_index=self.shard_index,
+                )
+                for item in response.items
+            ]
 
         return self._call("GetItems", request, deadline, convert)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from contentembed.services.common.errors import (
     CLIENT_ERROR_CODES,
@@ -14,6 +15,8 @@ from contentembed.services.common.errors import (
     Unavailable,
 )
 from contentembed.services.gateway.ports import Pending, ShardAnswer, ShardPort
+
+AnswerT = TypeVar("AnswerT", bound=ShardAnswer)
 
 
 @dataclass(frozen=True)
@@ -27,17 +30,17 @@ class ShardOutcome:
 
 def gather_shards(
     shards: Sequence[ShardPort],
-    calls: Sequence[Pending[ShardAnswer]],
+    calls: Sequence[Pending[AnswerT]],
     allow_partial: bool,
     deadline: float,
-) -> tuple[list[ShardAnswer], list[ShardOutcome]]:
+) -> tuple[list[AnswerT], list[ShardOutcome]]:
     """The answers of the shards that answered and how each shard did, in shard order.
 
     Raises a request-level error (unknown collection, wrong space) as it is: it is the
     caller's to fix and the same on every shard, so never a "partial" answer. Raises
     SHARDS_FAILED when a shard failed and the caller did not allow a partial answer, or
     when none answered."""
-    answers: list[ShardAnswer] = []
+    answers: list[AnswerT] = []
     outcomes: list[ShardOutcome] = []
     failures: list[ContentEmbedError] = []
     for shard, call in zip(shards, calls):

@@ -35,9 +35,16 @@ from contentembed.services.gateway.background import BackgroundPool
 from contentembed.services.gateway.cache import EmbeddingCache
 from contentembed.services.gateway.collection_admin import CollectionAdmin, CollectionSummary
 from contentembed.services.gateway.ingest import Document, Ingest, WritePlans
+from contentembed.services.gateway.lookup import Lookup
 from contentembed.services.gateway.metrics import GatewayMetrics
 from contentembed.services.gateway.monitoring import QualityMonitor
-from contentembed.services.gateway.ports import TEXT, EncoderPort, ShardPort, wait_all
+from contentembed.services.gateway.ports import (
+    TEXT,
+    EncoderPort,
+    ShardPort,
+    StoredItem,
+    wait_all,
+)
 from contentembed.services.gateway.rollout import (
     Assignment,
     Candidate,
@@ -46,14 +53,22 @@ from contentembed.services.gateway.rollout import (
     ShadowMirror,
 )
 from contentembed.services.gateway.routing import CollectionSpaces, EncoderRouter
-from contentembed.services.gateway.search import Query, Searcher, SearchObserver, SearchOutcome
+from contentembed.services.gateway.search import (
+    BatchQuery,
+    Query,
+    RegisterCancel,
+    Searcher,
+    SearchObserver,
+    SearchOutcome,
+    ignore_cancel,
+)
 
 log = logging.getLogger(__name__)
 
 NOT_RETRIED_AT_START = CLIENT_ERROR_CODES | {"UNAUTHENTICATED", "PERMISSION_DENIED"}
 CONNECT_ATTEMPT_S = 5.0  # one try of the start-up wait for encoders and shards
 
-__all__ = ["CollectionSummary", "Document", "Gateway", "GatewayConfig", "Query", "SearchOutcome"]
+__all__ = ["BatchQuery", "CollectionSummary", "Document", "Gateway", "GatewayConfig", "Query", "SearchOutcome"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,10 @@ class GatewayConfig:
     # The largest per-search ef; must not exceed the shards' max_ef.
     max_ef: int = 10_000
     max_documents_per_upsert: int = 1000
+    # The most ids one GetDocuments asks for; must not exceed the shards' max_items_per_upsert.
+    max_ids_per_get: int = 1000
+    # The most texts one SearchBatch carries; must not exceed the shards' max_queries_per_batch.
+    max_queries_per_batch: int = 64
     metadata_limits: MetadataLimits = field(default_factory=MetadataLimits)
     cache_ttl_s: float = 60.0
     cache_max_entries: int = 10_000
@@ -105,6 +124,7 @@ class Gateway:
             self.router, self.shards, self.write_plans, config.max_documents_per_upsert,
             config.metadata_limits,
         )
+        self.lookup = Lookup(self.shards, config.max_ids_per_get)
         self.rollout = Rollout(
             self.shards, self.router, self.collection_spaces, self.write_plans, self.candidates,
             draw,
@@ -189,9 +209,10 @@ class Gateway:
         if query.top_k == 0:
             query = replace(query, top_k=self.config.default_top_k)
         self.searcher.validate(query)
-        if query.is_evaluation or query.item_id:
+        if query.is_evaluation or query.item_id or (query.by_vector and len(query.collections) == 1):
             # An item's vector is not a query: it feeds no drift or quality metric, and it
-            # is in the serving version's space, so no canary or shadow copy.
+            # is in the serving version's space, so no canary or shadow copy. A caller's
+            # vector is in one space too: the serving version's (or the named version's).
             space = (
                 self.rollout.version_space(query.collection, query.version, query.deadline)
                 if query.version else None
@@ -214,6 +235,14 @@ class Gateway:
         self.metrics.observe_search(query.collection, best, outcome.partial)
         self._tell_observers(query, outcome, assignment)
         return outcome
+
+    def search_batch(self, batch: BatchQuery) -> list[SearchOutcome]:
+        """One outcome per text, in order, from the serving version (no canary share, no
+        shadow copy, no quality metric). A top_k of 0 is the configured default_top_k."""
+        if batch.top_k == 0:
+            batch = replace(batch, top_k=self.config.default_top_k)
+        self.searcher.validate_batch(batch, self.config.max_queries_per_batch)
+        return self.searcher.search_batch(batch)
 
     def _tell_observers(self, query: Query, outcome: SearchOutcome, assignment: Assignment) -> None:
         for observer in self.observers:
@@ -245,6 +274,13 @@ class Gateway:
         self, collection: str, documents: Sequence[Document], deadline: float
     ) -> tuple[int, list[str]]:
         return self.ingest.upsert_documents(collection, documents, deadline)
+
+    def get_documents(
+        self, collection: str, ids: Sequence[str], deadline: float,
+        register_cancel: RegisterCancel = ignore_cancel,
+    ) -> tuple[list[StoredItem], list[str]]:
+        """The stored documents of ``ids`` in request order, and the missing ids."""
+        return self.lookup.get_documents(collection, ids, deadline, register_cancel)
 
     def delete_documents(self, collection: str, ids: Sequence[str], deadline: float) -> int:
         return self.ingest.delete_documents(collection, ids, deadline)

@@ -71,6 +71,24 @@ class ShardAnswer:
     version: str
 
 
+@dataclass(frozen=True)
+class ShardBatchAnswer(ShardAnswer):
+    """A shard's answer to a batch of queries: ``results`` one hit list per query, in
+    order; ``hits`` (the base's) holds them all, for the hit count."""
+
+    results: tuple[list[Hit], ...] = ()
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """An item as a shard stores it (serving version)."""
+
+    id: str
+    vector: np.ndarray
+    metadata: dict[str, Any]
+    shard_index: int
+
+
 class Pending(Protocol[ResultT_co]):
     """A started downstream call. ``result()`` waits and returns the converted answer or
     raises a ``ContentEmbedError``; ``cancel()`` lets a caller that went away stop it."""
@@ -131,10 +149,23 @@ class ShardPort(Protocol):
         absent filter matches every item (grammar: common/filters.py)."""
         ...
 
+    def search_batch(
+        self, collection: str, queries: np.ndarray, space_id: str, top_k: int, deadline: float,
+        ef: int = 0, metadata_filter: Mapping[str, Any] | None = None,
+    ) -> Pending[ShardBatchAnswer]:
+        """The shard's best ``top_k`` for each row of ``queries`` (serving version)."""
+        ...
+
     def get_vector(
         self, collection: str, item_id: str, deadline: float
     ) -> Pending[np.ndarray | None]:
         """The stored vector of an item of the serving version; None when absent."""
+        ...
+
+    def get_items(
+        self, collection: str, ids: Sequence[str], deadline: float
+    ) -> Pending[list[StoredItem]]:
+        """The stored items of the serving version among ``ids`` (absent ones left out)."""
         ...
 
     def upsert(

@@ -25,13 +25,14 @@ from contentembed.services.common.validation import (
     shown,
     validate_collection_name,
     validate_ids,
+    validate_space_id,
     validate_top_k,
 )
 from contentembed.services.gateway.cache import EmbeddingCache, cache_key
 from contentembed.services.gateway.fanout import ShardOutcome, gather_shards
 from contentembed.services.gateway.merge import Hit, merge_top_k, reciprocal_rank_fusion
 from contentembed.services.gateway.metrics import GatewayMetrics
-from contentembed.services.gateway.ports import IMAGE, TEXT, ShardPort
+from contentembed.services.gateway.ports import IMAGE, TEXT, ShardPort, wait_all
 from contentembed.services.gateway.routing import CollectionSpaces, EncoderRouter
 
 if TYPE_CHECKING:
@@ -74,6 +75,14 @@ class Query:
     # "More like this": the stored vector of this item of the collection is the query
     # (``content`` is unused), and the item is left out of the hits.
     item_id: str = ""
+    # A query vector computed by the caller, in ``vector_space_id`` (``content`` is
+    # unused): no encoder call, no cache; every collection searched must be in that space.
+    vector: np.ndarray | None = None
+    vector_space_id: str = ""
+
+    @property
+    def by_vector(self) -> bool:
+        return self.vector is not None
 
     @property
     def depth(self) -> int:
@@ -101,6 +110,20 @@ class Query:
     @property
     def is_evaluation(self) -> bool:
         return bool(self.version or self.exact)
+
+
+@dataclass(frozen=True)
+class BatchQuery:
+    """Many query texts against the serving version of one collection."""
+
+    collection: str
+    texts: Sequence[str]
+    top_k: int
+    deadline: float
+    allow_partial: bool = False
+    register_cancel: RegisterCancel = ignore_cancel
+    ef: int = 0
+    metadata_filter: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +205,18 @@ class Searcher:
                     "and also_collections empty",
                     reason="ONE_COLLECTION_ONLY",
                 )
+        elif query.vector is not None:
+            if not query.vector_space_id:
+                raise InvalidArgument(
+                    "vector_space_id: name the space of the query vector", reason="MISSING_SPACE"
+                )
+            validate_space_id(query.vector_space_id)
+            if query.vector.ndim != 1 or not query.vector.size:
+                raise InvalidArgument("vector: empty", reason="VECTOR_SIZE_MISMATCH")
+            if not np.isfinite(query.vector).all():
+                raise InvalidArgument(
+                    "vector: contains NaN or infinity", reason="VECTOR_NOT_FINITE"
+                )
         elif isinstance(query.content, str) and not query.content.strip():
             raise InvalidArgument("text: the query text is empty", reason="EMPTY_TEXT")
         if isinstance(query.content, bytes) and not query.content:
@@ -191,6 +226,113 @@ class Searcher:
                 "version and exact apply to one collection; leave also_collections empty",
                 reason="ONE_COLLECTION_ONLY",
             )
+
+    def validate_batch(self, batch: BatchQuery, max_queries: int) -> None:
+        validate_collection_name(batch.collection)
+        if not batch.texts:
+            raise InvalidArgument("texts: at least one query text", reason="EMPTY_BATCH")
+        if len(batch.texts) > max_queries:
+            raise InvalidArgument(
+                f"texts: at most {max_queries} queries per batch, got {len(batch.texts)}",
+                reason="BATCH_TOO_LARGE",
+            )
+        for position, text in enumerate(batch.texts):
+            if not text.strip():
+                raise InvalidArgument(f"texts[{position}]: the query text is empty",
+                                      reason="EMPTY_TEXT")
+        validate_top_k(batch.top_k, self.max_top_k)
+        if not 0 <= batch.ef <= self.max_ef:
+            raise InvalidArgument(
+                f"ef must be between 0 (the default) and {self.max_ef}, got {batch.ef}",
+                reason="EF_OUT_OF_RANGE",
+            )
+        if batch.metadata_filter:
+            check_metadata(batch.metadata_filter, self.filter_limits, what="filter", kind="FILTER")
+            check_filter(batch.metadata_filter)
+
+    def embed_texts(
+        self, space: str, texts: Sequence[str], deadline: float, register_cancel: RegisterCancel,
+    ) -> tuple[np.ndarray, list[bool], list[bool]]:
+        """(vectors, truncated, cache hits) for the texts in ``space``: the cached ones from
+        the cache, the others (each distinct text once) in the encoder's batches."""
+        keys = [cache_key(space, TEXT, text) for text in texts]
+        found: dict[str, tuple[np.ndarray, bool]] = {}
+        hits = []
+        for text, key in zip(texts, keys):
+            cached = self.cache.get(key)
+            self.metrics.cache_lookups.labels("hit" if cached else "miss").inc()
+            hits.append(cached is not None)
+            if cached is not None:
+                found[text] = (cached.vector, cached.truncated)
+        missing = [text for text in dict.fromkeys(texts) if text not in found]
+        if missing:
+            encoder, info = self.router.route(space, TEXT)
+            size = max(1, info.max_batch_size)
+            calls = [encoder.embed(missing[at:at + size], deadline)
+                     for at in range(0, len(missing), size)]
+            for call in calls:
+                register_cancel(call.cancel)
+            for at, embedded in zip(range(0, len(missing), size), wait_all(calls)):
+                if embedded.space_id != space:
+                    self.forget_spaces(self.router.refresh(deadline) | {space})
+                    raise FailedPrecondition(
+                        f"{encoder.label} now embeds into {embedded.space_id}, collection space "
+                        f"is {space}: re-embed the collection or roll the encoder back",
+                        reason="SPACE_MISMATCH",
+                    )
+                for text, vector, cut in zip(missing[at:], embedded.vectors, embedded.truncated):
+                    found[text] = (vector, cut)
+                    self.cache.put(cache_key(space, TEXT, text), vector, cut)
+        vectors = np.vstack([found[text][0] for text in texts])
+        return vectors, [found[text][1] for text in texts], hits
+
+    def search_batch(self, batch: BatchQuery) -> list[SearchOutcome]:
+        """Many texts against the serving version of one collection: one embedding pass for
+        the uncached texts, one batch search per shard, a merge per query."""
+        started = time.perf_counter()
+        space = self.spaces.space_of(batch.collection, batch.deadline)
+        vectors, truncated, cache_hits = self.embed_texts(
+            space, batch.texts, batch.deadline, batch.register_cancel
+        )
+        encoded = time.perf_counter()
+        calls = [
+            shard.search_batch(batch.collection, vectors, space, batch.top_k, batch.deadline,
+                               batch.ef, batch.metadata_filter)
+            for shard in self.shards
+        ]
+        for call in calls:
+            batch.register_cancel(call.cancel)
+        try:
+            answers, outcomes = gather_shards(
+                self.shards, calls, batch.allow_partial, batch.deadline
+            )
+        except FailedPrecondition:
+            self.spaces.forget(batch.collection)
+            raise
+        searched = time.perf_counter()
+        versions = sorted({answer.version for answer in answers})
+        merged = [
+            merge_top_k((answer.results[position] for answer in answers), batch.top_k)
+            for position in range(len(batch.texts))
+        ]
+        done = time.perf_counter()
+        return [
+            SearchOutcome(
+                hits=hits,
+                space_id=space,
+                version=",".join(versions),
+                partial=len(answers) < len(self.shards),
+                shards=outcomes,
+                encode_ms=(encoded - started) * 1000,
+                search_ms=(searched - encoded) * 1000,
+                merge_ms=(done - searched) * 1000,
+                query_truncated=truncated[position],
+                cache_hit=cache_hits[position],
+                versions=versions,
+                space_ids=[space],
+            )
+            for position, hits in enumerate(merged)
+        ]
 
     def forget_spaces(self, spaces: set[str]) -> None:
         """An encoder now serves another model: its old vectors must not be reused."""
@@ -246,6 +388,15 @@ class Searcher:
         space = space or self.spaces.space_of(collection, query.deadline)
         if query.item_id:
             vector, truncated, cache_hit = self.item_vector(collection, query), False, False
+        elif query.vector is not None:
+            if query.vector_space_id != space:
+                raise FailedPrecondition(
+                    f"the query vector is in {shown(query.vector_space_id)}, collection "
+                    f"{shown(collection)} is in {shown(space)}: embed the query in the "
+                    "collection's space",
+                    reason="SPACE_MISMATCH",
+                )
+            vector, truncated, cache_hit = query.vector, False, False
         else:
             with self.tracer.start_as_current_span(
                 "gateway.embed_query", attributes={"contentembed.space_id": space}

@@ -19,7 +19,12 @@ from contentembed.services.common.config import EndpointList, split_endpoints
 from contentembed.services.common.errors import InvalidArgument
 from contentembed.services.common.interceptor import caller_time_remaining
 from contentembed.services.common.metadata import SearchServiceSettings, check_answer_size
-from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
+from contentembed.services.common.protoconv import (
+    dict_to_struct,
+    struct_to_dict,
+    vector_from_pb,
+    vector_to_pb,
+)
 from contentembed.services.common.server import run_service
 from contentembed.services.common.tracing import Tracing
 from contentembed.services.common.validation import validate_ids
@@ -29,6 +34,7 @@ from contentembed.services.gateway.downstream import (
     IndexShardClient,
 )
 from contentembed.services.gateway.gateway import (
+    BatchQuery,
     CollectionSummary,
     Document,
     Gateway,
@@ -60,6 +66,13 @@ class GatewaySettings(SearchServiceSettings):
     # and answered 0.25x, most of the rest timing out there.
     max_workers: int = Field(64, ge=1, le=4096, description="gRPC handler threads.")
     max_documents_per_upsert: int = Field(1000, ge=1)
+    max_queries_per_batch: int = Field(
+        64, ge=1,
+        description="Most texts per SearchBatch; at most the shards' max_queries_per_batch.",
+    )
+    max_ids_per_get: int = Field(
+        1000, ge=1, description="Most ids per GetDocuments; at most the shards' max_items_per_upsert."
+    )
     default_top_k: int = Field(
         10, ge=1, description="What a search's top_k 0 means; at most max_top_k."
     )
@@ -212,9 +225,12 @@ class SearchServicer(search_grpc.SearchServiceServicer):
         deadline = deadline_of(context, self.settings)
         query = request.WhichOneof("query")
         if query is None:
-            raise InvalidArgument("query: give text or image", reason="EMPTY_QUERY")
+            raise InvalidArgument(
+                "query: give text, image, item_id or vector", reason="EMPTY_QUERY"
+            )
         if query == "item_id":
             validate_ids([request.item_id], what="item_id")
+        vector = vector_from_pb(request.vector) if query == "vector" else None
         if request.partial_result_policy not in PARTIAL_POLICIES:
             # proto3 keeps unknown enum numbers: one from a newer client must not be
             # silently read as "fail".
@@ -240,12 +256,64 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                 ),
                 metadata_filter=struct_to_dict(request.filter),
                 item_id=request.item_id,
+                vector=vector,
+                vector_space_id=request.vector_space_id,
             )
         )
         response = search_response_pb(outcome)
         # Hits carry the shards' metadata, bounded by the shards' own settings: when those
         # allow more than this gateway's, say so rather than fail in the transport.
         check_answer_size(response.ByteSize(), self.settings.max_message_bytes, what="lower top_k")
+        return response
+
+
+    def SearchBatch(self, request: search_pb.SearchBatchRequest, context: grpc.ServicerContext):
+        if request.partial_result_policy not in PARTIAL_POLICIES:
+            raise InvalidArgument(
+                f"partial_result_policy {request.partial_result_policy} is not a known policy",
+                reason="UNKNOWN_ENUM_VALUE",
+            )
+        outcomes = self.gateway.search_batch(
+            BatchQuery(
+                collection=request.collection,
+                texts=list(request.texts),
+                top_k=request.top_k,
+                deadline=deadline_of(context, self.settings),
+                allow_partial=request.partial_result_policy == search_pb.PARTIAL_RESULT_POLICY_ALLOW,
+                register_cancel=cancel_with(context),
+                ef=request.ef,
+                metadata_filter=struct_to_dict(request.filter),
+            )
+        )
+        response = search_pb.SearchBatchResponse(
+            results=[search_response_pb(outcome) for outcome in outcomes]
+        )
+        check_answer_size(
+            response.ByteSize(), self.settings.max_message_bytes,
+            what="send fewer texts or lower top_k",
+        )
+        return response
+
+    def GetDocuments(self, request: search_pb.GetDocumentsRequest, context: grpc.ServicerContext):
+        documents, missing = self.gateway.get_documents(
+            request.collection, list(request.ids), deadline_of(context, self.settings),
+            cancel_with(context),
+        )
+        response = search_pb.GetDocumentsResponse(
+            documents=[
+                search_pb.StoredDocument(
+                    id=document.id,
+                    metadata=dict_to_struct(document.metadata),
+                    vector=vector_to_pb(document.vector) if request.with_vectors else None,
+                    shard_index=document.shard_index,
+                )
+                for document in documents
+            ],
+            missing_ids=missing,
+        )
+        check_answer_size(
+            response.ByteSize(), self.settings.max_message_bytes, what="ask for fewer ids"
+        )
         return response
 
 
@@ -409,6 +477,8 @@ class GatewayService:
                 default_top_k=settings.default_top_k,
                 max_ef=settings.max_ef,
                 max_documents_per_upsert=settings.max_documents_per_upsert,
+                max_ids_per_get=settings.max_ids_per_get,
+                max_queries_per_batch=settings.max_queries_per_batch,
                 metadata_limits=settings.metadata_limits,
                 cache_ttl_s=settings.cache_ttl_s,
                 cache_max_entries=settings.cache_max_entries,
