@@ -29,10 +29,10 @@ from contentembed.services.common.validation import (
     validate_top_k,
 )
 from contentembed.services.gateway.cache import EmbeddingCache, cache_key
-from contentembed.services.gateway.fanout import ShardOutcome, gather_shards
+from contentembed.services.gateway.fanout import AnswerT, ShardOutcome, gather_shards
 from contentembed.services.gateway.merge import Hit, merge_top_k, reciprocal_rank_fusion
 from contentembed.services.gateway.metrics import GatewayMetrics
-from contentembed.services.gateway.ports import IMAGE, TEXT, ShardPort, wait_all
+from contentembed.services.gateway.ports import IMAGE, TEXT, Pending, ShardPort, wait_all
 from contentembed.services.gateway.routing import CollectionSpaces, EncoderRouter
 
 if TYPE_CHECKING:
@@ -300,15 +300,9 @@ class Searcher:
                                batch.ef, batch.metadata_filter)
             for shard in self.shards
         ]
-        for call in calls:
-            batch.register_cancel(call.cancel)
-        try:
-            answers, outcomes = gather_shards(
-                self.shards, calls, batch.allow_partial, batch.deadline
-            )
-        except FailedPrecondition:
-            self.spaces.forget(batch.collection)
-            raise
+        answers, outcomes = self._gather(
+            batch.collection, calls, batch.allow_partial, batch.deadline, batch.register_cancel
+        )
         searched = time.perf_counter()
         versions = sorted({answer.version for answer in answers})
         merged = [
@@ -333,6 +327,25 @@ class Searcher:
             )
             for position, hits in enumerate(merged)
         ]
+
+    def _gather(
+        self,
+        collection: str,
+        calls: Sequence[Pending[AnswerT]],
+        allow_partial: bool,
+        deadline: float,
+        register_cancel: RegisterCancel,
+    ) -> tuple[list[AnswerT], list[ShardOutcome]]:
+        """The shards' answers under the partial-result policy; the calls are cancelled
+        with the caller. A shard refusing the space means the collection moved to a
+        version in another space: its cached space is forgotten."""
+        for call in calls:
+            register_cancel(call.cancel)
+        try:
+            return gather_shards(self.shards, calls, allow_partial, deadline)
+        except FailedPrecondition:
+            self.spaces.forget(collection)
+            raise
 
     def forget_spaces(self, spaces: set[str]) -> None:
         """An encoder now serves another model: its old vectors must not be reused."""
@@ -417,15 +430,9 @@ class Searcher:
                              query.exact, query.ef, query.metadata_filter)
                 for shard in self.shards
             ]
-            for call in calls:
-                query.register_cancel(call.cancel)
-            try:
-                answers, outcomes = gather_shards(
-                    self.shards, calls, query.allow_partial, query.deadline
-                )
-            except FailedPrecondition:
-                self.spaces.forget(collection)  # a new version in another space
-                raise
+            answers, outcomes = self._gather(
+                collection, calls, query.allow_partial, query.deadline, query.register_cancel
+            )
             span.set_attribute("contentembed.shards_failed", len(self.shards) - len(answers))
         searched = time.perf_counter()
 
