@@ -275,6 +275,7 @@ def cases() -> list[Case]:
         Case("gateway", A + "CreateCollection", "bad name", lambda: admin.CreateCollectionRequest(name="a/b")),
         Case("gateway", A + "CreateCollection", "8000-char name", lambda: admin.CreateCollectionRequest(name=HUGE_NAME)),
         Case("gateway", A + "CreateCollection", "unknown space", lambda: admin.CreateCollectionRequest(name="fresh", space_id="nope@0"), PRECONDITION),
+        Case("gateway", A + "CreateCollection", "unknown model", lambda: admin.CreateCollectionRequest(name="fresh", model="no-such-model"), PRECONDITION),
         Case("gateway", A + "GetCollection", "unknown", lambda: admin.GetCollectionRequest(name="nope"), NOT_FOUND),
         Case("gateway", A + "ListCollections", "negative page size", lambda: admin.ListCollectionsRequest(page_size=-1)),
         Case("gateway", A + "DeleteCollection", "bad name", lambda: admin.DeleteCollectionRequest(name="")),

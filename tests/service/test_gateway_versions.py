@@ -232,3 +232,17 @@ def test_eval_through_the_gateway_equals_numpy_over_the_same_vectors(stack, clie
     assert figures["ann_recall@10"] == 1.0  # 12 items: HNSW finds them all
     assert (figures["queries"], figures["version"]) == (len(labelled), "live")
     assert 0 < figures["recall@1"] < figures["recall@10"]  # the numbers are not degenerate
+
+
+def test_a_collection_is_created_by_model_name(stack, client) -> None:
+    minilm = next(s for s in client.list_spaces() if s.space_id == stack.space(stack.minilm))
+    info, created = client.create_collection("by-model", model=minilm.model_id)
+    assert created and info.space_id == minilm.space_id
+    clip = next(s for s in client.list_spaces() if s.space_id == stack.space(stack.clip))
+    assert client.create_collection("by-clip", model=clip.model_id).collection.space_id == clip.space_id
+    with pytest.raises(ApiError) as caught:
+        client.create_collection("by-nothing", model="no-such-model")
+    assert (caught.value.code, caught.value.reason) == ("FAILED_PRECONDITION", "NO_ENCODER_FOR_MODEL")
+    assert minilm.model_id in caught.value.message
+    with pytest.raises(ApiError):
+        client.get_collection("by-nothing")  # nothing was created

@@ -238,12 +238,13 @@ def documents_result(response: search_pb.GetDocumentsResponse, with_vectors: boo
 
 
 def create_collection_request(
-    name: str, space_id: str, modality: str, exist_ok: bool
+    name: str, space_id: str, modality: str, exist_ok: bool, model: str = ""
 ) -> admin_pb.CreateCollectionRequest:
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {sorted(MODALITIES)}, got {modality!r}")
     return admin_pb.CreateCollectionRequest(
-        name=name, exist_ok=exist_ok, space_id=space_id, modality=MODALITIES[modality]
+        name=name, exist_ok=exist_ok, space_id=space_id, modality=MODALITIES[modality],
+        model=model,
     )
 
 

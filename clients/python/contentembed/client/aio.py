@@ -217,6 +217,7 @@ class AsyncClient:
         *,
         space_id: str = "",
         modality: str = "text",
+        model: str = "",
         exist_ok: bool = False,
         timeout: float | None = None,
     ) -> CollectionCreated:
@@ -226,6 +227,8 @@ class AsyncClient:
             name: Collection name.
             space_id: A space an encoder serves; empty: the only encoder of ``modality``.
             modality: ``"text"`` or ``"image"``.
+            model: A model id (e.g. ``"all-MiniLM-L6-v2"``): the space of the encoder that
+                runs it, when ``space_id`` is empty.
             exist_ok: An existing collection of that space is not an error.
             timeout: Deadline in seconds; default: the client's.
 
@@ -239,7 +242,7 @@ class AsyncClient:
         Example:
             >>> created = await client.create_collection("products", exist_ok=True)  # doctest: +SKIP
         """
-        request = proto.create_collection_request(name, space_id, modality, exist_ok)
+        request = proto.create_collection_request(name, space_id, modality, exist_ok, model)
         response = await self._call(
             self._admin.CreateCollection, request, timeout, idempotent=exist_ok
         )

@@ -300,6 +300,7 @@ class Client:
         *,
         space_id: str = "",
         modality: str = "text",
+        model: str = "",
         exist_ok: bool = False,
         timeout: float | None = None,
     ) -> CollectionCreated:
@@ -310,6 +311,8 @@ class Client:
             space_id: A space an encoder serves (e.g. a CLIP or pixels space for images);
                 empty: the space of the only encoder of ``modality``.
             modality: ``"text"`` or ``"image"``.
+            model: A model id (e.g. ``"all-MiniLM-L6-v2"``): the space of the encoder that
+                runs it, when ``space_id`` is empty.
             exist_ok: An existing collection of that space is not an error.
             timeout: Deadline in seconds; default: the client's.
 
@@ -325,7 +328,7 @@ class Client:
         Example:
             >>> info, created = client.create_collection("products", exist_ok=True)  # doctest: +SKIP
         """
-        request = proto.create_collection_request(name, space_id, modality, exist_ok)
+        request = proto.create_collection_request(name, space_id, modality, exist_ok, model)
         response = self._call(self._admin.CreateCollection, request, timeout, idempotent=exist_ok)
         return CollectionCreated(proto.collection_info(response.collection), response.created)
 

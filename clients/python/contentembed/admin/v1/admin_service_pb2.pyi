@@ -42,16 +42,18 @@ class CollectionSummary(_message.Message):
     def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., item_count: _Optional[int] = ..., shard_count: _Optional[int] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., pending_versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ..., candidate_version: _Optional[str] = ..., serving_versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "exist_ok", "space_id", "modality")
+    __slots__ = ("name", "exist_ok", "space_id", "modality", "model")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXIST_OK_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     exist_ok: bool
     space_id: str
     modality: _types_pb2.Modality
-    def __init__(self, name: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., space_id: _Optional[str] = ..., modality: _Optional[_Union[_types_pb2.Modality, str]] = ...) -> None: ...
+    model: str
+    def __init__(self, name: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., space_id: _Optional[str] = ..., modality: _Optional[_Union[_types_pb2.Modality, str]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection", "created")

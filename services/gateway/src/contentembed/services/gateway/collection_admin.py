@@ -68,12 +68,18 @@ class CollectionAdmin:
         return summarize(per_shard, self._candidate_version(per_shard[0].name))
 
     def create(
-        self, name: str, space_id: str, exist_ok: bool, deadline: float, modality: str = TEXT
+        self, name: str, space_id: str, exist_ok: bool, deadline: float, modality: str = TEXT,
+        model: str = "",
     ) -> tuple[CollectionSummary, bool]:
+        """In ``space_id``; else in the space of ``model``; else in that of the only encoder
+        of ``modality``."""
         validate_collection_name(name)
-        info = (
-            self.router.info_for_space(space_id) if space_id else self.router.default_space(modality)
-        )
+        if space_id:
+            info = self.router.info_for_space(space_id)
+        elif model:
+            info = self.router.space_of_model(model)
+        else:
+            info = self.router.default_space(modality)
         results = wait_all(
             [s.create_collection(name, info.space_id, info.dim, exist_ok, deadline) for s in self.shards]
         )

@@ -254,9 +254,10 @@ class Gateway:
 
     # -- collections -----------------------------------------------------------------
     def create_collection(
-        self, name: str, space_id: str, exist_ok: bool, deadline: float, modality: str = TEXT
+        self, name: str, space_id: str, exist_ok: bool, deadline: float, modality: str = TEXT,
+        model: str = "",
     ) -> tuple[CollectionSummary, bool]:
-        return self.collections.create(name, space_id, exist_ok, deadline, modality)
+        return self.collections.create(name, space_id, exist_ok, deadline, modality, model)
 
     def get_collection(self, name: str, deadline: float) -> CollectionSummary:
         return self.collections.get(name, deadline)

@@ -88,6 +88,25 @@ class EncoderRouter:
         with self._lock:
             return [(e, self._infos[e.endpoint]) for e in self.encoders if e.endpoint in self._infos]
 
+    def space_of_model(self, model_id: str) -> EncoderInfo:
+        """The space of the encoders of one model (its towers share it); refused when no
+        encoder runs the model or it is served in several spaces (other revisions)."""
+        with self._lock:
+            matching = {i.space_id: i for i in self._infos.values() if i.model_id == model_id}
+            choices = sorted({f"{i.model_id} ({i.space_id})" for i in self._infos.values()})
+        if len(matching) == 1:
+            return next(iter(matching.values()))
+        if matching:
+            raise FailedPrecondition(
+                f"model {shown(model_id)} is served in {len(matching)} spaces "
+                f"({sorted(matching)}): name the collection's space_id",
+                reason="SPACE_REQUIRED",
+            )
+        raise FailedPrecondition(
+            f"no encoder runs model {shown(model_id)} (encoders run {choices})",
+            reason="NO_ENCODER_FOR_MODEL",
+        )
+
     def info_for_space(self, space_id: str) -> EncoderInfo:
         with self._lock:
             for info in self._infos.values():

@@ -330,7 +330,7 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
             )
         summary, created = self.gateway.create_collection(
             request.name, request.space_id, request.exist_ok, deadline_of(context, self.settings),
-            modality,
+            modality, request.model,
         )
         return admin_pb.CreateCollectionResponse(collection=summary_pb(summary), created=created)
 
