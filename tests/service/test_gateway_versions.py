@@ -246,3 +246,16 @@ def test_a_collection_is_created_by_model_name(stack, client) -> None:
     assert minilm.model_id in caught.value.message
     with pytest.raises(ApiError):
         client.get_collection("by-nothing")  # nothing was created
+
+
+def test_hits_carry_the_metadata_fields_asked_for(stack, client) -> None:
+    client.create_collection("fields", space_id=stack.space(stack.minilm))
+    client.upsert_documents("fields", [
+        {"id": "k", "text": "gooseneck kettle", "metadata": {"price": 39, "brand": "Fellow", "tags": ["tea"]}},
+    ])
+    full = client.search("fields", text="kettle", top_k=1).hits[0]
+    assert full.metadata == {"price": 39, "brand": "Fellow", "tags": ["tea"]}
+    some = client.search("fields", text="kettle", top_k=1, metadata_fields=["brand", "absent"]).hits[0]
+    assert (some.id, some.metadata) == ("k", {"brand": "Fellow"})
+    bare = client.search("fields", text="kettle", top_k=1, omit_metadata=True).hits[0]
+    assert (bare.id, bare.metadata, bare.score) == ("k", {}, pytest.approx(full.score))

@@ -127,6 +127,8 @@ def search_request(
     item_id: str | None = None,
     vector: Any = None,
     vector_space_id: str = "",
+    metadata_fields: Sequence[str] = (),
+    omit_metadata: bool = False,
 ) -> search_pb.SearchRequest:
     if sum(q is not None for q in (text, image, item_id, vector)) != 1:
         raise ValueError("give exactly one of text, image, item_id or vector")
@@ -145,6 +147,8 @@ def search_request(
         exact=exact,
         ef=ef,
         offset=offset,
+        metadata_fields=list(metadata_fields),
+        omit_metadata=omit_metadata,
     )
     if score_threshold is not None:
         request.score_threshold = score_threshold

@@ -168,6 +168,8 @@ class AsyncClient:
         offset: int = 0,
         score_threshold: float | None = None,
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - the field's name
+        metadata_fields: Sequence[str] = (),
+        omit_metadata: bool = False,
         timeout: float | None = None,
     ) -> SearchResult:
         """Nearest items to a text or an encoded image. Retried (idempotent).
@@ -207,6 +209,7 @@ class AsyncClient:
         request = proto.search_request(
             collection, text, image, top_k, allow_partial, also_collections, version, exact,
             ef, offset, score_threshold, filter, item_id, vector, vector_space_id,
+            metadata_fields, omit_metadata,
         )
         response = await self._call(self._search.Search, request, timeout, idempotent=True)
         return proto.search_result(response)

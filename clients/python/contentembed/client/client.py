@@ -242,6 +242,8 @@ class Client:
         offset: int = 0,
         score_threshold: float | None = None,
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - the field's name
+        metadata_fields: Sequence[str] = (),
+        omit_metadata: bool = False,
         timeout: float | None = None,
     ) -> SearchResult:
         """Nearest items to a text or an encoded image. Retried (idempotent).
@@ -271,6 +273,8 @@ class Client:
             filter: Metadata filter on every shard: ``{"key": value}`` equality,
                 ``{"key": {"$in": [...]}}``, ``{"key": {"$gte": 1, "$lt": 5}}``,
                 ``{"$and": [...]}``, ``{"$or": [...]}``; a malformed one is BAD_FILTER.
+            metadata_fields: Only these metadata keys on each hit; empty: all of them.
+            omit_metadata: Hits without metadata (ids and scores only).
             timeout: Deadline in seconds, retries included; default: the client's.
 
         Returns:
@@ -289,6 +293,7 @@ class Client:
         request = proto.search_request(
             collection, text, image, top_k, allow_partial, also_collections, version, exact,
             ef, offset, score_threshold, filter, item_id, vector, vector_space_id,
+            metadata_fields, omit_metadata,
         )
         response = self._call(self._search.Search, request, timeout, idempotent=True)
         return proto.search_result(response)

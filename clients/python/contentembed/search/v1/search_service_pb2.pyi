@@ -19,7 +19,7 @@ PARTIAL_RESULT_POLICY_FAIL: PartialResultPolicy
 PARTIAL_RESULT_POLICY_ALLOW: PartialResultPolicy
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "item_id", "vector", "top_k", "partial_result_policy", "also_collections", "version", "exact", "ef", "offset", "score_threshold", "filter", "vector_space_id")
+    __slots__ = ("collection", "text", "image", "item_id", "vector", "top_k", "partial_result_policy", "also_collections", "version", "exact", "ef", "offset", "score_threshold", "filter", "vector_space_id", "metadata_fields", "omit_metadata")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,8 @@ class SearchRequest(_message.Message):
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     VECTOR_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    OMIT_METADATA_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     image: _types_pb2.Image
@@ -50,7 +52,9 @@ class SearchRequest(_message.Message):
     score_threshold: float
     filter: _struct_pb2.Struct
     vector_space_id: str
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., item_id: _Optional[str] = ..., vector: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., top_k: _Optional[int] = ..., partial_result_policy: _Optional[_Union[PartialResultPolicy, str]] = ..., also_collections: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., exact: _Optional[bool] = ..., ef: _Optional[int] = ..., offset: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector_space_id: _Optional[str] = ...) -> None: ...
+    metadata_fields: _containers.RepeatedScalarFieldContainer[str]
+    omit_metadata: bool
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., item_id: _Optional[str] = ..., vector: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., top_k: _Optional[int] = ..., partial_result_policy: _Optional[_Union[PartialResultPolicy, str]] = ..., also_collections: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., exact: _Optional[bool] = ..., ef: _Optional[int] = ..., offset: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector_space_id: _Optional[str] = ..., metadata_fields: _Optional[_Iterable[str]] = ..., omit_metadata: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "metadata", "shard_index", "collection")

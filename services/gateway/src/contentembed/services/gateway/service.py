@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -177,13 +178,26 @@ def summary_pb(summary: CollectionSummary) -> admin_pb.CollectionSummary:
     )
 
 
-def search_response_pb(outcome: SearchOutcome) -> search_pb.SearchResponse:
+def selected_metadata(
+    metadata: dict[str, Any], fields: Sequence[str], omit: bool
+) -> dict[str, Any]:
+    """The part of a hit's metadata the caller asked for (all of it by default)."""
+    if omit:
+        return {}
+    if not fields:
+        return metadata
+    return {key: metadata[key] for key in fields if key in metadata}
+
+
+def search_response_pb(
+    outcome: SearchOutcome, fields: Sequence[str] = (), omit_metadata: bool = False
+) -> search_pb.SearchResponse:
     return search_pb.SearchResponse(
         hits=[
             search_pb.Hit(
                 id=hit.id,
                 score=hit.score,
-                metadata=dict_to_struct(hit.metadata),
+                metadata=dict_to_struct(selected_metadata(hit.metadata, fields, omit_metadata)),
                 shard_index=hit.shard_index,
                 collection=hit.collection,
             )
@@ -260,7 +274,9 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                 vector_space_id=request.vector_space_id,
             )
         )
-        response = search_response_pb(outcome)
+        response = search_response_pb(
+            outcome, list(request.metadata_fields), request.omit_metadata
+        )
         # Hits carry the shards' metadata, bounded by the shards' own settings: when those
         # allow more than this gateway's, say so rather than fail in the transport.
         check_answer_size(response.ByteSize(), self.settings.max_message_bytes, what="lower top_k")
