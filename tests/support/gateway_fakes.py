@@ -35,6 +35,7 @@ from contentembed.services.gateway.ports import (
     ShardAnswer,
     ShardBatchAnswer,
     ShardCollection,
+    ShardLimits,
     StoredItem,
 )
 
@@ -130,6 +131,7 @@ class FakeShard:
 
     def __init__(self, shard_index: int) -> None:
         self.shard_index = shard_index
+        self.shard_limits = ShardLimits()  # says nothing: trusted
         self.endpoint = f"fake-shard-{shard_index}"
         self.label = f"index shard {shard_index} ({self.endpoint})"
         self.collections: dict[str, FakeCollection] = {}
@@ -275,6 +277,9 @@ class FakeShard:
 
     def get_collection(self, name, deadline):
         return self._call("get_collection", (name,), lambda: self._describe(self._get(name)))
+
+    def limits(self, deadline):
+        return self._call("limits", (), lambda: self.shard_limits)
 
     def list_collections(self, page_size, page_token, deadline):
         def run() -> tuple[list[ShardCollection], str]:

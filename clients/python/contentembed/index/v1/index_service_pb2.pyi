@@ -27,12 +27,18 @@ class HnswParams(_message.Message):
     def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("shard_index", "shard_count")
+    __slots__ = ("shard_index", "shard_count", "max_top_k", "max_queries_per_batch", "max_ids_per_call")
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUERIES_PER_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_IDS_PER_CALL_FIELD_NUMBER: _ClassVar[int]
     shard_index: int
     shard_count: int
-    def __init__(self, shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ...) -> None: ...
+    max_top_k: int
+    max_queries_per_batch: int
+    max_ids_per_call: int
+    def __init__(self, shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_queries_per_batch: _Optional[int] = ..., max_ids_per_call: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
     __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard", "versions", "version_spaces", "pending_versions", "versions_fingerprint", "version_digests")
@@ -123,12 +129,14 @@ class ListCollectionsRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListCollectionsResponse(_message.Message):
-    __slots__ = ("collections", "next_page_token")
+    __slots__ = ("collections", "next_page_token", "shard")
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     collections: _containers.RepeatedCompositeFieldContainer[Collection]
     next_page_token: str
-    def __init__(self, collections: _Optional[_Iterable[_Union[Collection, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    shard: ShardInfo
+    def __init__(self, collections: _Optional[_Iterable[_Union[Collection, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ...) -> None: ...
 
 class DeleteCollectionRequest(_message.Message):
     __slots__ = ("name",)

@@ -43,6 +43,7 @@ from contentembed.services.gateway.ports import (
     ShardAnswer,
     ShardBatchAnswer,
     ShardCollection,
+    ShardLimits,
     StoredItem,
 )
 
@@ -289,6 +290,18 @@ class IndexShardClient:
     def get_collection(self, name: str, deadline: float) -> PendingCall[Any, ShardCollection]:
         request = index_pb.GetCollectionRequest(name=name)
         return self._call("GetCollection", request, deadline, lambda r: _collection(r.collection))
+
+    def limits(self, deadline: float) -> PendingCall[Any, ShardLimits]:
+        """The shard's request limits (one small ListCollections call)."""
+        request = index_pb.ListCollectionsRequest(page_size=1)
+        return self._call(
+            "ListCollections",
+            request,
+            deadline,
+            lambda r: ShardLimits(
+                r.shard.max_top_k, r.shard.max_queries_per_batch, r.shard.max_ids_per_call
+            ),
+        )
 
     def list_collections(
         self, page_size: int, page_token: str, deadline: float

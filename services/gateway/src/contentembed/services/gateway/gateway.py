@@ -28,6 +28,7 @@ from opentelemetry.trace import Tracer
 from contentembed.services.common.errors import (
     CLIENT_ERROR_CODES,
     ContentEmbedError,
+    FailedPrecondition,
     Unavailable,
 )
 from contentembed.services.common.metadata import MetadataLimits
@@ -41,6 +42,7 @@ from contentembed.services.gateway.monitoring import QualityMonitor
 from contentembed.services.gateway.ports import (
     TEXT,
     EncoderPort,
+    ShardLimits,
     ShardPort,
     StoredItem,
     wait_all,
@@ -162,7 +164,7 @@ class Gateway:
             attempt = min(deadline, time.monotonic() + CONNECT_ATTEMPT_S)
             try:
                 self.router.refresh(attempt, wait_for_ready=True, require_all=True)
-                wait_all([shard.list_collections(1, "", attempt) for shard in self.shards])
+                limits = wait_all([shard.limits(attempt) for shard in self.shards])
             except ContentEmbedError as error:
                 # A refused key or a bad request will not fix itself by waiting.
                 if time.monotonic() + 0.5 >= deadline or error.code in NOT_RETRIED_AT_START:
@@ -173,10 +175,32 @@ class Gateway:
                 time.sleep(0.5)
                 continue
             break
+        self.check_limits(limits)
         self._refresher = threading.Thread(
             target=self._refresh_loop, args=(refresh_every_s,), name="encoder-routes", daemon=True
         )
         self._refresher.start()
+
+    def check_limits(self, limits: Sequence[ShardLimits]) -> None:
+        """A request the gateway accepts must never be refused by a shard for its size:
+        the gateway's limits may not exceed any shard's (a shard that does not say is
+        trusted). Refused at start-up, naming the settings to change."""
+        problems = []
+        for shard, limit in zip(self.shards, limits):
+            for name, ours, theirs in (
+                ("max_top_k", self.config.max_top_k, limit.max_top_k),
+                ("max_queries_per_batch", self.config.max_queries_per_batch,
+                 limit.max_queries_per_batch),
+                ("max_ids_per_get", self.config.max_ids_per_get, limit.max_ids_per_call),
+            ):
+                if theirs and ours > theirs:
+                    problems.append(f"{name} {ours} > {theirs} of {shard.label}")
+        if problems:
+            raise FailedPrecondition(
+                "the gateway's limits exceed its shards': " + "; ".join(problems)
+                + " (lower the gateway's settings or raise the shards')",
+                reason="LIMITS_EXCEED_SHARDS",
+            )
 
     def _refresh_loop(self, every_s: float) -> None:
         while not self._stop.wait(every_s):

@@ -135,10 +135,21 @@ class EncoderPort(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class ShardLimits:
+    """What one shard accepts per request; 0: the shard does not say."""
+
+    max_top_k: int = 0
+    max_queries_per_batch: int = 0
+    max_ids_per_call: int = 0
+
+
 class ShardPort(Protocol):
     shard_index: int
     endpoint: str
     label: str
+
+    def limits(self, deadline: float) -> Pending[ShardLimits]: ...
 
     def search(
         self, collection: str, query: np.ndarray, space_id: str, top_k: int, deadline: float,

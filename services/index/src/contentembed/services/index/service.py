@@ -188,7 +188,13 @@ class IndexService(pb_grpc.IndexServiceServicer):
 
     # -- conversions ----------------------------------------------------------------
     def _shard_pb(self) -> pb.ShardInfo:
-        return pb.ShardInfo(shard_index=self.shard.index, shard_count=self.shard.count)
+        return pb.ShardInfo(
+            shard_index=self.shard.index,
+            shard_count=self.shard.count,
+            max_top_k=self.settings.max_top_k,
+            max_queries_per_batch=self.settings.max_queries_per_batch,
+            max_ids_per_call=self.settings.max_items_per_upsert,
+        )
 
     def _collection_pb(self, collection: HnswCollection) -> pb.Collection:
         alias = self.store.alias(collection.name)
@@ -233,7 +239,8 @@ class IndexService(pb_grpc.IndexServiceServicer):
     def ListCollections(self, request: pb.ListCollectionsRequest, context: grpc.ServicerContext):
         collections, token = self.store.list_page(request.page_size, request.page_token)
         return pb.ListCollectionsResponse(
-            collections=[self._collection_pb(c) for c in collections], next_page_token=token
+            collections=[self._collection_pb(c) for c in collections], next_page_token=token,
+            shard=self._shard_pb(),
         )
 
     def DeleteCollection(self, request: pb.DeleteCollectionRequest, context: grpc.ServicerContext):
