@@ -189,14 +189,7 @@ class Searcher:
                 f"that many hits), got {query.offset} + {query.top_k}",
                 reason="TOP_K_OUT_OF_RANGE",
             )
-        if not 0 <= query.ef <= self.max_ef:
-            raise InvalidArgument(
-                f"ef must be between 0 (the default) and {self.max_ef}, got {query.ef}",
-                reason="EF_OUT_OF_RANGE",
-            )
-        if query.metadata_filter:
-            check_metadata(query.metadata_filter, self.filter_limits, what="filter", kind="FILTER")
-            check_filter(query.metadata_filter)
+        self._check_search_options(query.ef, query.metadata_filter)
         if query.item_id:
             validate_ids([query.item_id], what="item_id")
             if len(names) > 1 or query.version:
@@ -241,14 +234,19 @@ class Searcher:
                 raise InvalidArgument(f"texts[{position}]: the query text is empty",
                                       reason="EMPTY_TEXT")
         validate_top_k(batch.top_k, self.max_top_k)
-        if not 0 <= batch.ef <= self.max_ef:
+        self._check_search_options(batch.ef, batch.metadata_filter)
+
+    def _check_search_options(self, ef: int, metadata_filter: Mapping[str, Any]) -> None:
+        """ef and the filter, shared by Search and SearchBatch: refused here, before any
+        encoder or shard is called."""
+        if not 0 <= ef <= self.max_ef:
             raise InvalidArgument(
-                f"ef must be between 0 (the default) and {self.max_ef}, got {batch.ef}",
+                f"ef must be between 0 (the default) and {self.max_ef}, got {ef}",
                 reason="EF_OUT_OF_RANGE",
             )
-        if batch.metadata_filter:
-            check_metadata(batch.metadata_filter, self.filter_limits, what="filter", kind="FILTER")
-            check_filter(batch.metadata_filter)
+        if metadata_filter:
+            check_metadata(metadata_filter, self.filter_limits, what="filter", kind="FILTER")
+            check_filter(metadata_filter)
 
     def embed_texts(
         self, space: str, texts: Sequence[str], deadline: float, register_cancel: RegisterCancel,
