@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CollectionSummary(_message.Message):
-    __slots__ = ("name", "space_id", "dim", "item_count", "shard_count", "version", "versions", "pending_versions", "version_spaces", "candidate_version", "serving_versions")
+    __slots__ = ("name", "space_id", "dim", "item_count", "shard_count", "version", "versions", "pending_versions", "version_spaces", "candidate_version", "serving_versions", "lexical")
     class VersionSpacesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class CollectionSummary(_message.Message):
     VERSION_SPACES_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVING_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     space_id: str
     dim: int
@@ -39,21 +40,24 @@ class CollectionSummary(_message.Message):
     version_spaces: _containers.ScalarMap[str, str]
     candidate_version: str
     serving_versions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., item_count: _Optional[int] = ..., shard_count: _Optional[int] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., pending_versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ..., candidate_version: _Optional[str] = ..., serving_versions: _Optional[_Iterable[str]] = ...) -> None: ...
+    lexical: _types_pb2.LexicalConfig
+    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., item_count: _Optional[int] = ..., shard_count: _Optional[int] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., pending_versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ..., candidate_version: _Optional[str] = ..., serving_versions: _Optional[_Iterable[str]] = ..., lexical: _Optional[_Union[_types_pb2.LexicalConfig, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "exist_ok", "space_id", "modality", "model")
+    __slots__ = ("name", "exist_ok", "space_id", "modality", "model", "lexical")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXIST_OK_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     exist_ok: bool
     space_id: str
     modality: _types_pb2.Modality
     model: str
-    def __init__(self, name: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., space_id: _Optional[str] = ..., modality: _Optional[_Union[_types_pb2.Modality, str]] = ..., model: _Optional[str] = ...) -> None: ...
+    lexical: _types_pb2.LexicalConfig
+    def __init__(self, name: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., space_id: _Optional[str] = ..., modality: _Optional[_Union[_types_pb2.Modality, str]] = ..., model: _Optional[str] = ..., lexical: _Optional[_Union[_types_pb2.LexicalConfig, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection", "created")

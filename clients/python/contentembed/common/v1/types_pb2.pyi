@@ -73,3 +73,11 @@ class Image(_message.Message):
     data: bytes
     mime_type: str
     def __init__(self, data: _Optional[bytes] = ..., mime_type: _Optional[str] = ...) -> None: ...
+
+class LexicalConfig(_message.Message):
+    __slots__ = ("enabled", "language")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    language: str
+    def __init__(self, enabled: _Optional[bool] = ..., language: _Optional[str] = ...) -> None: ...

@@ -41,7 +41,7 @@ class ShardInfo(_message.Message):
     def __init__(self, shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_queries_per_batch: _Optional[int] = ..., max_ids_per_call: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard", "versions", "version_spaces", "pending_versions", "versions_fingerprint", "version_digests")
+    __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard", "versions", "version_spaces", "pending_versions", "versions_fingerprint", "version_digests", "lexical")
     class VersionSpacesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class Collection(_message.Message):
     PENDING_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     VERSION_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     space_id: str
     dim: int
@@ -82,23 +83,26 @@ class Collection(_message.Message):
     pending_versions: _containers.RepeatedScalarFieldContainer[str]
     versions_fingerprint: str
     version_digests: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., item_count: _Optional[int] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ..., pending_versions: _Optional[_Iterable[str]] = ..., versions_fingerprint: _Optional[str] = ..., version_digests: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    lexical: _types_pb2.LexicalConfig
+    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., item_count: _Optional[int] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ..., pending_versions: _Optional[_Iterable[str]] = ..., versions_fingerprint: _Optional[str] = ..., version_digests: _Optional[_Mapping[str, str]] = ..., lexical: _Optional[_Union[_types_pb2.LexicalConfig, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "exist_ok")
+    __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "exist_ok", "lexical")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     HNSW_FIELD_NUMBER: _ClassVar[int]
     EXIST_OK_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     space_id: str
     dim: int
     metric: Metric
     hnsw: HnswParams
     exist_ok: bool
-    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., exist_ok: _Optional[bool] = ...) -> None: ...
+    lexical: _types_pb2.LexicalConfig
+    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., exist_ok: _Optional[bool] = ..., lexical: _Optional[_Union[_types_pb2.LexicalConfig, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection", "created")
@@ -151,14 +155,16 @@ class DeleteCollectionResponse(_message.Message):
     def __init__(self, shard: _Optional[_Union[ShardInfo, _Mapping]] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("id", "vector", "metadata")
+    __slots__ = ("id", "vector", "metadata", "text")
     ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     id: str
     vector: _types_pb2.Vector
     metadata: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    text: str
+    def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "items", "space_id", "versions_fingerprint")
@@ -227,19 +233,21 @@ class Hit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "space_id", "version", "shard")
+    __slots__ = ("hits", "space_id", "version", "shard", "lexical_hits")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_HITS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     space_id: str
     version: str
     shard: ShardInfo
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ...) -> None: ...
+    lexical_hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ..., lexical_hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "top_k", "ef", "space_id", "exact", "filter", "version")
+    __slots__ = ("collection", "queries", "top_k", "ef", "space_id", "exact", "filter", "version", "texts")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +256,7 @@ class SearchBatchRequest(_message.Message):
     EXACT_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[_types_pb2.Vector]
     top_k: int
@@ -256,13 +265,16 @@ class SearchBatchRequest(_message.Message):
     exact: bool
     filter: _struct_pb2.Struct
     version: str
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_types_pb2.Vector, _Mapping]]] = ..., top_k: _Optional[int] = ..., ef: _Optional[int] = ..., space_id: _Optional[str] = ..., exact: _Optional[bool] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[str] = ...) -> None: ...
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_types_pb2.Vector, _Mapping]]] = ..., top_k: _Optional[int] = ..., ef: _Optional[int] = ..., space_id: _Optional[str] = ..., exact: _Optional[bool] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class QueryHits(_message.Message):
-    __slots__ = ("hits",)
+    __slots__ = ("hits", "lexical_hits")
     HITS_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_HITS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+    lexical_hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., lexical_hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
 
 class SearchBatchResponse(_message.Message):
     __slots__ = ("results", "space_id", "version", "shard")

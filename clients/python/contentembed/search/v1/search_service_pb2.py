@@ -26,35 +26,41 @@ from contentembed.common.v1 import types_pb2 as contentembed_dot_common_dot_v1_d
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+contentembed/search/v1/search_service.proto\x12\x16\x63ontentembed.search.v1\x1a\"contentembed/common/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x86\x04\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12.\n\x05image\x18\x03 \x01(\x0b\x32\x1d.contentembed.common.v1.ImageH\x00\x12\x11\n\x07item_id\x18\r \x01(\tH\x00\x12\x30\n\x06vector\x18\x0e \x01(\x0b\x32\x1e.contentembed.common.v1.VectorH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12J\n\x15partial_result_policy\x18\x05 \x01(\x0e\x32+.contentembed.search.v1.PartialResultPolicy\x12\x18\n\x10\x61lso_collections\x18\x06 \x03(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\r\n\x05\x65xact\x18\x08 \x01(\x08\x12\n\n\x02\x65\x66\x18\t \x01(\r\x12\x0e\n\x06offset\x18\n \x01(\r\x12\x1c\n\x0fscore_threshold\x18\x0b \x01(\x02H\x01\x88\x01\x01\x12\'\n\x06\x66ilter\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fvector_space_id\x18\x0f \x01(\t\x12\x17\n\x0fmetadata_fields\x18\x10 \x03(\t\x12\x15\n\romit_metadata\x18\x11 \x01(\x08\x42\x07\n\x05queryB\x12\n\x10_score_threshold\"t\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bshard_index\x18\x04 \x01(\r\x12\x12\n\ncollection\x18\x05 \x01(\t\"d\n\x0bShardResult\x12\x13\n\x0bshard_index\x18\x01 \x01(\r\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\thit_count\x18\x04 \x01(\r\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\"\\\n\x10LatencyBreakdown\x12\x11\n\tencode_ms\x18\x01 \x01(\x01\x12\x11\n\tsearch_ms\x18\x02 \x01(\x01\x12\x10\n\x08merge_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"\xbf\x02\n\x0eSearchResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.contentembed.search.v1.Hit\x12\x10\n\x08space_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x33\n\x06shards\x18\x05 \x03(\x0b\x32#.contentembed.search.v1.ShardResult\x12\x39\n\x07latency\x18\x06 \x01(\x0b\x32(.contentembed.search.v1.LatencyBreakdown\x12\x17\n\x0fquery_truncated\x18\x07 \x01(\x08\x12\x11\n\tcache_hit\x18\x08 \x01(\x08\x12\r\n\x05\x66used\x18\t \x01(\x08\x12\x10\n\x08versions\x18\n \x03(\t\x12\x11\n\tspace_ids\x18\x0b \x03(\t\"L\n\x13GetDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x14\n\x0cwith_vectors\x18\x03 \x01(\x08\"\x8c\x01\n\x0eStoredDocument\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x08metadata\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\x06vector\x18\x03 \x01(\x0b\x32\x1e.contentembed.common.v1.Vector\x12\x13\n\x0bshard_index\x18\x04 \x01(\r\"f\n\x14GetDocumentsResponse\x12\x39\n\tdocuments\x18\x01 \x03(\x0b\x32&.contentembed.search.v1.StoredDocument\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\"\xc7\x01\n\x12SearchBatchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12J\n\x15partial_result_policy\x18\x04 \x01(\x0e\x32+.contentembed.search.v1.PartialResultPolicy\x12\n\n\x02\x65\x66\x18\x05 \x01(\r\x12\'\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"N\n\x13SearchBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.contentembed.search.v1.SearchResponse*}\n\x13PartialResultPolicy\x12%\n!PARTIAL_RESULT_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPARTIAL_RESULT_POLICY_FAIL\x10\x01\x12\x1f\n\x1bPARTIAL_RESULT_POLICY_ALLOW\x10\x02\x32\xbb\x02\n\rSearchService\x12W\n\x06Search\x12%.contentembed.search.v1.SearchRequest\x1a&.contentembed.search.v1.SearchResponse\x12i\n\x0cGetDocuments\x12+.contentembed.search.v1.GetDocumentsRequest\x1a,.contentembed.search.v1.GetDocumentsResponse\x12\x66\n\x0bSearchBatch\x12*.contentembed.search.v1.SearchBatchRequest\x1a+.contentembed.search.v1.SearchBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+contentembed/search/v1/search_service.proto\x12\x16\x63ontentembed.search.v1\x1a\"contentembed/common/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xb9\x01\n\x10RetrievalOptions\x12\x33\n\x04mode\x18\x01 \x01(\x0e\x32%.contentembed.search.v1.RetrievalMode\x12\x34\n\x06\x66usion\x18\x02 \x01(\x0e\x32$.contentembed.search.v1.FusionMethod\x12\r\n\x05rrf_k\x18\x03 \x01(\r\x12\x12\n\x05\x61lpha\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05\x64\x65pth\x18\x05 \x01(\rB\x08\n\x06_alpha\"\xc3\x04\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12.\n\x05image\x18\x03 \x01(\x0b\x32\x1d.contentembed.common.v1.ImageH\x00\x12\x11\n\x07item_id\x18\r \x01(\tH\x00\x12\x30\n\x06vector\x18\x0e \x01(\x0b\x32\x1e.contentembed.common.v1.VectorH\x00\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12J\n\x15partial_result_policy\x18\x05 \x01(\x0e\x32+.contentembed.search.v1.PartialResultPolicy\x12\x18\n\x10\x61lso_collections\x18\x06 \x03(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\r\n\x05\x65xact\x18\x08 \x01(\x08\x12\n\n\x02\x65\x66\x18\t \x01(\r\x12\x0e\n\x06offset\x18\n \x01(\r\x12\x1c\n\x0fscore_threshold\x18\x0b \x01(\x02H\x01\x88\x01\x01\x12\'\n\x06\x66ilter\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fvector_space_id\x18\x0f \x01(\t\x12\x17\n\x0fmetadata_fields\x18\x10 \x03(\t\x12\x15\n\romit_metadata\x18\x11 \x01(\x08\x12;\n\tretrieval\x18\x12 \x01(\x0b\x32(.contentembed.search.v1.RetrievalOptionsB\x07\n\x05queryB\x12\n\x10_score_threshold\"\xf6\x01\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bshard_index\x18\x04 \x01(\r\x12\x12\n\ncollection\x18\x05 \x01(\t\x12\x18\n\x0b\x64\x65nse_score\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\rlexical_score\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\ndense_rank\x18\x08 \x01(\r\x12\x14\n\x0clexical_rank\x18\t \x01(\rB\x0e\n\x0c_dense_scoreB\x10\n\x0e_lexical_score\"d\n\x0bShardResult\x12\x13\n\x0bshard_index\x18\x01 \x01(\r\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\thit_count\x18\x04 \x01(\r\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\"\\\n\x10LatencyBreakdown\x12\x11\n\tencode_ms\x18\x01 \x01(\x01\x12\x11\n\tsearch_ms\x18\x02 \x01(\x01\x12\x10\n\x08merge_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"\xaa\x03\n\x0eSearchResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.contentembed.search.v1.Hit\x12\x10\n\x08space_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x33\n\x06shards\x18\x05 \x03(\x0b\x32#.contentembed.search.v1.ShardResult\x12\x39\n\x07latency\x18\x06 \x01(\x0b\x32(.contentembed.search.v1.LatencyBreakdown\x12\x17\n\x0fquery_truncated\x18\x07 \x01(\x08\x12\x11\n\tcache_hit\x18\x08 \x01(\x08\x12\r\n\x05\x66used\x18\t \x01(\x08\x12\x10\n\x08versions\x18\n \x03(\t\x12\x11\n\tspace_ids\x18\x0b \x03(\t\x12\x33\n\x04mode\x18\x0c \x01(\x0e\x32%.contentembed.search.v1.RetrievalMode\x12\x34\n\x06\x66usion\x18\r \x01(\x0e\x32$.contentembed.search.v1.FusionMethod\"L\n\x13GetDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x14\n\x0cwith_vectors\x18\x03 \x01(\x08\"\x9a\x01\n\x0eStoredDocument\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x08metadata\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\x06vector\x18\x03 \x01(\x0b\x32\x1e.contentembed.common.v1.Vector\x12\x13\n\x0bshard_index\x18\x04 \x01(\r\x12\x0c\n\x04text\x18\x05 \x01(\t\"f\n\x14GetDocumentsResponse\x12\x39\n\tdocuments\x18\x01 \x03(\x0b\x32&.contentembed.search.v1.StoredDocument\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\"\x84\x02\n\x12SearchBatchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12J\n\x15partial_result_policy\x18\x04 \x01(\x0e\x32+.contentembed.search.v1.PartialResultPolicy\x12\n\n\x02\x65\x66\x18\x05 \x01(\r\x12\'\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12;\n\tretrieval\x18\x07 \x01(\x0b\x32(.contentembed.search.v1.RetrievalOptions\"N\n\x13SearchBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.contentembed.search.v1.SearchResponse*}\n\x13PartialResultPolicy\x12%\n!PARTIAL_RESULT_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPARTIAL_RESULT_POLICY_FAIL\x10\x01\x12\x1f\n\x1bPARTIAL_RESULT_POLICY_ALLOW\x10\x02*\x80\x01\n\rRetrievalMode\x12\x1e\n\x1aRETRIEVAL_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14RETRIEVAL_MODE_DENSE\x10\x01\x12\x1a\n\x16RETRIEVAL_MODE_LEXICAL\x10\x02\x12\x19\n\x15RETRIEVAL_MODE_HYBRID\x10\x03*^\n\x0c\x46usionMethod\x12\x1d\n\x19\x46USION_METHOD_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46USION_METHOD_RRF\x10\x01\x12\x18\n\x14\x46USION_METHOD_MINMAX\x10\x02\x32\xbb\x02\n\rSearchService\x12W\n\x06Search\x12%.contentembed.search.v1.SearchRequest\x1a&.contentembed.search.v1.SearchResponse\x12i\n\x0cGetDocuments\x12+.contentembed.search.v1.GetDocumentsRequest\x1a,.contentembed.search.v1.GetDocumentsResponse\x12\x66\n\x0bSearchBatch\x12*.contentembed.search.v1.SearchBatchRequest\x1a+.contentembed.search.v1.SearchBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'contentembed.search.v1.search_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PARTIALRESULTPOLICY']._serialized_start=1901
-  _globals['_PARTIALRESULTPOLICY']._serialized_end=2026
-  _globals['_SEARCHREQUEST']._serialized_start=138
-  _globals['_SEARCHREQUEST']._serialized_end=656
-  _globals['_HIT']._serialized_start=658
-  _globals['_HIT']._serialized_end=774
-  _globals['_SHARDRESULT']._serialized_start=776
-  _globals['_SHARDRESULT']._serialized_end=876
-  _globals['_LATENCYBREAKDOWN']._serialized_start=878
-  _globals['_LATENCYBREAKDOWN']._serialized_end=970
-  _globals['_SEARCHRESPONSE']._serialized_start=973
-  _globals['_SEARCHRESPONSE']._serialized_end=1292
-  _globals['_GETDOCUMENTSREQUEST']._serialized_start=1294
-  _globals['_GETDOCUMENTSREQUEST']._serialized_end=1370
-  _globals['_STOREDDOCUMENT']._serialized_start=1373
-  _globals['_STOREDDOCUMENT']._serialized_end=1513
-  _globals['_GETDOCUMENTSRESPONSE']._serialized_start=1515
-  _globals['_GETDOCUMENTSRESPONSE']._serialized_end=1617
-  _globals['_SEARCHBATCHREQUEST']._serialized_start=1620
-  _globals['_SEARCHBATCHREQUEST']._serialized_end=1819
-  _globals['_SEARCHBATCHRESPONSE']._serialized_start=1821
-  _globals['_SEARCHBATCHRESPONSE']._serialized_end=1899
-  _globals['_SEARCHSERVICE']._serialized_start=2029
-  _globals['_SEARCHSERVICE']._serialized_end=2344
+  _globals['_PARTIALRESULTPOLICY']._serialized_start=2463
+  _globals['_PARTIALRESULTPOLICY']._serialized_end=2588
+  _globals['_RETRIEVALMODE']._serialized_start=2591
+  _globals['_RETRIEVALMODE']._serialized_end=2719
+  _globals['_FUSIONMETHOD']._serialized_start=2721
+  _globals['_FUSIONMETHOD']._serialized_end=2815
+  _globals['_RETRIEVALOPTIONS']._serialized_start=138
+  _globals['_RETRIEVALOPTIONS']._serialized_end=323
+  _globals['_SEARCHREQUEST']._serialized_start=326
+  _globals['_SEARCHREQUEST']._serialized_end=905
+  _globals['_HIT']._serialized_start=908
+  _globals['_HIT']._serialized_end=1154
+  _globals['_SHARDRESULT']._serialized_start=1156
+  _globals['_SHARDRESULT']._serialized_end=1256
+  _globals['_LATENCYBREAKDOWN']._serialized_start=1258
+  _globals['_LATENCYBREAKDOWN']._serialized_end=1350
+  _globals['_SEARCHRESPONSE']._serialized_start=1353
+  _globals['_SEARCHRESPONSE']._serialized_end=1779
+  _globals['_GETDOCUMENTSREQUEST']._serialized_start=1781
+  _globals['_GETDOCUMENTSREQUEST']._serialized_end=1857
+  _globals['_STOREDDOCUMENT']._serialized_start=1860
+  _globals['_STOREDDOCUMENT']._serialized_end=2014
+  _globals['_GETDOCUMENTSRESPONSE']._serialized_start=2016
+  _globals['_GETDOCUMENTSRESPONSE']._serialized_end=2118
+  _globals['_SEARCHBATCHREQUEST']._serialized_start=2121
+  _globals['_SEARCHBATCHREQUEST']._serialized_end=2381
+  _globals['_SEARCHBATCHRESPONSE']._serialized_start=2383
+  _globals['_SEARCHBATCHRESPONSE']._serialized_end=2461
+  _globals['_SEARCHSERVICE']._serialized_start=2818
+  _globals['_SEARCHSERVICE']._serialized_end=3133
 # @@protoc_insertion_point(module_scope)
