@@ -363,3 +363,23 @@ def test_writes_carry_each_texts_to_every_version_and_get_documents_returns_it()
     found, missing = gateway.get_documents("shop", ["new", "d0", "gone"], soon())
     assert [(d.id, d.text) for d in found] == [("new", "a brand new kettle"), ("d0", TEXTS[0])]
     assert missing == ["gone"]
+
+
+def test_a_canary_share_answers_hybrid_from_the_candidate() -> None:
+    gateway, shards, _ = stack(seed=1)
+    with_candidate(gateway, shards)
+    gateway.set_candidate("shop", "v2", shadow_fraction=0.0, canary_weight=1.0, deadline=soon())
+    outcome = gateway.search(Query("shop", "black lamp", 5, soon(), retrieval=HYBRID))
+    assert outcome.mode is Retrieval.HYBRID and outcome.versions == ["v2"]
+    assert all(c.version == "v2" and c.vectors == 1 and c.texts == ("black lamp",)
+               for c in searched(shards))
+    assert gateway.candidates.get("shop").stats.canary_queries == 1
+
+
+def test_a_named_version_answers_hybrid_from_that_version() -> None:
+    gateway, shards, _ = stack()
+    with_candidate(gateway, shards)
+    outcome = gateway.search(Query("shop", "green mug", 5, soon(), version="v2", retrieval=HYBRID))
+    assert outcome.mode is Retrieval.HYBRID and outcome.versions == ["v2"]
+    assert any(h.lexical_rank for h in outcome.hits)
+    assert all(c.version == "v2" and c.texts for c in searched(shards))
