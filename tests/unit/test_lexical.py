@@ -146,10 +146,11 @@ def test_bm25_ranks_rare_terms_and_repeats_above_common_ones() -> None:
 
 def test_filter_is_exact_and_does_not_change_scores() -> None:
     collection = lexical_collection()
-    # 60 documents match the text; the three the filter allows score lowest of all.
-    texts = {f"d{i}": "widget " * (3 if i >= 3 else 1) + f"extra words here {i}" for i in range(60)}
-    metadata = [{"color": "red" if i < 3 else "blue"} for i in range(60)]
-    collection.upsert(list(texts), vectors(60), metadata, list(texts.values()))
+    # 100 documents match the text; the three the filter allows (3%: the label-set query)
+    # score lowest of all.
+    texts = {f"d{i}": "widget " * (3 if i >= 3 else 1) + f"extra words here {i}" for i in range(100)}
+    metadata = [{"color": "red" if i < 3 else "blue"} for i in range(100)]
+    collection.upsert(list(texts), vectors(100), metadata, list(texts.values()))
     unfiltered = dict(scored(collection, "widget"))
     hits = collection.search_lexical_batch(["widget"], 3, {"color": "red"})[0]
     assert sorted(h.id for h in hits) == ["d0", "d1", "d2"]
