@@ -309,6 +309,13 @@ class HnswCollection:
                 self._apply_delete(WalRecord(self.seq + 1, "delete", sorted(pending.tombstones)))
             self.seq = max(self.seq, pending.seq) + 1
 
+    def settle(self) -> None:
+        """Commits the lexical writes no search has committed yet: after a WAL replay or an
+        install (thousands of documents), so the first search does not wait for them."""
+        if self._lexical is not None:
+            with self._lock.read():
+                self._lexical.searcher()
+
     # -- reads -----------------------------------------------------------------------
     def _check_query(self, queries: np.ndarray) -> np.ndarray:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
