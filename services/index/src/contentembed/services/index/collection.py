@@ -309,6 +309,13 @@ class HnswCollection:
                 self._apply_delete(WalRecord(self.seq + 1, "delete", sorted(pending.tombstones)))
             self.seq = max(self.seq, pending.seq) + 1
 
+    def settle(self) -> None:
+        """Commits the lexical writes no search has committed yet: after a WAL replay or an
+        install (thousands of documents), so the first search does not wait for them."""
+        if self._lexical is not None:
+            with self._lock.read():
+                self._lexical.searcher()
+
     # -- reads -----------------------------------------------------------------------
     def _check_query(self, queries: np.ndarray) -> np.ndarray:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
@@ -405,7 +412,8 @@ class HnswCollection:
         for position, text in enumerate(texts):
             check_text(text, what=f"texts[{position}]")
         with self._lock.read():
-            allowed = self._allowed_locked(metadata_filter)
+            labels = self._allowed_locked(metadata_filter)
+            allowed = None if labels is None else frozenset(labels)  # once for the batch
             results = []
             for text in texts:
                 hits = self._lexical.search(text, top_k, allowed)
@@ -483,7 +491,7 @@ class HnswCollection:
                 "vacant": self._vacant,
             }
             if self._text:  # absent when empty: snapshots of text-less items stay as before
-                items["texts"] = [[label, text] for label, text in self._text.items()]
+                items["texts"] = [[label, text] for label, text in sorted(self._text.items())]
             (directory / "items.json").write_text(json.dumps(items, separators=(",", ":")))
             manifest = {
                 "format": "contentembed-index/v1",

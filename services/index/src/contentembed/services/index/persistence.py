@@ -7,9 +7,12 @@ else refuses the load, so bad data is never served.
 
 Layout of one collection directory::
 
-    collection.json              name, space, dim, hnsw params (atomic write)
-    snapshots/<seq>/             index.bin (hnswlib), items.json, manifest.json (with
-                                 bundle_digest for a version installed from a bundle)
+    collection.json              name, space, dim, hnsw params, lexical config when the
+                                 collection has one (atomic write)
+    snapshots/<seq>/             index.bin (hnswlib), items.json (ids, metadata, texts),
+                                 manifest.json (with bundle_digest for a version installed
+                                 from a bundle, and the lexical config: the BM25 index is
+                                 rebuilt from the texts at load, never stored)
     CURRENT                      the seq of the snapshot to load (atomic write)
     wal/<first-seq>.log          records after that snapshot
     PENDING                      only while a version opened by BeginVersion waits for its

@@ -486,6 +486,7 @@ class CollectionStore:
                     if segment.stat().st_size == 0:
                         segment.unlink()
             collection = files.recover(empty)
+            collection.settle()
             if collection.lexical_params != lexical:
                 # The snapshot's manifest says how its texts are indexed; a version never
                 # changes that (bundles of another config are refused), so a difference is
@@ -865,6 +866,7 @@ class CollectionStore:
         check_bundle_lexical(bundle, pending, f"bundle for pending version {shown(version)}")
         with alias.gate.write():
             bundle.absorb(pending)
+            bundle.settle()
             if self.durability is not None:
                 files = self._files[(bundle.name, version)]
                 files.snapshot(bundle)
