@@ -471,14 +471,19 @@ def write_bundle(directory: Path, contents: BundleContents, shard_count: int) ->
     for shard in range(shard_count):
         mine = sorted(i for i in contents.ids if shard_for_id(i, shard_count) == shard)
         rows_at = [position[i] for i in mine]
+        # The lexical arguments only for a hybrid bundle: a dense part is written exactly
+        # as before hybrid retrieval existed.
+        hybrid = {"lexical": lexical} if lexical is not None else {}
         collection = HnswCollection(
             contents.collection, contents.space["space_id"], int(contents.space["dim"]),
             HnswParams(**contents.hnsw), initial_capacity=max(1, len(mine)),
-            version=contents.version, lexical=lexical,
+            version=contents.version, **hybrid,
         )
-        texts = [contents.texts[p] for p in rows_at] if contents.texts is not None else None
+        texts = (
+            {"texts": [contents.texts[p] for p in rows_at]} if contents.texts is not None else {}
+        )
         collection.bulk_insert(mine, contents.vectors[rows_at],
-                               [contents.metadata[p] for p in rows_at], texts=texts)
+                               [contents.metadata[p] for p in rows_at], **texts)
         name = f"shard-{shard:04d}"
         collection.write_snapshot(directory / name)
         for file in ("index.bin", "items.json", "manifest.json"):
