@@ -56,8 +56,8 @@ def test_repeated_query_is_served_from_the_cache_without_the_encoder(text_encode
         assert [h.score for h in second.hits] == [h.score for h in first.hits]
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics").read().decode()
         assert 'contentembed_query_cache_lookups_total{result="hit"} 1.0' in metrics
-        assert 'contentembed_search_queries_total{collection="docs"} 3.0' in metrics
-        assert 'contentembed_search_stage_seconds_count{stage="encode"} 3.0' in metrics
+        assert 'contentembed_search_queries_total{collection="docs",mode="dense"} 3.0' in metrics
+        assert 'contentembed_search_stage_seconds_count{mode="dense",stage="encode"} 3.0' in metrics
 
 
 def test_image_collections_use_the_image_encoder_of_their_space(text_encoder) -> None:

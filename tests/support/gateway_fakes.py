@@ -2,12 +2,15 @@
 domain runs in unit tests without a model, a server or grpc.
 
 They keep what the gateway's logic depends on — spaces, versions and their fingerprints,
-the shards' refusals — and nothing of an index's internals: search is exact cosine.
+the shards' refusals — and nothing of an index's internals: search is exact cosine, and
+the lexical side a bare idf sum over the query's words (enough to rank, not BM25).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from contentembed.services.common.errors import (
     AlreadyExists,
     ContentEmbedError,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     Unavailable,
 )
@@ -32,6 +36,7 @@ from contentembed.services.gateway.ports import (
     TEXT,
     Embedded,
     EncoderInfo,
+    LexicalConfig,
     ShardAnswer,
     ShardBatchAnswer,
     ShardCollection,
@@ -120,9 +125,28 @@ class FakeCollection:
     # version -> id -> (vector, metadata)
     items: dict[str, dict[str, tuple[np.ndarray, dict[str, Any]]]] = field(default_factory=dict)
     changes: int = 0  # bumped by every version change: the fingerprint
+    lexical: LexicalConfig | None = None
+    # version -> id -> the text it was written with
+    texts: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         return f"{self.changes}:{sorted(self.version_spaces.items())}"
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+@dataclass(frozen=True)
+class SearchCall:
+    """What one search or batch call asked of a fake shard."""
+
+    top_k: int
+    vectors: int  # query vectors sent (0: lexical only)
+    texts: tuple[str, ...]  # lexical queries sent
+    exact: bool = False
+    metadata_filter: Any = None
+    version: str = ""
 
 
 class FakeShard:
@@ -138,12 +162,17 @@ class FakeShard:
         self.fail: dict[str, list[ContentEmbedError]] = {}
         self.down = False
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.searches: list[SearchCall] = []  # every search and search_batch, in order
         # Run before an upsert is checked: lets a test change versions mid-write.
         self.before_upsert: Callable[[], None] | None = None
 
     # -- helpers for tests -----------------------------------------------------------
-    def add_collection(self, name: str, version: str, space: str, dim: int = 8) -> FakeCollection:
-        collection = FakeCollection(name, version, {version: space}, dim=dim, items={version: {}})
+    def add_collection(
+        self, name: str, version: str, space: str, dim: int = 8,
+        lexical: LexicalConfig | None = None,
+    ) -> FakeCollection:
+        collection = FakeCollection(name, version, {version: space}, dim=dim, items={version: {}},
+                                    lexical=lexical, texts={version: {}})
         self.collections[name] = collection
         return collection
 
@@ -151,6 +180,7 @@ class FakeShard:
         collection = self.collections[name]
         collection.version_spaces[version] = space
         collection.items.setdefault(version, {})
+        collection.texts.setdefault(version, {})
         if pending:
             collection.pending.add(version)
         collection.changes += 1
@@ -181,16 +211,49 @@ class FakeShard:
             version=c.serving, version_spaces=dict(c.version_spaces),
             versions=tuple(sorted(set(c.version_spaces) - c.pending)),
             pending_versions=tuple(sorted(c.pending)), versions_fingerprint=c.fingerprint(),
+            lexical=c.lexical,
         )
+
+    def _lexical(self, c: FakeCollection, version: str, text: str, top_k: int,
+                 metadata_filter: Any) -> list[Hit]:
+        if c.lexical is None:
+            raise FailedPrecondition(f"{self.label}: {c.name} has no lexical index",
+                                     reason="LEXICAL_NOT_ENABLED")
+        texts = c.texts.get(version, {})
+        documents = {item_id: words(t) for item_id, t in texts.items()}
+        scored = []
+        for item_id, (_, metadata) in c.items[version].items():
+            if metadata_filter and not matches(metadata, metadata_filter):
+                continue
+            score = 0.0
+            for word in words(text) & documents.get(item_id, set()):
+                df = sum(1 for d in documents.values() if word in d)
+                score += math.log(1 + (len(documents) - df + 0.5) / (df + 0.5))
+            if score > 0:
+                scored.append(Hit(item_id, score, self.shard_index, metadata, c.name))
+        scored.sort(key=lambda h: (-h.score, h.id))
+        return scored[:top_k]
 
     # -- the port --------------------------------------------------------------------
     def search(self, collection, query, space_id, top_k, deadline, version="", exact=False, ef=0,
-               metadata_filter=None):
-        def run() -> ShardAnswer:
-            c = self._get(collection)
-            answered = version or c.serving
-            if answered not in c.version_spaces or answered in c.pending:
-                raise FailedPrecondition(f"version {answered} not loaded", reason="VERSION_NOT_LOADED")
+               metadata_filter=None, text=""):
+        self.searches.append(SearchCall(top_k, 0 if query is None else 1, (text,) if text else (),
+                                        exact, metadata_filter, version))
+        return self._call("search", (collection, space_id, version, exact, ef, metadata_filter),
+                          lambda: self._search(collection, query, space_id, top_k, version,
+                                               metadata_filter, text))
+
+    def _search(self, collection, query, space_id, top_k, version, metadata_filter, text):
+        c = self._get(collection)
+        answered = version or c.serving
+        if answered not in c.version_spaces or answered in c.pending:
+            raise FailedPrecondition(f"version {answered} not loaded", reason="VERSION_NOT_LOADED")
+        if not 1 <= top_k <= 1000:
+            raise InvalidArgument(f"top_k {top_k}", reason="TOP_K_OUT_OF_RANGE")
+        if query is None and not text:
+            raise InvalidArgument("neither a vector nor a text", reason="EMPTY_QUERY")
+        scored: list[Hit] = []
+        if query is not None:
             if c.version_spaces[answered] != space_id:
                 raise FailedPrecondition(
                     f"{self.label}: query space {space_id}, version {answered} is in "
@@ -201,9 +264,8 @@ class FakeShard:
                 if not metadata_filter or matches(metadata, metadata_filter)
             ]
             scored.sort(key=lambda h: (-h.score, h.id))
-            return ShardAnswer(self.shard_index, scored[:top_k], space_id, answered)
-
-        return self._call("search", (collection, space_id, version, exact, ef, metadata_filter), run)
+        lexical = self._lexical(c, answered, text, top_k, metadata_filter) if text else []
+        return ShardAnswer(self.shard_index, scored[:top_k], space_id, answered, lexical)
 
     def get_vector(self, collection, item_id, deadline):
         def run() -> np.ndarray | None:
@@ -213,18 +275,25 @@ class FakeShard:
 
         return self._call("get_vector", (collection, item_id), run)
 
-    def search_batch(self, collection, queries, space_id, top_k, deadline, ef=0, metadata_filter=None):
-        answers = [
-            self.search(collection, row, space_id, top_k, deadline, ef=ef,
-                        metadata_filter=metadata_filter)
-            for row in queries
-        ]
+    def search_batch(self, collection, queries, space_id, top_k, deadline, ef=0, metadata_filter=None,
+                     texts=()):
+        rows = [] if queries is None else list(queries)
+        self.searches.append(SearchCall(top_k, len(rows), tuple(texts), False, metadata_filter))
 
         def run() -> ShardBatchAnswer:
-            found = [answer.result() for answer in answers]
+            if texts and rows and len(texts) != len(rows):
+                raise InvalidArgument("texts and queries differ in count", reason="BATCH_MISMATCH")
+            count = len(rows) or len(texts)
+            found = [
+                self._search(collection, rows[n] if rows else None, space_id, top_k, "",
+                             metadata_filter, texts[n] if texts else "")
+                for n in range(count)
+            ]
             results = tuple(answer.hits for answer in found)
+            lexical = tuple(answer.lexical_hits for answer in found) if texts else ()
             return ShardBatchAnswer(self.shard_index, [h for hits in results for h in hits],
-                                    found[0].space_id, found[0].version, results)
+                                    found[0].space_id, found[0].version,
+                                    [h for hits in lexical for h in hits], results, lexical)
 
         return self._call("search_batch", (collection, space_id, ef, metadata_filter), run)
 
@@ -232,14 +301,16 @@ class FakeShard:
         def run() -> list[StoredItem]:
             c = self._get(collection)
             stored = c.items.get(c.serving, {})
+            texts = c.texts.get(c.serving, {})
             return [
-                StoredItem(i, stored[i][0], dict(stored[i][1]), self.shard_index)
+                StoredItem(i, stored[i][0], dict(stored[i][1]), self.shard_index, texts.get(i, ""))
                 for i in ids if i in stored
             ]
 
         return self._call("get_items", (collection, tuple(ids)), run)
 
-    def upsert(self, collection, space_id, ids, vectors, metadata, deadline, versions_fingerprint=""):
+    def upsert(self, collection, space_id, ids, vectors, metadata, deadline, versions_fingerprint="",
+               texts=None):
         def run() -> int:
             if self.before_upsert is not None:
                 hook, self.before_upsert = self.before_upsert, None
@@ -249,8 +320,10 @@ class FakeShard:
                 raise Aborted(f"{self.label}: versions changed", reason="VERSIONS_CHANGED")
             for version, space in c.version_spaces.items():
                 if space == space_id:
-                    for item_id, vector, meta in zip(ids, vectors, metadata):
+                    for item_id, vector, meta, text in zip(ids, vectors, metadata,
+                                                           texts or [""] * len(ids)):
                         c.items[version][item_id] = (np.asarray(vector), dict(meta))
+                        c.texts.setdefault(version, {})[item_id] = text
             return len(ids)
 
         return self._call("upsert", (collection, space_id, tuple(ids)), run)
@@ -261,17 +334,22 @@ class FakeShard:
             deleted = 0
             for items in c.items.values():
                 deleted = max(deleted, sum(1 for i in ids if items.pop(i, None) is not None))
+            for texts in c.texts.values():
+                for i in ids:
+                    texts.pop(i, None)
             return deleted
 
         return self._call("delete_items", (collection, tuple(ids)), run)
 
-    def create_collection(self, name, space_id, dim, exist_ok, deadline):
+    def create_collection(self, name, space_id, dim, exist_ok, deadline, lexical=None):
         def run() -> tuple[ShardCollection, bool]:
             if name in self.collections:
                 if not exist_ok:
                     raise AlreadyExists(f"collection {name!r} exists")
+                if self.collections[name].lexical != lexical:
+                    raise FailedPrecondition("lexical differs", reason="LEXICAL_MISMATCH")
                 return self._describe(self.collections[name]), False
-            return self._describe(self.add_collection(name, "v0", space_id, dim)), True
+            return self._describe(self.add_collection(name, "v0", space_id, dim, lexical)), True
 
         return self._call("create_collection", (name, space_id), run)
 
@@ -330,6 +408,7 @@ class FakeShard:
                 raise NotFound(f"version {version} not found", reason="VERSION_NOT_FOUND")
             del c.version_spaces[version]
             c.items.pop(version, None)
+            c.texts.pop(version, None)
             c.pending.discard(version)
             c.changes += 1
             return self._describe(c)

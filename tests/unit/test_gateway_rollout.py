@@ -67,10 +67,10 @@ def test_a_failing_shadow_copy_is_counted_and_the_answer_still_served() -> None:
     gateway.set_candidate("shop", "v2", 1.0, 0.0, soon())
     original = shards[1].search
 
-    def fail_candidate(collection, query, space_id, top_k, deadline, version="", *more):
+    def fail_candidate(collection, query, space_id, top_k, deadline, version="", *more, **named):
         if version == "v2":
             shards[1].fail["search"] = [Unavailable("shard 1 lost the candidate")]
-        return original(collection, query, space_id, top_k, deadline, version, *more)
+        return original(collection, query, space_id, top_k, deadline, version, *more, **named)
 
     shards[1].search = fail_candidate
     answer = ask(gateway)

@@ -8,7 +8,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from contentembed.services.common.validation import validate_collection_name
-from contentembed.services.gateway.ports import TEXT, ShardCollection, ShardPort, wait_all
+from contentembed.services.gateway.ports import (
+    TEXT,
+    LexicalConfig,
+    ShardCollection,
+    ShardPort,
+    wait_all,
+)
 from contentembed.services.gateway.routing import EncoderRouter
 
 
@@ -25,6 +31,7 @@ class CollectionSummary:
     version_spaces: dict[str, str] = field(default_factory=dict)
     candidate_version: str = ""
     serving_versions: list[str] = field(default_factory=list)  # what ``version`` joins
+    lexical: LexicalConfig | None = None  # the BM25 index beside the vectors; None: none
 
 
 def summarize(per_shard: Sequence[ShardCollection], candidate: str = "") -> CollectionSummary:
@@ -46,6 +53,8 @@ def summarize(per_shard: Sequence[ShardCollection], candidate: str = "") -> Coll
         version_spaces=spaces,
         candidate_version=candidate,
         serving_versions=serving,
+        # Created on every shard with the same config (CreateCollection sends it to all).
+        lexical=first.lexical,
     )
 
 
@@ -69,10 +78,12 @@ class CollectionAdmin:
 
     def create(
         self, name: str, space_id: str, exist_ok: bool, deadline: float, modality: str = TEXT,
-        model: str = "",
+        model: str = "", lexical: LexicalConfig | None = None,
     ) -> tuple[CollectionSummary, bool]:
         """In ``space_id``; else in the space of ``model``; else in that of the only encoder
-        of ``modality``."""
+        of ``modality``. With ``lexical``, every shard keeps a BM25 index beside the
+        vectors (the shards check the language; exist_ok with another config is
+        FAILED_PRECONDITION LEXICAL_MISMATCH from the shards)."""
         validate_collection_name(name)
         if space_id:
             info = self.router.info_for_space(space_id)
@@ -81,7 +92,8 @@ class CollectionAdmin:
         else:
             info = self.router.default_space(modality)
         results = wait_all(
-            [s.create_collection(name, info.space_id, info.dim, exist_ok, deadline) for s in self.shards]
+            [s.create_collection(name, info.space_id, info.dim, exist_ok, deadline, lexical)
+             for s in self.shards]
         )
         return self.summary([c for c, _ in results]), any(created for _, created in results)
 

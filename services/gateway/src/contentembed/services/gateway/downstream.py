@@ -40,6 +40,7 @@ from contentembed.services.gateway.ports import (
     TEXT,
     Embedded,
     EncoderInfo,
+    LexicalConfig,
     ShardAnswer,
     ShardBatchAnswer,
     ShardCollection,
@@ -64,7 +65,12 @@ def _collection(message: index_pb.Collection) -> ShardCollection:
         pending_versions=tuple(message.pending_versions),
         versions_fingerprint=message.versions_fingerprint,
         version_digests=dict(message.version_digests),
+        lexical=LexicalConfig(message.lexical.language) if message.lexical.enabled else None,
     )
+
+
+def _hits(hits: Sequence[index_pb.Hit], shard_index: int, collection: str) -> list[Hit]:
+    return [Hit(h.id, h.score, shard_index, struct_to_dict(h.metadata), collection) for h in hits]
 
 
 class EncoderClient:
@@ -147,7 +153,7 @@ class IndexShardClient:
     def search(
         self,
         collection: str,
-        query: np.ndarray,
+        query: np.ndarray | None,
         space_id: str,
         top_k: int,
         deadline: float,
@@ -155,15 +161,17 @@ class IndexShardClient:
         exact: bool = False,
         ef: int = 0,
         metadata_filter: Mapping[str, Any] | None = None,
+        text: str = "",
     ) -> PendingCall[Any, ShardAnswer]:
         request = index_pb.SearchRequest(
             collection=collection,
-            query=vector_to_pb(query),
+            query=None if query is None else vector_to_pb(query),
             top_k=top_k,
             space_id=space_id,
             version=version,
             exact=exact,
             ef=ef,
+            text=text,
         )
         if metadata_filter:
             request.filter.CopyFrom(dict_to_struct(metadata_filter))
@@ -171,12 +179,10 @@ class IndexShardClient:
         def convert(response: index_pb.SearchResponse) -> ShardAnswer:
             return ShardAnswer(
                 shard_index=self.shard_index,
-                hits=[
-                    Hit(h.id, h.score, self.shard_index, struct_to_dict(h.metadata), collection)
-                    for h in response.hits
-                ],
+                hits=_hits(response.hits, self.shard_index, collection),
                 space_id=response.space_id,
                 version=response.version,
+                lexical_hits=_hits(response.lexical_hits, self.shard_index, collection),
             )
 
         return self._call("Search", request, deadline, convert)
@@ -184,37 +190,41 @@ class IndexShardClient:
     def search_batch(
         self,
         collection: str,
-        queries: np.ndarray,
+        queries: np.ndarray | None,
         space_id: str,
         top_k: int,
         deadline: float,
         ef: int = 0,
         metadata_filter: Mapping[str, Any] | None = None,
+        texts: Sequence[str] = (),
     ) -> PendingCall[Any, ShardBatchAnswer]:
         request = index_pb.SearchBatchRequest(
             collection=collection,
-            queries=[vector_to_pb(row) for row in queries],
+            queries=[] if queries is None else [vector_to_pb(row) for row in queries],
             top_k=top_k,
             space_id=space_id,
             ef=ef,
+            texts=list(texts),
         )
         if metadata_filter:
             request.filter.CopyFrom(dict_to_struct(metadata_filter))
 
         def convert(response: index_pb.SearchBatchResponse) -> ShardBatchAnswer:
             results = tuple(
-                [
-                    Hit(h.id, h.score, self.shard_index, struct_to_dict(h.metadata), collection)
-                    for h in result.hits
-                ]
-                for result in response.results
+                _hits(result.hits, self.shard_index, collection) for result in response.results
             )
+            lexical = tuple(
+                _hits(result.lexical_hits, self.shard_index, collection)
+                for result in response.results
+            ) if texts else ()
             return ShardBatchAnswer(
                 shard_index=self.shard_index,
                 hits=[hit for hits in results for hit in hits],
                 space_id=response.space_id,
                 version=response.version,
+                lexical_hits=[hit for hits in lexical for hit in hits],
                 results=results,
+                lexical_results=lexical,
             )
 
         return self._call("SearchBatch", request, deadline, convert)
@@ -244,6 +254,7 @@ class IndexShardClient:
                     vector=vector_from_pb(item.vector, what=f"{self.label} item {item.id!r}"),
                     metadata=struct_to_dict(item.metadata),
                     shard_index=self.shard_index,
+                    text=item.text,
                 )
                 for item in response.items
             ]
@@ -259,16 +270,18 @@ class IndexShardClient:
         metadata: Sequence[dict[str, Any]],
         deadline: float,
         versions_fingerprint: str = "",
+        texts: Sequence[str] | None = None,
     ) -> PendingCall[Any, int]:
-        """Writes every version of the collection in ``space_id``; with a fingerprint, the
-        shard refuses (ABORTED VERSIONS_CHANGED) when its versions changed since."""
+        """Writes every version of the collection in ``space_id``, each item with its text;
+        with a fingerprint, the shard refuses (ABORTED VERSIONS_CHANGED) when its versions
+        changed since."""
         request = index_pb.UpsertRequest(
             collection=collection,
             space_id=space_id,
             versions_fingerprint=versions_fingerprint,
             items=[
-                index_pb.Item(id=i, vector=vector_to_pb(v), metadata=dict_to_struct(m))
-                for i, v, m in zip(ids, vectors, metadata)
+                index_pb.Item(id=i, vector=vector_to_pb(v), metadata=dict_to_struct(m), text=t)
+                for i, v, m, t in zip(ids, vectors, metadata, texts or [""] * len(ids))
             ],
         )
         return self._call("Upsert", request, deadline, lambda r: r.upserted_count)
@@ -278,10 +291,13 @@ class IndexShardClient:
         return self._call("DeleteItems", request, deadline, lambda r: r.deleted_count)
 
     def create_collection(
-        self, name: str, space_id: str, dim: int, exist_ok: bool, deadline: float
+        self, name: str, space_id: str, dim: int, exist_ok: bool, deadline: float,
+        lexical: LexicalConfig | None = None,
     ) -> PendingCall[Any, tuple[ShardCollection, bool]]:
         request = index_pb.CreateCollectionRequest(
-            name=name, space_id=space_id, dim=dim, metric=index_pb.METRIC_COSINE, exist_ok=exist_ok
+            name=name, space_id=space_id, dim=dim, metric=index_pb.METRIC_COSINE, exist_ok=exist_ok,
+            lexical=None if lexical is None
+            else types_pb2.LexicalConfig(enabled=True, language=lexical.language),
         )
         return self._call(
             "CreateCollection", request, deadline, lambda r: (_collection(r.collection), r.created)

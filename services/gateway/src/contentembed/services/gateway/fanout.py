@@ -58,7 +58,8 @@ def gather_shards(
             continue
         answers.append(answer)
         outcomes.append(
-            ShardOutcome(shard.shard_index, True, hit_count=len(answer.hits),
+            ShardOutcome(shard.shard_index, True,
+                         hit_count=len(answer.hits) + len(answer.lexical_hits),
                          latency_ms=call.latency_ms)
         )
     for error in failures:

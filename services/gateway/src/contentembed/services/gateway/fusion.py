@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from contentembed.services.gateway.merge import Hit
@@ -139,4 +139,19 @@ def single_retriever(hits: Sequence[Hit], *, lexical: bool) -> list[FusedHit]:
             lexical_rank=rank if lexical else 0,
         )
         for rank, hit in enumerate(hits, start=1)
+    ]
+
+
+def as_hits(fused: Sequence[FusedHit]) -> list[Hit]:
+    """Fused hits as the gateway's hits: the fused score, each retriever's own on the side."""
+    return [
+        replace(
+            f.hit,
+            score=f.score,
+            dense_score=f.dense_score,
+            lexical_score=f.lexical_score,
+            dense_rank=f.dense_rank,
+            lexical_rank=f.lexical_rank,
+        )
+        for f in fused
     ]

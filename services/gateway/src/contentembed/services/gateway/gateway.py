@@ -35,6 +35,7 @@ from contentembed.services.common.metadata import MetadataLimits
 from contentembed.services.gateway.background import BackgroundPool
 from contentembed.services.gateway.cache import EmbeddingCache
 from contentembed.services.gateway.collection_admin import CollectionAdmin, CollectionSummary
+from contentembed.services.gateway.fusion import FusionParams
 from contentembed.services.gateway.ingest import Document, Ingest, WritePlans
 from contentembed.services.gateway.lookup import Lookup
 from contentembed.services.gateway.metrics import GatewayMetrics
@@ -42,6 +43,7 @@ from contentembed.services.gateway.monitoring import QualityMonitor
 from contentembed.services.gateway.ports import (
     TEXT,
     EncoderPort,
+    LexicalConfig,
     ShardLimits,
     ShardPort,
     StoredItem,
@@ -59,6 +61,8 @@ from contentembed.services.gateway.search import (
     BatchQuery,
     Query,
     RegisterCancel,
+    Retrieval,
+    RetrievalOptions,
     Searcher,
     SearchObserver,
     SearchOutcome,
@@ -70,7 +74,10 @@ log = logging.getLogger(__name__)
 NOT_RETRIED_AT_START = CLIENT_ERROR_CODES | {"UNAUTHENTICATED", "PERMISSION_DENIED"}
 CONNECT_ATTEMPT_S = 5.0  # one try of the start-up wait for encoders and shards
 
-__all__ = ["BatchQuery", "CollectionSummary", "Document", "Gateway", "GatewayConfig", "Query", "SearchOutcome"]
+__all__ = [
+    "BatchQuery", "CollectionSummary", "Document", "FusionParams", "Gateway", "GatewayConfig",
+    "LexicalConfig", "Query", "Retrieval", "RetrievalOptions", "SearchOutcome",
+]
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,9 @@ class GatewayConfig:
     drift_reference_size: int = 500
     drift_window: int = 500
     catalog_window_s: float = 3600.0
+    # How hybrid answers fuse by default (method, rrf_k, alpha, depth); a request may
+    # override each (SearchRequest.retrieval). The values live in FusionParams only.
+    fusion: FusionParams = field(default_factory=FusionParams)
 
 
 class Gateway:
@@ -120,7 +130,7 @@ class Gateway:
         )
         self.searcher = Searcher(
             self.router, self.collection_spaces, self.shards, self.cache, metrics, config.max_top_k,
-            config.max_ef, config.metadata_limits,
+            config.max_ef, config.metadata_limits, config.fusion,
         )
         self.ingest = Ingest(
             self.router, self.shards, self.write_plans, config.max_documents_per_upsert,
@@ -229,7 +239,10 @@ class Gateway:
 
         An evaluation (a named ``version``, or ``exact``) answers from exactly what was
         asked: no canary, no shadow copy, no quality metric. A top_k of 0 is the
-        configured default_top_k."""
+        configured default_top_k.
+
+        The retrieval (dense, lexical, hybrid) is the searcher's to decide per collection
+        (``Searcher.resolve_mode``); the outcome says which answered."""
         if query.top_k == 0:
             query = replace(query, top_k=self.config.default_top_k)
         self.searcher.validate(query)
@@ -245,18 +258,19 @@ class Gateway:
         if len(query.collections) > 1:
             outcome = self.searcher.search_many(query)
             self.metrics.observe_search(
-                query.collection, outcome.hits[0].score if outcome.hits else None, outcome.partial
+                query.collection, outcome.mode, outcome.hits, outcome.partial
             )
             return outcome
         assignment = self.rollout.assign(query.collection)
         outcome = self.searcher.search_one(
             query, query.collection, assignment.version, assignment.space_id
         )
-        for stage, ms in (("encode", outcome.encode_ms), ("search", outcome.search_ms),
-                          ("merge", outcome.merge_ms)):
-            self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
-        best = outcome.hits[0].score if outcome.hits else None
-        self.metrics.observe_search(query.collection, best, outcome.partial)
+        stages = [("search", outcome.search_ms), ("merge", outcome.merge_ms)]
+        if outcome.mode is not Retrieval.LEXICAL:  # BM25 alone embeds nothing
+            stages.insert(0, ("encode", outcome.encode_ms))
+        for stage, ms in stages:
+            self.metrics.stage_seconds.labels(stage, outcome.mode).observe(ms / 1000)
+        self.metrics.observe_search(query.collection, outcome.mode, outcome.hits, outcome.partial)
         self._tell_observers(query, outcome, assignment)
         return outcome
 
@@ -279,9 +293,15 @@ class Gateway:
     # -- collections -----------------------------------------------------------------
     def create_collection(
         self, name: str, space_id: str, exist_ok: bool, deadline: float, modality: str = TEXT,
-        model: str = "",
+        model: str = "", lexical: LexicalConfig | None = None,
     ) -> tuple[CollectionSummary, bool]:
-        return self.collections.create(name, space_id, exist_ok, deadline, modality, model)
+        """``lexical``: a BM25 index beside the vectors on every shard (a hybrid collection)."""
+        created = self.collections.create(
+            name, space_id, exist_ok, deadline, modality, model, lexical
+        )
+        # A name deleted and created again elsewhere may have a new space or lexical index.
+        self.collection_spaces.forget(name)
+        return created
 
     def get_collection(self, name: str, deadline: float) -> CollectionSummary:
         return self.collections.get(name, deadline)

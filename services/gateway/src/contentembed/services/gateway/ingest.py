@@ -47,6 +47,11 @@ class Document:
     def modality(self) -> str:
         return TEXT if isinstance(self.content, str) else IMAGE
 
+    @property
+    def text(self) -> str:
+        """What the shards keep as the item's text: "" for an image."""
+        return self.content if isinstance(self.content, str) else ""
+
 
 class WritePlans:
     """The write plan of each collection, reused for ``WRITE_PLAN_TTL_S``; forgotten when
@@ -226,6 +231,9 @@ class Ingest:
                         [documents[p].metadata for p in positions],
                         deadline,
                         targets.fingerprint,
+                        # Every version keeps the text (indexed for BM25 where the
+                        # collection is lexical, and there to re-embed with a new model).
+                        [documents[p].text for p in positions],
                     )
                 )
         failures = [o for o in outcomes_of(upserts) if isinstance(o, ContentEmbedError)]

@@ -17,6 +17,13 @@ class Hit:
     shard_index: int
     metadata: dict[str, Any] = field(default_factory=dict)
     collection: str = ""
+    # Each retriever's own score and rank (from 1) in its list merged over the shards, set
+    # on the gateway's answer: which retriever found the hit, and how well. None / 0: that
+    # retriever did not have it among its candidates.
+    dense_score: float | None = None
+    lexical_score: float | None = None
+    dense_rank: int = 0
+    lexical_rank: int = 0
 
 
 def merge_top_k(shard_answers: Iterable[Iterable[Hit]], top_k: int) -> list[Hit]:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from contentembed.services.common.metrics import LATENCY_BUCKETS
+from contentembed.services.gateway.merge import Hit
+
+LEXICAL = "lexical"  # the mode label of BM25-only answers (search.Retrieval.LEXICAL)
 
 
 class GatewayMetrics:
@@ -12,8 +17,9 @@ class GatewayMetrics:
         self.coverage_floor = coverage_floor
         self.stage_seconds = Histogram(
             "contentembed_search_stage_seconds",
-            "Time per search stage (encode, search, merge).",
-            ["stage"],
+            "Time per search stage (encode, search, merge) by retrieval mode (dense, lexical, "
+            "hybrid; lexical answers have no encode stage).",
+            ["stage", "mode"],
             registry=registry,
             buckets=LATENCY_BUCKETS,
         )
@@ -30,15 +36,16 @@ class GatewayMetrics:
         )
         self.queries = Counter(
             "contentembed_search_queries",
-            "Answered searches per collection.",
-            ["collection"],
+            "Answered searches per collection and retrieval mode (dense, lexical, hybrid).",
+            ["collection", "mode"],
             registry=registry,
         )
         self.covered = Counter(
             "contentembed_search_covered_queries",
-            "Answered searches whose best hit scored at or above the coverage floor; "
+            "Answered searches with a hit whose cosine (dense score) is at or above the "
+            "coverage floor, or, for lexical answers (no cosine), with any hit (a BM25 match); "
             "covered / queries is the coverage.",
-            ["collection"],
+            ["collection", "mode"],
             registry=registry,
         )
         self.partial = Counter(
@@ -88,9 +95,21 @@ class GatewayMetrics:
             registry=registry,
         )
 
-    def observe_search(self, collection: str, best_score: float | None, partial: bool) -> None:
-        self.queries.labels(collection).inc()
-        if best_score is not None and best_score >= self.coverage_floor:
-            self.covered.labels(collection).inc()
+    def observe_search(
+        self, collection: str, mode: str, hits: Sequence[Hit], partial: bool
+    ) -> None:
+        """Counts an answered search. Coverage compares cosine with the floor: the dense
+        score of the hits, not the answer's score, which is a fusion score for hybrid (and
+        for collections of several spaces) and BM25 for lexical."""
+        self.queries.labels(collection, mode).inc()
+        if mode == LEXICAL:
+            covered = bool(hits)
+        else:
+            covered = any(
+                hit.dense_score is not None and hit.dense_score >= self.coverage_floor
+                for hit in hits
+            )
+        if covered:
+            self.covered.labels(collection, mode).inc()
         if partial:
             self.partial.labels(collection).inc()

@@ -18,6 +18,7 @@ from contentembed.services.gateway.background import BackgroundPool
 from contentembed.services.gateway.merge import merge_top_k
 from contentembed.services.gateway.metrics import GatewayMetrics
 from contentembed.services.gateway.ports import ShardPort, wait_all
+from contentembed.services.gateway.search import Retrieval
 
 if TYPE_CHECKING:
     from contentembed.services.gateway.rollout import Assignment
@@ -137,7 +138,10 @@ class QualityMonitor:
         if outcome.query_vector is not None:
             drift.observe(outcome.query_vector)
         self.catalog.observe(query.collection, (hit.id for hit in outcome.hits))
-        if (outcome.hits and not query.reshapes_answer
+        # Recall of the HNSW answer against exact search: a fused or lexical answer is no
+        # approximation of the exact dense one, so only dense answers are audited (the
+        # draw is skipped too, so it stays where it was for everything else).
+        if (outcome.hits and not query.reshapes_answer and outcome.mode is Retrieval.DENSE
                 and self._draw.random() < self.recall_sample_rate):
             self.background.offload(
                 lambda: self.audit_recall(query.collection, outcome, query.top_k),

@@ -9,7 +9,7 @@ logic runs in milliseconds without a model or a server.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -46,6 +46,13 @@ class Embedded:
 
 
 @dataclass(frozen=True)
+class LexicalConfig:
+    """A collection's lexical (BM25) index: its presence makes the collection hybrid."""
+
+    language: str = ""  # "" is the shards' default (english); "none": lower-casing only
+
+
+@dataclass(frozen=True)
 class ShardCollection:
     name: str
     space_id: str
@@ -57,6 +64,7 @@ class ShardCollection:
     pending_versions: tuple[str, ...] = ()
     versions_fingerprint: str = ""
     version_digests: dict[str, str] | None = None
+    lexical: LexicalConfig | None = None  # None: dense only
 
     def spaces_written(self) -> set[str]:
         """Every space one of its versions (loaded or pending) is in: a write reaches all."""
@@ -69,14 +77,18 @@ class ShardAnswer:
     hits: list[Hit]
     space_id: str
     version: str
+    # BM25 hits of the lexical query, best first (only when the call carried a text).
+    lexical_hits: list[Hit] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class ShardBatchAnswer(ShardAnswer):
-    """A shard's answer to a batch of queries: ``results`` one hit list per query, in
-    order; ``hits`` (the base's) holds them all, for the hit count."""
+    """A shard's answer to a batch of queries: ``results`` one hit list per query vector,
+    ``lexical_results`` one per query text, in order; ``hits`` and ``lexical_hits`` (the
+    base's) hold them all, for the hit count."""
 
     results: tuple[list[Hit], ...] = ()
+    lexical_results: tuple[list[Hit], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,7 @@ class StoredItem:
     vector: np.ndarray
     metadata: dict[str, Any]
     shard_index: int
+    text: str = ""  # what it was written with; "" for none (an image, a vector)
 
 
 class Pending(Protocol[ResultT_co]):
@@ -152,19 +165,24 @@ class ShardPort(Protocol):
     def limits(self, deadline: float) -> Pending[ShardLimits]: ...
 
     def search(
-        self, collection: str, query: np.ndarray, space_id: str, top_k: int, deadline: float,
-        version: str = "", exact: bool = False, ef: int = 0,
-        metadata_filter: Mapping[str, Any] | None = None,
+        self, collection: str, query: np.ndarray | None, space_id: str, top_k: int,
+        deadline: float, version: str = "", exact: bool = False, ef: int = 0,
+        metadata_filter: Mapping[str, Any] | None = None, text: str = "",
     ) -> Pending[ShardAnswer]:
-        """The shard's best ``top_k``; ``ef`` 0 is the collection's default, an empty or
-        absent filter matches every item (grammar: common/filters.py)."""
+        """The shard's best ``top_k`` by cosine to ``query`` (``hits``) and, with a
+        ``text``, by BM25 (``lexical_hits``), in one call; no ``query``: lexical only.
+        ``ef`` 0 is the collection's default; ``exact`` applies to the vector side; the
+        filter to both (an empty or absent one matches every item, grammar:
+        common/filters.py)."""
         ...
 
     def search_batch(
-        self, collection: str, queries: np.ndarray, space_id: str, top_k: int, deadline: float,
-        ef: int = 0, metadata_filter: Mapping[str, Any] | None = None,
+        self, collection: str, queries: np.ndarray | None, space_id: str, top_k: int,
+        deadline: float, ef: int = 0, metadata_filter: Mapping[str, Any] | None = None,
+        texts: Sequence[str] = (),
     ) -> Pending[ShardBatchAnswer]:
-        """The shard's best ``top_k`` for each row of ``queries`` (serving version)."""
+        """The shard's best ``top_k`` for each row of ``queries`` and each of ``texts``
+        (none, or one per row; no ``queries``: lexical only), serving version."""
         ...
 
     def get_vector(
@@ -182,15 +200,18 @@ class ShardPort(Protocol):
     def upsert(
         self, collection: str, space_id: str, ids: Sequence[str], vectors: np.ndarray,
         metadata: Sequence[dict[str, Any]], deadline: float, versions_fingerprint: str = "",
+        texts: Sequence[str] | None = None,
     ) -> Pending[int]:
-        """Writes every version of the collection in ``space_id``; with a fingerprint, the
-        shard refuses (ABORTED VERSIONS_CHANGED) when its versions changed since."""
+        """Writes every version of the collection in ``space_id``, each item with its text
+        ("" for none); with a fingerprint, the shard refuses (ABORTED VERSIONS_CHANGED)
+        when its versions changed since."""
         ...
 
     def delete_items(self, collection: str, ids: Sequence[str], deadline: float) -> Pending[int]: ...
 
     def create_collection(
-        self, name: str, space_id: str, dim: int, exist_ok: bool, deadline: float
+        self, name: str, space_id: str, dim: int, exist_ok: bool, deadline: float,
+        lexical: LexicalConfig | None = None,
     ) -> Pending[tuple[ShardCollection, bool]]: ...
 
     def get_collection(self, name: str, deadline: float) -> Pending[ShardCollection]: ...

@@ -28,7 +28,13 @@ from contentembed.services.gateway.ingest import WritePlans
 from contentembed.services.gateway.metrics import GatewayMetrics
 from contentembed.services.gateway.ports import ShardCollection, ShardPort, outcomes_of, wait_all
 from contentembed.services.gateway.routing import CollectionSpaces, EncoderRouter
-from contentembed.services.gateway.search import Query, Searcher, SearchOutcome, ignore_cancel
+from contentembed.services.gateway.search import (
+    Query,
+    Retrieval,
+    Searcher,
+    SearchOutcome,
+    ignore_cancel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +158,16 @@ class Assignment:
 class ShadowMirror:
     """A search observer: a ``shadow_fraction`` share of the answers served by the serving
     version is repeated against the candidate on a background thread and compared; a
-    canary answer is counted. A full queue skips the copy; the answer is never touched."""
+    canary answer is counted. A full queue skips the copy; the answer is never touched.
+
+    Shadow copies compare the dense retrievers only. A candidate differs from the serving
+    version in its embedding model (or its build of the vectors); the BM25 side is the same
+    texts through the same analyzer. So a hybrid answer's copy runs dense on the candidate
+    and is compared with the primary's dense candidates (the same page of them), which
+    the fused lists would blur with the lexical side's agreement, and which needs no
+    lexical index on the candidate; a lexical answer is not mirrored at all (no model to
+    compare). The latency delta of a hybrid copy then leaves out the primary's BM25 work
+    only as far as the shard did it in parallel with HNSW."""
 
     def __init__(
         self,
@@ -172,21 +187,29 @@ class ShadowMirror:
             return
         if assignment.canary:
             candidate.stats.record_canary()
-        elif self._draw.random() < candidate.shadow_fraction:
+        elif outcome.mode is not Retrieval.LEXICAL and self._draw.random() < candidate.shadow_fraction:
             self.mirror(query, candidate, outcome)
 
     def mirror(self, query: Query, candidate: Candidate, primary: SearchOutcome) -> None:
-        primary_ids = [hit.id for hit in primary.hits]
+        shadow_query = replace(
+            query, allow_partial=False, register_cancel=ignore_cancel,
+            retrieval=replace(query.retrieval, mode=Retrieval.DENSE),
+        )
+        if primary.mode is Retrieval.HYBRID:
+            # Dense against dense: the primary's dense candidates, paged as the query pages
+            # (the threshold was on the fused score: neither side applies it).
+            primary_hits = primary.dense_candidates[query.offset:query.offset + query.top_k]
+            shadow_query = replace(shadow_query, score_threshold=None)
+        else:
+            primary_hits = primary.hits
+        primary_ids = [hit.id for hit in primary_hits]
         primary_ms = primary.encode_ms + primary.search_ms
 
         def run() -> None:
-            shadow_query = replace(
-                query, allow_partial=False, deadline=time.monotonic() + SHADOW_TIMEOUT_S,
-                register_cancel=ignore_cancel,
-            )
+            shadow_query_now = replace(shadow_query, deadline=time.monotonic() + SHADOW_TIMEOUT_S)
             try:
                 shadow = self.searcher.search_one(
-                    shadow_query, query.collection, candidate.version, candidate.space_id
+                    shadow_query_now, query.collection, candidate.version, candidate.space_id
                 )
                 overlap = candidate.stats.record(
                     primary_ids, [hit.id for hit in shadow.hits],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from contentembed.services.common.errors import (
     CLIENT_ERROR_CODES,
@@ -19,7 +20,13 @@ from contentembed.services.common.errors import (
     FailedPrecondition,
 )
 from contentembed.services.common.validation import shown
-from contentembed.services.gateway.ports import TEXT, EncoderInfo, EncoderPort, ShardPort
+from contentembed.services.gateway.ports import (
+    TEXT,
+    EncoderInfo,
+    EncoderPort,
+    LexicalConfig,
+    ShardPort,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,43 +126,62 @@ class EncoderRouter:
         )
 
 
+@dataclass(frozen=True)
+class CollectionRoute:
+    """What a search needs to know of a collection before asking its shards."""
+
+    space_id: str  # the serving version's
+    lexical: LexicalConfig | None  # None: no lexical index (dense only)
+
+
 class CollectionSpaces:
-    """The space each collection serves in, as the shards report it.
+    """The space each collection serves in, and whether it has a lexical index, as the
+    shards report them (one GetCollection answer says both).
 
     A name is looked up once (its first search) and then kept fresh by the gateway's
     refresh loop, so searches do not ask every shard again whenever an entry ages out.
-    A promotion, a rollback or a deletion through this gateway forgets the entry at
-    once; a change made through another gateway shows as a shard refusing the space
-    (FAILED_PRECONDITION), which forgets it too, until the next refresh at the latest.
+    A promotion, a rollback, a creation or a deletion through this gateway forgets the
+    entry at once; a change made through another gateway shows as a shard refusing the
+    space (FAILED_PRECONDITION), which forgets it too, until the next refresh at the latest.
     """
 
     def __init__(self, shards: Sequence[ShardPort]) -> None:
         self._shards = list(shards)
-        self._spaces: dict[str, str] = {}
+        self._routes: dict[str, CollectionRoute] = {}
         self._lock = threading.Lock()
 
-    def space_of(self, collection: str, deadline: float) -> str:
+    def route_of(self, collection: str, deadline: float) -> CollectionRoute:
         with self._lock:
-            known = self._spaces.get(collection)
+            known = self._routes.get(collection)
         if known is not None:
             return known
-        space = self._ask_shards(collection, deadline)
+        route = self._ask_shards(collection, deadline)
         with self._lock:
-            self._spaces[collection] = space
-        return space
+            self._routes[collection] = route
+        return route
 
-    def _ask_shards(self, collection: str, deadline: float) -> str:
+    def space_of(self, collection: str, deadline: float) -> str:
+        return self.route_of(collection, deadline).space_id
+
+    def lexical_of(self, collection: str, deadline: float) -> LexicalConfig | None:
+        """The collection's lexical index (None: none), from the same entry as its space:
+        a query that needs both asks the shards at most once."""
+        return self.route_of(collection, deadline).lexical
+
+    def _ask_shards(self, collection: str, deadline: float) -> CollectionRoute:
         # Any shard knows the space: ask all, take the first answer, so one shard down does
         # not stop searches that allow partial results.
         calls = [shard.get_collection(collection, deadline) for shard in self._shards]
         first_error: ContentEmbedError | None = None
         for call in calls:
             try:
-                return call.result().space_id
+                found = call.result()
             except ContentEmbedError as error:
                 if error.code in CLIENT_ERROR_CODES:
                     raise
                 first_error = first_error or error
+                continue
+            return CollectionRoute(found.space_id, found.lexical)
         assert first_error is not None
         raise first_error
 
@@ -163,26 +189,26 @@ class CollectionSpaces:
         """Asks again for every known collection; one that is gone is forgotten, one no
         shard answers for keeps its entry (the shards may be restarting)."""
         with self._lock:
-            names = list(self._spaces)
+            names = list(self._routes)
         for name in names:
             try:
-                space = self._ask_shards(name, deadline)
+                route = self._ask_shards(name, deadline)
             except ContentEmbedError as error:
                 if error.code in CLIENT_ERROR_CODES:
                     self.forget(name)
                 continue
             with self._lock:
-                if name in self._spaces:  # not forgotten meanwhile by a promotion
-                    self._spaces[name] = space
+                if name in self._routes:  # not forgotten meanwhile by a promotion
+                    self._routes[name] = route
 
     def forget(self, collection: str) -> None:
         with self._lock:
-            self._spaces.pop(collection, None)
+            self._routes.pop(collection, None)
 
     def clear(self) -> None:
         with self._lock:
-            self._spaces.clear()
+            self._routes.clear()
 
     def __contains__(self, collection: str) -> bool:
         with self._lock:
-            return collection in self._spaces
+            return collection in self._routes

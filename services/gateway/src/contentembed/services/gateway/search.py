@@ -1,6 +1,11 @@
 """Answering a query: embed it in the collection's space (through the cache), ask every
 shard, merge. Pure: no grpc.
 
+Three retrievals (``Retrieval``): dense (HNSW over the query's embedding), lexical (BM25
+over the collection's lexical index; the query is not embedded) and hybrid (both, in one
+call per shard, each retriever's candidates merged over the shards separately and then
+fused by ``fusion.py``).
+
 Side effects that do not change the answer — the canary draw, shadow copies, quality
 monitors — are not here: the facade (``gateway.py``) asks rollout which version answers
 before searching, and hands the answer to its observers after.
@@ -11,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -30,6 +36,14 @@ from contentembed.services.common.validation import (
 )
 from contentembed.services.gateway.cache import EmbeddingCache, cache_key
 from contentembed.services.gateway.fanout import AnswerT, ShardOutcome, gather_shards
+from contentembed.services.gateway.fusion import (
+    MAX_RRF_K,
+    Fusion,
+    FusionParams,
+    as_hits,
+    fuse,
+    single_retriever,
+)
 from contentembed.services.gateway.merge import Hit, merge_top_k, reciprocal_rank_fusion
 from contentembed.services.gateway.metrics import GatewayMetrics
 from contentembed.services.gateway.ports import IMAGE, TEXT, Pending, ShardPort, wait_all
@@ -48,6 +62,44 @@ def modality_of(content: str | bytes) -> str:
 
 def ignore_cancel(cancel: Callable[[], None]) -> None:
     """For queries no caller waits on (shadow copies, audits): nothing to cancel them."""
+
+
+class Retrieval(StrEnum):
+    """Which retrievers answer; also the ``mode`` label of the search metrics."""
+
+    DENSE = "dense"
+    LEXICAL = "lexical"
+    HYBRID = "hybrid"
+
+
+@dataclass(frozen=True)
+class RetrievalOptions:
+    """A request's retrieval options as the caller gave them; None or 0 is the gateway's
+    default (``GatewayConfig.fusion``)."""
+
+    # None: hybrid for a text query on one collection with a lexical index, else dense.
+    mode: Retrieval | None = None
+    fusion: Fusion | None = None
+    rrf_k: int = 0
+    alpha: float | None = None  # min-max weight of the dense scores
+    depth: int = 0  # candidates per retriever, each shard asked for that many
+
+    def fusion_params(self, defaults: FusionParams, max_top_k: int, least: int) -> FusionParams:
+        """This request's fusion: its overrides over the defaults. The depth is never below
+        ``least`` (offset + top_k: the page must lie within the candidates), and a default
+        depth above max_top_k is cut to it (a request's own depth was checked)."""
+        depth = self.depth or min(defaults.depth, max_top_k)
+        return FusionParams(
+            method=self.fusion or defaults.method,
+            rrf_k=self.rrf_k or defaults.rrf_k,
+            alpha=defaults.alpha if self.alpha is None else self.alpha,
+            depth=max(depth, least),
+        )
+
+
+def ranked(hits: Sequence[Hit], *, lexical: bool) -> list[Hit]:
+    """One retriever's merged list with that retriever's score and rank on every hit."""
+    return as_hits(single_retriever(hits, lexical=lexical))
 
 
 @dataclass(frozen=True)
@@ -79,10 +131,18 @@ class Query:
     # unused): no encoder call, no cache; every collection searched must be in that space.
     vector: np.ndarray | None = None
     vector_space_id: str = ""
+    # Dense, lexical or hybrid, and the fusion overrides (validated by Searcher.validate).
+    retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
 
     @property
     def by_vector(self) -> bool:
         return self.vector is not None
+
+    @property
+    def is_text(self) -> bool:
+        """A text query: what the lexical retriever can answer (not an item, a vector or
+        an image)."""
+        return isinstance(self.content, str) and not self.item_id and self.vector is None
 
     @property
     def depth(self) -> int:
@@ -124,6 +184,7 @@ class BatchQuery:
     register_cancel: RegisterCancel = ignore_cancel
     ef: int = 0
     metadata_filter: Mapping[str, Any] | None = None
+    retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
 
 
 @dataclass(frozen=True)
@@ -142,6 +203,13 @@ class SearchOutcome:
     fused: bool = False
     versions: list[str] = field(default_factory=list)  # those that answered, sorted
     space_ids: list[str] = field(default_factory=list)  # those searched, sorted
+    # The retrieval that answered, and for hybrid the fusion method (None otherwise).
+    # ``fused`` keeps its own meaning: collections of different spaces fused by rank.
+    mode: Retrieval = Retrieval.DENSE
+    fusion: Fusion | None = None
+    # Hybrid only: the dense candidates merged over the shards, before fusion (what a
+    # shadow copy compares with: see rollout.ShadowMirror).
+    dense_candidates: list[Hit] = field(default_factory=list)
 
 
 class SearchObserver(Protocol):
@@ -162,6 +230,7 @@ class Searcher:
         max_top_k: int,
         max_ef: int = 10_000,
         filter_limits: MetadataLimits | None = None,
+        fusion: FusionParams | None = None,
     ) -> None:
         self.router = router
         self.spaces = spaces
@@ -171,6 +240,8 @@ class Searcher:
         self.max_top_k = max_top_k
         self.max_ef = max_ef
         self.filter_limits = filter_limits or MetadataLimits()
+        # The fusion defaults (GatewayConfig.fusion); a request may override each.
+        self.fusion = fusion or FusionParams()
         # The runtime's (Gateway.use_tracer); spans of the stages of a request.
         self.tracer: Tracer = trace.NoOpTracer()
 
@@ -190,6 +261,21 @@ class Searcher:
                 reason="TOP_K_OUT_OF_RANGE",
             )
         self._check_search_options(query.ef, query.metadata_filter)
+        self._check_retrieval(query.retrieval)
+        mode = query.retrieval.mode
+        if mode in (Retrieval.LEXICAL, Retrieval.HYBRID):
+            if not query.is_text:
+                raise InvalidArgument(
+                    f"{mode} retrieval needs a text query, not an item_id, a vector or an "
+                    "image (search those dense)",
+                    reason="TEXT_QUERY_REQUIRED",
+                )
+            if len(names) > 1:
+                raise InvalidArgument(
+                    f"{mode} retrieval answers from one collection; leave also_collections "
+                    "empty",
+                    reason="ONE_COLLECTION_ONLY",
+                )
         if query.item_id:
             validate_ids([query.item_id], what="item_id")
             if len(names) > 1 or query.version:
@@ -235,6 +321,48 @@ class Searcher:
                                       reason="EMPTY_TEXT")
         validate_top_k(batch.top_k, self.max_top_k)
         self._check_search_options(batch.ef, batch.metadata_filter)
+        self._check_retrieval(batch.retrieval)
+
+    def _check_retrieval(self, options: RetrievalOptions) -> None:
+        """The fusion overrides, refused before any encoder or shard is called (even for
+        a dense answer, which ignores them: a bad request is bad whatever answers it)."""
+        if options.alpha is not None and not 0.0 <= options.alpha <= 1.0:  # NaN too
+            raise InvalidArgument(
+                f"retrieval.alpha must be between 0 and 1, got {options.alpha}",
+                reason="BAD_FUSION",
+            )
+        if not 0 <= options.rrf_k <= MAX_RRF_K:
+            raise InvalidArgument(
+                f"retrieval.rrf_k must be between 1 and {MAX_RRF_K} (0: the default), got "
+                f"{options.rrf_k}",
+                reason="BAD_FUSION",
+            )
+        if not 0 <= options.depth <= self.max_top_k:
+            raise InvalidArgument(
+                f"retrieval.depth must be at most {self.max_top_k} (every shard is asked for "
+                f"that many candidates per retriever), got {options.depth}",
+                reason="TOP_K_OUT_OF_RANGE",
+            )
+
+    def resolve_mode(
+        self, requested: Retrieval | None, text_on_one_collection: bool, collection: str,
+        deadline: float,
+    ) -> Retrieval:
+        """The retrieval that answers. Unspecified: hybrid for a text query on one
+        collection with a lexical index, dense otherwise. The lexical config comes from
+        the same cached entry as the collection's space (no second shard call)."""
+        if requested is Retrieval.DENSE or (requested is None and not text_on_one_collection):
+            return Retrieval.DENSE
+        lexical = self.spaces.lexical_of(collection, deadline)
+        if requested is None:
+            return Retrieval.DENSE if lexical is None else Retrieval.HYBRID
+        if lexical is None:
+            raise FailedPrecondition(
+                f"collection {shown(collection)} has no lexical index, which {requested} "
+                "retrieval needs: search it dense, or create it with a lexical index",
+                reason="LEXICAL_NOT_ENABLED",
+            )
+        return requested
 
     def _check_search_options(self, ef: int, metadata_filter: Mapping[str, Any]) -> None:
         """ef and the filter, shared by Search and SearchBatch: refused here, before any
@@ -289,13 +417,24 @@ class Searcher:
         the uncached texts, one batch search per shard, a merge per query."""
         started = time.perf_counter()
         space = self.spaces.space_of(batch.collection, batch.deadline)
-        vectors, truncated, cache_hits = self.embed_texts(
-            space, batch.texts, batch.deadline, batch.register_cancel
-        )
+        mode = self.resolve_mode(batch.retrieval.mode, True, batch.collection, batch.deadline)
+        vectors: np.ndarray | None = None
+        truncated, cache_hits = [False] * len(batch.texts), [False] * len(batch.texts)
+        if mode is not Retrieval.LEXICAL:
+            vectors, truncated, cache_hits = self.embed_texts(
+                space, batch.texts, batch.deadline, batch.register_cancel
+            )
         encoded = time.perf_counter()
+        fusion = (
+            batch.retrieval.fusion_params(self.fusion, self.max_top_k, batch.top_k)
+            if mode is Retrieval.HYBRID else None
+        )
+        depth = fusion.depth if fusion is not None else batch.top_k
+        # One call per shard, the texts beside the vectors: both retrievers at once.
         calls = [
-            shard.search_batch(batch.collection, vectors, space, batch.top_k, batch.deadline,
-                               batch.ef, batch.metadata_filter)
+            shard.search_batch(batch.collection, vectors, space if vectors is not None else "",
+                               depth, batch.deadline, batch.ef, batch.metadata_filter,
+                               texts=batch.texts if mode is not Retrieval.DENSE else ())
             for shard in self.shards
         ]
         answers, outcomes = self._gather(
@@ -304,7 +443,12 @@ class Searcher:
         searched = time.perf_counter()
         versions = sorted({answer.version for answer in answers})
         merged = [
-            merge_top_k((answer.results[position] for answer in answers), batch.top_k)
+            self._merge(
+                mode, fusion, depth, batch.top_k,
+                [answer.results[position] for answer in answers] if vectors is not None else [],
+                [answer.lexical_results[position] for answer in answers]
+                if mode is not Retrieval.DENSE else [],
+            )
             for position in range(len(batch.texts))
         ]
         done = time.perf_counter()
@@ -322,9 +466,34 @@ class Searcher:
                 cache_hit=cache_hits[position],
                 versions=versions,
                 space_ids=[space],
+                mode=mode,
+                fusion=None if fusion is None else fusion.method,
+                dense_candidates=dense,
             )
-            for position, hits in enumerate(merged)
+            for position, (hits, dense) in enumerate(merged)
         ]
+
+    @staticmethod
+    def _merge(
+        mode: Retrieval,
+        fusion: FusionParams | None,
+        depth: int,
+        limit: int,
+        dense_lists: Sequence[Sequence[Hit]],
+        lexical_lists: Sequence[Sequence[Hit]],
+    ) -> tuple[list[Hit], list[Hit]]:
+        """(the ranking of ``limit`` hits, the dense candidates of a hybrid answer) from the
+        shards' lists. Each retriever's lists are merged over the shards on their own
+        scale first (cosine with cosine, BM25 with BM25), to ``depth``; hybrid then fuses
+        the two merged lists."""
+        if mode is Retrieval.DENSE:
+            return ranked(merge_top_k(dense_lists, limit), lexical=False), []
+        if mode is Retrieval.LEXICAL:
+            return ranked(merge_top_k(lexical_lists, limit), lexical=True), []
+        assert fusion is not None
+        dense = merge_top_k(dense_lists, depth)
+        lexical = merge_top_k(lexical_lists, depth)
+        return as_hits(fuse(dense, lexical, fusion, limit)), dense
 
     def _gather(
         self,
@@ -397,7 +566,15 @@ class Searcher:
         across collections, which pages after it)."""
         started = time.perf_counter()
         space = space or self.spaces.space_of(collection, query.deadline)
-        if query.item_id:
+        mode = self.resolve_mode(
+            query.retrieval.mode, query.is_text and len(query.collections) == 1, collection,
+            query.deadline,
+        )
+        vector: np.ndarray | None
+        if mode is Retrieval.LEXICAL:
+            # BM25 needs no embedding: the encoder is not called, the cache not consulted.
+            vector, truncated, cache_hit = None, False, False
+        elif query.item_id:
             vector, truncated, cache_hit = self.item_vector(collection, query), False, False
         elif query.vector is not None:
             if query.vector_space_id != space:
@@ -415,17 +592,30 @@ class Searcher:
                 vector, truncated, cache_hit = self.embed_query(space, query)
                 span.set_attribute("contentembed.cache_hit", cache_hit)
         encoded = time.perf_counter()
+        fusion = (
+            query.retrieval.fusion_params(self.fusion, self.max_top_k, query.depth)
+            if mode is Retrieval.HYBRID else None
+        )
 
         # The fan-out: each shard's call is a CLIENT span under this one.
         with self.tracer.start_as_current_span(
             "gateway.search_shards",
-            attributes={"contentembed.collection": collection, "contentembed.shards": len(self.shards)},
+            attributes={"contentembed.collection": collection, "contentembed.shards": len(self.shards),
+                        "contentembed.retrieval": str(mode)},
         ) as span:
-            # An item query finds the item itself too: one more, left out below.
-            depth = query.depth + 1 if query.item_id else query.depth
+            # An item query finds the item itself too: one more, left out below. Hybrid
+            # asks each retriever for its depth of candidates (never less than the page).
+            if fusion is not None:
+                depth = fusion.depth
+            else:
+                depth = query.depth + 1 if query.item_id else query.depth
+            text = str(query.content) if mode is not Retrieval.DENSE else ""
+            # One call per shard, with the vector and the text: both retrievers at once;
+            # exact applies to the vector side, the filter to both.
             calls = [
-                shard.search(collection, vector, space, depth, query.deadline, version,
-                             query.exact, query.ef, query.metadata_filter)
+                shard.search(collection, vector, space if vector is not None else "", depth,
+                             query.deadline, version, query.exact, query.ef,
+                             query.metadata_filter, text=text)
                 for shard in self.shards
             ]
             answers, outcomes = self._gather(
@@ -435,9 +625,15 @@ class Searcher:
         searched = time.perf_counter()
 
         with self.tracer.start_as_current_span("gateway.merge"):
-            hits = merge_top_k((answer.hits for answer in answers), depth)
             if query.item_id:
-                hits = [hit for hit in hits if hit.id != query.item_id][: query.depth]
+                hits = [hit for hit in merge_top_k((answer.hits for answer in answers), depth)
+                        if hit.id != query.item_id][: query.depth]
+                hits, dense = ranked(hits, lexical=False), []
+            else:
+                hits, dense = self._merge(
+                    mode, fusion, depth, query.depth, [answer.hits for answer in answers],
+                    [answer.lexical_hits for answer in answers],
+                )
             if paged:
                 hits = query.page(hits)
         merged = time.perf_counter()
@@ -456,19 +652,25 @@ class Searcher:
             query_vector=vector,
             versions=versions,
             space_ids=[space],
+            mode=mode,
+            fusion=None if fusion is None else fusion.method,
+            dense_candidates=dense,
         )
 
     def search_many(self, query: Query) -> SearchOutcome:
-        """Several collections, each from its serving version: merged by cosine within one
-        space, fused by rank across spaces (their scores do not compare)."""
+        """Several collections, each from its serving version, dense only: merged by
+        cosine within one space (dense_rank: the rank in the merged list), fused by rank
+        across spaces (their scores do not compare; dense_score and dense_rank stay those
+        of the hit's own collection)."""
         answers = [self.search_one(query, name, paged=False) for name in query.collections]
         started = time.perf_counter()
         spaces = sorted({a.space_id for a in answers})
         fused = len(spaces) > 1
-        ranked = [a.hits for a in answers]
+        lists = [a.hits for a in answers]
         depth = query.depth
         hits = query.page(
-            reciprocal_rank_fusion(ranked, depth) if fused else merge_top_k(ranked, depth)
+            reciprocal_rank_fusion(lists, depth) if fused
+            else ranked(merge_top_k(lists, depth), lexical=False)
         )
         versions = sorted({v for a in answers for v in a.versions})
         return SearchOutcome(

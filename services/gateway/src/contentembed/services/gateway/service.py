@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -34,18 +34,37 @@ from contentembed.services.gateway.downstream import (
     EncoderClient,
     IndexShardClient,
 )
+from contentembed.services.gateway.fusion import MAX_RRF_K, Fusion, FusionParams
 from contentembed.services.gateway.gateway import (
     BatchQuery,
     CollectionSummary,
     Document,
     Gateway,
     GatewayConfig,
+    LexicalConfig,
     Query,
+    Retrieval,
+    RetrievalOptions,
     SearchOutcome,
 )
 from contentembed.services.gateway.metrics import GatewayMetrics
 
 PARTIAL_POLICIES = frozenset(search_pb.PartialResultPolicy.values())
+# The fusion defaults live in FusionParams alone; the flags start from them.
+FUSION_DEFAULTS = FusionParams()
+RETRIEVAL_MODES: dict[int, Retrieval | None] = {
+    search_pb.RETRIEVAL_MODE_UNSPECIFIED: None,
+    search_pb.RETRIEVAL_MODE_DENSE: Retrieval.DENSE,
+    search_pb.RETRIEVAL_MODE_LEXICAL: Retrieval.LEXICAL,
+    search_pb.RETRIEVAL_MODE_HYBRID: Retrieval.HYBRID,
+}
+MODE_NUMBERS = {mode: number for number, mode in RETRIEVAL_MODES.items() if mode is not None}
+FUSION_METHODS: dict[int, Fusion | None] = {
+    search_pb.FUSION_METHOD_UNSPECIFIED: None,
+    search_pb.FUSION_METHOD_RRF: Fusion.RRF,
+    search_pb.FUSION_METHOD_MINMAX: Fusion.MINMAX,
+}
+FUSION_NUMBERS = {method: number for number, method in FUSION_METHODS.items() if method is not None}
 MODALITY_NUMBERS = {name: number for number, name in MODALITY_NAMES.items()}
 SEARCH_SERVICE = search_pb.DESCRIPTOR.services_by_name["SearchService"].full_name
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
@@ -110,7 +129,28 @@ class GatewaySettings(SearchServiceSettings):
         3600.0, gt=0, description="Window for the share of the catalog returned."
     )
     coverage_floor: float = Field(
-        0.3, description="A search whose best hit scores at least this counts as covered."
+        0.3, description="A search with a hit whose cosine is at least this counts as covered."
+    )
+    fusion: Literal["rrf", "minmax"] = Field(
+        FUSION_DEFAULTS.method.value,
+        description="How hybrid searches fuse the dense and lexical candidates unless the "
+        "request says: reciprocal-rank fusion, or min-max scaled scores weighted by "
+        "--fusion-alpha.",
+    )
+    rrf_k: int = Field(
+        FUSION_DEFAULTS.rrf_k, ge=1, le=MAX_RRF_K,
+        description="RRF's k (score = sum of 1 / (k + rank)) unless the request says.",
+    )
+    fusion_alpha: float = Field(
+        FUSION_DEFAULTS.alpha, ge=0, le=1,
+        description="Min-max fusion's weight of the dense scores (1: dense only, 0: lexical "
+        "only) unless the request says.",
+    )
+    fusion_depth: int = Field(
+        FUSION_DEFAULTS.depth, ge=1,
+        description="Candidates each retriever contributes to a hybrid search (each shard is "
+        "asked for that many) unless the request says; at most max_top_k is used, and never "
+        "less than the request's offset + top_k.",
     )
 
     _split_endpoints = field_validator("index_endpoints", "encoder_endpoints", mode="before")(
@@ -162,6 +202,34 @@ def reply_margin_s(remaining: float) -> float:
     return min(0.25, max(0.02, 0.1 * remaining))
 
 
+def lexical_pb(lexical: LexicalConfig | None) -> types_pb2.LexicalConfig | None:
+    return None if lexical is None else types_pb2.LexicalConfig(
+        enabled=True, language=lexical.language
+    )
+
+
+def retrieval_options(
+    options: search_pb.RetrievalOptions,
+) -> RetrievalOptions:
+    """The request's retrieval options as Python values; the ranges are the domain's to
+    check (Searcher.validate), an enum number this gateway does not know is refused here."""
+    if options.mode not in RETRIEVAL_MODES:
+        raise InvalidArgument(
+            f"retrieval.mode {options.mode} is not a known mode", reason="UNKNOWN_ENUM_VALUE"
+        )
+    if options.fusion not in FUSION_METHODS:
+        raise InvalidArgument(
+            f"retrieval.fusion {options.fusion} is not a known method", reason="UNKNOWN_ENUM_VALUE"
+        )
+    return RetrievalOptions(
+        mode=RETRIEVAL_MODES[options.mode],
+        fusion=FUSION_METHODS[options.fusion],
+        rrf_k=options.rrf_k,
+        alpha=options.alpha if options.HasField("alpha") else None,
+        depth=options.depth,
+    )
+
+
 def summary_pb(summary: CollectionSummary) -> admin_pb.CollectionSummary:
     return admin_pb.CollectionSummary(
         name=summary.name,
@@ -175,6 +243,7 @@ def summary_pb(summary: CollectionSummary) -> admin_pb.CollectionSummary:
         version_spaces=summary.version_spaces,
         candidate_version=summary.candidate_version,
         serving_versions=summary.serving_versions,
+        lexical=lexical_pb(summary.lexical),
     )
 
 
@@ -200,6 +269,10 @@ def search_response_pb(
                 metadata=dict_to_struct(selected_metadata(hit.metadata, fields, omit_metadata)),
                 shard_index=hit.shard_index,
                 collection=hit.collection,
+                dense_score=hit.dense_score,
+                lexical_score=hit.lexical_score,
+                dense_rank=hit.dense_rank,
+                lexical_rank=hit.lexical_rank,
             )
             for hit in outcome.hits
         ],
@@ -224,9 +297,14 @@ def search_response_pb(
         ),
         query_truncated=outcome.query_truncated,
         cache_hit=outcome.cache_hit,
+        # Still only "collections of different spaces fused by rank"; a hybrid answer says
+        # so in mode and fusion instead (its score is the fusion score either way).
         fused=outcome.fused,
         versions=outcome.versions,
         space_ids=outcome.space_ids,
+        mode=MODE_NUMBERS[outcome.mode],
+        fusion=search_pb.FUSION_METHOD_UNSPECIFIED if outcome.fusion is None
+        else FUSION_NUMBERS[outcome.fusion],
     )
 
 
@@ -272,6 +350,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                 item_id=request.item_id,
                 vector=vector,
                 vector_space_id=request.vector_space_id,
+                retrieval=retrieval_options(request.retrieval),
             )
         )
         response = search_response_pb(
@@ -289,6 +368,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                 f"partial_result_policy {request.partial_result_policy} is not a known policy",
                 reason="UNKNOWN_ENUM_VALUE",
             )
+        retrieval = retrieval_options(request.retrieval)
         outcomes = self.gateway.search_batch(
             BatchQuery(
                 collection=request.collection,
@@ -299,6 +379,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                 register_cancel=cancel_with(context),
                 ef=request.ef,
                 metadata_filter=struct_to_dict(request.filter),
+                retrieval=retrieval,
             )
         )
         response = search_pb.SearchBatchResponse(
@@ -322,6 +403,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                     metadata=dict_to_struct(document.metadata),
                     vector=vector_to_pb(document.vector) if request.with_vectors else None,
                     shard_index=document.shard_index,
+                    text=document.text,
                 )
                 for document in documents
             ],
@@ -344,9 +426,11 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
             raise InvalidArgument(
                 f"modality {request.modality} is not a known modality", reason="UNKNOWN_ENUM_VALUE"
             )
+        # A LexicalConfig that is not enabled is a dense collection, as one left unset.
+        lexical = LexicalConfig(request.lexical.language) if request.lexical.enabled else None
         summary, created = self.gateway.create_collection(
             request.name, request.space_id, request.exist_ok, deadline_of(context, self.settings),
-            modality, request.model,
+            modality, request.model, lexical,
         )
         return admin_pb.CreateCollectionResponse(collection=summary_pb(summary), created=created)
 
@@ -504,6 +588,12 @@ class GatewayService:
                 drift_reference_size=settings.drift_reference_size,
                 drift_window=settings.drift_window,
                 catalog_window_s=settings.catalog_window_s,
+                fusion=FusionParams(
+                    method=Fusion(settings.fusion),
+                    rrf_k=settings.rrf_k,
+                    alpha=settings.fusion_alpha,
+                    depth=settings.fusion_depth,
+                ),
             ),
         )
 

@@ -4,6 +4,10 @@ hnswlib checks almost nothing (dimension, NaN, duplicate labels, k > count), is 
 for writes concurrent with queries, and has one index-wide ef, so every check and all
 locking live here: searches share a read lock, writes (and searches with their own ef)
 take the write lock.
+
+Every item keeps the text it was embedded from (if it was sent one), so a new model can
+embed it again; a lexical collection also indexes that text for BM25 (lexical.py), under
+the same labels and the same locks, so both indexes always hold the same items.
 """
 
 from __future__ import annotations
@@ -20,11 +24,17 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from contentembed.services.common.errors import InvalidArgument
+from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
 from contentembed.services.common.filters import matches
 from contentembed.services.common.rwlock import ReadWriteLock
 from contentembed.services.common.validation import shown, validate_ids
 from contentembed.services.common.vectors import l2_normalize, reject_zero_rows
+from contentembed.services.index.lexical import (
+    LexicalIndex,
+    LexicalParams,
+    check_text,
+    check_texts,
+)
 from contentembed.services.index.persistence import CorruptData, WalRecord, write_manifest
 
 LIVE_VERSION = "live"
@@ -54,6 +64,7 @@ class StoredItem:
     id: str
     vector: np.ndarray
     metadata: dict[str, Any]
+    text: str = ""  # "" when the item was written without text
 
 
 Journal = Callable[[WalRecord], None]
@@ -70,6 +81,7 @@ class HnswCollection:
         params: HnswParams,
         initial_capacity: int = 1024,
         version: str = LIVE_VERSION,
+        lexical: LexicalParams | None = None,
     ) -> None:
         self.name = name
         self.space_id = space_id
@@ -97,6 +109,10 @@ class HnswCollection:
         # 100 bytes more per item, a third of a 384-d vector's graph overhead.
         self._id_of: list[str | None] = []
         self._metadata: dict[int, dict[str, Any]] = {}
+        # label -> text, for items written with one (kept by every collection; indexed by
+        # a lexical one, whose documents are keyed by the same labels).
+        self._text: dict[int, str] = {}
+        self._lexical = LexicalIndex(lexical) if lexical is not None else None
         self._next_label = 0
         self._vacant = 0  # deleted slots hnswlib may reuse
         self._lock = ReadWriteLock()
@@ -113,37 +129,58 @@ class HnswCollection:
     def pending(self) -> bool:
         return self.tombstones is not None
 
+    @property
+    def lexical_params(self) -> LexicalParams | None:
+        """How the lexical index analyses text; None for a dense-only collection."""
+        return None if self._lexical is None else self._lexical.params
+
     # -- writes ----------------------------------------------------------------------
-    def _checked(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
-        """The vectors L2-normalized, once ids and shape are known to be valid."""
+    def _checked(
+        self, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str] | None
+    ) -> np.ndarray:
+        """The vectors L2-normalized, once ids, shape and texts are known to be valid."""
         if vectors.ndim != 2 or vectors.shape != (len(ids), self.dim):
             raise InvalidArgument(
                 f"vectors: expected {len(ids)} x {self.dim}, got {'x'.join(map(str, vectors.shape))}",
                 reason="DIMENSION_MISMATCH",
             )
         validate_ids(ids, what="items")
+        check_texts(texts, len(ids))
         reject_zero_rows(vectors, what="items")
         return l2_normalize(vectors)
 
     def upsert(
-        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[dict[str, Any]],
+        texts: Sequence[str] | None = None,
     ) -> int:
-        """Inserts or replaces; an id keeps exactly one live vector. Journaled first."""
-        vectors = self._checked(ids, vectors)
+        """Inserts or replaces; an id keeps exactly one live vector, and the text given
+        with it ("" or no texts: none, and an earlier text is dropped). Journaled first."""
+        vectors = self._checked(ids, vectors, texts)
+        # Only writes that carry text log it: the others stay as they were before texts.
+        logged = list(texts) if texts is not None and any(texts) else None
         with self._writers, self._lock.write():
-            record = WalRecord(self.seq + 1, "upsert", list(ids), vectors, [dict(m) for m in metadata])
+            record = WalRecord(
+                self.seq + 1, "upsert", list(ids), vectors, [dict(m) for m in metadata], logged
+            )
             if self.journal is not None:
                 self.journal(record)
             self._apply_upsert(record)
         return len(ids)
 
     def bulk_insert(
-        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[Mapping[str, Any]]
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[Mapping[str, Any]],
+        texts: Sequence[str] | None = None,
     ) -> int:
         """Fills an empty collection in the given order on one thread (labels 0..n-1): the
         same items in the same order give the same index.bin byte for byte, which is what
         makes a batch build's bundle reproducible. Not journaled; one write (seq + 1)."""
-        vectors = self._checked(ids, vectors)
+        vectors = self._checked(ids, vectors, texts)
         with self._writers, self._lock.write():
             if self._next_label:
                 raise ValueError("bulk_insert fills an empty collection only")
@@ -155,6 +192,9 @@ class HnswCollection:
             self._label_of = {item_id: label for label, item_id in enumerate(ids)}
             self._id_of = list(ids)
             self._metadata = {label: dict(m) for label, m in enumerate(metadata) if m}
+            self._text = {label: text for label, text in enumerate(texts or ()) if text}
+            if self._lexical is not None:
+                self._lexical.write((), self._text.items())
             self._next_label = len(ids)
             self.seq += 1
         return len(ids)
@@ -207,12 +247,27 @@ class HnswCollection:
                 self._label_of[record.ids[position]] = int(label)
                 self._id_of.append(record.ids[position])
             self._next_label += len(fresh)
+        texts = record.texts or [""] * len(record.ids)
+        removed: list[int] = []  # labels whose lexical document goes
+        added: list[tuple[int, str]] = []
         for position, item_id in enumerate(record.ids):
             label = self._label_of[item_id]
             if record.metadata[position]:
                 self._metadata[label] = record.metadata[position]
             else:  # most catalogs have many items without metadata: store nothing for them
                 self._metadata.pop(label, None)
+            old, new = self._text.get(label), texts[position]
+            if new:
+                self._text[label] = new
+            else:
+                self._text.pop(label, None)
+            if old != (new or None):  # a rewrite with the same text keeps its document
+                if old is not None:
+                    removed.append(label)
+                if new:
+                    added.append((label, new))
+        if self._lexical is not None and (removed or added):
+            self._lexical.write(removed, added)
         if self.tombstones is not None:
             self.tombstones.difference_update(record.ids)  # written again: alive after all
         self.seq = record.seq
@@ -220,6 +275,7 @@ class HnswCollection:
     def _apply_delete(self, record: WalRecord) -> None:
         if self.tombstones is not None:
             self.tombstones.update(record.ids)
+        removed: list[int] = []
         for item_id in record.ids:
             label = self._label_of.pop(item_id, None)
             if label is None:
@@ -227,7 +283,11 @@ class HnswCollection:
             self._index.mark_deleted(label)
             self._id_of[label] = None
             self._metadata.pop(label, None)
+            if self._text.pop(label, None) is not None:
+                removed.append(label)
             self._vacant += 1
+        if self._lexical is not None and removed:
+            self._lexical.write(removed, ())
         self.seq = record.seq
 
     def absorb(self, pending: HnswCollection) -> None:
@@ -242,7 +302,9 @@ class HnswCollection:
                 labels = [pending._label_of[i] for i in ids]
                 vectors = np.asarray(pending._index.get_items(labels), dtype=np.float32)
                 metadata = [dict(pending._metadata.get(label, NO_METADATA)) for label in labels]
-                self._apply_upsert(WalRecord(self.seq + 1, "upsert", ids, vectors, metadata))
+                texts = [pending._text.get(label, "") for label in labels]
+                self._apply_upsert(WalRecord(self.seq + 1, "upsert", ids, vectors, metadata,
+                                             texts if any(texts) else None))
             if pending.tombstones:
                 self._apply_delete(WalRecord(self.seq + 1, "delete", sorted(pending.tombstones)))
             self.seq = max(self.seq, pending.seq) + 1
@@ -280,11 +342,8 @@ class HnswCollection:
         # ef is index-wide in hnswlib: a request with its own ef searches alone, so its
         # ef never leaks into a concurrent search.
         with self._lock.write() if custom_ef else self._lock.read():
-            allowed = None
-            if metadata_filter:
-                allowed = [
-                    label for label, m in self._metadata.items() if matches(m, metadata_filter)
-                ]
+            allowed = self._allowed_locked(metadata_filter)
+            if allowed is not None:
                 small = len(allowed) <= min(EXACT_FILTER_MAX, EXACT_FILTER_SHARE * self.item_count)
                 exact = exact or small
             if exact:
@@ -321,6 +380,42 @@ class HnswCollection:
                 for row_labels, row_distances in zip(labels, distances)
             ]
 
+    def _allowed_locked(self, metadata_filter: Mapping[str, Any] | None) -> list[int] | None:
+        """The labels whose metadata matches the filter; None without a filter."""
+        if not metadata_filter:
+            return None
+        return [label for label, m in self._metadata.items() if matches(m, metadata_filter)]
+
+    def search_lexical_batch(
+        self,
+        texts: Sequence[str],
+        top_k: int,
+        metadata_filter: Mapping[str, Any] | None = None,
+    ) -> list[list[SearchHit]]:
+        """BM25 hits for each query text, best first (score: BM25 over this collection's
+        term statistics). A text with no terms left after analysis has no hits. The filter
+        is part of each query (exact: top_k matching hits whenever that many match).
+        FAILED_PRECONDITION LEXICAL_NOT_ENABLED on a collection without a lexical index."""
+        if self._lexical is None:
+            raise FailedPrecondition(
+                f"collection {self.name!r} (version {self.version}) has no lexical index; "
+                "create it with lexical enabled to search by text",
+                reason="LEXICAL_NOT_ENABLED",
+            )
+        for position, text in enumerate(texts):
+            check_text(text, what=f"texts[{position}]")
+        with self._lock.read():
+            allowed = self._allowed_locked(metadata_filter)
+            results = []
+            for text in texts:
+                hits = self._lexical.search(text, top_k, allowed)
+                results.append([
+                    SearchHit(item_id, score, self._metadata.get(label, NO_METADATA))
+                    for label, score in hits
+                    if (item_id := self._id_of[label]) is not None  # never: deletes commit first
+                ])
+            return results
+
     def exact_search(self, query: np.ndarray, top_k: int) -> list[SearchHit]:
         """Brute force over the same vectors: the reference for recall audits."""
         return self.search(query, top_k, exact=True)
@@ -351,7 +446,8 @@ class HnswCollection:
             labels = [self._label_of[i] for i in found]
             vectors = np.asarray(self._index.get_items(labels), dtype=np.float32)
             return [
-                StoredItem(i, vectors[n], self._metadata.get(label, NO_METADATA))
+                StoredItem(i, vectors[n], self._metadata.get(label, NO_METADATA),
+                           self._text.get(label, ""))
                 for n, (i, label) in enumerate(zip(found, labels))
             ]
 
@@ -386,6 +482,8 @@ class HnswCollection:
                 "next_label": self._next_label,
                 "vacant": self._vacant,
             }
+            if self._text:  # absent when empty: snapshots of text-less items stay as before
+                items["texts"] = [[label, text] for label, text in self._text.items()]
             (directory / "items.json").write_text(json.dumps(items, separators=(",", ":")))
             manifest = {
                 "format": "contentembed-index/v1",
@@ -400,6 +498,9 @@ class HnswCollection:
                 "elements": self._index.get_current_count(),
                 "seq": self.seq,
                 **({"bundle_digest": self.bundle_digest} if self.bundle_digest else {}),
+                # The lexical index itself is not in the snapshot: it is rebuilt from the
+                # texts in items.json, which the digests cover.
+                **({"lexical": self._lexical.params.to_json()} if self._lexical else {}),
                 **(extra or {}),
             }
         check = hnswlib.Index(space="cosine", dim=self.dim)
@@ -428,6 +529,7 @@ class HnswCollection:
             space_id = str(manifest["space_id"])
             elements = manifest.get("elements")  # snapshots before it existed lack it
             elements = None if elements is None else int(elements)
+            lexical = LexicalParams.from_json(manifest.get("lexical"))
         except (KeyError, TypeError, ValueError, InvalidArgument) as error:
             raise CorruptData(f"{directory}: manifest is malformed ({error})") from None
         stored_dim = hnsw_file_dim(directory / "index.bin")
@@ -452,6 +554,10 @@ class HnswCollection:
         collection._id_of = items.ids
         collection._label_of = items.label_of
         collection._metadata = items.metadata
+        collection._text = items.texts
+        if lexical is not None:
+            # Derived state, rebuilt from the verified texts (LexicalIndex.build commits).
+            collection._lexical = LexicalIndex.build(lexical, items.texts.items())
         collection._next_label = len(items.ids)
         collection._vacant = items.vacant
         collection.seq = seq
@@ -477,6 +583,7 @@ class SnapshotItems:
     label_of: dict[str, int]
     metadata: dict[int, dict[str, Any]]
     vacant: int
+    texts: dict[int, str]
 
     @classmethod
     def parse(cls, raw: Any) -> SnapshotItems:
@@ -511,7 +618,25 @@ class SnapshotItems:
             if label in metadata:
                 raise CorruptData(f"items.json: metadata for label {label} appears twice")
             metadata[label] = values
-        return cls(ids, label_of, metadata, vacant)
+        pairs = raw.get("texts", [])  # snapshots before texts existed have none
+        if not isinstance(pairs, list):
+            raise CorruptData("items.json: texts must be a list")
+        texts: dict[int, str] = {}
+        for pair in pairs:
+            if not (isinstance(pair, list) and len(pair) == 2 and _is_count(pair[0])
+                    and isinstance(pair[1], str) and pair[1]):
+                raise CorruptData("items.json: texts entries must be [label, non-empty string]")
+            label, text = pair
+            if label >= len(ids) or ids[label] is None:
+                raise CorruptData(f"items.json: text for label {label}, which holds no item")
+            if label in texts:
+                raise CorruptData(f"items.json: text for label {label} appears twice")
+            try:  # a bundle's texts did not pass through Upsert's checks
+                check_text(text, what=f"label {label}")
+            except InvalidArgument as error:
+                raise CorruptData(f"items.json: {error.message}") from None
+            texts[label] = text
+        return cls(ids, label_of, metadata, vacant, texts)
 
     def check_against(self, index: hnswlib.Index, count: int, elements: int | None) -> None:
         """Every live item has a vector that searches can find, every element of the index

@@ -82,6 +82,9 @@ class WalRecord:
     ids: list[str]
     vectors: np.ndarray | None = None
     metadata: list[dict[str, Any]] | None = None
+    # One per id ("" for an item without text); None when no item of the write has text,
+    # which is also how records written before texts existed decode.
+    texts: list[str] | None = None
 
 
 def encode_record(record: WalRecord) -> bytes:
@@ -91,6 +94,8 @@ def encode_record(record: WalRecord) -> bytes:
         assert record.vectors is not None
         meta["metadata"] = record.metadata
         meta["dim"] = int(record.vectors.shape[1])
+        if record.texts is not None:
+            meta["texts"] = record.texts
         vector_bytes = np.ascontiguousarray(record.vectors, dtype="<f4").tobytes()
     meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
     payload = META_LENGTH.pack(len(meta_bytes)) + meta_bytes + vector_bytes
@@ -104,7 +109,13 @@ def decode_payload(payload: bytes) -> WalRecord:
         return WalRecord(meta["seq"], "delete", meta["ids"])
     raw = payload[META_LENGTH.size + meta_length :]
     vectors = np.frombuffer(raw, dtype="<f4").reshape(len(meta["ids"]), meta["dim"])
-    return WalRecord(meta["seq"], "upsert", meta["ids"], vectors, meta["metadata"])
+    texts = meta.get("texts")
+    if texts is not None and (
+        not isinstance(texts, list) or len(texts) != len(meta["ids"])
+        or not all(isinstance(t, str) for t in texts)
+    ):
+        raise ValueError("texts must be one string per id")
+    return WalRecord(meta["seq"], "upsert", meta["ids"], vectors, meta["metadata"], texts)
 
 
 def read_wal(path: Path, *, last_segment: bool) -> Iterator[WalRecord]:

@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 from pydantic import Field, model_validator
 
+from contentembed.common.v1 import types_pb2
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
 from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
@@ -37,7 +38,8 @@ from contentembed.services.common.validation import (
     validate_space_id,
     validate_top_k,
 )
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import HnswCollection, HnswParams, SearchHit
+from contentembed.services.index.lexical import LexicalParams
 from contentembed.services.index.store import (
     CollectionStore,
     Durability,
@@ -126,6 +128,16 @@ def params_from_pb(message: pb.HnswParams, defaults: HnswParams) -> HnswParams:
         ef_construction=message.ef_construction or defaults.ef_construction,
         ef_search=message.ef_search or defaults.ef_search,
     )
+
+
+def lexical_from_pb(message: types_pb2.LexicalConfig) -> LexicalParams | None:
+    """None unless enabled (a language without enabled is ignored, like an unset config);
+    an unknown language is INVALID_ARGUMENT BAD_LEXICAL_LANGUAGE."""
+    return LexicalParams(message.language) if message.enabled else None
+
+
+def lexical_to_pb(params: LexicalParams | None) -> types_pb2.LexicalConfig | None:
+    return None if params is None else types_pb2.LexicalConfig(enabled=True, language=params.language)
 
 
 def check_space(collection: HnswCollection, space_id: str, *, what: str) -> None:
@@ -217,6 +229,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             pending_versions=sorted(v for v, c in every.items() if c.pending),
             versions_fingerprint=alias.fingerprint,
             version_digests={version: c.bundle_digest for version, c in versions.items()},
+            lexical=lexical_to_pb(collection.lexical_params),
         )
 
     # -- RPCs -----------------------------------------------------------------------
@@ -230,6 +243,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             request.dim,
             params_from_pb(request.hnsw, self.store.default_params),
             exist_ok=request.exist_ok,
+            lexical=lexical_from_pb(request.lexical),
         )
         return pb.CreateCollectionResponse(collection=self._collection_pb(collection), created=created)
 
@@ -274,8 +288,10 @@ class IndexService(pb_grpc.IndexServiceServicer):
         metadata = [struct_to_dict(item.metadata) for item in items]
         for position, values in enumerate(metadata):
             check_metadata(values, self.settings.metadata_limits, what=f"items[{position}].metadata")
+        texts = [item.text for item in items]  # the store checks their size
         upserted = self.store.upsert(
-            request.collection, ids, vectors, metadata, request.space_id, request.versions_fingerprint
+            request.collection, ids, vectors, metadata, request.space_id,
+            request.versions_fingerprint, texts if any(texts) else None,
         )
         return pb.UpsertResponse(upserted_count=upserted, shard=self._shard_pb())
 
@@ -322,7 +338,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
         return vector_from_pb(vector, what=what)
 
     @staticmethod
-    def _hits_pb(hits) -> list[pb.Hit]:
+    def _hits_pb(hits: list[SearchHit]) -> list[pb.Hit]:
         # No Struct for items without metadata: it is most of a hit's encoding cost.
         return [
             pb.Hit(id=h.id, score=h.score, metadata=dict_to_struct(h.metadata) if h.metadata else None)
@@ -330,37 +346,69 @@ class IndexService(pb_grpc.IndexServiceServicer):
         ]
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext):
+        """A query vector (hits), a text (lexical_hits), or both in one call: each
+        retriever answers on its own, with the same top_k and filter."""
+        dense = request.HasField("query")
+        if not dense and not request.text:
+            raise InvalidArgument("give a query vector, a text, or both", reason="MISSING_QUERY")
         collection = self._searchable(request)
-        query = self._query(collection, request.query, "query")
-        hits = collection.search(
-            query, request.top_k, request.ef, self._filter(request), request.exact
-        )
+        metadata_filter = self._filter(request)
+        hits: list[SearchHit] = []
+        if dense:
+            query = self._query(collection, request.query, "query")
+            hits = collection.search(
+                query, request.top_k, request.ef, metadata_filter, request.exact
+            )
+        lexical_hits: list[SearchHit] = []
+        if request.text:
+            lexical_hits = collection.search_lexical_batch(
+                [request.text], request.top_k, metadata_filter
+            )[0]
         response = pb.SearchResponse(
             hits=self._hits_pb(hits),
             space_id=collection.space_id,
             version=collection.version,
             shard=self._shard_pb(),
+            lexical_hits=self._hits_pb(lexical_hits),
         )
         return self._fitting(response, "lower top_k")
 
     def SearchBatch(self, request: pb.SearchBatchRequest, context: grpc.ServicerContext):
+        """Query vectors, texts, or both paired by position (texts: none, one per vector,
+        or a lexical-only batch without vectors)."""
         collection = self._searchable(request)
-        if not request.queries:
+        vectors, texts = len(request.queries), len(request.texts)
+        if not vectors and not texts:
             raise InvalidArgument("queries: at least one query is required", reason="EMPTY_BATCH")
-        if len(request.queries) > self.settings.max_queries_per_batch:
+        if vectors and texts and texts != vectors:
             raise InvalidArgument(
-                f"queries: {len(request.queries)} exceed the limit of "
-                f"{self.settings.max_queries_per_batch}",
+                f"texts: {texts} for {vectors} query vectors; send none, one per query "
+                "vector, or texts without query vectors",
+                reason="BATCH_MISMATCH",
+            )
+        size = max(vectors, texts)
+        if size > self.settings.max_queries_per_batch:
+            raise InvalidArgument(
+                f"queries: {size} exceed the limit of {self.settings.max_queries_per_batch}",
                 reason="BATCH_TOO_LARGE",
             )
-        queries = np.stack(
-            [self._query(collection, q, f"queries[{i}]") for i, q in enumerate(request.queries)]
-        )
-        results = collection.search_batch(
-            queries, request.top_k, request.ef, self._filter(request), request.exact
-        )
+        metadata_filter = self._filter(request)
+        results: list[list[SearchHit]] = [[] for _ in range(size)]
+        if vectors:
+            queries = np.stack(
+                [self._query(collection, q, f"queries[{i}]") for i, q in enumerate(request.queries)]
+            )
+            results = collection.search_batch(
+                queries, request.top_k, request.ef, metadata_filter, request.exact
+            )
+        lexical: list[list[SearchHit]] = [[] for _ in range(size)]
+        if texts:
+            lexical = collection.search_lexical_batch(list(request.texts), request.top_k, metadata_filter)
         response = pb.SearchBatchResponse(
-            results=[pb.QueryHits(hits=self._hits_pb(hits)) for hits in results],
+            results=[
+                pb.QueryHits(hits=self._hits_pb(hits), lexical_hits=self._hits_pb(lexical_hits))
+                for hits, lexical_hits in zip(results, lexical)
+            ],
             space_id=collection.space_id,
             version=collection.version,
             shard=self._shard_pb(),
@@ -378,7 +426,8 @@ class IndexService(pb_grpc.IndexServiceServicer):
         found = {item.id for item in items}
         response = pb.GetItemsResponse(
             items=[
-                pb.Item(id=i.id, vector=vector_to_pb(i.vector), metadata=dict_to_struct(i.metadata))
+                pb.Item(id=i.id, vector=vector_to_pb(i.vector), metadata=dict_to_struct(i.metadata),
+                        text=i.text)
                 for i in items
             ],
             missing_ids=[i for i in request.ids if i not in found],

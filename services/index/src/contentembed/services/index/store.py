@@ -46,6 +46,7 @@ from contentembed.services.index.collection import (
     HnswParams,
     check_hnsw_params,
 )
+from contentembed.services.index.lexical import LexicalParams, check_texts
 from contentembed.services.index.persistence import (
     SNAPSHOT_FILES,
     CorruptData,
@@ -469,8 +470,9 @@ class CollectionStore:
         try:
             spec = json.loads((directory / "collection.json").read_bytes())
             files = CollectionFiles(directory, self.durability)
+            lexical = LexicalParams.from_json(spec.get("lexical"))  # absent: dense only
             empty = HnswCollection(name, spec["space_id"], spec["dim"], HnswParams(**spec["hnsw"]),
-                                   self.initial_capacity, version=directory.name)
+                                   self.initial_capacity, version=directory.name, lexical=lexical)
             marker = directory / PENDING_MARKER
             installed = (directory / "CURRENT").exists()
             if marker.exists() and not installed:
@@ -484,6 +486,14 @@ class CollectionStore:
                     if segment.stat().st_size == 0:
                         segment.unlink()
             collection = files.recover(empty)
+            if collection.lexical_params != lexical:
+                # The snapshot's manifest says how its texts are indexed; a version never
+                # changes that (bundles of another config are refused), so a difference is
+                # damage, not something to pick a side of.
+                raise CorruptData(
+                    f"the snapshot's lexical config {collection.lexical_params} differs from "
+                    f"collection.json's {lexical}"
+                )
             if marker.exists() and installed:
                 # Crashed between CURRENT and removing the marker: the snapshot is the
                 # installed bundle (with the pending writes applied) if it says so.
@@ -553,7 +563,11 @@ class CollectionStore:
         dim: int,
         params: HnswParams | None = None,
         exist_ok: bool = False,
+        lexical: LexicalParams | None = None,
     ) -> tuple[HnswCollection, bool]:
+        """A new collection with its "live" version; ``lexical`` adds a BM25 index of the
+        items' text. exist_ok returns the existing one when space, dim and lexical config
+        agree (FAILED_PRECONDITION SPACE_MISMATCH / LEXICAL_MISMATCH otherwise)."""
         validate_collection_name(name)
         if not space_id:
             raise InvalidArgument("space_id is required", reason="MISSING_SPACE")
@@ -573,8 +587,15 @@ class CollectionStore:
                         f"(dim {serving.dim}), not {space_id} (dim {dim})",
                         reason="SPACE_MISMATCH",
                     )
+                if serving.lexical_params != lexical:
+                    raise FailedPrecondition(
+                        f"collection {name!r} exists with lexical config "
+                        f"{_lexical_shown(serving.lexical_params)}, not {_lexical_shown(lexical)}",
+                        reason="LEXICAL_MISMATCH",
+                    )
                 return serving, False
-            collection = HnswCollection(name, space_id, dim, params, self.initial_capacity)
+            collection = HnswCollection(name, space_id, dim, params, self.initial_capacity,
+                                        lexical=lexical)
             if self.durability is not None:
                 self._clear_unacknowledged(name)
                 self._persist_version(collection)
@@ -608,6 +629,8 @@ class CollectionStore:
             "hnsw": {"m": collection.params.m, "ef_construction": collection.params.ef_construction,
                      "ef_search": collection.params.ef_search},
         }
+        if collection.lexical_params is not None:  # absent: dense only (as before lexical)
+            spec["lexical"] = collection.lexical_params.to_json()
         atomic_write(staging / "collection.json", json.dumps(spec).encode())
         if snapshot:
             collection.write_snapshot(staging / "snapshots" / str(collection.seq))
@@ -681,11 +704,14 @@ class CollectionStore:
         metadata: Sequence[dict[str, Any]],
         space_id: str = "",
         fingerprint: str = "",
+        texts: Sequence[str] | None = None,
     ) -> int:
         """Writes the items to every version (loaded or pending) in the vectors' space
         (empty: the serving version's). Each version journals its own copy before applying
         it; a failure part-way (a full disk) leaves the earlier versions written, which a
-        retry of the same upsert makes whole. Returns the number of items."""
+        retry of the same upsert makes whole. Texts ("" for none) are kept by every
+        version and indexed by the lexical ones. Returns the number of items."""
+        check_texts(texts, len(ids))  # before any version is written
         alias = self.alias(name)
         with alias.gate.read():
             if fingerprint and fingerprint != alias.fingerprint:
@@ -710,7 +736,7 @@ class CollectionStore:
                         reason="DIMENSION_MISMATCH",
                     )
             for target in targets:
-                target.upsert(ids, vectors, metadata)
+                target.upsert(ids, vectors, metadata, texts)
         return len(ids)
 
     def delete_items(self, name: str, ids: Sequence[str]) -> int:
@@ -772,6 +798,8 @@ class CollectionStore:
             elif alias is not None and version in alias.pending:
                 self._install(alias, version, collection)
             else:
+                if alias is not None:
+                    check_bundle_lexical(collection, alias.serving, source)
                 if self.durability is not None:
                     if alias is None:
                         self._clear_unacknowledged(name)
@@ -834,6 +862,7 @@ class CollectionStore:
                 f"{shown(version)} is in {pending.space_id} (dim {pending.dim})",
                 reason="SPACE_MISMATCH",
             )
+        check_bundle_lexical(bundle, pending, f"bundle for pending version {shown(version)}")
         with alias.gate.write():
             bundle.absorb(pending)
             if self.durability is not None:
@@ -878,8 +907,10 @@ class CollectionStore:
                         f"{other.dim}, not {dim}",
                         reason="SPACE_MISMATCH",
                     )
+            # Lexical like the serving version: the bundle installed into it must be too.
             collection = HnswCollection(name, space_id, dim, alias.serving.params,
-                                        self.initial_capacity, version=version)
+                                        self.initial_capacity, version=version,
+                                        lexical=alias.serving.lexical_params)
             collection.tombstones = set()
             with alias.gate.write():
                 if self.durability is not None:
@@ -1088,6 +1119,25 @@ class CollectionStore:
                 )
             target = alias.previous
         return self.activate(name, target)
+
+
+def _lexical_shown(params: LexicalParams | None) -> str:
+    return "none (dense only)" if params is None else f"language {params.language!r}"
+
+
+def check_bundle_lexical(bundle: HnswCollection, version: HnswCollection, source: str) -> None:
+    """A bundle part must index text as the collection does (its serving version, or the
+    pending version it is installed into): a version with another config, once activated,
+    would silently change what hybrid searches of the collection find (none at all from
+    a dense-only bundle). Refused: FAILED_PRECONDITION LEXICAL_MISMATCH; the part is to be
+    rebuilt with the collection's config."""
+    if bundle.lexical_params != version.lexical_params:
+        raise FailedPrecondition(
+            f"{source} was built with lexical config {_lexical_shown(bundle.lexical_params)}; "
+            f"collection {shown(version.name)} has {_lexical_shown(version.lexical_params)}: "
+            "rebuild the bundle with the collection's lexical config",
+            reason="LEXICAL_MISMATCH",
+        )
 
 
 def manifest_sizes(manifest_bytes: bytes) -> dict[str, int]:
