@@ -483,7 +483,7 @@ class HnswCollection:
                 "vacant": self._vacant,
             }
             if self._text:  # absent when empty: snapshots of text-less items stay as before
-                items["texts"] = [[label, text] for label, text in self._text.items()]
+                items["texts"] = [[label, text] for label, text in sorted(self._text.items())]
             (directory / "items.json").write_text(json.dumps(items, separators=(",", ":")))
             manifest = {
                 "format": "contentembed-index/v1",

@@ -43,9 +43,10 @@ LANGUAGES = (
     "danish", "dutch", "english", "finnish", "french", "german", "hungarian", "italian",
     "norwegian", "portuguese", "russian", "spanish", "swedish",
 )
-# Longer tokens (hashes, base64, URLs run together) are dropped: they match nothing useful
-# and each would be a term of its own in the dictionary.
-MAX_TOKEN_CHARS = 40
+# Tokens of this many bytes or more (hashes, base64, words run together) are dropped
+# (tantivy's remove_long keeps those shorter): they match nothing useful and each would be
+# a term of its own in the dictionary.
+MAX_TOKEN_BYTES = 40
 # Per item and per query. Text is kept with every item (WAL, snapshot, memory) and a
 # query's terms are one clause each: the bound keeps both in proportion to a vector.
 MAX_TEXT_BYTES = 64 << 10
@@ -102,7 +103,7 @@ def build_analyzer(language: str) -> tantivy.TextAnalyzer:
     language = check_language(language)
     builder = (
         tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
-        .filter(tantivy.Filter.remove_long(MAX_TOKEN_CHARS))
+        .filter(tantivy.Filter.remove_long(MAX_TOKEN_BYTES))
         .filter(tantivy.Filter.lowercase())
     )
     if language != NO_LANGUAGE:
@@ -247,4 +248,11 @@ class LexicalIndex:
         if not hits:
             return []
         labels = searcher.fast_field_values(LABEL, [address for _, address in hits])
-        return [(int(label), float(score)) for (score, _), label in zip(hits, labels)]
+        # tantivy breaks ties by document address, which depends on how segments were
+        # written and merged; by label, equal scores come out in one order everywhere
+        # (before and after a restart). Which of several documents tied at the top_k cut
+        # make it in is still tantivy's choice.
+        return sorted(
+            ((int(label), float(score)) for (score, _), label in zip(hits, labels)),
+            key=lambda hit: (-hit[1], hit[0]),
+        )
