@@ -327,6 +327,24 @@ def embed_slice(
     return stats
 
 
+def over_long_texts(rows: Sequence[CatalogRow]) -> dict[str, str]:
+    """Reject reasons of the rows whose text the shards' lexical index would refuse (a
+    hybrid build): rejected before embedding, like a row the encoder refuses, instead of
+    failing the merge."""
+    from contentembed.services.common.errors import InvalidArgument
+    from contentembed.services.index.lexical import check_text
+
+    refused = {}
+    for row in rows:
+        if row.text is None:
+            continue
+        try:
+            check_text(row.text, what="text")
+        except InvalidArgument as error:
+            refused[row.id] = f"the lexical index refuses it: {error.message}"
+    return refused
+
+
 def embed_chunk(
     chunk: Sequence[CatalogRow],
     embedders: dict[str, Embedder],
@@ -341,11 +359,13 @@ def embed_chunk(
         candidates = [row.id for row in chunk if previous.reusable(row)]
         if candidates:
             reused = previous.vectors(candidates)
-    fresh = [row for row in chunk if row.id not in reused]
-    if progress is not None and reused:
-        progress(len(reused))
-    results = embed_rows(embedders, fresh, progress) if fresh else []
     by_id: dict[str, np.ndarray | str] = dict(reused)
+    if texts:
+        by_id.update(over_long_texts(chunk))
+    fresh = [row for row in chunk if row.id not in by_id]
+    if progress is not None and len(by_id):
+        progress(len(by_id))
+    results = embed_rows(embedders, fresh, progress) if fresh else []
     by_id.update({row.id: result for row, result in zip(fresh, results)})
     ids, metadata, digests, vectors, rejects, row_texts = [], [], [], [], [], []
     for row in chunk:
@@ -471,19 +491,16 @@ def write_bundle(directory: Path, contents: BundleContents, shard_count: int) ->
     for shard in range(shard_count):
         mine = sorted(i for i in contents.ids if shard_for_id(i, shard_count) == shard)
         rows_at = [position[i] for i in mine]
-        # The lexical arguments only for a hybrid bundle: a dense part is written exactly
-        # as before hybrid retrieval existed.
-        hybrid = {"lexical": lexical} if lexical is not None else {}
         collection = HnswCollection(
             contents.collection, contents.space["space_id"], int(contents.space["dim"]),
             HnswParams(**contents.hnsw), initial_capacity=max(1, len(mine)),
-            version=contents.version, **hybrid,
+            version=contents.version, lexical=lexical,
         )
-        texts = (
-            {"texts": [contents.texts[p] for p in rows_at]} if contents.texts is not None else {}
-        )
+        # Without texts (a dense bundle) the part is byte for byte what it was before
+        # hybrid retrieval: items.json has no texts, the part manifest no lexical config.
+        texts = [contents.texts[p] for p in rows_at] if contents.texts is not None else None
         collection.bulk_insert(mine, contents.vectors[rows_at],
-                               [contents.metadata[p] for p in rows_at], **texts)
+                               [contents.metadata[p] for p in rows_at], texts=texts)
         name = f"shard-{shard:04d}"
         collection.write_snapshot(directory / name)
         for file in ("index.bin", "items.json", "manifest.json"):
