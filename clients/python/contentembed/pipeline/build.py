@@ -849,16 +849,23 @@ def capture_online_writes(
                     "to capture")
         raise BuildError(f"cannot open version {version}: {error}; build with --offline to "
                          "skip capturing online writes") from None
-    if lexical is not None:
-        try:
-            check_hybrid(info, lexical)
-        except NotHybrid as error:
-            raise BuildError(str(error)) from None
     if version in info.versions:
         # The default version names (catalog, model, params, shards): the same build.
         raise VersionExists(
             f"{collection} already has version {version} loaded (this catalog, model and "
             f"parameters); nothing new to build. Give --version to build it under another name."
+        )
+    if lexical is not None:
+        try:
+            check_hybrid(info, lexical)
+        except NotHybrid as error:
+            raise BuildError(str(error)) from None
+    elif info.lexical:
+        # The shards refuse a dense bundle for a hybrid collection (LEXICAL_MISMATCH):
+        # said now, before anything is embedded or a pending version opened.
+        raise BuildError(
+            f"collection {collection} is hybrid (lexical index in {info.lexical_language}): "
+            f"build with --hybrid --language {info.lexical_language}"
         )
     try:
         created = client.begin_version(collection, version, space_id).created
