@@ -159,6 +159,25 @@ def test_filter_is_exact_and_does_not_change_scores() -> None:
     assert len(found(collection, "widget", 5, metadata_filter={"color": {"$in": ["red", "blue"]}})) == 5
 
 
+@pytest.mark.parametrize("allowed_rank", ["best", "worst", "spread"])
+def test_wide_filters_are_exact_whichever_documents_they_allow(allowed_rank: str) -> None:
+    """A filter allowing half the documents is first applied to the unfiltered best hits;
+    when too few of those pass, the label-set query answers: exact either way."""
+    collection = lexical_collection()
+    # Scores fall with the document's length: doc 0 best, doc 99 worst.
+    texts = {f"d{i:02d}": "widget " + " ".join(f"pad{j}" for j in range(i)) for i in range(100)}
+    red = {"best": range(50), "worst": range(50, 100), "spread": range(0, 100, 2)}[allowed_rank]
+    metadata = [{"color": "red" if i in red else "blue"} for i in range(100)]
+    collection.upsert(list(texts), vectors(100), metadata, list(texts.values()))
+    everything = scored(collection, "widget", 1000)
+    expected = [score for item_id, score in everything if int(item_id[1:]) in red][:10]
+    hits = collection.search_lexical_batch(["widget"], 10, {"color": "red"})[0]
+    assert [h.score for h in hits] == expected
+    assert all(h.metadata == {"color": "red"} for h in hits) and len({h.id for h in hits}) == 10
+    # More allowed documents asked for than match: all of them, none missing.
+    assert len(collection.search_lexical_batch(["widget"], 1000, {"color": "red"})[0]) == 50
+
+
 def test_non_lexical_collections_keep_text_but_refuse_text_search() -> None:
     collection = HnswCollection("dense", "s@1", DIM, HnswParams())
     assert collection.lexical_params is None
@@ -509,4 +528,4 @@ def test_lexical_index_commits_writes_in_groups() -> None:
     assert index.search("alpha gamma delta beta", 10) != []
     assert sorted(label for label, _ in index.search("alpha gamma delta beta", 10)) == [0, 1]
     assert index.doc_count == 2
-    assert index.search("gamma", 10, allowed=[]) == [] and index.search("gamma", 0) == []
+    assert index.search("gamma", 10, allowed=frozenset()) == [] and index.search("gamma", 0) == []

@@ -405,7 +405,8 @@ class HnswCollection:
         for position, text in enumerate(texts):
             check_text(text, what=f"texts[{position}]")
         with self._lock.read():
-            allowed = self._allowed_locked(metadata_filter)
+            labels = self._allowed_locked(metadata_filter)
+            allowed = None if labels is None else frozenset(labels)  # once for the batch
             results = []
             for text in texts:
                 hits = self._lexical.search(text, top_k, allowed)

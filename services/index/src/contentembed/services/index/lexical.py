@@ -25,9 +25,10 @@ Quirks of the tantivy bindings (0.27) this module works around:
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,11 @@ MAX_TEXT_BYTES = 64 << 10
 # The indexing buffer before tantivy flushes a segment; allocated as it fills, so an
 # idle or small collection does not hold it.
 WRITER_HEAP_BYTES = 50_000_000
+# A filter allowing at least this share of the documents is applied to the unfiltered best
+# hits first (measured at 20k documents and a 50% filter: 0.3 ms a query, against 10 ms
+# for the label-set query, which walks one posting list per allowed label); a narrower one
+# goes to the label-set query directly.
+POST_FILTER_MIN_SHARE = 0.2
 LABEL, TEXT = "label", "text"
 TOKENIZER = "contentembed"  # the analyzer's name inside each tantivy index
 
@@ -228,30 +234,44 @@ class LexicalIndex:
         return tantivy.Query.boolean_query(clauses)
 
     def search(
-        self, text: str, top_k: int, allowed: Sequence[int] | None = None
+        self, text: str, top_k: int, allowed: Set[int] | None = None
     ) -> list[tuple[int, float]]:
-        """(label, BM25 score) of the best ``top_k`` documents, best first; only labels in
-        ``allowed`` when it is given (an exact filter: the label set is part of the query,
-        not a post-filter that could leave fewer than top_k)."""
+        """(label, BM25 score) of the best ``top_k`` documents, best first (equal scores by
+        label); only labels in ``allowed`` when it is given, exactly: the best top_k
+        allowed documents, never fewer because others outranked them."""
         query = self.query(text)
         if query is None or top_k < 1 or (allowed is not None and not allowed):
             return []
-        if allowed is not None:
-            only = tantivy.Query.const_score_query(
-                tantivy.Query.term_set_query(self._schema, LABEL, list(allowed)), 0.0
-            )
-            query = tantivy.Query.boolean_query(
-                [(tantivy.Occur.Must, query), (tantivy.Occur.Must, only)]
-            )
         searcher = self.searcher()
-        hits = searcher.search(query, top_k, count=False).hits
+        if allowed is None:
+            return self._hits(searcher, query, top_k)
+        if len(allowed) >= POST_FILTER_MIN_SHARE * searcher.num_docs:
+            # The unfiltered best `fetch`, filtered: exact when top_k of them pass (any
+            # allowed document not fetched scores below every fetched one) or when the
+            # query has no more matches than were fetched.
+            fetch = math.ceil(2 * top_k * searcher.num_docs / len(allowed))
+            hits = self._hits(searcher, query, fetch)
+            kept = [hit for hit in hits if hit[0] in allowed]
+            if len(kept) >= top_k or len(hits) < fetch:
+                return kept[:top_k]
+        only = tantivy.Query.const_score_query(
+            tantivy.Query.term_set_query(self._schema, LABEL, list(allowed)), 0.0
+        )
+        filtered = tantivy.Query.boolean_query(
+            [(tantivy.Occur.Must, query), (tantivy.Occur.Must, only)]
+        )
+        return self._hits(searcher, filtered, top_k)
+
+    @staticmethod
+    def _hits(searcher: tantivy.Searcher, query: tantivy.Query, limit: int) -> list[tuple[int, float]]:
+        hits = searcher.search(query, limit, count=False).hits
         if not hits:
             return []
         labels = searcher.fast_field_values(LABEL, [address for _, address in hits])
         # tantivy breaks ties by document address, which depends on how segments were
         # written and merged; by label, equal scores come out in one order everywhere
-        # (before and after a restart). Which of several documents tied at the top_k cut
-        # make it in is still tantivy's choice.
+        # (before and after a restart). Which of several documents tied at the cut make
+        # it in is still tantivy's choice.
         return sorted(
             ((int(label), float(score)) for (score, _), label in zip(hits, labels)),
             key=lambda hit: (-hit[1], hit[0]),
