@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from contentembed.cli import main
 from contentembed.cli.main import app
 from contentembed.client import Client
 from tests.support.images import encoded, photo_like
@@ -71,7 +72,7 @@ def test_too_many_rejects_stop_the_run_with_exit_code_one(gateway, tmp_path) -> 
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) >= 3
 
 
-def test_ingest_hybrid_makes_a_collection_searchable_by_words(gateway, tmp_path) -> None:
+def test_ingest_hybrid_makes_a_collection_searchable_by_words(gateway, tmp_path, monkeypatch) -> None:
     rows = [
         {"id": "grinder", "text": "Conical burr grinder ZX-4471, forty settings."},
         {"id": "kettle", "text": "Gooseneck kettle KT-9902 for pour-over coffee."},
@@ -96,6 +97,10 @@ def test_ingest_hybrid_makes_a_collection_searchable_by_words(gateway, tmp_path)
     assert german.exit_code == 1 and "hybrid in english, not german" in german.output
     with Client(gateway.address) as client:
         assert client.get_collection("words").item_count == 3
+    monkeypatch.setattr(main.console, "_width", 200)  # no folded cells
+    listed = CliRunner().invoke(app, ["collections", "-t", gateway.address])
+    row = next(line for line in listed.output.splitlines() if " words " in line)
+    assert row.split("│")[-2].strip() == "english"
 
 
 def test_ingest_hybrid_into_a_dense_collection_is_refused(gateway, tmp_path) -> None:

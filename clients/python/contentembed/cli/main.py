@@ -672,17 +672,18 @@ def embed(
 
 @app.command()
 def collections(target: TargetOption = DEFAULT_TARGET) -> None:
-    """List collections with their item counts."""
+    """List collections with their item counts (lexical: the language of a hybrid one)."""
     with client_from_env(target) as client:
         try:
             found = list(client.list_collections())
         except ApiError as error:
             raise fail(str(error)) from None
     table = Table()
-    for column in ("name", "items", "shards", "space", "version"):
+    for column in ("name", "items", "shards", "space", "version", "lexical"):
         table.add_column(column)
     for info in found:
-        table.add_row(info.name, str(info.item_count), str(info.shard_count), info.space_id, info.version)
+        table.add_row(info.name, str(info.item_count), str(info.shard_count), info.space_id,
+                      info.version, info.lexical_language if info.lexical else "–")
     console.print(table)
 
 
