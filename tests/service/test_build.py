@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,13 @@ import pytest
 
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
-from contentembed.pipeline.build import BuildOptions, merge_only, run_build, verify_bundle
+from contentembed.pipeline.build import (
+    BuildError,
+    BuildOptions,
+    merge_only,
+    run_build,
+    verify_bundle,
+)
 from contentembed.pipeline.catalog import DEMO_CATALOG
 from contentembed.pipeline.embedders import LocalOptions
 from contentembed.services.common.sharding import shard_for_id
@@ -300,3 +307,117 @@ def test_a_version_already_loaded_is_its_own_error() -> None:
     with pytest.raises(VersionExists, match="already has version b-1"):
         capture_online_writes(client, "products", "b-1", "space")
     assert EXIT_VERSION_EXISTS == 4
+
+
+# -- build --hybrid ----------------------------------------------------------------------
+def hybrid_catalog(path: Path, extra: list[dict] | None = None) -> Path:
+    """40 demo rows, two rows findable by a code only, and ``extra``."""
+    rows = [json.loads(line) for line in DEMO_CATALOG.read_text().splitlines()[:40]]
+    rows += [{"id": "code-grinder", "text": "Conical burr grinder ZX-4471, forty settings."},
+             {"id": "code-kettle", "text": "Gooseneck kettle KT-9902 for pour-over coffee."}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, *(extra or [])]))
+    return path
+
+
+def test_a_hybrid_bundle_carries_the_texts_and_builds_reproducibly(text_encoder, tmp_path) -> None:
+    catalog = hybrid_catalog(tmp_path / "catalog.jsonl")
+    texts = {r["id"]: r["text"] for r in map(json.loads, catalog.read_text().splitlines())}
+    out = tmp_path / "hybrid"
+    options = text_options(text_encoder, out, catalog=catalog, lexical="")
+    first = run_build(options, quiet).result
+    assert first is not None and first.items == 42
+    manifest = verify_bundle(out)
+    assert manifest["lexical"] == {"enabled": True, "language": "english"}
+    dense = run_build(text_options(text_encoder, tmp_path / "dense", catalog=catalog), quiet).result
+    assert dense is not None and dense.version != first.version  # another version name
+    assert "lexical" not in verify_bundle(tmp_path / "dense")
+
+    parts = load_parts(out)
+    for part in parts.values():
+        assert part.lexical_params is not None and part.lexical_params.language == "english"
+        ids = part_ids(part)
+        assert {item.id: item.text for item in part.get(ids)} == {i: texts[i] for i in ids}
+    owner = parts[shard_for_id("code-grinder", SHARDS)]
+    assert [h.id for h in owner.search_lexical_batch(["ZX-4471"], 3)[0]] == ["code-grinder"]
+
+    # Resumed after losing a chunk (and the bundle): the same digest, texts included.
+    shutil.rmtree(out)
+    shutil.rmtree(out.with_name("hybrid.work") / "slice-0-of-1" / "chunk-000001")
+    resumed = run_build(options, quiet)
+    assert resumed.result is not None and resumed.result.digest == first.digest
+    assert resumed.embedded == CHUNK and resumed.resumed_chunks == 2  # of 3 chunks
+
+    # Slices and a merge keep the texts and the lexical config.
+    sliced = tmp_path / "sliced"
+    for index in range(2):
+        run_build(replace(options, out=sliced, slice=(index, 2)), quiet)
+    merged = merge_only(replace(options, out=sliced, merge_only=True, lexical=None), quiet).result
+    assert merged is not None and merged.version == first.version
+    assert verify_bundle(sliced)["lexical"] == manifest["lexical"]
+    for shard, part in load_parts(sliced).items():
+        ids = part_ids(part)
+        assert ids == part_ids(parts[shard])
+        assert [item.text for item in part.get(ids)] == [texts[i] for i in ids]
+    with pytest.raises(BuildError, match="built dense, not --hybrid"):
+        merge_only(replace(text_options(text_encoder, tmp_path / "dense"), catalog=catalog,
+                           merge_only=True, lexical=""), quiet)
+
+
+def test_hybrid_bundles_publish_and_serve_lexical_search(text_encoder, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from contentembed.cli.main import app
+    from contentembed.client import Client
+    from tests.support.stacks import gateway_stack
+
+    runner = CliRunner()
+    catalog = hybrid_catalog(tmp_path / "catalog.jsonl")
+    with gateway_stack(text_encoder, shard_count=SHARDS) as gateway:
+        target = ["-t", gateway.address]
+
+        def cli(*args: str):
+            return runner.invoke(app, [*args, *target])
+
+        def build(out: str, *args: str):
+            return cli("build", str(catalog), "--out", str(tmp_path / out), "--no-progress",
+                       "--chunk-size", str(CHUNK), "--json", *args)
+
+        done = build("v1", "-c", "shop", "--hybrid")
+        assert done.exit_code == 0, done.output
+        version = json.loads(done.stdout.strip().splitlines()[-1])["version"]
+        published = cli("publish", str(tmp_path / "v1"), "-c", "shop", "--json")
+        assert published.exit_code == 0, published.output
+        assert json.loads(published.stdout.strip().splitlines()[-1])["serving"]
+        with Client(gateway.address, timeout=60.0) as client:
+            info = client.get_collection("shop")
+            assert (info.lexical, info.lexical_language, info.version) == (True, "english", version)
+        found = cli("search", "KT-9902", "-c", "shop", "--mode", "lexical", "--json")
+        assert found.exit_code == 0, found.output
+        assert [h["id"] for h in json.loads(found.stdout)["hits"]] == ["code-kettle"]
+
+        # A dense build of the hybrid collection, or one in another language, is refused
+        # before anything is embedded; so is a hybrid build of a dense collection.
+        for args, words in [
+            (["-c", "shop"], "build with --hybrid --language english"),
+            (["-c", "shop", "--hybrid", "--language", "german"], "hybrid in english, not german"),
+        ]:
+            refused = build("refused", *args)
+            assert refused.exit_code == 1 and words in refused.output, refused.output
+        with Client(gateway.address, timeout=60.0) as client:
+            client.create_collection("plain")
+            assert client.get_collection("shop").pending_versions == []
+        refused = build("refused", "-c", "plain", "--hybrid")
+        assert refused.exit_code == 1 and "without a lexical index" in refused.output
+        assert not (tmp_path / "refused").exists()
+
+        # The next hybrid release: loaded beside the serving one, then activated.
+        hybrid_catalog(catalog, [{"id": "code-lamp", "text": "Headlamp HL-5150, 400 lumens."}])
+        done = build("v2", "-c", "shop", "--hybrid")
+        assert done.exit_code == 0, done.output
+        v2 = json.loads(done.stdout.strip().splitlines()[-1])["version"]
+        assert cli("publish", str(tmp_path / "v2"), "-c", "shop").exit_code == 0
+        assert cli("activate", "shop", v2).exit_code == 0
+        found = cli("search", "HL-5150", "-c", "shop", "--mode", "hybrid", "--json")
+        assert found.exit_code == 0, found.output
+        hit = json.loads(found.stdout)["hits"][0]
+        assert (hit["id"], hit["lexical_rank"]) == ("code-lamp", 1)

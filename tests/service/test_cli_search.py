@@ -246,3 +246,139 @@ def test_search_filters_pages_and_thresholds(gateway, media) -> None:
     assert [h["id"] for h in kept] == [h["id"] for h in everything if h["score"] >= cut]
     assert_one_line_error(cli(gateway, "search", "--image", image, "-c", "pics", "-f", "n>=x"),
                           "needs a number")
+
+
+# -- hybrid retrieval: lexical and fused answers, and eval per mode ----------------------
+CODES = {  # items whose one distinctive word is a model code or a rare name
+    "grinder": "Conical burr coffee grinder ZX-4471 with 40 grind settings.",
+    "scale": "Drip scale with timer for pour-over brewing, model QB-1180.",
+    "kettle": "Gooseneck electric kettle, model KT-9902, holds temperature for an hour.",
+    "press": "French press of borosilicate glass, eight cups, the Halvorsen edition.",
+    "filter": "Paper filters for cone drippers, pack of one hundred, unbleached.",
+    "mug": "Insulated travel mug that keeps coffee hot on the commute.",
+    "tent": "Two-person tent, waterproof, packs small for hiking trips.",
+    "boots": "Leather hiking boots with a waterproof membrane, model TR-7734.",
+    "lamp": "Headlamp for night hikes, 400 lumens, rechargeable over USB-C.",
+    "stove": "Camping stove that folds into its own pot, burns gas canisters.",
+}
+CODE_QUERIES = [  # (query, relevant): codes and names, then paraphrases
+    ("ZX-4471", ["grinder"]), ("QB-1180", ["scale"]), ("KT-9902", ["kettle"]),
+    ("Halvorsen", ["press"]), ("TR-7734", ["boots"]),
+    ("something to keep my drink warm while travelling", ["mug"]),
+    ("sleeping outdoors in the mountains", ["tent"]),
+    ("light for walking in the dark", ["lamp"]),
+]
+
+
+@pytest.fixture(scope="module")
+def hybrid(gateway) -> str:
+    """The hybrid collection `shop` (a lexical index in english beside the vectors)."""
+    with Client(gateway.address, timeout=60.0) as client:
+        info, created = client.create_collection("shop", lexical=True)
+        assert created and (info.lexical, info.lexical_language) == (True, "english")
+        client.upsert_documents("shop", [
+            TextDocument(key, text, {"title": key}) for key, text in CODES.items()
+        ])
+    return "shop"
+
+
+def search_json(gateway, *args: str) -> dict:
+    done = cli(gateway, "search", *args, "--json")
+    assert done.exit_code == 0, done.output
+    return json.loads(done.stdout)
+
+
+def test_lexical_search_finds_words_and_says_so(gateway, hybrid) -> None:
+    result = search_json(gateway, "ZX-4471", "-c", hybrid, "--mode", "lexical", "-k", "5")
+    assert (result["mode"], result["fusion"]) == ("lexical", "")
+    hits = result["hits"]
+    assert [h["id"] for h in hits] == ["grinder"]  # no other item has either term
+    assert hits[0]["lexical_rank"] == 1 and hits[0]["dense_rank"] is None
+    assert hits[0]["score"] == pytest.approx(hits[0]["lexical_score"]) and hits[0]["score"] > 0
+
+
+def test_hybrid_search_fuses_with_the_options_given(gateway, hybrid) -> None:
+    query = ["model KT-9902 kettle", "-c", hybrid, "-k", "10"]
+    default = search_json(gateway, *query)
+    assert default["mode"] == "hybrid"  # the gateway's default on a hybrid collection
+    assert default["hits"][0]["id"] == "kettle"
+
+    rrf = search_json(gateway, *query, "--mode", "hybrid", "--fusion", "rrf", "--rrf-k", "10")
+    assert (rrf["mode"], rrf["fusion"]) == ("hybrid", "rrf")
+    for hit in rrf["hits"]:
+        ranks = [r for r in (hit["dense_rank"], hit["lexical_rank"]) if r is not None]
+        assert ranks, hit
+        assert hit["score"] == pytest.approx(sum(1 / (10 + r) for r in ranks), rel=1e-5)
+    assert any(h["dense_rank"] and h["lexical_rank"] for h in rrf["hits"])
+
+    # alpha 1: only the dense scores count, so the fused order is the dense order.
+    dense = search_json(gateway, *query, "--mode", "dense")
+    assert dense["mode"] == "dense"
+    dense_only = search_json(gateway, *query, "--mode", "hybrid", "--fusion", "minmax",
+                             "--alpha", "1")
+    assert dense_only["fusion"] == "minmax"
+    assert [h["id"] for h in dense_only["hits"]][:5] == [h["id"] for h in dense["hits"]][:5]
+
+    table = cli(gateway, "search", *query, "--mode", "hybrid", "--fusion", "rrf")
+    assert table.exit_code == 0, table.output
+    assert "dense/lexical" in table.output and "hybrid (rrf)" in table.output
+    assert "1/1" in table.output  # the kettle: first for both retrievers
+
+
+def test_lexical_search_needs_a_hybrid_collection_and_a_text(gateway, media, hybrid) -> None:
+    assert_one_line_error(cli(gateway, "search", "tea", "-c", "docs", "--mode", "lexical"),
+                          "FAILED_PRECONDITION")
+    assert_one_line_error(cli(gateway, "search", "--image", str(media / "img" / "1.png"),
+                              "-c", hybrid, "--mode", "hybrid"), "INVALID_ARGUMENT")
+
+
+def test_eval_reports_each_mode_as_search_answers_it(gateway, hybrid, tmp_path) -> None:
+    from contentembed.pipeline.evaluation import hit_at, ndcg, reciprocal_rank
+
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(
+        json.dumps({"id": str(n), "text": text, "relevant": relevant}) + "\n"
+        for n, (text, relevant) in enumerate(CODE_QUERIES)
+    ))
+    done = cli(gateway, "eval", str(queries), "-c", hybrid, "--mode", "all", "--rrf-k", "30",
+               "--json")
+    assert done.exit_code == 0, done.output
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert list(figures["modes"]) == ["dense", "lexical", "hybrid"]
+    assert figures["queries"] == len(CODE_QUERIES)
+
+    rankings = {}
+    with Client(gateway.address, timeout=60.0) as client:
+        for mode in ("dense", "lexical", "hybrid"):
+            options = {"rrf_k": 30} if mode == "hybrid" else {}
+            rankings[mode] = [
+                [h.id for h in client.search(hybrid, text=text, top_k=10, mode=mode,
+                                             **options).hits]
+                for text, _ in CODE_QUERIES
+            ]
+    relevant = [frozenset(r) for _, r in CODE_QUERIES]
+    for mode, ranked in rankings.items():
+        measured = figures["modes"][mode]
+        for k in (1, 5, 10):
+            assert measured[f"recall@{k}"] == pytest.approx(
+                np.mean([hit_at(r, rel, k) for r, rel in zip(ranked, relevant)])), (mode, k)
+        assert measured["mrr@10"] == pytest.approx(
+            np.mean([reciprocal_rank(r, rel) for r, rel in zip(ranked, relevant)]))
+        assert measured["ndcg@10"] == pytest.approx(
+            np.mean([ndcg(r, rel) for r, rel in zip(ranked, relevant)]))
+    assert figures["modes"]["dense"]["ann_recall@10"] == 1.0  # ten items: HNSW is exact
+    assert figures["modes"]["lexical"]["ann_recall@10"] is None
+    assert figures["modes"]["hybrid"]["ann_recall@10"] is None
+    assert figures["modes"]["hybrid"]["fusion"] == "rrf"
+    # Every code query has its item first by BM25; the union ceiling counts both lists.
+    codes = [n for n, (text, _) in enumerate(CODE_QUERIES) if text[0].isupper()]
+    assert all(rankings["lexical"][n][:1] == CODE_QUERIES[n][1] for n in codes)
+    assert figures["union_recall@10"] == pytest.approx(np.mean([
+        hit_at(d + x, rel, 20)
+        for d, x, rel in zip(rankings["dense"], rankings["lexical"], relevant)
+    ]))
+
+    table = cli(gateway, "eval", str(queries), "-c", hybrid, "--mode", "dense",
+                "--mode", "lexical")
+    assert table.exit_code == 0, table.output
+    assert "n/a" in table.output and "union ceiling" in table.output

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from contentembed.cli import main
 from contentembed.cli.main import app
 from contentembed.client import Client
 from tests.support.images import encoded, photo_like
@@ -69,3 +70,60 @@ def test_too_many_rejects_stop_the_run_with_exit_code_one(gateway, tmp_path) -> 
     assert done.exit_code == 1
     assert "r.jsonl" in done.output
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) >= 3
+
+
+def test_ingest_hybrid_makes_a_collection_searchable_by_words(gateway, tmp_path, monkeypatch) -> None:
+    rows = [
+        {"id": "grinder", "text": "Conical burr grinder ZX-4471, forty settings."},
+        {"id": "kettle", "text": "Gooseneck kettle KT-9902 for pour-over coffee."},
+        {"id": "tent", "text": "Zweipersonenzelt, wasserdicht, für Wanderungen."},
+    ]
+    catalog = write_catalog(tmp_path / "shop.jsonl", rows)
+    done = ingest(gateway, str(catalog), "-c", "words", "--hybrid")
+    assert done.exit_code == 0, done.output
+    assert "lexical index in english" in done.output
+    with Client(gateway.address) as client:
+        info = client.get_collection("words")
+        assert (info.lexical, info.lexical_language, info.item_count) == (True, "english", 3)
+        stored = client.get_documents("words", ["grinder", "tent"]).documents
+        assert [d.text for d in stored] == [rows[0]["text"], rows[2]["text"]]
+        found = client.search("words", text="KT-9902", mode="lexical")
+        assert [h.id for h in found.hits] == ["kettle"] and found.mode == "lexical"
+
+    # Again into the hybrid collection: fine; in another language: refused, nothing written.
+    assert ingest(gateway, str(catalog), "-c", "words", "--hybrid").exit_code == 0
+    more = write_catalog(tmp_path / "more.jsonl", [{"id": "lamp", "text": "A headlamp."}])
+    german = ingest(gateway, str(more), "-c", "words", "--hybrid", "--language", "german")
+    assert german.exit_code == 1 and "hybrid in english, not german" in german.output
+    with Client(gateway.address) as client:
+        assert client.get_collection("words").item_count == 3
+    monkeypatch.setattr(main.console, "_width", 200)  # no folded cells
+    listed = CliRunner().invoke(app, ["collections", "-t", gateway.address])
+    row = next(line for line in listed.output.splitlines() if " words " in line)
+    assert row.split("│")[-2].strip() == "english"
+
+
+def test_ingest_hybrid_into_a_dense_collection_is_refused(gateway, tmp_path) -> None:
+    catalog = write_catalog(tmp_path / "dense.jsonl", [{"id": "a", "text": "a kettle"}])
+    assert ingest(gateway, str(catalog), "-c", "dense-only").exit_code == 0
+    more = write_catalog(tmp_path / "more.jsonl", [{"id": "b", "text": "a grinder"}])
+    done = ingest(gateway, str(more), "-c", "dense-only", "--hybrid")
+    assert done.exit_code == 1, done.output
+    assert "without a lexical index" in done.output
+    with Client(gateway.address) as client:
+        info = client.get_collection("dense-only")
+    assert (info.lexical, info.item_count) == (False, 1)
+
+
+def test_ingest_hybrid_in_german_stems_german(gateway, tmp_path) -> None:
+    catalog = write_catalog(tmp_path / "de.jsonl", [
+        {"id": "zelt", "text": "Leichte Zelte für lange Wanderungen"},
+        {"id": "lampe", "text": "Eine Stirnlampe mit hellem Licht"},
+    ])
+    done = ingest(gateway, str(catalog), "-c", "german", "--hybrid", "--language", "German")
+    assert done.exit_code == 0, done.output
+    with Client(gateway.address) as client:
+        assert client.get_collection("german").lexical_language == "german"
+        # "Wanderung" (singular) matches "Wanderungen" only through the German stemmer.
+        hits = client.search("german", text="Wanderung", mode="lexical").hits
+    assert [h.id for h in hits] == ["zelt"]

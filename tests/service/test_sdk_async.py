@@ -60,3 +60,33 @@ def test_async_client_creates_upserts_searches_and_gets(text_encoder) -> None:
             assert client.search("shop", text="sleeping outdoors", top_k=1).hits[0].id in {
                 "tent", "sleeping-bag"
             }
+
+
+def test_async_client_creates_and_searches_a_hybrid_collection(text_encoder) -> None:
+    with gateway_stack(text_encoder) as stack:
+
+        async def main() -> None:
+            async with AsyncClient(stack.gateway.address, timeout=30.0) as client:
+                created = await client.create_collection("words", lexical=True, language="none")
+                assert (created.collection.lexical, created.collection.lexical_language) == (
+                    True, "none")
+                await client.upsert_documents("words", DOCUMENTS)
+                lexical, hybrid = await asyncio.gather(
+                    client.search("words", text="Bluetooth", mode="lexical", top_k=5),
+                    client.search("words", text="bluetooth speaker", mode="hybrid",
+                                  fusion="rrf", rrf_k=5, top_k=5),
+                )
+                # "none": lower-casing only, so the word matches whatever its case.
+                assert lexical.mode == "lexical"
+                assert {h.id for h in lexical.hits} == {"earbuds", "speaker"}
+                assert all(h.lexical_rank and h.dense_rank is None for h in lexical.hits)
+                assert (hybrid.mode, hybrid.fusion) == ("hybrid", "rrf")
+                assert hybrid.hits[0].id == "speaker"
+                assert (hybrid.hits[0].dense_rank, hybrid.hits[0].lexical_rank) == (1, 1)
+                assert hybrid.hits[0].score == pytest.approx(2 / 6)
+                batch = await client.search_batch("words", ["kettle", "tent"], mode="lexical")
+                assert [r.hits[0].id for r in batch] == ["kettle", "tent"]
+                stored = await client.get_documents("words", ["tent"])
+                assert stored.documents[0].text == DOCUMENTS[6]["text"]
+
+        asyncio.run(main())

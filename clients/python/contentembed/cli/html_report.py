@@ -3,8 +3,10 @@
 Everything is inline (CSS, images as ``data:`` URIs), so the file can be mailed or
 attached as it is. Each hit is one row: a rank marker, a thumbnail when the hit's
 metadata names an image, its id and a snippet, and a score bar whose width is the score
-(cosine, clamped to 0..1) of a fixed-width track. The marker and bar colours are
-constants so that a screenshot of the page can be checked by colour.
+(cosine, clamped to 0..1) of a fixed-width track. Lexical (BM25) and hybrid scores have
+no fixed scale, so there the bar is the score relative to the best hit's; a hybrid hit
+also names the rank and score each retriever (dense, lexical) gave it. The marker and bar
+colours are constants so that a screenshot of the page can be checked by colour.
 
 A hit's image comes from its metadata: ``thumbnail`` or ``image``, either a
 ``data:image/...;base64,`` URI or a path relative to ``media_root`` (default: the
@@ -23,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from contentembed.client import SearchResult
+from contentembed.client import Hit, SearchResult
 
 RANK_MARKER_COLOUR = (0x1A, 0x5F, 0xD6)
 SCORE_BAR_COLOUR = (0xE0, 0x19, 0x7D)
@@ -134,12 +136,36 @@ ol {{ list-style: none; padding: 0; margin: 0; }}
 .body {{ flex: 1; min-width: 0; }}
 .id {{ font-weight: bold; font-family: ui-monospace, monospace; }}
 .snippet, .extra {{ white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }}
-.extra {{ color: #777; font-size: 12px; }}
+.extra, .retrievers {{ color: #777; font-size: 12px; }}
 .score {{ flex: none; width: {SCORE_TRACK_PX + 64}px; display: flex; align-items: center;
           gap: 8px; font-variant-numeric: tabular-nums; }}
 .track {{ width: {SCORE_TRACK_PX}px; height: 14px; background: #e8e8e8; }}
 .bar {{ height: 14px; background: {_hex(SCORE_BAR_COLOUR)}; }}
 """
+
+
+def bar_fraction(result: SearchResult, score: float) -> float:
+    """The share of the score track a hit's bar fills: the cosine for dense answers, the
+    score over the best hit's for lexical and hybrid ones (BM25 and fusion scores have
+    no fixed scale)."""
+    if result.mode in ("", "dense"):
+        return max(0.0, min(1.0, score))
+    best = max((hit.score for hit in result.hits), default=0.0)
+    return max(0.0, min(1.0, score / best)) if best > 0 else 0.0
+
+
+def _retrievers(hit: Hit) -> tuple[str, str]:
+    """(text, data attributes) of which retriever found the hit, at which rank and score."""
+    parts, attributes = [], []
+    for name, rank, score in (("dense", hit.dense_rank, hit.dense_score),
+                              ("lexical", hit.lexical_rank, hit.lexical_score)):
+        if rank is None:
+            parts.append(f"{name} –")
+            continue
+        shown = f" {score:.3f}" if score is not None else ""
+        parts.append(f"{name} #{rank}{shown}")
+        attributes.append(f' data-{name}-rank="{rank}"')
+    return " · ".join(parts), "".join(attributes)
 
 
 def render_search_page(
@@ -162,10 +188,15 @@ def render_search_page(
     else:
         query = f"<span>“{esc(query_text or '')}”</span>"
     latency = result.latency_ms
+    if result.mode in ("", "dense"):
+        retrieval = "exact" if exact else "HNSW"
+    else:
+        retrieval = result.mode + (f" ({result.fusion})" if result.fusion else "")
+    detail = any(h.dense_rank is not None or h.lexical_rank is not None for h in result.hits)
     line = (
         f"collection {esc(collection)} · space {esc(result.space_id)} · "
         f"version {esc(result.version or '(serving)')} · {len(result.shards)} shards · "
-        f"{'exact' if exact else 'HNSW'} · {latency.get('total', 0.0):.1f} ms "
+        f"{esc(retrieval)} · {latency.get('total', 0.0):.1f} ms "
         f"(encode {latency.get('encode', 0.0):.1f}, search {latency.get('search', 0.0):.1f})"
     )
     if result.partial:
@@ -176,13 +207,15 @@ def render_search_page(
         thumb = f'<img alt="" src="{uri}">' if uri else ""
         title, text = hit_snippet(hit.metadata)
         snippet = " — ".join(esc(part) for part in (title, text) if part) or esc(hit.id)
-        width = max(0.0, min(1.0, hit.score)) * SCORE_TRACK_PX
+        width = bar_fraction(result, hit.score) * SCORE_TRACK_PX
+        found_by, attributes = _retrievers(hit) if detail else ("", "")
+        retrievers = f'<div class="retrievers">{esc(found_by)}</div>' if detail else ""
         rows.append(
-            f'<li class="hit" data-id="{esc(hit.id)}" data-score="{hit.score:.6f}">'
+            f'<li class="hit" data-id="{esc(hit.id)}" data-score="{hit.score:.6f}"{attributes}>'
             f'<span class="rank">{rank}</span><span class="thumb">{thumb}</span>'
             f'<div class="body"><div class="id">{esc(hit.id)}</div>'
             f'<div class="snippet">{snippet}</div>'
-            f'<div class="extra">{esc(_other_metadata(hit.metadata))}</div></div>'
+            f'<div class="extra">{esc(_other_metadata(hit.metadata))}</div>{retrievers}</div>'
             f'<div class="score"><div class="track"><div class="bar" style="width: {width:.1f}px">'
             f"</div></div><span>{hit.score:.3f}</span></div></li>"
         )

@@ -16,7 +16,22 @@ from rich.table import Table
 from tqdm import tqdm
 
 from contentembed.cli.catalog import DEMO_CATALOG, read_labelled_queries
+from contentembed.cli.eval_output import VersionFigures
 from contentembed.cli.extras import missing_services_message
+from contentembed.cli.retrieval import (
+    AlphaOption,
+    DepthOption,
+    EvalMode,
+    FusionOption,
+    ModeOption,
+    RrfKOption,
+    expand_modes,
+    has_retriever_detail,
+    mode_label,
+    ranks,
+    retrieval_kwargs,
+    retriever_score,
+)
 from contentembed.cli.signals import StopRequested, StopSignals
 from contentembed.cli.stack import LocalStack, StackError, StackEvent
 from contentembed.client import (
@@ -34,6 +49,7 @@ from contentembed.pipeline.catalog import (
     read_catalog_rows,
     write_rejects,
 )
+from contentembed.pipeline.hybrid import NotHybrid
 from contentembed.pipeline.ingest import ingest_catalog
 
 app = typer.Typer(
@@ -82,27 +98,39 @@ def ingest_documents(
 
 
 def print_hits(result: SearchResult, query: str, expected_id: str | None = None) -> None:
-    title = f"[bold]{query}[/]"
+    title = f"[bold]{escape(query)}[/]"
     table = Table(title=title, title_justify="left", show_lines=False, expand=False)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
+    # Which retriever found each hit of a fused answer, at which rank, with which score.
+    detail = has_retriever_detail(result)
+    if detail:
+        table.add_column("dense/lexical", justify="right")
+        table.add_column("dense", justify="right")
+        table.add_column("lexical", justify="right")
     table.add_column("id")
     table.add_column("category")
     table.add_column("price", justify="right")
     for rank, hit in enumerate(result.hits, start=1):
         marker = " [green](expected)[/]" if hit.id == expected_id else ""
         price = hit.metadata.get("price")
+        retrievers = (
+            [ranks(hit), retriever_score(hit.dense_score), retriever_score(hit.lexical_score)]
+            if detail else []
+        )
         table.add_row(
             str(rank),
             f"{hit.score:.3f}",
-            hit.id + marker,
-            str(hit.metadata.get("category", "")),
+            *retrievers,
+            escape(hit.id) + marker,
+            escape(str(hit.metadata.get("category", ""))),
             f"{price:.2f}" if isinstance(price, (int, float)) else "",
         )
     console.print(table)
     flags = " [yellow]PARTIAL[/]" if result.partial else ""
+    mode = f"{mode_label(result)} · " if result.mode else ""
     console.print(
-        f"  space {result.space_id} · {len(result.shards)} shards · "
+        f"  {mode}space {escape(result.space_id)} · {len(result.shards)} shards · "
         f"{result.latency_ms['total']:.1f} ms (encode {result.latency_ms['encode']:.1f}, "
         f"search {result.latency_ms['search']:.1f}){flags}\n",
         style="dim",
@@ -218,6 +246,16 @@ RejectsOption = Annotated[
     int,
     typer.Option(min=0, help="Stop with exit code 1 when more rows than this are rejected."),
 ]
+HybridOption = Annotated[
+    bool,
+    typer.Option("--hybrid", help="A hybrid collection: a lexical (BM25) index over the texts "
+                 "beside the vectors (for search --mode lexical|hybrid)."),
+]
+LanguageOption = Annotated[
+    str | None,
+    typer.Option("--language", help="--hybrid: stemming and stop words of the lexical index "
+                 "(english when new, another Snowball language, or none)."),
+]
 
 
 @app.command()
@@ -239,15 +277,20 @@ def ingest(
                                   "<catalog stem>.rejects.jsonl here, written only if any.")
     ] = None,
     max_rejects: RejectsOption = DEFAULT_MAX_REJECTS,
+    hybrid: HybridOption = False,
+    language: LanguageOption = None,
     target: TargetOption = DEFAULT_TARGET,
 ) -> None:
     """Embed a JSONL catalog and upsert it into a collection (created if missing).
 
     Rows that cannot be used (bad JSON, id, content, metadata, missing image, duplicate id,
     or refused by the gateway) are written to the rejects file; more than --max-rejects
-    stops the run with exit code 1."""
+    stops the run with exit code 1. With --hybrid a missing collection is created with a
+    lexical (BM25) index over the texts; an existing one must already have one."""
     if (catalog is None) == (not demo):
         raise fail("give a catalog path or --demo")
+    if language is not None and not hybrid:
+        raise fail("--language is the lexical index's: give it with --hybrid")
     path = DEMO_CATALOG if demo else catalog
     assert path is not None
     if not path.is_file():
@@ -263,19 +306,21 @@ def ingest(
     with client_from_env(target) as client:
         try:
             outcome = ingest_catalog(
-                client, collection, rows, batch_size, space_id=space, max_rejects=max_rejects
+                client, collection, rows, batch_size, space_id=space, max_rejects=max_rejects,
+                hybrid=hybrid, language=language,
             )
             info = client.get_collection(collection)
-        except (ApiError, CatalogError) as error:
-            raise fail(str(error)) from None
+        except (ApiError, CatalogError, NotHybrid) as error:
+            raise fail(escape(str(error))) from None
     if outcome.rejects:
         write_rejects(rejects_path, outcome.rejects)
     if len(outcome.rejects) > max_rejects:
         raise fail(f"{len(outcome.rejects)} rows rejected, more than --max-rejects "
                    f"{max_rejects}; see {rejects_path}")
+    lexical = f", lexical index in {info.lexical_language}" if info.lexical else ""
     console.print(
         f"upserted {outcome.written} documents into [bold]{collection}[/] "
-        f"({info.item_count} items on {info.shard_count} shards, space {info.space_id})"
+        f"({info.item_count} items on {info.shard_count} shards, space {info.space_id}{lexical})"
     )
     if outcome.rejects:
         console.print(f"[yellow]{len(outcome.rejects)} rows rejected: see {rejects_path}[/]")
@@ -331,9 +376,15 @@ def build(
         Path | None, typer.Option("--from", help="Reuse unchanged rows' vectors of this bundle.")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    hybrid: HybridOption = False,
+    language: LanguageOption = None,
     target: TargetOption = DEFAULT_TARGET,
 ) -> None:
     """Embed a catalog into a bundle (docs/bundles.md): one part per index shard.
+
+    With --hybrid the parts also carry the texts, and each shard builds its lexical (BM25)
+    index from them; an existing collection must already be hybrid, a missing one is
+    created hybrid when the bundle is published.
 
     Chunks of embeddings go to OUT.work/ first, so a killed build resumes where it
     stopped. Unless --offline, the build asks the gateway for encoders and shard count and,
@@ -351,6 +402,8 @@ def build(
     )
     from contentembed.pipeline.embedders import LocalOptions
 
+    if language is not None and not hybrid:
+        raise fail("--language is the lexical index's: give it with --hybrid")
     try:
         options = BuildOptions(
             catalog=catalog, collection=collection, out=out, shards=shards,
@@ -361,6 +414,7 @@ def build(
             encoders=encoder or [], offline=offline,
             target=target, slice=parse_slice(slice_) if slice_ else None, merge_only=merge_,
             workers=workers, concurrency=concurrency, progress=progress,
+            lexical=(language or "") if hybrid else None,
         )
         if not catalog.is_file():
             raise BuildError(f"{catalog} is not a file")
@@ -459,9 +513,17 @@ def search(
         typer.Option(help="--html: resolve the hits' metadata image paths here (default: .)."),
     ] = None,
     allow_partial: Annotated[bool, typer.Option(help="Answer even if a shard is down.")] = False,
+    mode: ModeOption = None,
+    fusion: FusionOption = None,
+    alpha: AlphaOption = None,
+    rrf_k: RrfKOption = 0,
+    depth: DepthOption = 0,
     target: TargetOption = DEFAULT_TARGET,
 ) -> None:
-    """Print the ranked hits for a text query or an image (--image)."""
+    """Print the ranked hits for a text query or an image (--image).
+
+    --mode lexical or hybrid needs a text query and a hybrid collection (ingest or build
+    --hybrid); hybrid answers show each hit's dense/lexical rank and scores."""
     from contentembed.cli.filters import FilterError, parse_filters
 
     text_or_image(query, image)
@@ -476,6 +538,7 @@ def search(
                 collection, text=query, image=image_bytes, top_k=top_k,
                 allow_partial=allow_partial, version=version, exact=exact, ef=ef,
                 offset=offset, score_threshold=score_threshold, filter=metadata_filter or None,
+                **retrieval_kwargs(mode, fusion, alpha, rrf_k, depth),
             )
         except ApiError as error:
             raise fail(escape(str(error))) from None
@@ -609,17 +672,18 @@ def embed(
 
 @app.command()
 def collections(target: TargetOption = DEFAULT_TARGET) -> None:
-    """List collections with their item counts."""
+    """List collections with their item counts (lexical: the language of a hybrid one)."""
     with client_from_env(target) as client:
         try:
             found = list(client.list_collections())
         except ApiError as error:
             raise fail(str(error)) from None
     table = Table()
-    for column in ("name", "items", "shards", "space", "version"):
+    for column in ("name", "items", "shards", "space", "version", "lexical"):
         table.add_column(column)
     for info in found:
-        table.add_row(info.name, str(info.item_count), str(info.shard_count), info.space_id, info.version)
+        table.add_row(info.name, str(info.item_count), str(info.shard_count), info.space_id,
+                      info.version, info.lexical_language if info.lexical else "–")
     console.print(table)
 
 
@@ -850,6 +914,13 @@ def retire(
     console.print(f"{collection}: version {version} dropped")
 
 
+EvalModeOption = Annotated[
+    list[EvalMode] | None,
+    typer.Option("--mode", help="Evaluate this retrieval (repeat to compare side by side; "
+                 "all: dense, lexical and hybrid); default: the gateway's for the collection."),
+]
+
+
 @app.command("eval")
 def evaluate_command(
     queries: Annotated[
@@ -863,17 +934,31 @@ def evaluate_command(
         list[str] | None,
         typer.Option("--version", help="A loaded version (repeat to compare); default: serving."),
     ] = None,
+    mode: EvalModeOption = None,
+    fusion: FusionOption = None,
+    alpha: AlphaOption = None,
+    rrf_k: RrfKOption = 0,
+    depth: DepthOption = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON last.")] = False,
     target: TargetOption = DEFAULT_TARGET,
 ) -> None:
     """Recall@1/5/10, MRR@10, nDCG@10 and ANN recall@10 (HNSW against exact search) of
-    labelled queries through the live gateway, one column per version."""
+    labelled queries through the live gateway, one column per version.
+
+    With --mode (repeatable, or all) one column per version and mode: dense, lexical and
+    hybrid side by side (ANN recall is n/a for lexical and hybrid), and with both dense
+    and lexical the union ceiling: the share of queries with a relevant id in the dense
+    or the lexical top 10. --fusion, --alpha, --rrf-k and --depth apply to hybrid."""
+    from dataclasses import replace
+
+    from contentembed.cli.eval_output import eval_columns, eval_json, union_lines
     from contentembed.pipeline.evaluation import (
         EVAL_DEPTH,
         LabelledQuery,
         QueriesError,
         evaluate,
         read_queries,
+        union_recall,
     )
 
     if (queries is None) == (not demo):
@@ -886,33 +971,68 @@ def evaluate_command(
         )
     except (QueriesError, OSError) as error:
         raise fail(str(error)) from None
-    reports = []
+    modes = expand_modes(mode)
+    images = sum(isinstance(q.content, bytes) for q in labelled)
+    textual = [m for m in modes if m in ("lexical", "hybrid")]
+    if images and textual:
+        raise fail(f"--mode {textual[0]} needs text queries; {images} of the "
+                   f"{len(labelled)} queries are images")
+    fused = retrieval_kwargs(None, fusion, alpha, rrf_k, depth)
+    del fused["mode"]
+    figures = []
     with client_from_env(target, timeout=60.0) as client:
+        try:
+            info = client.get_collection(collection)
+        except ApiError as error:
+            raise fail(str(error)) from None
         for name in version or [""]:
-            def search(content: str | bytes, exact: bool, name: str = name) -> list[str]:
-                kind = {"text": content} if isinstance(content, str) else {"image": content}
-                result = client.search(collection, top_k=EVAL_DEPTH, version=name, exact=exact, **kind)
-                return [hit.id for hit in result.hits]
+            label = name or info.version
+            reports = []
+            for wanted in modes:
+                answered: dict[str, str] = {}
 
-            try:
-                if not name:
-                    name = client.get_collection(collection).version
-                with tqdm(total=len(labelled), desc=f"eval {name}", unit="query",
-                          disable=as_json) as progress:
-                    reports.append(evaluate(name, labelled, search, progress.update))
-            except ApiError as error:
-                raise fail(str(error)) from None
+                def search(content: str | bytes, exact: bool, name: str = name,
+                           wanted: str | None = wanted,
+                           answered: dict[str, str] = answered) -> list[str]:
+                    kind = {"text": content} if isinstance(content, str) else {"image": content}
+                    options = fused if wanted in (None, "hybrid") else {}
+                    result = client.search(collection, top_k=EVAL_DEPTH, version=name,
+                                           exact=exact, mode=wanted, **options, **kind)
+                    answered.setdefault("mode", result.mode)
+                    answered.setdefault("fusion", result.fusion)
+                    return [hit.id for hit in result.hits]
+
+                # HNSW against exact search means something for dense answers only.
+                ann = wanted == "dense" or (wanted is None and not info.lexical)
+                desc = f"eval {label}" + (f" {wanted}" if wanted else "")
+                try:
+                    with tqdm(total=len(labelled), desc=desc, unit="query",
+                              disable=as_json) as progress:
+                        report = evaluate(label, labelled, search, progress.update, ann=ann)
+                except ApiError as error:
+                    raise fail(escape(str(error))) from None
+                answered_mode = wanted or answered.get("mode", "")
+                reports.append(replace(
+                    report, mode=answered_mode, fusion=answered.get("fusion", ""),
+                    ann_recall=report.ann_recall if answered_mode in ("", "dense") else None,
+                ))
+            by_mode = {report.mode: report for report in reports}
+            union = (union_recall(labelled, by_mode["dense"], by_mode["lexical"])
+                     if {"dense", "lexical"} <= set(by_mode) else None)
+            figures.append(VersionFigures(label, reports, union))
     if as_json:
-        figures = [report.as_json() for report in reports]
-        print(json.dumps(figures[0] if len(figures) == 1 else figures))
+        print(json.dumps(eval_json(figures, by_mode=bool(mode))))
         return
+    titles, rows = eval_columns(figures, by_mode=bool(mode))
     table = Table(title=f"{collection}: {len(labelled)} labelled queries", title_justify="left")
-    table.add_column("measure")
-    for report in reports:
-        table.add_column(report.version, justify="right")
-    for key in [k for k in reports[0].as_json() if k not in ("version", "queries")]:
-        table.add_row(key, *[f"{report.as_json()[key]:.3f}" for report in reports])
+    table.add_column("measure", no_wrap=True)
+    for title in titles:
+        table.add_column(escape(title), justify="right")
+    for measure, cells in rows:
+        table.add_row(measure, *cells)
     console.print(table)
+    for line in union_lines(figures):
+        console.print(escape(line), soft_wrap=True)
 
 
 @app.command()

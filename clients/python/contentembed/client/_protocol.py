@@ -32,6 +32,16 @@ from contentembed.search.v1 import search_service_pb2 as search_pb
 
 MODALITIES = {"text": types_pb2.MODALITY_TEXT, "image": types_pb2.MODALITY_IMAGE}
 MODALITY_NAMES = {number: name for name, number in MODALITIES.items()}
+RETRIEVAL_MODES = {
+    "dense": search_pb.RETRIEVAL_MODE_DENSE,
+    "lexical": search_pb.RETRIEVAL_MODE_LEXICAL,
+    "hybrid": search_pb.RETRIEVAL_MODE_HYBRID,
+}
+RETRIEVAL_MODE_NAMES = {number: name for name, number in RETRIEVAL_MODES.items()}
+FUSION_METHODS = {"rrf": search_pb.FUSION_METHOD_RRF, "minmax": search_pb.FUSION_METHOD_MINMAX}
+FUSION_METHOD_NAMES = {number: name for name, number in FUSION_METHODS.items()}
+# "" = english on the server; kept as the server reports it otherwise.
+DEFAULT_LEXICAL_LANGUAGE = "english"
 
 # Retried by default: transient unavailability; overload only when the server said when.
 DEFAULT_RETRIES = 3
@@ -76,6 +86,7 @@ def struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct:
 
 
 def collection_info(message: admin_pb.CollectionSummary) -> CollectionInfo:
+    lexical = message.lexical.enabled
     return CollectionInfo(
         name=message.name,
         space_id=message.space_id,
@@ -88,6 +99,8 @@ def collection_info(message: admin_pb.CollectionSummary) -> CollectionInfo:
         version_spaces=dict(message.version_spaces),
         candidate_version=message.candidate_version,
         serving_versions=listed(message.serving_versions, message.version),
+        lexical=lexical,
+        lexical_language=(message.lexical.language or DEFAULT_LEXICAL_LANGUAGE) if lexical else "",
     )
 
 
@@ -111,6 +124,36 @@ def query_vector_pb(vector: Any) -> types_pb2.Vector:
     )
 
 
+def retrieval_options(
+    mode: str | None = None,
+    fusion: str | None = None,
+    alpha: float | None = None,
+    rrf_k: int = 0,
+    depth: int = 0,
+) -> search_pb.RetrievalOptions | None:
+    """The request's RetrievalOptions; None when every option is left to the gateway.
+
+    Mode and fusion names are checked here (they become enum numbers); the ranges of
+    alpha, rrf_k and depth are the gateway's to check (INVALID_ARGUMENT BAD_FUSION,
+    TOP_K_OUT_OF_RANGE), since its limits are configurable.
+    """
+    if mode is not None and mode not in RETRIEVAL_MODES:
+        raise ValueError(f"mode must be one of {list(RETRIEVAL_MODES)} or None, got {mode!r}")
+    if fusion is not None and fusion not in FUSION_METHODS:
+        raise ValueError(f"fusion must be one of {list(FUSION_METHODS)} or None, got {fusion!r}")
+    if mode is None and fusion is None and alpha is None and not rrf_k and not depth:
+        return None
+    options = search_pb.RetrievalOptions(
+        mode=RETRIEVAL_MODES[mode] if mode else search_pb.RETRIEVAL_MODE_UNSPECIFIED,
+        fusion=FUSION_METHODS[fusion] if fusion else search_pb.FUSION_METHOD_UNSPECIFIED,
+        rrf_k=rrf_k,
+        depth=depth,
+    )
+    if alpha is not None:
+        options.alpha = alpha
+    return options
+
+
 def search_request(
     collection: str,
     text: str | None,
@@ -129,6 +172,7 @@ def search_request(
     vector_space_id: str = "",
     metadata_fields: Sequence[str] = (),
     omit_metadata: bool = False,
+    retrieval: search_pb.RetrievalOptions | None = None,
 ) -> search_pb.SearchRequest:
     if sum(q is not None for q in (text, image, item_id, vector)) != 1:
         raise ValueError("give exactly one of text, image, item_id or vector")
@@ -154,6 +198,8 @@ def search_request(
         request.score_threshold = score_threshold
     if metadata_filter:
         request.filter.update(metadata_filter)
+    if retrieval is not None:
+        request.retrieval.CopyFrom(retrieval)
     if text is not None:
         request.text = text
     elif item_id is not None:
@@ -173,6 +219,7 @@ def search_batch_request(
     allow_partial: bool,
     ef: int,
     metadata_filter: Mapping[str, Any] | None,
+    retrieval: search_pb.RetrievalOptions | None = None,
 ) -> search_pb.SearchBatchRequest:
     if isinstance(texts, str):
         raise ValueError("texts: a list of query texts, not one string")
@@ -189,15 +236,28 @@ def search_batch_request(
     )
     if metadata_filter:
         request.filter.update(metadata_filter)
+    if retrieval is not None:
+        request.retrieval.CopyFrom(retrieval)
     return request
+
+
+def hit(message: search_pb.Hit) -> Hit:
+    return Hit(
+        message.id,
+        message.score,
+        json_format.MessageToDict(message.metadata),
+        message.shard_index,
+        message.collection,
+        dense_score=message.dense_score if message.HasField("dense_score") else None,
+        lexical_score=message.lexical_score if message.HasField("lexical_score") else None,
+        dense_rank=message.dense_rank or None,
+        lexical_rank=message.lexical_rank or None,
+    )
 
 
 def search_result(response: search_pb.SearchResponse) -> SearchResult:
     return SearchResult(
-        hits=[
-            Hit(h.id, h.score, json_format.MessageToDict(h.metadata), h.shard_index, h.collection)
-            for h in response.hits
-        ],
+        hits=[hit(h) for h in response.hits],
         space_id=response.space_id,
         version=response.version,
         partial=response.partial,
@@ -216,6 +276,8 @@ def search_result(response: search_pb.SearchResponse) -> SearchResult:
         fused=response.fused,
         versions=listed(response.versions, response.version),
         space_ids=listed(response.space_ids, response.space_id),
+        mode=RETRIEVAL_MODE_NAMES.get(response.mode, ""),
+        fusion=FUSION_METHOD_NAMES.get(response.fusion, ""),
     )
 
 
@@ -234,6 +296,7 @@ def documents_result(response: search_pb.GetDocumentsResponse, with_vectors: boo
             StoredDocument(
                 d.id, json_format.MessageToDict(d.metadata), d.shard_index,
                 vector_values(d.vector) if with_vectors else None,
+                d.text,
             )
             for d in response.documents
         ],
@@ -242,14 +305,22 @@ def documents_result(response: search_pb.GetDocumentsResponse, with_vectors: boo
 
 
 def create_collection_request(
-    name: str, space_id: str, modality: str, exist_ok: bool, model: str = ""
+    name: str, space_id: str, modality: str, exist_ok: bool, model: str = "",
+    lexical: bool = False, language: str = "",
 ) -> admin_pb.CreateCollectionRequest:
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {sorted(MODALITIES)}, got {modality!r}")
-    return admin_pb.CreateCollectionRequest(
+    if language and not lexical:
+        # A language only means something for the lexical index; dropping it silently
+        # would create a dense-only collection the caller did not ask for.
+        raise ValueError("language is for a lexical collection: give lexical=True with it")
+    request = admin_pb.CreateCollectionRequest(
         name=name, exist_ok=exist_ok, space_id=space_id, modality=MODALITIES[modality],
         model=model,
     )
+    if lexical:
+        request.lexical.CopyFrom(types_pb2.LexicalConfig(enabled=True, language=language))
+    return request
 
 
 def upsert_request(

@@ -170,6 +170,11 @@ class AsyncClient:
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - the field's name
         metadata_fields: Sequence[str] = (),
         omit_metadata: bool = False,
+        mode: str | None = None,
+        fusion: str | None = None,
+        alpha: float | None = None,
+        rrf_k: int = 0,
+        depth: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
         """Nearest items to a text or an encoded image. Retried (idempotent).
@@ -193,13 +198,23 @@ class AsyncClient:
             offset: Skip this many hits of the merged ranking (pages).
             score_threshold: Drop hits scoring below it; None: no threshold.
             filter: Metadata filter on every shard (see ``Client.search``).
+            metadata_fields: Only these metadata keys on each hit; empty: all of them.
+            omit_metadata: Hits without metadata (ids and scores only).
+            mode: ``"dense"``, ``"lexical"`` or ``"hybrid"``; None: hybrid on a lexical
+                collection with a text query, dense otherwise (see ``Client.search``).
+            fusion: ``"rrf"`` or ``"minmax"`` for hybrid; None: the gateway's default.
+            alpha: Min-max weight of the dense scores, 0 to 1; None: the gateway's default.
+            rrf_k: RRF's k; 0: the gateway's default.
+            depth: Candidates per retriever before fusion; 0: the gateway's default.
             timeout: Deadline in seconds, retries included; default: the client's.
 
         Returns:
-            The hits, best first, with the space and version that answered.
+            The hits, best first, with the space and version that answered, the mode and
+            fusion used and each hit's per-retriever scores and ranks.
 
         Raises:
-            ValueError: Not exactly one of ``text``, ``image``, ``item_id`` and ``vector``.
+            ValueError: Not exactly one of ``text``, ``image``, ``item_id`` and ``vector``;
+                unknown ``mode`` or ``fusion``.
             NotFoundError: No such collection or version.
             UnavailableError: Unavailable after the retries.
 
@@ -210,6 +225,7 @@ class AsyncClient:
             collection, text, image, top_k, allow_partial, also_collections, version, exact,
             ef, offset, score_threshold, filter, item_id, vector, vector_space_id,
             metadata_fields, omit_metadata,
+            proto.retrieval_options(mode, fusion, alpha, rrf_k, depth),
         )
         response = await self._call(self._search.Search, request, timeout, idempotent=True)
         return proto.search_result(response)
@@ -222,6 +238,8 @@ class AsyncClient:
         modality: str = "text",
         model: str = "",
         exist_ok: bool = False,
+        lexical: bool = False,
+        language: str = "",
         timeout: float | None = None,
     ) -> CollectionCreated:
         """Creates a collection on every shard. Retried only with ``exist_ok=True``.
@@ -232,20 +250,27 @@ class AsyncClient:
             modality: ``"text"`` or ``"image"``.
             model: A model id (e.g. ``"all-MiniLM-L6-v2"``): the space of the encoder that
                 runs it, when ``space_id`` is empty.
-            exist_ok: An existing collection of that space is not an error.
+            exist_ok: An existing collection of that space is not an error (one with
+                another lexical config is: FailedPreconditionError LEXICAL_MISMATCH).
+            lexical: A hybrid collection: a BM25 index over the documents' texts beside
+                the vectors, for ``search(mode="lexical"|"hybrid")``.
+            language: The lexical index's stemming and stop words: ``"english"`` (when
+                empty), another Snowball language, or ``"none"``; needs ``lexical``.
             timeout: Deadline in seconds; default: the client's.
 
         Returns:
             ``CollectionCreated(collection, created)``.
 
         Raises:
-            ValueError: Unknown modality.
+            ValueError: Unknown modality, or ``language`` without ``lexical``.
             AlreadyExistsError: It exists and ``exist_ok`` is False.
 
         Example:
             >>> created = await client.create_collection("products", exist_ok=True)  # doctest: +SKIP
         """
-        request = proto.create_collection_request(name, space_id, modality, exist_ok, model)
+        request = proto.create_collection_request(
+            name, space_id, modality, exist_ok, model, lexical, language
+        )
         response = await self._call(
             self._admin.CreateCollection, request, timeout, idempotent=exist_ok
         )
@@ -386,6 +411,11 @@ class AsyncClient:
         allow_partial: bool = False,
         ef: int = 0,
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - the field's name
+        mode: str | None = None,
+        fusion: str | None = None,
+        alpha: float | None = None,
+        rrf_k: int = 0,
+        depth: int = 0,
         timeout: float | None = None,
     ) -> list[SearchResult]:
         """Many text queries against one collection in one call (serving version): the
@@ -398,15 +428,27 @@ class AsyncClient:
             allow_partial: Answer from the shards that answered when some did not.
             ef: Search-time HNSW ef on every shard; 0: each collection's default.
             filter: Metadata filter on every query (as ``search``).
+            mode: ``"dense"``, ``"lexical"`` or ``"hybrid"`` for every query (as
+                ``search``); None: hybrid on a lexical collection, dense otherwise.
+            fusion: ``"rrf"`` or ``"minmax"`` (as ``search``).
+            alpha: Min-max weight of the dense scores (as ``search``).
+            rrf_k: RRF's k (as ``search``).
+            depth: Candidates per retriever before fusion (as ``search``).
             timeout: Deadline in seconds, retries included; default: the client's.
 
         Returns:
             One SearchResult per text, in order.
 
+        Raises:
+            ValueError: Unknown ``mode`` or ``fusion``.
+
         Example:
             >>> [r.hits[0].id for r in client.search_batch("products", ["kettle", "tent"])]  # doctest: +SKIP
         """
-        request = proto.search_batch_request(collection, texts, top_k, allow_partial, ef, filter)
+        request = proto.search_batch_request(
+            collection, texts, top_k, allow_partial, ef, filter,
+            proto.retrieval_options(mode, fusion, alpha, rrf_k, depth),
+        )
         response = await self._call(self._search.SearchBatch, request, timeout, idempotent=True)
         return [proto.search_result(result) for result in response.results]
 

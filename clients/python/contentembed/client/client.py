@@ -244,6 +244,11 @@ class Client:
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - the field's name
         metadata_fields: Sequence[str] = (),
         omit_metadata: bool = False,
+        mode: str | None = None,
+        fusion: str | None = None,
+        alpha: float | None = None,
+        rrf_k: int = 0,
+        depth: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
         """Nearest items to a text or an encoded image. Retried (idempotent).
@@ -275,13 +280,27 @@ class Client:
                 ``{"$and": [...]}``, ``{"$or": [...]}``; a malformed one is BAD_FILTER.
             metadata_fields: Only these metadata keys on each hit; empty: all of them.
             omit_metadata: Hits without metadata (ids and scores only).
+            mode: ``"dense"`` (HNSW over the query's embedding), ``"lexical"`` (BM25 over
+                the collection's lexical index; the query is not embedded) or
+                ``"hybrid"`` (both, fused); None: hybrid on a lexical collection with a
+                text query, dense otherwise. Lexical and hybrid need a text query and a
+                lexical collection (FailedPreconditionError LEXICAL_NOT_ENABLED).
+            fusion: How hybrid combines the two lists: ``"rrf"`` (reciprocal rank) or
+                ``"minmax"`` (convex combination of min-max scaled scores); None: the
+                gateway's default.
+            alpha: Min-max weight of the dense scores, 0 to 1; None: the gateway's default.
+            rrf_k: RRF's k (1 to 10000); 0: the gateway's default.
+            depth: Candidates each retriever contributes before fusion; 0: the gateway's
+                default (never less than ``offset + top_k``).
             timeout: Deadline in seconds, retries included; default: the client's.
 
         Returns:
-            The hits, best first, with the space and version that answered.
+            The hits, best first, with the space and version that answered, the mode and
+            fusion used and each hit's per-retriever scores and ranks.
 
         Raises:
-            ValueError: Not exactly one of ``text``, ``image``, ``item_id`` and ``vector``.
+            ValueError: Not exactly one of ``text``, ``image``, ``item_id`` and ``vector``;
+                unknown ``mode`` or ``fusion``.
             NotFoundError: No such collection or version.
             UnavailableError: Shards or encoder unavailable after the retries.
             ApiError: Any other failure, as its code's subclass.
@@ -294,6 +313,7 @@ class Client:
             collection, text, image, top_k, allow_partial, also_collections, version, exact,
             ef, offset, score_threshold, filter, item_id, vector, vector_space_id,
             metadata_fields, omit_metadata,
+            proto.retrieval_options(mode, fusion, alpha, rrf_k, depth),
         )
         response = self._call(self._search.Search, request, timeout, idempotent=True)
         return proto.search_result(response)
@@ -307,6 +327,8 @@ class Client:
         modality: str = "text",
         model: str = "",
         exist_ok: bool = False,
+        lexical: bool = False,
+        language: str = "",
         timeout: float | None = None,
     ) -> CollectionCreated:
         """Creates a collection on every shard. Retried only with ``exist_ok=True``.
@@ -318,14 +340,19 @@ class Client:
             modality: ``"text"`` or ``"image"``.
             model: A model id (e.g. ``"all-MiniLM-L6-v2"``): the space of the encoder that
                 runs it, when ``space_id`` is empty.
-            exist_ok: An existing collection of that space is not an error.
+            exist_ok: An existing collection of that space is not an error (one with
+                another lexical config is: FailedPreconditionError LEXICAL_MISMATCH).
+            lexical: A hybrid collection: a BM25 index over the documents' texts beside
+                the vectors, for ``search(mode="lexical"|"hybrid")``.
+            language: The lexical index's stemming and stop words: ``"english"`` (when
+                empty), another Snowball language, or ``"none"``; needs ``lexical``.
             timeout: Deadline in seconds; default: the client's.
 
         Returns:
             ``CollectionCreated(collection, created)``.
 
         Raises:
-            ValueError: Unknown modality.
+            ValueError: Unknown modality, or ``language`` without ``lexical``.
             AlreadyExistsError: It exists and ``exist_ok`` is False.
             FailedPreconditionError: No (or no single) encoder serves the space.
             InvalidArgumentError: Bad name.
@@ -333,7 +360,9 @@ class Client:
         Example:
             >>> info, created = client.create_collection("products", exist_ok=True)  # doctest: +SKIP
         """
-        request = proto.create_collection_request(name, space_id, modality, exist_ok, model)
+        request = proto.create_collection_request(
+            name, space_id, modality, exist_ok, model, lexical, language
+        )
         response = self._call(self._admin.CreateCollection, request, timeout, idempotent=exist_ok)
         return CollectionCreated(proto.collection_info(response.collection), response.created)
 
@@ -480,6 +509,11 @@ class Client:
         allow_partial: bool = False,
         ef: int = 0,
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - the field's name
+        mode: str | None = None,
+        fusion: str | None = None,
+        alpha: float | None = None,
+        rrf_k: int = 0,
+        depth: int = 0,
         timeout: float | None = None,
     ) -> list[SearchResult]:
         """Many text queries against one collection in one call (serving version): the
@@ -492,15 +526,27 @@ class Client:
             allow_partial: Answer from the shards that answered when some did not.
             ef: Search-time HNSW ef on every shard; 0: each collection's default.
             filter: Metadata filter on every query (as ``search``).
+            mode: ``"dense"``, ``"lexical"`` or ``"hybrid"`` for every query (as
+                ``search``); None: hybrid on a lexical collection, dense otherwise.
+            fusion: ``"rrf"`` or ``"minmax"`` (as ``search``).
+            alpha: Min-max weight of the dense scores (as ``search``).
+            rrf_k: RRF's k (as ``search``).
+            depth: Candidates per retriever before fusion (as ``search``).
             timeout: Deadline in seconds, retries included; default: the client's.
 
         Returns:
             One SearchResult per text, in order.
 
+        Raises:
+            ValueError: Unknown ``mode`` or ``fusion``.
+
         Example:
             >>> [r.hits[0].id for r in client.search_batch("products", ["kettle", "tent"])]  # doctest: +SKIP
         """
-        request = proto.search_batch_request(collection, texts, top_k, allow_partial, ef, filter)
+        request = proto.search_batch_request(
+            collection, texts, top_k, allow_partial, ef, filter,
+            proto.retrieval_options(mode, fusion, alpha, rrf_k, depth),
+        )
         response = self._call(self._search.SearchBatch, request, timeout, idempotent=True)
         return [proto.search_result(result) for result in response.results]
 

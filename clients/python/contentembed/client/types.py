@@ -68,13 +68,23 @@ Document = TextDocument | ImageDocument | Mapping[str, Any]
 # -- results ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Hit:
-    """One search result: its id, cosine score, metadata and where it came from."""
+    """One search result: its id, score, metadata and where it came from.
+
+    ``score`` is the cosine similarity of a dense answer, the BM25 score of a lexical one
+    and the fusion score of a hybrid one (see ``SearchResult.mode``). Each retriever's own
+    score and rank (from 1) of the hit are set when that retriever found it among its
+    candidates, None otherwise: which retriever found it, and how well.
+    """
 
     id: str
     score: float
     metadata: dict[str, Any]
     shard_index: int
     collection: str = ""
+    dense_score: float | None = None
+    lexical_score: float | None = None
+    dense_rank: int | None = None
+    lexical_rank: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,8 @@ class StoredDocument:
     metadata: dict[str, Any]
     shard_index: int
     vector: list[float] | None = None
+    # The text it was written with ("" when it had none, or was written as a vector).
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,10 @@ class SearchResult:
     # ``space_id`` join them with ","), sorted.
     versions: list[str] = field(default_factory=list)
     space_ids: list[str] = field(default_factory=list)
+    # The retrieval that answered ("dense", "lexical" or "hybrid"; "" from a gateway that
+    # predates hybrid retrieval) and, for hybrid, the fusion ("rrf" or "minmax"; else "").
+    mode: str = ""
+    fusion: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,10 @@ class CollectionInfo:
     candidate_version: str = ""
     # Each shard's serving version, sorted and unique (``version`` joins them with ",").
     serving_versions: list[str] = field(default_factory=list)
+    # A lexical (BM25) index beside the vectors: a hybrid collection, and its language
+    # ("english" unless it was created with another; "" when not lexical).
+    lexical: bool = False
+    lexical_language: str = ""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ Work directory ``DIR.work/`` (resumable)::
     slice-I-of-N/
       chunk-000000/        rows of this slice in catalog order, --chunk-size per chunk
         vectors.npy          float32 (items, dim)
-        rows.json            ids, metadata, content digests, rejects, embedded/reused counts
+        rows.json            ids, metadata, content digests, rejects, embedded/reused counts;
+                             with --hybrid also the texts, for the shards' lexical index
         done.json            the chunk's input digest and the sha256 of the two files above
       complete.json        the slice is done: catalog sha256, space, params, version, chunks
     rejects.jsonl          written when a run stops over --max-rejects
@@ -94,6 +95,8 @@ class BuildParams:
     max_rejects: int = 1000
     version: str | None = None
     previous: Path | None = None
+    # --hybrid: the lexical index's language (normalized); None: a dense-only bundle.
+    lexical: str | None = None
 
     @property
     def work(self) -> Path:
@@ -104,10 +107,29 @@ class BuildParams:
         return self.out.with_name(self.out.name + ".staging")
 
 
-def default_version(catalog_sha256: str, space_id: str, hnsw: Hnsw, shard_count: int) -> str:
-    """b- + 12 hex of sha256 over (catalog sha256, space id, hnsw params, shard count)."""
-    key = json.dumps([catalog_sha256, space_id, hnsw.to_json(), shard_count], sort_keys=True)
+def default_version(
+    catalog_sha256: str, space_id: str, hnsw: Hnsw, shard_count: int, lexical: str | None = None
+) -> str:
+    """b- + 12 hex of sha256 over (catalog sha256, space id, hnsw params, shard count), and
+    the lexical language for a hybrid bundle: a hybrid build of a catalog is another
+    version than its dense build (dense versions are named as before)."""
+    parts: list[Any] = [catalog_sha256, space_id, hnsw.to_json(), shard_count]
+    if lexical is not None:
+        parts.append({"lexical": lexical})
+    key = json.dumps(parts, sort_keys=True)
     return "b-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def lexical_language(language: str) -> str:
+    """The normalized language of a hybrid build (BuildError when the index does not know
+    it): the same one the shards will analyse the texts with."""
+    from contentembed.services.common.errors import InvalidArgument
+    from contentembed.services.index.lexical import check_language
+
+    try:
+        return check_language(language)
+    except InvalidArgument as error:
+        raise BuildError(f"--language {language!r}: {error.message}") from None
 
 
 def slice_dir(work: Path, index: int, count: int) -> Path:
@@ -191,8 +213,9 @@ class SliceStats:
     embed_rejects: list[Reject] = field(default_factory=list)
 
 
-def chunk_input_digest(space_id: str, rows: Sequence[CatalogRow]) -> str:
-    sha = hashlib.sha256(space_id.encode() + b"\0")
+def chunk_input_digest(space_id: str, rows: Sequence[CatalogRow], texts: bool = False) -> str:
+    # A hybrid chunk also keeps the texts: a dense chunk of the same rows is not one.
+    sha = hashlib.sha256(space_id.encode() + b"\0" + (b"texts\0" if texts else b""))
     for row in rows:
         sha.update(f"{row.line}\0{row.id}\0{row.digest}\n".encode())
     return sha.hexdigest()
@@ -267,7 +290,7 @@ def embed_slice(
     for number, start in enumerate(range(0, len(rows), params.chunk_size)):
         chunk = rows[start : start + params.chunk_size]
         chunk_dir = directory / f"chunk-{number:06d}"
-        input_digest = chunk_input_digest(space.space_id, chunk)
+        input_digest = chunk_input_digest(space.space_id, chunk, params.lexical is not None)
         done_rows = verified_chunk(chunk_dir, input_digest)
         if done_rows is not None:
             stats.resumed_chunks += 1
@@ -275,7 +298,8 @@ def embed_slice(
             if progress is not None:
                 progress(len(chunk))
         else:
-            done_rows, vectors = embed_chunk(chunk, embedders, space, previous, stats, progress)
+            done_rows, vectors = embed_chunk(chunk, embedders, space, previous, stats, progress,
+                                             texts=params.lexical is not None)
             done = write_chunk(chunk_dir, input_digest, vectors, done_rows)
         stats.chunks += 1
         stats.embed_rejects += [Reject(**r) for r in done_rows["rejects"]]
@@ -295,11 +319,30 @@ def embed_slice(
         "shard_count": params.shard_count,
         "version": version,
         "chunk_size": params.chunk_size,
+        "lexical": params.lexical,
         "chunks": records,
         "rejects": [r.__dict__ for r in rejects_of_slice(catalog.rejects, index, count)],
     }
     atomic_json(directory / "complete.json", record)
     return stats
+
+
+def over_long_texts(rows: Sequence[CatalogRow]) -> dict[str, str]:
+    """Reject reasons of the rows whose text the shards' lexical index would refuse (a
+    hybrid build): rejected before embedding, like a row the encoder refuses, instead of
+    failing the merge."""
+    from contentembed.services.common.errors import InvalidArgument
+    from contentembed.services.index.lexical import check_text
+
+    refused = {}
+    for row in rows:
+        if row.text is None:
+            continue
+        try:
+            check_text(row.text, what="text")
+        except InvalidArgument as error:
+            refused[row.id] = f"the lexical index refuses it: {error.message}"
+    return refused
 
 
 def embed_chunk(
@@ -309,19 +352,22 @@ def embed_chunk(
     previous: PreviousBundle | None,
     stats: SliceStats,
     progress: Progress | None,
+    texts: bool = False,
 ) -> tuple[dict[str, Any], np.ndarray]:
     reused: dict[str, np.ndarray] = {}
     if previous is not None:
         candidates = [row.id for row in chunk if previous.reusable(row)]
         if candidates:
             reused = previous.vectors(candidates)
-    fresh = [row for row in chunk if row.id not in reused]
-    if progress is not None and reused:
-        progress(len(reused))
-    results = embed_rows(embedders, fresh, progress) if fresh else []
     by_id: dict[str, np.ndarray | str] = dict(reused)
+    if texts:
+        by_id.update(over_long_texts(chunk))
+    fresh = [row for row in chunk if row.id not in by_id]
+    if progress is not None and len(by_id):
+        progress(len(by_id))
+    results = embed_rows(embedders, fresh, progress) if fresh else []
     by_id.update({row.id: result for row, result in zip(fresh, results)})
-    ids, metadata, digests, vectors, rejects = [], [], [], [], []
+    ids, metadata, digests, vectors, rejects, row_texts = [], [], [], [], [], []
     for row in chunk:
         result = by_id[row.id]
         if isinstance(result, str):
@@ -331,13 +377,16 @@ def embed_chunk(
         metadata.append(row.metadata)
         digests.append(row.digest)
         vectors.append(result)
+        row_texts.append(row.text or "")  # an image row has no words to index
     stats.embedded += len(fresh)
     stats.reused += len(reused)
     matrix = np.stack(vectors) if vectors else np.zeros((0, space.dim), np.float32)
-    rows = {
+    rows: dict[str, Any] = {
         "ids": ids, "metadata": metadata, "digests": digests, "rejects": rejects,
         "embedded": len(fresh), "reused": len(reused),
     }
+    if texts:
+        rows["texts"] = row_texts
     return rows, matrix
 
 
@@ -376,10 +425,16 @@ def load_slices(
         if record["catalog"]["sha256"] != catalog_sha256:
             raise BuildError(f"cannot merge: {where} was embedded from another catalog "
                              f"(sha256 {record['catalog']['sha256'][:12]}…)")
-        for key in ("space", "hnsw", "shard_count", "version", "chunk_size", "catalog"):
-            if record[key] != first[key]:
-                raise BuildError(f"cannot merge: {where} has {key} {record[key]!r}, "
-                                 f"slice 0/{count} has {first[key]!r}")
+        for key in ("space", "hnsw", "shard_count", "version", "chunk_size", "catalog",
+                    "lexical"):
+            # .get: slices recorded before hybrid builds have no "lexical" (dense).
+            if record.get(key) != first.get(key):
+                raise BuildError(f"cannot merge: {where} has {key} {record.get(key)!r}, "
+                                 f"slice 0/{count} has {first.get(key)!r}")
+        if params.lexical is not None and record.get("lexical") != params.lexical:
+            built = f"--language {record.get('lexical')}" if record.get("lexical") else "dense"
+            raise BuildError(f"cannot merge: {where} was built {built}, not --hybrid "
+                             f"--language {params.lexical}")
         if expect_version and record["version"] != expect_version:
             raise BuildError(f"cannot merge: {where} is version {record['version']}, "
                              f"expected {expect_version}")
@@ -411,6 +466,9 @@ class BundleContents:
     metadata: Sequence[dict[str, Any]]
     digests: Sequence[str]  # content digest per id, for build --from
     rejects: Sequence[Reject] = ()
+    # A hybrid bundle: the lexical index's language and each id's text; None: dense only.
+    lexical: str | None = None
+    texts: Sequence[str] | None = None
 
 
 def write_bundle(directory: Path, contents: BundleContents, shard_count: int) -> tuple[str, list[int]]:
@@ -419,6 +477,13 @@ def write_bundle(directory: Path, contents: BundleContents, shard_count: int) ->
     contents give the same bytes."""
     from contentembed.services.index.collection import HnswCollection, HnswParams
 
+    lexical = None
+    if contents.lexical is not None:
+        from contentembed.services.index.lexical import LexicalParams
+
+        lexical = LexicalParams(contents.lexical)
+        if contents.texts is None or len(contents.texts) != len(contents.ids):
+            raise BuildError("a hybrid bundle needs one text per item")
     position = {item_id: n for n, item_id in enumerate(contents.ids)}
     parts = []
     files: dict[str, str] = {}
@@ -429,10 +494,13 @@ def write_bundle(directory: Path, contents: BundleContents, shard_count: int) ->
         collection = HnswCollection(
             contents.collection, contents.space["space_id"], int(contents.space["dim"]),
             HnswParams(**contents.hnsw), initial_capacity=max(1, len(mine)),
-            version=contents.version,
+            version=contents.version, lexical=lexical,
         )
+        # Without texts (a dense bundle) the part is byte for byte what it was before
+        # hybrid retrieval: items.json has no texts, the part manifest no lexical config.
+        texts = [contents.texts[p] for p in rows_at] if contents.texts is not None else None
         collection.bulk_insert(mine, contents.vectors[rows_at],
-                               [contents.metadata[p] for p in rows_at])
+                               [contents.metadata[p] for p in rows_at], texts=texts)
         name = f"shard-{shard:04d}"
         collection.write_snapshot(directory / name)
         for file in ("index.bin", "items.json", "manifest.json"):
@@ -455,6 +523,9 @@ def write_bundle(directory: Path, contents: BundleContents, shard_count: int) ->
         "modalities": contents.modalities,
         "metric": "cosine",
         "hnsw": contents.hnsw,
+        # Only in hybrid bundles, so dense bundles keep their bytes (and digests).
+        **({"lexical": {"enabled": True, "language": contents.lexical}}
+           if contents.lexical is not None else {}),
         "shard_count": shard_count,
         "items": len(contents.ids),
         "rejects": len(contents.rejects),
@@ -472,6 +543,8 @@ def merge(params: BuildParams, count: int, catalog_path: Path, catalog_rows: int
     records = load_slices(params, count, catalog_sha256, params.version)
     first = records[0]
     space, version, shard_count = first["space"], first["version"], first["shard_count"]
+    lexical = first.get("lexical")
+    texts: list[str] = []
     ids: list[str] = []
     metadata: list[dict[str, Any]] = []
     digests: list[str] = []
@@ -485,6 +558,10 @@ def merge(params: BuildParams, count: int, catalog_path: Path, catalog_rows: int
             vectors = np.load(chunk_dir / "vectors.npy")
             if vectors.shape != (len(rows["ids"]), space["dim"]):
                 raise BuildError(f"{chunk_dir}: vectors do not match its rows")
+            if lexical is not None:
+                if len(rows.get("texts", ())) != len(rows["ids"]):
+                    raise BuildError(f"{chunk_dir}: a hybrid chunk without its texts")
+                texts += rows["texts"]
             ids += rows["ids"]
             metadata += rows["metadata"]
             digests += rows["digests"]
@@ -504,6 +581,7 @@ def merge(params: BuildParams, count: int, catalog_path: Path, catalog_rows: int
         collection=params.collection, version=version, space=space,
         modalities=first["modalities"], hnsw=first["hnsw"], catalog=first["catalog"],
         ids=ids, vectors=matrix, metadata=metadata, digests=digests, rejects=rejects,
+        lexical=lexical, texts=texts if lexical is not None else None,
     )
     digest, part_counts = write_bundle(staging, contents, shard_count)
     result = BundleResult(version, params.out, len(ids), len(rejects), digest, parts=part_counts)
@@ -570,6 +648,8 @@ class BuildOptions:
     workers: int = 1
     concurrency: int = 4
     progress: bool = True
+    # --hybrid: the lexical index's language ("" = english); None: a dense-only bundle.
+    lexical: str | None = None
 
 
 @dataclass
@@ -587,6 +667,7 @@ def params_of(options: BuildOptions, shard_count: int) -> BuildParams:
         collection=options.collection, out=options.out, shard_count=shard_count,
         hnsw=options.hnsw, chunk_size=options.chunk_size, max_rejects=options.max_rejects,
         version=options.version, previous=options.previous,
+        lexical=lexical_language(options.lexical) if options.lexical is not None else None,
     )
 
 
@@ -681,13 +762,15 @@ def run_build(options: BuildOptions, say: Callable[[str], None], bar: Any = None
         space = next(iter(embedders.values())).space
         params = params_of(options, shard_count)
         version = options.version or default_version(catalog.sha256, space.space_id,
-                                                      options.hnsw, shard_count)
+                                                      options.hnsw, shard_count, params.lexical)
         outcome = BuildOutcome(None, version)
         say(f"{catalog.path.name}: {len(catalog.rows)} rows, {len(catalog.rejects)} rejected; "
             f"{'+'.join(modalities)} into {space.space_id} ({'; '.join(e.description for e in embedders.values())}); "
-            f"version {version}, {shard_count} shards")
+            f"version {version}, {shard_count} shards"
+            + (f", hybrid (lexical index in {params.lexical})" if params.lexical else ""))
         if client is not None:
-            outcome.notes.append(capture_online_writes(client, options.collection, version, space.space_id))
+            outcome.notes.append(capture_online_writes(client, options.collection, version,
+                                                       space.space_id, params.lexical))
             say(outcome.notes[-1])
     finally:
         if client is not None:
@@ -748,16 +831,22 @@ def merge_only(options: BuildOptions, say: Callable[[str], None]) -> BuildOutcom
     return BuildOutcome(result, result.version)
 
 
-def capture_online_writes(client: Any, collection: str, version: str, space_id: str) -> str:
+def capture_online_writes(
+    client: Any, collection: str, version: str, space_id: str, lexical: str | None = None
+) -> str:
     """Opens the pending version on every shard before any row is embedded, so online
-    writes made during the build reach it."""
+    writes made during the build reach it. A hybrid build (``lexical``) of an existing
+    collection needs it hybrid in that language (BuildError before anything is embedded)."""
     from contentembed.client import ApiError
+    from contentembed.pipeline.hybrid import NotHybrid, check_hybrid
 
     try:
         info = client.get_collection(collection)
     except ApiError as error:
         if error.code == "NOT_FOUND":
-            return f"collection {collection} does not exist yet: no online writes to capture"
+            kind = " (publishing the bundle creates it hybrid)" if lexical else ""
+            return (f"collection {collection} does not exist yet{kind}: no online writes "
+                    "to capture")
         raise BuildError(f"cannot open version {version}: {error}; build with --offline to "
                          "skip capturing online writes") from None
     if version in info.versions:
@@ -765,6 +854,18 @@ def capture_online_writes(client: Any, collection: str, version: str, space_id: 
         raise VersionExists(
             f"{collection} already has version {version} loaded (this catalog, model and "
             f"parameters); nothing new to build. Give --version to build it under another name."
+        )
+    if lexical is not None:
+        try:
+            check_hybrid(info, lexical)
+        except NotHybrid as error:
+            raise BuildError(str(error)) from None
+    elif info.lexical:
+        # The shards refuse a dense bundle for a hybrid collection (LEXICAL_MISMATCH):
+        # said now, before anything is embedded or a pending version opened.
+        raise BuildError(
+            f"collection {collection} is hybrid (lexical index in {info.lexical_language}): "
+            f"build with --hybrid --language {info.lexical_language}"
         )
     try:
         created = client.begin_version(collection, version, space_id).created

@@ -9,6 +9,10 @@ Metrics (all means over queries, binary relevance):
   the DCG of an ideal ranking of min(relevant, 10) relevant ids;
 - ``ann_recall@10``: share of the exact top 10 (brute force over the same vectors, same
   version) that the HNSW answer also returned — how much the index, not the model, loses.
+  Dense answers only: a lexical (BM25) answer has no approximation to measure, and a
+  hybrid one mixes it with BM25, so there it is not measured (None, "n/a").
+- ``union_recall@10``: share of queries with a relevant id in the dense top 10 or the
+  lexical top 10 — the ceiling a fusion of the two lists could reach at 10.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 EVAL_DEPTH = 10
@@ -107,11 +111,20 @@ class Report:
     recall: dict[int, float]
     mrr: float
     ndcg: float
-    ann_recall: float
+    ann_recall: float | None  # None: not measured (lexical and hybrid answers)
+    mode: str = ""  # the retrieval that answered: dense, lexical, hybrid ("" unknown)
+    fusion: str = ""  # for hybrid: rrf or minmax
+    # Each query's ranked ids (top EVAL_DEPTH), in query order: for union_recall.
+    rankings: tuple[tuple[str, ...], ...] = field(default=(), repr=False, compare=False)
 
-    def as_json(self) -> dict[str, float | int | str]:
+    def as_json(self) -> dict[str, float | int | str | None]:
+        figures: dict[str, float | int | str | None] = {"version": self.version}
+        if self.mode:
+            figures["mode"] = self.mode
+        if self.fusion:
+            figures["fusion"] = self.fusion
         return {
-            "version": self.version,
+            **figures,
             **{f"recall@{k}": self.recall[k] for k in CUTOFFS},
             "mrr@10": self.mrr,
             "ndcg@10": self.ndcg,
@@ -126,18 +139,23 @@ Searcher = Callable[[str | bytes, bool], list[str]]
 
 def evaluate(
     version: str, queries: Sequence[LabelledQuery], search: Searcher,
-    progress: Callable[[int], None] = lambda done: None,
+    progress: Callable[[int], None] = lambda done: None, *, ann: bool = True,
 ) -> Report:
+    """The metrics of ``search`` over ``queries``; with ``ann`` also ANN recall (each
+    query searched twice, the second time exact)."""
     recall = dict.fromkeys(CUTOFFS, 0.0)
-    mrr = ndcg_sum = ann = 0.0
+    mrr = ndcg_sum = ann_sum = 0.0
+    rankings = []
     for query in queries:
         ranked = search(query.content, False)
-        exact = search(query.content, True)
         for k in CUTOFFS:
             recall[k] += hit_at(ranked, query.relevant, k)
         mrr += reciprocal_rank(ranked, query.relevant)
         ndcg_sum += ndcg(ranked, query.relevant)
-        ann += overlap(ranked[:EVAL_DEPTH], exact[:EVAL_DEPTH])
+        if ann:
+            exact = search(query.content, True)
+            ann_sum += overlap(ranked[:EVAL_DEPTH], exact[:EVAL_DEPTH])
+        rankings.append(tuple(ranked[:EVAL_DEPTH]))
         progress(1)
     count = len(queries)
     return Report(
@@ -146,5 +164,20 @@ def evaluate(
         recall={k: value / count for k, value in recall.items()},
         mrr=mrr / count,
         ndcg=ndcg_sum / count,
-        ann_recall=ann / count,
+        ann_recall=ann_sum / count if ann else None,
+        rankings=tuple(rankings),
     )
+
+
+def union_recall(
+    queries: Sequence[LabelledQuery], dense: Report, lexical: Report, depth: int = EVAL_DEPTH
+) -> float:
+    """Share of queries with a relevant id in the dense or the lexical top ``depth``: what
+    any fusion of the two top lists could at best reach (both reports of ``queries``)."""
+    if not (len(dense.rankings) == len(lexical.rankings) == len(queries)):
+        raise ValueError("union_recall needs both reports' rankings of the same queries")
+    found = sum(
+        hit_at([*d[:depth], *x[:depth]], query.relevant, 2 * depth)
+        for query, d, x in zip(queries, dense.rankings, lexical.rankings)
+    )
+    return found / len(queries) if queries else 0.0

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from contentembed.client import ApiError, Client, ImageDocument, TextDocument
 from contentembed.pipeline.catalog import Catalog, CatalogError, CatalogRow, Reject
+from contentembed.pipeline.hybrid import check_hybrid
 
 
 @dataclass
@@ -20,16 +21,22 @@ class IngestOutcome:
 
 
 def ensure_collection(
-    client: Client, collection: str, catalog: Catalog, space_id: str | None = None
+    client: Client, collection: str, catalog: Catalog, space_id: str | None = None,
+    *, hybrid: bool = False, language: str | None = None,
 ) -> bool:
     """Creates a missing collection in the space of the encoder for the catalog's
-    modality (or ``space_id``); True when it was created."""
+    modality (or ``space_id``), hybrid (a lexical index in ``language``) when asked;
+    True when it was created. An existing collection must be hybrid when ``hybrid``
+    (NotHybrid otherwise): its texts would not be searchable by words."""
     try:
-        client.get_collection(collection)
-        return False
+        info = client.get_collection(collection)
     except ApiError as error:
         if error.code != "NOT_FOUND":
             raise
+    else:
+        if hybrid:
+            check_hybrid(info, language)
+        return False
     modalities = catalog.modalities or ["text"]
     if len(modalities) > 1 and not space_id:
         try:
@@ -50,7 +57,8 @@ def ensure_collection(
             raise CatalogError(f"several joint spaces {joint}; pick one with --space")
         space_id = joint[0]
     return client.create_collection(
-        collection, space_id=space_id or "", modality=modalities[0], exist_ok=True
+        collection, space_id=space_id or "", modality=modalities[0], exist_ok=True,
+        lexical=hybrid, language=(language or "") if hybrid else "",
     ).created
 
 
@@ -103,9 +111,13 @@ def ingest_catalog(
     space_id: str | None = None,
     max_rejects: int | None = None,
     show_progress: bool = True,
+    hybrid: bool = False,
+    language: str | None = None,
 ) -> IngestOutcome:
     outcome = IngestOutcome(rejects=list(catalog.rejects))
-    outcome.created = ensure_collection(client, collection, catalog, space_id)
+    outcome.created = ensure_collection(
+        client, collection, catalog, space_id, hybrid=hybrid, language=language
+    )
     with tqdm(
         total=len(catalog.rows), desc=f"ingest {catalog.path.name}", unit="item",
         disable=not show_progress,

@@ -1,0 +1,28 @@
+"""``ingest --hybrid`` and ``build --hybrid`` against an existing collection: it must be
+hybrid already (a lexical index cannot be added to a dense collection in place), in the
+language asked for."""
+
+from __future__ import annotations
+
+from contentembed.client import CollectionInfo
+
+DEFAULT_LANGUAGE = "english"
+
+
+class NotHybrid(ValueError):
+    """The collection exists without a lexical index, or with another language."""
+
+
+def check_hybrid(info: CollectionInfo, language: str | None) -> None:
+    """Raises NotHybrid unless ``info`` has a lexical index (in ``language``, when given)."""
+    if not info.lexical:
+        raise NotHybrid(
+            f"collection {info.name} exists without a lexical index (dense only), so --hybrid "
+            "cannot apply to it; use a new collection name, or drop --hybrid"
+        )
+    wanted = (language or "").strip().lower()
+    if wanted and wanted != info.lexical_language.lower():
+        raise NotHybrid(
+            f"collection {info.name} is hybrid in {info.lexical_language}, not {wanted}; "
+            f"give --language {info.lexical_language} or use a new collection name"
+        )
