@@ -7,8 +7,8 @@ The set (``contentembed.demo.docstrings``) is built under ``--data`` when missin
 the whole catalog, for the dev and test queries:
 
 - TF-IDF: the text-encoder's ``tfidf`` model fitted on the catalog, exact cosine;
-- BM25: tantivy in RAM with the index's analysis (``contentembed.services.index.lexical``
-  when present, else the same analyzer built here), the query an OR of its terms;
+- BM25: the index shard's own ``LexicalIndex`` (tantivy in RAM, english analysis, the
+  query an OR of its terms), one over the catalog and one per shard for 2 and 4 shards;
 - dense: all-MiniLM-L6-v2 through the text-encoder's backend, exact cosine (the catalog's
   vectors are cached under ``--data``/cache);
 - hybrid: the gateway's ``fuse_rrf`` / ``fuse_minmax`` over the two candidate lists.
@@ -37,13 +37,13 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import tantivy
 from scipy import sparse
 
 from contentembed.pipeline.evaluation import hit_at, ndcg, overlap, read_queries, reciprocal_rank
 from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.gateway.fusion import FusedHit, fuse_minmax, fuse_rrf
 from contentembed.services.gateway.merge import Hit, merge_top_k
+from contentembed.services.index.lexical import LexicalIndex, LexicalParams, analyze
 from contentembed.services.text_encoder.backends import (
     DEFAULT_TEXT_MODEL,
     SentenceTransformerBackend,
@@ -189,76 +189,10 @@ class Tfidf:
         return results
 
 
-def product_analysis() -> tuple[Callable[[str], tantivy.TextAnalyzer], str]:
-    """The index's analyzer when the lexical module is there; else the same chain (split
-    on non-alphanumerics, drop tokens over 40 chars, lower-case, stop words, stemmer)."""
-    try:
-        from contentembed.services.index.lexical import build_analyzer
-    except ImportError:
-        def build_analyzer(language: str) -> tantivy.TextAnalyzer:
-            return (
-                tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
-                .filter(tantivy.Filter.remove_long(40))
-                .filter(tantivy.Filter.lowercase())
-                .filter(tantivy.Filter.stopword(language))
-                .filter(tantivy.Filter.stemmer(language))
-                .build()
-            )
-
-        return build_analyzer, "the same analyzer, built in this script"
-    return build_analyzer, "contentembed.services.index.lexical.build_analyzer"
-
-
-class Bm25:
-    """One tantivy index in RAM over some of the catalog's documents, as an index shard
-    keeps it: a u64 label (fast field) and the analysed text with frequencies, no
-    positions. A query is an OR of its terms built term by term (never the query
-    parser), a repeated term one clause boosted by its count."""
-
-    def __init__(
-        self, analyzer: tantivy.TextAnalyzer, labels: Sequence[int], texts: Sequence[str]
-    ) -> None:
-        self.analyzer = analyzer
-        builder = tantivy.SchemaBuilder()
-        builder.add_unsigned_field("label", indexed=True, fast=True)
-        builder.add_text_field("text", tokenizer_name="contentembed", index_option="freq")
-        self.schema = builder.build()
-        self.index = tantivy.Index(self.schema)
-        self.index.register_tokenizer("contentembed", analyzer)
-        writer = self.index.writer(heap_size=50_000_000, num_threads=1)
-        for label, text in zip(labels, texts):
-            document = tantivy.Document()
-            document.add_unsigned("label", label)  # Document(label=...) would be an i64
-            document.add_text("text", text)
-            writer.add_document(document)
-        writer.commit()
-        self.index.reload()
-        self.searcher = self.index.searcher()
-
-    def query(self, text: str) -> tantivy.Query | None:
-        counts = Counter(self.analyzer.analyze(text))
-        if not counts:
-            return None
-        clauses = []
-        for term, count in counts.items():
-            clause = tantivy.Query.term_query(self.schema, "text", term, "freq")
-            if count > 1:
-                clause = tantivy.Query.boost_query(clause, float(count))
-            clauses.append((tantivy.Occur.Should, clause))
-        return tantivy.Query.boolean_query(clauses)
-
-    def search(self, text: str, depth: int) -> Ranked:
-        query = self.query(text)
-        if query is None:
-            return []
-        hits = self.searcher.search(query, depth, count=False).hits
-        if not hits:
-            return []
-        labels = self.searcher.fast_field_values("label", [address for _, address in hits])
-        return sorted(
-            ((int(label), float(score)) for (score, _), label in zip(hits, labels)),
-            key=lambda pair: (-pair[1], pair[0]),
-        )
+def bm25_index(labels: Sequence[int], texts: Sequence[str]) -> LexicalIndex:
+    """The index shard's own BM25 index (analysis, query built term by term, ties by
+    label) over some of the catalog: labels are catalog positions."""
+    return LexicalIndex.build(LexicalParams(LANGUAGE), zip(labels, texts))
 
 
 # --- fusion and metrics ----------------------------------------------------------------
@@ -340,7 +274,7 @@ class Runs:
 
 
 def run_retrievers(
-    corpus: Corpus, queries: Queries, tfidf: Tfidf, bm25: Bm25, dense: Dense,
+    corpus: Corpus, queries: Queries, tfidf: Tfidf, bm25: LexicalIndex, dense: Dense,
     doc_vectors: np.ndarray,
 ) -> Runs:
     depth = max(DEPTHS)
@@ -430,7 +364,7 @@ def cross_validate(
 
 
 def latency(
-    queries: Queries, tfidf: Tfidf, bm25: Bm25, dense: Dense, doc_vectors: np.ndarray,
+    queries: Queries, tfidf: Tfidf, bm25: LexicalIndex, dense: Dense, doc_vectors: np.ndarray,
     setting: Setting, ids: Sequence[str],
 ) -> dict[str, tuple[float, float]]:
     """Median and p95 ms of each step of one query, in this process (no RPC): hybrid is
@@ -475,7 +409,7 @@ def latency(
 
 
 def shard_study(
-    corpus: Corpus, queries: Queries, analyzer_for: Callable[[str], tantivy.TextAnalyzer],
+    corpus: Corpus, queries: Queries,
     global_runs: Runs, setting: Setting,
 ) -> list[dict]:
     """BM25 with each shard's own statistics, merged by score, against one global index."""
@@ -488,7 +422,7 @@ def shard_study(
         for shard in range(count):
             members = [i for i, s in enumerate(shard_of) if s == shard]
             shards.append(
-                Bm25(analyzer_for(LANGUAGE), members, [corpus.texts[i] for i in members])
+                bm25_index(members, [corpus.texts[i] for i in members])
             )
         merged_hits = []
         for text in queries.texts:
@@ -539,7 +473,6 @@ def misses(runs: Runs, corpus: Corpus, queries: Queries, fused: Sequence[Sequenc
 
 def explain_gap(
     corpus: Corpus, queries: Queries, runs: Runs, chosen: Setting, cv: Sequence[CvResult],
-    analyzer: tantivy.TextAnalyzer,
 ) -> dict:
     """Why fusion stays below the union ceiling; measured on the split it is given, and
     nothing here chooses anything."""
@@ -567,8 +500,8 @@ def explain_gap(
         ])
     out["oracle_alpha"] = float(oracle.mean())
     # How much the names in the documents help BM25: the same index without them.
-    bare = Bm25(
-        analyzer, range(len(corpus.ids)),
+    bare = bm25_index(
+        range(len(corpus.ids)),
         [text[len(item_id) + 2:] for item_id, text in zip(corpus.ids, corpus.texts)],
     )
     out["bm25_without_names"] = per_query(
@@ -636,9 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     corpus, queries = load_set(args.data, args.rebuild)
     mark = phase("evaluation set", started)
 
-    analyzer_for, analysis_source = product_analysis()
     tfidf = Tfidf(corpus.texts)
-    bm25 = Bm25(analyzer_for(LANGUAGE), range(len(corpus.ids)), corpus.texts)
+    bm25 = bm25_index(range(len(corpus.ids)), corpus.texts)
     mark = phase("tf-idf fit and bm25 index", mark)
     dense = Dense(args.data / "cache")
     doc_vectors = dense.vectors(corpus.texts, "catalog")
@@ -686,26 +618,25 @@ def main(argv: list[str] | None = None) -> int:
     samples = rng.integers(0, len(hybrid_hits), (2000, len(hybrid_hits)))
     gain_ci = np.percentile((hybrid_hits[samples] - single_hits[samples]).mean(axis=1), [2.5, 97.5])
     gap_ci = np.percentile((union_hits[samples] - hybrid_hits[samples]).mean(axis=1), [2.5, 97.5])
-    diagnostics = explain_gap(corpus, test, test_runs, chosen, cv, analyzer_for(LANGUAGE))
+    diagnostics = explain_gap(corpus, test, test_runs, chosen, cv)
     diagnostics["lost"] = float(np.mean((union_hits == 1) & (hybrid_hits == 0)))
     diagnostics["gained"] = float(np.mean((union_hits == 0) & (hybrid_hits == 1)))
     mark = phase("test split", mark)
 
-    shards = shard_study(corpus, test, analyzer_for, test_runs, chosen)
+    shards = shard_study(corpus, test, test_runs, chosen)
     mark = phase("shard-local statistics", mark)
     lat = latency(test, tfidf, bm25, dense, doc_vectors, chosen, corpus.ids)
     mark = phase("latency", mark)
     total = time.perf_counter() - started
 
     # What helps lexical: test queries that share an analysed term with their id / document.
-    analyzer = analyzer_for(LANGUAGE)
     position = {item_id: i for i, item_id in enumerate(corpus.ids)}
     shares_name = shares_doc = 0
     for text, rel in zip(test.texts, test.relevant):
         item = next(iter(rel))
-        terms = set(analyzer.analyze(text))
-        shares_name += bool(terms & set(analyzer.analyze(item.replace(".", " ").replace("_", " "))))
-        shares_doc += bool(terms & set(analyzer.analyze(corpus.texts[position[item]])))
+        terms = set(analyze(LANGUAGE, text))
+        shares_name += bool(terms & set(analyze(LANGUAGE, item.replace(".", " ").replace("_", " "))))
+        shares_doc += bool(terms & set(analyze(LANGUAGE, corpus.texts[position[item]])))
 
     m = corpus.manifest
     lines = [
@@ -715,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine()}.",
         "Packages: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
         f"Model: {DEFAULT_TEXT_MODEL} (revision {dense.backend.space.model_revision[:12]}), "
-        f"max {dense.backend.max_input_tokens} tokens per text. BM25 analysis: {analysis_source}.",
+        f"max {dense.backend.max_input_tokens} tokens per text. BM25: the index's LexicalIndex ({LANGUAGE}).",
         "",
         "### Evaluation set",
         "",
