@@ -19,6 +19,7 @@ from contentembed.client import Client
 from contentembed.common.v1 import types_pb2
 from contentembed.search.v1 import search_service_pb2 as pb
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
+from contentembed.services.gateway.fusion import FusionParams
 from contentembed.services.text_encoder.service import TextEncoderService, TextEncoderSettings
 from contentembed.services.text_encoder.tfidf import TfidfModel
 from tests.conftest import error_reason, running_service, settings_for_test
@@ -107,7 +108,8 @@ def test_a_product_code_is_found_by_lexical_and_hybrid_but_not_by_dense_top_3(hy
     assert top.HasField("dense_score") and top.HasField("lexical_score")
     assert top.lexical_rank == 1 and top.dense_rank > 3
     assert top.lexical_score == pytest.approx(lexical.hits[0].score)
-    assert top.score == pytest.approx(1 / (60 + top.dense_rank) + 1 / 61)
+    k = FusionParams().rrf_k  # the gateway's default
+    assert top.score == pytest.approx(1 / (k + top.dense_rank) + 1 / (k + 1))
     for hit in fused.hits[1:]:  # the look-alikes: dense only
         assert hit.dense_rank and not hit.lexical_rank and not hit.HasField("lexical_score")
     for hit in dense.hits:

@@ -23,12 +23,16 @@ class Fusion(StrEnum):
 
 @dataclass(frozen=True)
 class FusionParams:
-    """The defaults were chosen by cross-validation on a development split (docs/hybrid.md)."""
+    """The gateway's defaults, chosen by 5-fold cross-validation on the development split of
+    the docstring evaluation set (docs/hybrid.md): RRF with k=5 at depth 50 is within one
+    standard error of the best of 72 settings and the shallowest such (depth is what a
+    hybrid query costs). Test split: recall@10 0.837 against dense 0.775 and BM25 0.743.
+    Min-max's best weight on the same folds was alpha 0.6."""
 
     method: Fusion = Fusion.RRF
-    rrf_k: int = 60
-    alpha: float = 0.5  # min-max weight of the dense scores
-    depth: int = 100  # candidates per retriever
+    rrf_k: int = 5
+    alpha: float = 0.6  # min-max weight of the dense scores
+    depth: int = 50  # candidates per retriever
 
 
 MAX_RRF_K = 10_000
