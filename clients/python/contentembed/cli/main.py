@@ -89,11 +89,14 @@ def require_service_extras(command: str) -> None:
 
 
 def ingest_documents(
-    client: Client, collection: str, path: Path, batch_size: int, show_progress: bool = True
+    client: Client, collection: str, path: Path, batch_size: int, show_progress: bool = True,
+    hybrid: bool = False,
 ) -> tuple[int, list[str]]:
-    """Creates the collection if needed and upserts the catalog in batches."""
+    """Creates the collection if needed (hybrid: with a lexical index) and upserts the
+    catalog in batches."""
     catalog = read_catalog_rows(path, max_rejects=None)
-    outcome = ingest_catalog(client, collection, catalog, batch_size, show_progress=show_progress)
+    outcome = ingest_catalog(client, collection, catalog, batch_size, show_progress=show_progress,
+                             hybrid=hybrid)
     return outcome.written, outcome.truncated
 
 
@@ -1059,21 +1062,27 @@ def run_demo(stack: LocalStack, signals: StopSignals, queries: int) -> int:
         console.print(f"    all SERVING after {time.perf_counter() - started:.1f} s "
                       f"(gateway {stack.gateway_address}, logs in {stack.run_dir / 'logs'})")
         with Client(stack.gateway_address, timeout=30.0) as client:
-            console.print(f"[bold]2/3[/] ingesting {DEMO_CATALOG.name} into '{DEMO_COLLECTION}'")
-            written, _ = ingest_documents(client, DEMO_COLLECTION, DEMO_CATALOG, 64)
+            console.print(f"[bold]2/3[/] ingesting {DEMO_CATALOG.name} into '{DEMO_COLLECTION}' "
+                          "(hybrid: HNSW and a BM25 index of the texts)")
+            written, _ = ingest_documents(client, DEMO_COLLECTION, DEMO_CATALOG, 64, hybrid=True)
             info = client.get_collection(DEMO_COLLECTION)
             console.print(f"    {written} documents, {info.item_count} items on "
                           f"{info.shard_count} shards, space {info.space_id}")
-            console.print("[bold]3/3[/] example queries (paraphrases of catalog items)\n")
-            found = 0
+            console.print("[bold]3/3[/] example queries (paraphrases of catalog items), "
+                          "hybrid: each hit's dense and lexical rank\n")
+            found = dict.fromkeys(("dense", "lexical", "hybrid"), 0)
             for number, item in enumerate(labelled):
-                result = client.search(DEMO_COLLECTION, text=item.query, top_k=5)
-                found += item.expected_id in [hit.id for hit in result.hits]
-                if number < queries:
-                    print_hits(result, item.query, item.expected_id)
+                for mode in found:
+                    result = client.search(DEMO_COLLECTION, text=item.query, top_k=5, mode=mode)
+                    found[mode] += item.expected_id in [hit.id for hit in result.hits]
+                    if mode == "hybrid" and number < queries:
+                        print_hits(result, item.query, item.expected_id)
             console.print(
                 f"[bold]recall@5[/] over {len(labelled)} hand-written paraphrased queries: "
-                f"[bold green]{found / len(labelled):.2f}[/] ({found}/{len(labelled)})"
+                + ", ".join(
+                    f"{mode} [bold green]{count / len(labelled):.2f}[/] ({count}/{len(labelled)})"
+                    for mode, count in found.items()
+                )
             )
     except (StackError, ApiError, CatalogError) as error:
         signals.disarm()
