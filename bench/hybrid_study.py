@@ -274,11 +274,13 @@ class Runs:
 
 
 def run_retrievers(
-    corpus: Corpus, queries: Queries, tfidf: Tfidf, bm25: LexicalIndex, dense: Dense,
+    corpus: Corpus, queries: Queries, tfidf: Tfidf | None, bm25: LexicalIndex, dense: Dense,
     doc_vectors: np.ndarray,
 ) -> Runs:
+    """Every retriever's top ``max(DEPTHS)`` for every query; TF-IDF left empty when
+    ``tfidf`` is None (the fusion experiments need only BM25 and dense)."""
     depth = max(DEPTHS)
-    tfidf_ranked = tfidf.search(queries.texts, depth)
+    tfidf_ranked = [] if tfidf is None else tfidf.search(queries.texts, depth)
     bm25_ranked = [bm25.search(text, depth) for text in queries.texts]
     query_vectors = dense.vectors(queries.texts, f"{queries.split} queries")
     dense_ranked: list[Ranked] = []
