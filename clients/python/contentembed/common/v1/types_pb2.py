@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"contentembed/common/v1/types.proto\x12\x16\x63ontentembed.common.v1\"Q\n\x06Vector\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12,\n\x05\x64type\x18\x03 \x01(\x0e\x32\x1d.contentembed.common.v1.Dtype\"e\n\x0bVectorBatch\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12,\n\x05\x64type\x18\x04 \x01(\x0e\x32\x1d.contentembed.common.v1.Dtype\"\x8e\x01\n\x05Space\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0emodel_revision\x18\x03 \x01(\t\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12<\n\rnormalization\x18\x05 \x01(\x0e\x32%.contentembed.common.v1.Normalization\"(\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\"2\n\rLexicalConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08language\x18\x02 \x01(\t*1\n\x05\x44type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01*K\n\x08Modality\x12\x18\n\x14MODALITY_UNSPECIFIED\x10\x00\x12\x11\n\rMODALITY_TEXT\x10\x01\x12\x12\n\x0eMODALITY_IMAGE\x10\x02*\\\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x16\n\x12NORMALIZATION_NONE\x10\x01\x12\x14\n\x10NORMALIZATION_L2\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"contentembed/common/v1/types.proto\x12\x16\x63ontentembed.common.v1\"Q\n\x06Vector\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12,\n\x05\x64type\x18\x03 \x01(\x0e\x32\x1d.contentembed.common.v1.Dtype\"e\n\x0bVectorBatch\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12,\n\x05\x64type\x18\x04 \x01(\x0e\x32\x1d.contentembed.common.v1.Dtype\"\x8e\x01\n\x05Space\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0emodel_revision\x18\x03 \x01(\t\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12<\n\rnormalization\x18\x05 \x01(\x0e\x32%.contentembed.common.v1.Normalization\"(\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\"H\n\rLexicalConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x14\n\x0clexical_only\x18\x03 \x01(\x08*1\n\x05\x44type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01*K\n\x08Modality\x12\x18\n\x14MODALITY_UNSPECIFIED\x10\x00\x12\x11\n\rMODALITY_TEXT\x10\x01\x12\x12\n\x0eMODALITY_IMAGE\x10\x02*\\\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x16\n\x12NORMALIZATION_NONE\x10\x01\x12\x14\n\x10NORMALIZATION_L2\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'contentembed.common.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=487
-  _globals['_DTYPE']._serialized_end=536
-  _globals['_MODALITY']._serialized_start=538
-  _globals['_MODALITY']._serialized_end=613
-  _globals['_NORMALIZATION']._serialized_start=615
-  _globals['_NORMALIZATION']._serialized_end=707
+  _globals['_DTYPE']._serialized_start=509
+  _globals['_DTYPE']._serialized_end=558
+  _globals['_MODALITY']._serialized_start=560
+  _globals['_MODALITY']._serialized_end=635
+  _globals['_NORMALIZATION']._serialized_start=637
+  _globals['_NORMALIZATION']._serialized_end=729
   _globals['_VECTOR']._serialized_start=62
   _globals['_VECTOR']._serialized_end=143
   _globals['_VECTORBATCH']._serialized_start=145
@@ -46,5 +46,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGE']._serialized_start=393
   _globals['_IMAGE']._serialized_end=433
   _globals['_LEXICALCONFIG']._serialized_start=435
-  _globals['_LEXICALCONFIG']._serialized_end=485
+  _globals['_LEXICALCONFIG']._serialized_end=507
 # @@protoc_insertion_point(module_scope)

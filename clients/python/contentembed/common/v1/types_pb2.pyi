@@ -75,9 +75,11 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., mime_type: _Optional[str] = ...) -> None: ...
 
 class LexicalConfig(_message.Message):
-    __slots__ = ("enabled", "language")
+    __slots__ = ("enabled", "language", "lexical_only")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_ONLY_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     language: str
-    def __init__(self, enabled: _Optional[bool] = ..., language: _Optional[str] = ...) -> None: ...
+    lexical_only: bool
+    def __init__(self, enabled: _Optional[bool] = ..., language: _Optional[str] = ..., lexical_only: _Optional[bool] = ...) -> None: ...
