@@ -7,12 +7,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from contentembed.services.common.errors import InvalidArgument
 from contentembed.services.common.validation import validate_collection_name
 from contentembed.services.gateway.ports import (
     TEXT,
     LexicalConfig,
     ShardCollection,
     ShardPort,
+    is_lexical_only,
     wait_all,
 )
 from contentembed.services.gateway.routing import EncoderRouter
@@ -83,8 +85,21 @@ class CollectionAdmin:
         """In ``space_id``; else in the space of ``model``; else in that of the only encoder
         of ``modality``. With ``lexical``, every shard keeps a BM25 index beside the
         vectors (the shards check the language; exist_ok with another config is
-        FAILED_PRECONDITION LEXICAL_MISMATCH from the shards)."""
+        FAILED_PRECONDITION LEXICAL_MISMATCH from the shards). A lexical-only one has no
+        space and no encoder: it is created with space "" and dim 0, whatever encoders run."""
         validate_collection_name(name)
+        if is_lexical_only(lexical):
+            if space_id or model or modality != TEXT:
+                raise InvalidArgument(
+                    "a lexical-only collection has no embedding space: leave space_id, model "
+                    "and modality unset", reason="BAD_LEXICAL_CONFIG",
+                )
+            results = wait_all(
+                [s.create_collection(name, "", 0, exist_ok, deadline, lexical)
+                 for s in self.shards]
+            )
+            return (self.summary([c for c, _ in results]),
+                    any(created for _, created in results))
         if space_id:
             info = self.router.info_for_space(space_id)
         elif model:

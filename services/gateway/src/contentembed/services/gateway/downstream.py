@@ -65,7 +65,8 @@ def _collection(message: index_pb.Collection) -> ShardCollection:
         pending_versions=tuple(message.pending_versions),
         versions_fingerprint=message.versions_fingerprint,
         version_digests=dict(message.version_digests),
-        lexical=LexicalConfig(message.lexical.language) if message.lexical.enabled else None,
+        lexical=LexicalConfig(message.lexical.language, message.lexical.lexical_only)
+        if message.lexical.enabled else None,
     )
 
 
@@ -251,7 +252,9 @@ class IndexShardClient:
             return [
                 StoredItem(
                     id=item.id,
-                    vector=vector_from_pb(item.vector, what=f"{self.label} item {item.id!r}"),
+                    # None stored (a lexical-only collection): an empty vector.
+                    vector=vector_from_pb(item.vector, what=f"{self.label} item {item.id!r}")
+                    if item.HasField("vector") else np.empty(0, dtype=np.float32),
                     metadata=struct_to_dict(item.metadata),
                     shard_index=self.shard_index,
                     text=item.text,
@@ -280,7 +283,9 @@ class IndexShardClient:
             space_id=space_id,
             versions_fingerprint=versions_fingerprint,
             items=[
-                index_pb.Item(id=i, vector=vector_to_pb(v), metadata=dict_to_struct(m), text=t)
+                # A lexical-only collection's items carry no vector (an empty row).
+                index_pb.Item(id=i, vector=vector_to_pb(v) if v.size else None,
+                              metadata=dict_to_struct(m), text=t)
                 for i, v, m, t in zip(ids, vectors, metadata, texts or [""] * len(ids))
             ],
         )
@@ -297,7 +302,9 @@ class IndexShardClient:
         request = index_pb.CreateCollectionRequest(
             name=name, space_id=space_id, dim=dim, metric=index_pb.METRIC_COSINE, exist_ok=exist_ok,
             lexical=None if lexical is None
-            else types_pb2.LexicalConfig(enabled=True, language=lexical.language),
+            else types_pb2.LexicalConfig(
+                enabled=True, language=lexical.language, lexical_only=lexical.lexical_only
+            ),
         )
         return self._call(
             "CreateCollection", request, deadline, lambda r: (_collection(r.collection), r.created)

@@ -112,6 +112,12 @@ class Ingest:
         embedded: dict[str, tuple[np.ndarray, list[bool]]] = {}
         for attempt in range(WRITE_ATTEMPTS):
             plan = self.write_plans.plan(collection, deadline, fresh=attempt > 0)
+            if plan.lexical_only:
+                # Nothing to embed: each item is its text, sent with an empty vector.
+                self.check_lexical_only(collection, documents)
+                embedded[plan.serving_space] = (
+                    np.empty((len(documents), 0), dtype=np.float32), [False] * len(documents)
+                )
             for space in plan.spaces():
                 if space not in embedded:
                     with self.tracer.start_as_current_span(
@@ -157,6 +163,17 @@ class Ingest:
             )
             if isinstance(document.content, str) and not document.content.strip():
                 raise InvalidArgument(f"documents[{position}]: text is empty", reason="EMPTY_TEXT")
+
+    @staticmethod
+    def check_lexical_only(collection: str, documents: Sequence[Document]) -> None:
+        for position, document in enumerate(documents):
+            if document.modality != TEXT:
+                raise InvalidArgument(
+                    f"documents[{position}]: collection {shown(collection)} is lexical-only, "
+                    "it indexes text: send text, or write the image to a collection with "
+                    "vectors",
+                    reason="TEXT_REQUIRED",
+                )
 
     def embed_into_space(
         self, plan: WritePlan, space: str, documents: Sequence[Document], deadline: float

@@ -47,9 +47,15 @@ class Embedded:
 
 @dataclass(frozen=True)
 class LexicalConfig:
-    """A collection's lexical (BM25) index: its presence makes the collection hybrid."""
+    """A collection's lexical (BM25) index: its presence makes the collection hybrid, or,
+    with ``lexical_only``, a collection of texts alone (no vectors, space or encoder)."""
 
     language: str = ""  # "" is the shards' default (english); "none": lower-casing only
+    lexical_only: bool = False
+
+
+def is_lexical_only(lexical: LexicalConfig | None) -> bool:
+    return lexical is not None and lexical.lexical_only
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,13 @@ from contentembed.services.common.validation import shown, validate_collection_n
 from contentembed.services.gateway.background import BackgroundPool
 from contentembed.services.gateway.ingest import WritePlans
 from contentembed.services.gateway.metrics import GatewayMetrics
-from contentembed.services.gateway.ports import ShardCollection, ShardPort, outcomes_of, wait_all
+from contentembed.services.gateway.ports import (
+    ShardCollection,
+    ShardPort,
+    is_lexical_only,
+    outcomes_of,
+    wait_all,
+)
 from contentembed.services.gateway.routing import CollectionSpaces, EncoderRouter
 from contentembed.services.gateway.search import (
     Query,
@@ -248,6 +254,17 @@ class Rollout:
             return Assignment(candidate.version, candidate.space_id, candidate)
         return Assignment(candidate=candidate)
 
+    @staticmethod
+    def refuse_lexical_only(collection: str, per_shard: Sequence[ShardCollection]) -> None:
+        """Versions are builds of the vectors by a model: a collection without vectors has
+        none to build, shadow or canary."""
+        if any(is_lexical_only(c.lexical) for c in per_shard):
+            raise FailedPrecondition(
+                f"collection {shown(collection)} is lexical-only: it has no vectors, so no "
+                "model versions to build, shadow, canary or promote",
+                reason="LEXICAL_ONLY",
+            )
+
     def version_space(self, collection: str, version: str, deadline: float) -> str:
         """The space of a version loaded on every shard (for searches of that version)."""
         per_shard = wait_all([s.get_collection(collection, deadline) for s in self.shards])
@@ -276,8 +293,9 @@ class Rollout:
         if not version:
             self.candidates.drop(collection)
             return
-        space = self.version_space(collection, version, deadline)
         per_shard = wait_all([s.get_collection(collection, deadline) for s in self.shards])
+        self.refuse_lexical_only(collection, per_shard)
+        space = self.version_space(collection, version, deadline)
         if any(c.version == version for c in per_shard):
             raise FailedPrecondition(f"version {shown(version)} is already serving", reason="ALREADY_SERVING")
         self.router.info_for_space(space)  # a candidate no encoder can query is refused now
@@ -336,6 +354,9 @@ class Rollout:
         validate_collection_name(collection)
         if not space_id:
             raise InvalidArgument("space_id is required", reason="MISSING_SPACE")
+        self.refuse_lexical_only(
+            collection, wait_all([s.get_collection(collection, deadline) for s in self.shards])
+        )
         # Online writes are embedded into the version's space: an encoder must serve it.
         info = self.router.info_for_space(space_id)
         opened = outcomes_of(

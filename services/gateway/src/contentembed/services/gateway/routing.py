@@ -130,8 +130,12 @@ class EncoderRouter:
 class CollectionRoute:
     """What a search needs to know of a collection before asking its shards."""
 
-    space_id: str  # the serving version's
+    space_id: str  # the serving version's; "" for a lexical-only collection
     lexical: LexicalConfig | None  # None: no lexical index (dense only)
+
+    @property
+    def lexical_only(self) -> bool:
+        return self.lexical is not None and self.lexical.lexical_only
 
 
 class CollectionSpaces:

@@ -350,10 +350,23 @@ class Searcher:
     ) -> Retrieval:
         """The retrieval that answers. Unspecified: hybrid for a text query on one
         collection with a lexical index, dense otherwise. The lexical config comes from
-        the same cached entry as the collection's space (no second shard call)."""
+        the same cached entry as the collection's space (no second shard call).
+
+        A lexical-only collection answers lexical only: unspecified is lexical for a text
+        query on it alone; whatever would need vectors (dense, hybrid, an item, a vector or
+        an image query, several collections) is FAILED_PRECONDITION DENSE_NOT_ENABLED."""
+        lexical = self.spaces.lexical_of(collection, deadline)
+        if lexical is not None and lexical.lexical_only:
+            if requested is Retrieval.LEXICAL or (requested is None and text_on_one_collection):
+                return Retrieval.LEXICAL
+            wanted = "an item, vector or image query or one over several collections"
+            raise FailedPrecondition(
+                f"collection {shown(collection)} is lexical-only (no vectors): "
+                f"{requested or wanted} needs the dense side; search it with text, lexical",
+                reason="DENSE_NOT_ENABLED",
+            )
         if requested is Retrieval.DENSE or (requested is None and not text_on_one_collection):
             return Retrieval.DENSE
-        lexical = self.spaces.lexical_of(collection, deadline)
         if requested is None:
             return Retrieval.DENSE if lexical is None else Retrieval.HYBRID
         if lexical is None:

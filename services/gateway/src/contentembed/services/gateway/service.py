@@ -204,7 +204,7 @@ def reply_margin_s(remaining: float) -> float:
 
 def lexical_pb(lexical: LexicalConfig | None) -> types_pb2.LexicalConfig | None:
     return None if lexical is None else types_pb2.LexicalConfig(
-        enabled=True, language=lexical.language
+        enabled=True, language=lexical.language, lexical_only=lexical.lexical_only
     )
 
 
@@ -401,7 +401,9 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                 search_pb.StoredDocument(
                     id=document.id,
                     metadata=dict_to_struct(document.metadata),
-                    vector=vector_to_pb(document.vector) if request.with_vectors else None,
+                    # A lexical-only collection stores none: no vector set.
+                    vector=vector_to_pb(document.vector)
+                    if request.with_vectors and document.vector.size else None,
                     shard_index=document.shard_index,
                     text=document.text,
                 )
@@ -427,7 +429,15 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
                 f"modality {request.modality} is not a known modality", reason="UNKNOWN_ENUM_VALUE"
             )
         # A LexicalConfig that is not enabled is a dense collection, as one left unset.
-        lexical = LexicalConfig(request.lexical.language) if request.lexical.enabled else None
+        if request.lexical.lexical_only and not request.lexical.enabled:
+            raise InvalidArgument(
+                "lexical.lexical_only needs lexical.enabled: a lexical-only collection is "
+                "its lexical index", reason="BAD_LEXICAL_CONFIG",
+            )
+        lexical = (
+            LexicalConfig(request.lexical.language, request.lexical.lexical_only)
+            if request.lexical.enabled else None
+        )
         summary, created = self.gateway.create_collection(
             request.name, request.space_id, request.exist_ok, deadline_of(context, self.settings),
             modality, request.model, lexical,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from contentembed.services.gateway.ports import ShardCollection
+from contentembed.services.gateway.ports import ShardCollection, is_lexical_only
 
 # How long a plan is reused. Staleness is safe: each upsert carries the shard's versions
 # fingerprint, and a shard whose versions changed refuses it (ABORTED VERSIONS_CHANGED),
@@ -35,6 +35,8 @@ class WritePlan:
     shards: tuple[ShardTargets, ...]
     # version -> space over all shards, for messages and for the summary.
     version_spaces: dict[str, str]
+    # Only the lexical index: written with text and no vector, in space "" (no encoder).
+    lexical_only: bool = False
 
     @classmethod
     def of(cls, per_shard: Sequence[ShardCollection]) -> WritePlan:
@@ -48,6 +50,7 @@ class WritePlan:
                 for index, c in enumerate(per_shard)
             ),
             version_spaces=version_spaces,
+            lexical_only=is_lexical_only(per_shard[0].lexical),
         )
 
     def spaces(self) -> list[str]:
