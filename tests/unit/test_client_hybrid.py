@@ -102,6 +102,25 @@ def test_lexical_collections_are_created_and_summarised(gateway) -> None:
     assert len(servicer.requests) == 4  # the refused call never left the client
 
 
+def test_lexical_only_collections_are_created_and_summarised(gateway) -> None:
+    servicer, address = gateway
+    with Client(address, timeout=5.0) as client:
+        created = client.create_collection("words", lexical_only=True, language="french")
+        for refused in ({"space_id": "s"}, {"model": "m"}, {"modality": "image"}):
+            with pytest.raises(ValueError, match="lexical-only"):
+                client.create_collection("words", lexical_only=True, **refused)
+        hybrid = client.get_collection("hybrid")
+    request = servicer.requests[0]
+    # lexical_only implies the lexical index: enabled is set with it.
+    assert request.lexical == types_pb2.LexicalConfig(
+        enabled=True, language="french", lexical_only=True
+    )
+    info = created.collection
+    assert (info.lexical, info.lexical_only, info.lexical_language) == (True, True, "french")
+    assert (hybrid.lexical, hybrid.lexical_only) == (True, False)
+    assert len(servicer.requests) == 2  # the refused calls never left the client
+
+
 def test_stored_documents_carry_their_text(gateway) -> None:
     _, address = gateway
     with Client(address, timeout=5.0) as client:

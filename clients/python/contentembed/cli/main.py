@@ -256,8 +256,13 @@ HybridOption = Annotated[
 ]
 LanguageOption = Annotated[
     str | None,
-    typer.Option("--language", help="--hybrid: stemming and stop words of the lexical index "
-                 "(english when new, another Snowball language, or none)."),
+    typer.Option("--language", help="--hybrid or --lexical-only: stemming and stop words of "
+                 "the lexical index (english when new, another Snowball language, or none)."),
+]
+LexicalOnlyOption = Annotated[
+    bool,
+    typer.Option("--lexical-only", help="A lexical-only collection: a lexical (BM25) index "
+                 "over the texts and no vectors (no encoder needed; every search is lexical)."),
 ]
 
 
@@ -282,6 +287,7 @@ def ingest(
     max_rejects: RejectsOption = DEFAULT_MAX_REJECTS,
     hybrid: HybridOption = False,
     language: LanguageOption = None,
+    lexical_only: LexicalOnlyOption = False,
     target: TargetOption = DEFAULT_TARGET,
 ) -> None:
     """Embed a JSONL catalog and upsert it into a collection (created if missing).
@@ -289,11 +295,17 @@ def ingest(
     Rows that cannot be used (bad JSON, id, content, metadata, missing image, duplicate id,
     or refused by the gateway) are written to the rejects file; more than --max-rejects
     stops the run with exit code 1. With --hybrid a missing collection is created with a
-    lexical (BM25) index over the texts; an existing one must already have one."""
+    lexical (BM25) index over the texts; an existing one must already have one. With
+    --lexical-only a missing collection is created with the lexical index alone (text rows,
+    nothing embedded); an existing one must be lexical-only."""
     if (catalog is None) == (not demo):
         raise fail("give a catalog path or --demo")
-    if language is not None and not hybrid:
-        raise fail("--language is the lexical index's: give it with --hybrid")
+    if hybrid and lexical_only:
+        raise fail("--hybrid and --lexical-only exclude each other")
+    if lexical_only and space is not None:
+        raise fail("a lexical-only collection has no space: drop --space")
+    if language is not None and not (hybrid or lexical_only):
+        raise fail("--language is the lexical index's: give it with --hybrid or --lexical-only")
     path = DEMO_CATALOG if demo else catalog
     assert path is not None
     if not path.is_file():
@@ -310,7 +322,7 @@ def ingest(
         try:
             outcome = ingest_catalog(
                 client, collection, rows, batch_size, space_id=space, max_rejects=max_rejects,
-                hybrid=hybrid, language=language,
+                hybrid=hybrid, language=language, lexical_only=lexical_only,
             )
             info = client.get_collection(collection)
         except (ApiError, CatalogError, NotHybrid) as error:
@@ -321,9 +333,10 @@ def ingest(
         raise fail(f"{len(outcome.rejects)} rows rejected, more than --max-rejects "
                    f"{max_rejects}; see {rejects_path}")
     lexical = f", lexical index in {info.lexical_language}" if info.lexical else ""
+    where = ("lexical only" if info.lexical_only else f"space {info.space_id}")
     console.print(
         f"upserted {outcome.written} documents into [bold]{collection}[/] "
-        f"({info.item_count} items on {info.shard_count} shards, space {info.space_id}{lexical})"
+        f"({info.item_count} items on {info.shard_count} shards, {where}{lexical})"
     )
     if outcome.rejects:
         console.print(f"[yellow]{len(outcome.rejects)} rows rejected: see {rejects_path}[/]")
@@ -526,7 +539,8 @@ def search(
     """Print the ranked hits for a text query or an image (--image).
 
     --mode lexical or hybrid needs a text query and a hybrid collection (ingest or build
-    --hybrid); hybrid answers show each hit's dense/lexical rank and scores."""
+    --hybrid); hybrid answers show each hit's dense/lexical rank and scores. A lexical-only
+    collection (ingest --lexical-only) answers text queries lexical, with no --mode."""
     from contentembed.cli.filters import FilterError, parse_filters
 
     text_or_image(query, image)
@@ -675,7 +689,8 @@ def embed(
 
 @app.command()
 def collections(target: TargetOption = DEFAULT_TARGET) -> None:
-    """List collections with their item counts (lexical: the language of a hybrid one)."""
+    """List collections with their item counts (lexical: the language of a hybrid or
+    lexical-only one; a lexical-only one has no space)."""
     with client_from_env(target) as client:
         try:
             found = list(client.list_collections())
@@ -685,8 +700,10 @@ def collections(target: TargetOption = DEFAULT_TARGET) -> None:
     for column in ("name", "items", "shards", "space", "version", "lexical"):
         table.add_column(column)
     for info in found:
-        table.add_row(info.name, str(info.item_count), str(info.shard_count), info.space_id,
-                      info.version, info.lexical_language if info.lexical else "–")
+        lexical = info.lexical_language if info.lexical else "–"
+        table.add_row(info.name, str(info.item_count), str(info.shard_count),
+                      "– (lexical only)" if info.lexical_only else info.space_id,
+                      info.version, f"{lexical} (only)" if info.lexical_only else lexical)
     console.print(table)
 
 

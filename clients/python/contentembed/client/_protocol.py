@@ -101,6 +101,7 @@ def collection_info(message: admin_pb.CollectionSummary) -> CollectionInfo:
         serving_versions=listed(message.serving_versions, message.version),
         lexical=lexical,
         lexical_language=(message.lexical.language or DEFAULT_LEXICAL_LANGUAGE) if lexical else "",
+        lexical_only=lexical and message.lexical.lexical_only,
     )
 
 
@@ -306,10 +307,18 @@ def documents_result(response: search_pb.GetDocumentsResponse, with_vectors: boo
 
 def create_collection_request(
     name: str, space_id: str, modality: str, exist_ok: bool, model: str = "",
-    lexical: bool = False, language: str = "",
+    lexical: bool = False, language: str = "", lexical_only: bool = False,
 ) -> admin_pb.CreateCollectionRequest:
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {sorted(MODALITIES)}, got {modality!r}")
+    if lexical_only:
+        if space_id or model or modality != "text":
+            # Refused before the call: the gateway would (BAD_LEXICAL_CONFIG).
+            raise ValueError(
+                "a lexical-only collection has no embedding space: leave space_id, model "
+                "and modality unset"
+            )
+        lexical = True  # lexical_only implies the lexical index
     if language and not lexical:
         # A language only means something for the lexical index; dropping it silently
         # would create a dense-only collection the caller did not ask for.
@@ -319,7 +328,9 @@ def create_collection_request(
         model=model,
     )
     if lexical:
-        request.lexical.CopyFrom(types_pb2.LexicalConfig(enabled=True, language=language))
+        request.lexical.CopyFrom(
+            types_pb2.LexicalConfig(enabled=True, language=language, lexical_only=lexical_only)
+        )
     return request
 
 

@@ -240,6 +240,7 @@ class AsyncClient:
         exist_ok: bool = False,
         lexical: bool = False,
         language: str = "",
+        lexical_only: bool = False,
         timeout: float | None = None,
     ) -> CollectionCreated:
         """Creates a collection on every shard. Retried only with ``exist_ok=True``.
@@ -255,21 +256,27 @@ class AsyncClient:
             lexical: A hybrid collection: a BM25 index over the documents' texts beside
                 the vectors, for ``search(mode="lexical"|"hybrid")``.
             language: The lexical index's stemming and stop words: ``"english"`` (when
-                empty), another Snowball language, or ``"none"``; needs ``lexical``.
+                empty), another Snowball language, or ``"none"``; needs ``lexical``
+                (or ``lexical_only``).
+            lexical_only: Only the lexical index (implies ``lexical``): no vectors, no
+                space, no encoder; documents are text, every search is lexical (dense or
+                hybrid: FailedPreconditionError DENSE_NOT_ENABLED). No ``space_id``,
+                ``model`` or image ``modality`` with it.
             timeout: Deadline in seconds; default: the client's.
 
         Returns:
             ``CollectionCreated(collection, created)``.
 
         Raises:
-            ValueError: Unknown modality, or ``language`` without ``lexical``.
+            ValueError: Unknown modality, ``language`` without ``lexical``, or a space,
+                model or image modality with ``lexical_only``.
             AlreadyExistsError: It exists and ``exist_ok`` is False.
 
         Example:
             >>> created = await client.create_collection("products", exist_ok=True)  # doctest: +SKIP
         """
         request = proto.create_collection_request(
-            name, space_id, modality, exist_ok, model, lexical, language
+            name, space_id, modality, exist_ok, model, lexical, language, lexical_only
         )
         response = await self._call(
             self._admin.CreateCollection, request, timeout, idempotent=exist_ok

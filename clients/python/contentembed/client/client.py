@@ -283,8 +283,10 @@ class Client:
             mode: ``"dense"`` (HNSW over the query's embedding), ``"lexical"`` (BM25 over
                 the collection's lexical index; the query is not embedded) or
                 ``"hybrid"`` (both, fused); None: hybrid on a lexical collection with a
-                text query, dense otherwise. Lexical and hybrid need a text query and a
-                lexical collection (FailedPreconditionError LEXICAL_NOT_ENABLED).
+                text query, dense otherwise; lexical on a lexical-only collection (which
+                refuses dense and hybrid: FailedPreconditionError DENSE_NOT_ENABLED).
+                Lexical and hybrid need a text query and a lexical collection
+                (FailedPreconditionError LEXICAL_NOT_ENABLED).
             fusion: How hybrid combines the two lists: ``"rrf"`` (reciprocal rank) or
                 ``"minmax"`` (convex combination of min-max scaled scores); None: the
                 gateway's default.
@@ -329,6 +331,7 @@ class Client:
         exist_ok: bool = False,
         lexical: bool = False,
         language: str = "",
+        lexical_only: bool = False,
         timeout: float | None = None,
     ) -> CollectionCreated:
         """Creates a collection on every shard. Retried only with ``exist_ok=True``.
@@ -345,14 +348,20 @@ class Client:
             lexical: A hybrid collection: a BM25 index over the documents' texts beside
                 the vectors, for ``search(mode="lexical"|"hybrid")``.
             language: The lexical index's stemming and stop words: ``"english"`` (when
-                empty), another Snowball language, or ``"none"``; needs ``lexical``.
+                empty), another Snowball language, or ``"none"``; needs ``lexical``
+                (or ``lexical_only``).
+            lexical_only: Only the lexical index (implies ``lexical``): no vectors, no
+                space, no encoder; documents are text, every search is lexical (dense or
+                hybrid: FailedPreconditionError DENSE_NOT_ENABLED). No ``space_id``,
+                ``model`` or image ``modality`` with it.
             timeout: Deadline in seconds; default: the client's.
 
         Returns:
             ``CollectionCreated(collection, created)``.
 
         Raises:
-            ValueError: Unknown modality, or ``language`` without ``lexical``.
+            ValueError: Unknown modality, ``language`` without ``lexical``, or a space,
+                model or image modality with ``lexical_only``.
             AlreadyExistsError: It exists and ``exist_ok`` is False.
             FailedPreconditionError: No (or no single) encoder serves the space.
             InvalidArgumentError: Bad name.
@@ -361,7 +370,7 @@ class Client:
             >>> info, created = client.create_collection("products", exist_ok=True)  # doctest: +SKIP
         """
         request = proto.create_collection_request(
-            name, space_id, modality, exist_ok, model, lexical, language
+            name, space_id, modality, exist_ok, model, lexical, language, lexical_only
         )
         response = self._call(self._admin.CreateCollection, request, timeout, idempotent=exist_ok)
         return CollectionCreated(proto.collection_info(response.collection), response.created)

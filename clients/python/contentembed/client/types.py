@@ -163,6 +163,9 @@ class CollectionInfo:
     # ("english" unless it was created with another; "" when not lexical).
     lexical: bool = False
     lexical_language: str = ""
+    # Only the lexical index (``lexical`` is True too): no vectors, space ("") or encoder;
+    # every search of it is lexical.
+    lexical_only: bool = False
 
 
 @dataclass(frozen=True)

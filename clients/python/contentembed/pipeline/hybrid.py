@@ -14,7 +14,13 @@ class NotHybrid(ValueError):
 
 
 def check_hybrid(info: CollectionInfo, language: str | None) -> None:
-    """Raises NotHybrid unless ``info`` has a lexical index (in ``language``, when given)."""
+    """Raises NotHybrid unless ``info`` has a lexical index beside vectors (in
+    ``language``, when given)."""
+    if info.lexical_only:
+        raise NotHybrid(
+            f"collection {info.name} is lexical-only (no vectors), so --hybrid cannot apply "
+            "to it; use a new collection name, or give --lexical-only instead"
+        )
     if not info.lexical:
         raise NotHybrid(
             f"collection {info.name} exists without a lexical index (dense only), so --hybrid "
@@ -25,4 +31,22 @@ def check_hybrid(info: CollectionInfo, language: str | None) -> None:
         raise NotHybrid(
             f"collection {info.name} is hybrid in {info.lexical_language}, not {wanted}; "
             f"give --language {info.lexical_language} or use a new collection name"
+        )
+
+
+def check_lexical_only(info: CollectionInfo, language: str | None) -> None:
+    """Raises NotHybrid unless ``info`` is lexical-only (in ``language``, when given): a
+    collection of another kind cannot become one in place."""
+    if not info.lexical_only:
+        kind = "hybrid (vectors and a lexical index)" if info.lexical else "dense only"
+        raise NotHybrid(
+            f"collection {info.name} exists and is {kind}, not lexical-only, so "
+            "--lexical-only cannot apply to it; use a new collection name, or drop "
+            "--lexical-only"
+        )
+    wanted = (language or "").strip().lower()
+    if wanted and wanted != info.lexical_language.lower():
+        raise NotHybrid(
+            f"collection {info.name} is lexical-only in {info.lexical_language}, not "
+            f"{wanted}; give --language {info.lexical_language} or use a new collection name"
         )

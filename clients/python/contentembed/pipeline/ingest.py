@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from contentembed.client import ApiError, Client, ImageDocument, TextDocument
 from contentembed.pipeline.catalog import Catalog, CatalogError, CatalogRow, Reject
-from contentembed.pipeline.hybrid import check_hybrid
+from contentembed.pipeline.hybrid import check_hybrid, check_lexical_only
 
 
 @dataclass
@@ -22,21 +22,33 @@ class IngestOutcome:
 
 def ensure_collection(
     client: Client, collection: str, catalog: Catalog, space_id: str | None = None,
-    *, hybrid: bool = False, language: str | None = None,
+    *, hybrid: bool = False, language: str | None = None, lexical_only: bool = False,
 ) -> bool:
     """Creates a missing collection in the space of the encoder for the catalog's
     modality (or ``space_id``), hybrid (a lexical index in ``language``) when asked;
     True when it was created. An existing collection must be hybrid when ``hybrid``
-    (NotHybrid otherwise): its texts would not be searchable by words."""
+    (NotHybrid otherwise): its texts would not be searchable by words. With
+    ``lexical_only`` it is created (or must be) lexical-only: no space, no encoder, text
+    rows only."""
+    if lexical_only and "image" in catalog.modalities:
+        raise CatalogError(
+            "a lexical-only collection indexes text: the catalog has image rows"
+        )
     try:
         info = client.get_collection(collection)
     except ApiError as error:
         if error.code != "NOT_FOUND":
             raise
     else:
-        if hybrid:
+        if lexical_only:
+            check_lexical_only(info, language)
+        elif hybrid:
             check_hybrid(info, language)
         return False
+    if lexical_only:
+        return client.create_collection(
+            collection, exist_ok=True, lexical_only=True, language=language or "",
+        ).created
     modalities = catalog.modalities or ["text"]
     if len(modalities) > 1 and not space_id:
         try:
@@ -113,10 +125,12 @@ def ingest_catalog(
     show_progress: bool = True,
     hybrid: bool = False,
     language: str | None = None,
+    lexical_only: bool = False,
 ) -> IngestOutcome:
     outcome = IngestOutcome(rejects=list(catalog.rejects))
     outcome.created = ensure_collection(
-        client, collection, catalog, space_id, hybrid=hybrid, language=language
+        client, collection, catalog, space_id, hybrid=hybrid, language=language,
+        lexical_only=lexical_only,
     )
     with tqdm(
         total=len(catalog.rows), desc=f"ingest {catalog.path.name}", unit="item",
