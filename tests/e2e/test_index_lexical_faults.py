@@ -1,5 +1,6 @@
 """kill -9 of a real index process mid-stream of lexical writes: the lexical index is
-rebuilt from the texts in the WAL and the snapshot, and answers every acknowledged write."""
+rebuilt from the texts in the WAL and the snapshot, and answers every acknowledged write;
+for a hybrid collection and for a lexical-only one (no vectors, items.json-only snapshots)."""
 
 from __future__ import annotations
 
@@ -32,15 +33,22 @@ def lexical_search(stub: pb_grpc.IndexServiceStub, words: list[str]) -> dict[str
     return found
 
 
+@pytest.mark.parametrize("lexical_only", [False, True], ids=["hybrid", "lexical-only"])
 @pytest.mark.parametrize("snapshots", [False, True], ids=["wal-only", "snapshot-plus-wal"])
-def test_kill_9_mid_stream_loses_no_acknowledged_lexical_write(tmp_path: Path, snapshots: bool) -> None:
+def test_kill_9_mid_stream_loses_no_acknowledged_lexical_write(
+    tmp_path: Path, snapshots: bool, lexical_only: bool
+) -> None:
     data_dir = tmp_path / "data"
     index = start_index(tmp_path, data_dir, "--snapshot-every-ops", "25" if snapshots else "1000000000")
     index.wait_until_serving(time.monotonic() + 60)
     channel = grpc.insecure_channel(index.address)
     stub = pb_grpc.IndexServiceStub(channel)
-    stub.CreateCollection(pb.CreateCollectionRequest(
-        name="docs", space_id="s@1", dim=DIM, lexical=types_pb2.LexicalConfig(enabled=True)))
+    if lexical_only:
+        stub.CreateCollection(pb.CreateCollectionRequest(
+            name="docs", lexical=types_pb2.LexicalConfig(enabled=True, lexical_only=True)))
+    else:
+        stub.CreateCollection(pb.CreateCollectionRequest(
+            name="docs", space_id="s@1", dim=DIM, lexical=types_pb2.LexicalConfig(enabled=True)))
 
     word_of: dict[str, str] = {}  # id -> the unique word of its last acknowledged text
     retired: set[str] = set()  # words an acknowledged rewrite replaced
@@ -60,7 +68,8 @@ def test_kill_9_mid_stream_loses_no_acknowledged_lexical_write(tmp_path: Path, s
             in_flight.update(words)
             try:
                 stub.Upsert(pb.UpsertRequest(collection="docs", items=[
-                    pb.Item(id=i, vector=as_pb(vector_for(i, batch)), text=f"common text {w}")
+                    pb.Item(id=i, text=f"common text {w}",
+                            vector=None if lexical_only else as_pb(vector_for(i, batch)))
                     for i, w in words.items()
                 ]), timeout=5)
                 for item_id, word in words.items():
@@ -95,6 +104,8 @@ def test_kill_9_mid_stream_loses_no_acknowledged_lexical_write(tmp_path: Path, s
     channel.close()
     assert len(word_of) >= 1200 and deleted and retired
     assert bool(list(snapshots_dir.glob("[0-9]*"))) == snapshots
+    # A lexical-only collection's snapshots hold no hnswlib file.
+    assert bool(list(snapshots_dir.glob("[0-9]*/index.bin"))) == (snapshots and not lexical_only)
 
     restarted = start_index(tmp_path, data_dir)
     try:

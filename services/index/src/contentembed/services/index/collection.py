@@ -8,6 +8,11 @@ take the write lock.
 Every item keeps the text it was embedded from (if it was sent one), so a new model can
 embed it again; a lexical collection also indexes that text for BM25 (lexical.py), under
 the same labels and the same locks, so both indexes always hold the same items.
+
+A lexical-only collection (LexicalParams.lexical_only; dim 0, space_id "") has no hnswlib
+index at all (``_index`` is None): items carry text and no vector, labels map ids exactly
+as in a dense collection (handed out in order, never reused; with no hnswlib slots there
+is nothing vacant to reuse), and dense searches are FAILED_PRECONDITION DENSE_NOT_ENABLED.
 """
 
 from __future__ import annotations
@@ -96,14 +101,19 @@ class HnswCollection:
         # Only for a pending version (BeginVersion): ids deleted while it waits for its
         # bundle, which may hold them. None for every other version.
         self.tombstones: set[str] | None = None
-        self._index = hnswlib.Index(space="cosine", dim=dim)
-        self._index.init_index(
-            max_elements=initial_capacity,
-            ef_construction=params.ef_construction,
-            M=params.m,
-            allow_replace_deleted=True,  # deleted slots are reused: churn does not grow memory
-        )
-        self._index.set_ef(params.ef_search)
+        lexical_only = lexical is not None and lexical.lexical_only
+        if lexical_only != (dim == 0):
+            raise ValueError(f"dim 0 is for lexical-only collections only (dim {dim}, {lexical})")
+        self._index: hnswlib.Index | None = None
+        if not lexical_only:
+            self._index = hnswlib.Index(space="cosine", dim=dim)
+            self._index.init_index(
+                max_elements=initial_capacity,
+                ef_construction=params.ef_construction,
+                M=params.m,
+                allow_replace_deleted=True,  # deleted slots are reused: churn does not grow memory
+            )
+            self._index.set_ef(params.ef_search)
         self._label_of: dict[str, int] = {}
         # label -> id as a list (labels are dense and never reused): a dict would cost about
         # 100 bytes more per item, a third of a 384-d vector's graph overhead.
@@ -130,15 +140,37 @@ class HnswCollection:
         return self.tombstones is not None
 
     @property
+    def dense(self) -> bool:
+        """False for a lexical-only collection: no vectors, no dense search."""
+        return self._index is not None
+
+    def require_dense(self) -> None:
+        """FAILED_PRECONDITION DENSE_NOT_ENABLED for a lexical-only collection."""
+        if self._index is None:
+            raise FailedPrecondition(
+                f"collection {self.name!r} is lexical-only: it has no vectors; "
+                "search it by text",
+                reason="DENSE_NOT_ENABLED",
+            )
+
+    @property
     def lexical_params(self) -> LexicalParams | None:
         """How the lexical index analyses text; None for a dense-only collection."""
         return None if self._lexical is None else self._lexical.params
 
     # -- writes ----------------------------------------------------------------------
     def _checked(
-        self, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str] | None
+        self, ids: Sequence[str], vectors: np.ndarray | None, texts: Sequence[str] | None
     ) -> np.ndarray:
-        """The vectors L2-normalized, once ids, shape and texts are known to be valid."""
+        """The vectors L2-normalized, once ids, shape and texts are known to be valid. A
+        lexical-only collection takes no vectors (None or n x 0) and needs every text."""
+        if self._index is None:
+            return self._checked_lexical_only(ids, vectors, texts)
+        if vectors is None:
+            raise InvalidArgument(
+                f"vectors: collection {self.name!r} needs {len(ids)} x {self.dim}, got none",
+                reason="DIMENSION_MISMATCH",
+            )
         if vectors.ndim != 2 or vectors.shape != (len(ids), self.dim):
             raise InvalidArgument(
                 f"vectors: expected {len(ids)} x {self.dim}, got {'x'.join(map(str, vectors.shape))}",
@@ -149,10 +181,30 @@ class HnswCollection:
         reject_zero_rows(vectors, what="items")
         return l2_normalize(vectors)
 
+    def _checked_lexical_only(
+        self, ids: Sequence[str], vectors: np.ndarray | None, texts: Sequence[str] | None
+    ) -> np.ndarray:
+        if vectors is not None and vectors.size:
+            raise InvalidArgument(
+                f"collection {self.name!r} is lexical-only: items carry text, not vectors",
+                reason="VECTOR_NOT_EXPECTED",
+            )
+        validate_ids(ids, what="items")
+        check_texts(texts, len(ids))
+        # An item without text could never be found (there is nothing else to search by).
+        for position, text in enumerate(texts or [""] * len(ids)):
+            if not text:
+                raise InvalidArgument(
+                    f"items[{position}]: collection {self.name!r} is lexical-only, every "
+                    "item needs text",
+                    reason="TEXT_REQUIRED",
+                )
+        return np.empty((len(ids), 0), dtype=np.float32)
+
     def upsert(
         self,
         ids: Sequence[str],
-        vectors: np.ndarray,
+        vectors: np.ndarray | None,
         metadata: Sequence[dict[str, Any]],
         texts: Sequence[str] | None = None,
     ) -> int:
@@ -173,7 +225,7 @@ class HnswCollection:
     def bulk_insert(
         self,
         ids: Sequence[str],
-        vectors: np.ndarray,
+        vectors: np.ndarray | None,
         metadata: Sequence[Mapping[str, Any]],
         texts: Sequence[str] | None = None,
     ) -> int:
@@ -184,11 +236,12 @@ class HnswCollection:
         with self._writers, self._lock.write():
             if self._next_label:
                 raise ValueError("bulk_insert fills an empty collection only")
-            if len(ids) > self._index.get_max_elements():
-                self._index.resize_index(len(ids))
-            if len(ids):
-                labels = np.arange(len(ids), dtype=np.uint64)
-                self._index.add_items(vectors, labels, num_threads=1)
+            if self._index is not None:
+                if len(ids) > self._index.get_max_elements():
+                    self._index.resize_index(len(ids))
+                if len(ids):
+                    labels = np.arange(len(ids), dtype=np.uint64)
+                    self._index.add_items(vectors, labels, num_threads=1)
             self._label_of = {item_id: label for label, item_id in enumerate(ids)}
             self._id_of = list(ids)
             self._metadata = {label: dict(m) for label, m in enumerate(metadata) if m}
@@ -227,26 +280,10 @@ class HnswCollection:
 
     def _apply_upsert(self, record: WalRecord) -> None:
         assert record.vectors is not None and record.metadata is not None
-        existing = [p for p, i in enumerate(record.ids) if i in self._label_of]
-        fresh = [p for p, i in enumerate(record.ids) if i not in self._label_of]
-        if existing:
-            labels = np.array([self._label_of[record.ids[p]] for p in existing], dtype=np.uint64)
-            self._index.add_items(record.vectors[existing], labels, num_threads=-1)
-        if fresh:
-            needed = self._index.get_current_count() + max(0, len(fresh) - self._vacant)
-            capacity = self._index.get_max_elements()
-            if needed > capacity:
-                self._index.resize_index(max(needed, capacity * 2))
-            labels = np.arange(self._next_label, self._next_label + len(fresh), dtype=np.uint64)
-            # replace_deleted only for new labels: on a live label hnswlib would duplicate it.
-            self._index.add_items(
-                record.vectors[fresh], labels, num_threads=-1, replace_deleted=True
-            )
-            self._vacant = max(0, self._vacant - len(fresh))
-            for position, label in zip(fresh, labels):
-                self._label_of[record.ids[position]] = int(label)
-                self._id_of.append(record.ids[position])
-            self._next_label += len(fresh)
+        if self._index is None:
+            self._label_lexical_only(record.ids)
+        else:
+            self._add_vectors(record)
         texts = record.texts or [""] * len(record.ids)
         removed: list[int] = []  # labels whose lexical document goes
         added: list[tuple[int, str]] = []
@@ -272,6 +309,39 @@ class HnswCollection:
             self.tombstones.difference_update(record.ids)  # written again: alive after all
         self.seq = record.seq
 
+    def _add_vectors(self, record: WalRecord) -> None:
+        """Writes the record's vectors into hnswlib, giving new ids the next labels."""
+        assert self._index is not None and record.vectors is not None
+        existing = [p for p, i in enumerate(record.ids) if i in self._label_of]
+        fresh = [p for p, i in enumerate(record.ids) if i not in self._label_of]
+        if existing:
+            labels = np.array([self._label_of[record.ids[p]] for p in existing], dtype=np.uint64)
+            self._index.add_items(record.vectors[existing], labels, num_threads=-1)
+        if fresh:
+            needed = self._index.get_current_count() + max(0, len(fresh) - self._vacant)
+            capacity = self._index.get_max_elements()
+            if needed > capacity:
+                self._index.resize_index(max(needed, capacity * 2))
+            labels = np.arange(self._next_label, self._next_label + len(fresh), dtype=np.uint64)
+            # replace_deleted only for new labels: on a live label hnswlib would duplicate it.
+            self._index.add_items(
+                record.vectors[fresh], labels, num_threads=-1, replace_deleted=True
+            )
+            self._vacant = max(0, self._vacant - len(fresh))
+            for position, label in zip(fresh, labels):
+                self._label_of[record.ids[position]] = int(label)
+                self._id_of.append(record.ids[position])
+            self._next_label += len(fresh)
+
+    def _label_lexical_only(self, ids: Sequence[str]) -> None:
+        """New ids get the next labels, as in _add_vectors (never reused either: the
+        label list stays the id list snapshots store, deleted labels as None)."""
+        for item_id in ids:
+            if item_id not in self._label_of:
+                self._label_of[item_id] = self._next_label
+                self._id_of.append(item_id)
+                self._next_label += 1
+
     def _apply_delete(self, record: WalRecord) -> None:
         if self.tombstones is not None:
             self.tombstones.update(record.ids)
@@ -280,12 +350,13 @@ class HnswCollection:
             label = self._label_of.pop(item_id, None)
             if label is None:
                 continue
-            self._index.mark_deleted(label)
             self._id_of[label] = None
             self._metadata.pop(label, None)
             if self._text.pop(label, None) is not None:
                 removed.append(label)
-            self._vacant += 1
+            if self._index is not None:
+                self._index.mark_deleted(label)
+                self._vacant += 1
         if self._lexical is not None and removed:
             self._lexical.write(removed, ())
         self.seq = record.seq
@@ -300,7 +371,7 @@ class HnswCollection:
             ids = [i for i in pending._id_of if i is not None]
             if ids:
                 labels = [pending._label_of[i] for i in ids]
-                vectors = np.asarray(pending._index.get_items(labels), dtype=np.float32)
+                vectors = pending._vectors_locked(labels)
                 metadata = [dict(pending._metadata.get(label, NO_METADATA)) for label in labels]
                 texts = [pending._text.get(label, "") for label in labels]
                 self._apply_upsert(WalRecord(self.seq + 1, "upsert", ids, vectors, metadata,
@@ -317,7 +388,14 @@ class HnswCollection:
                 self._lexical.searcher()
 
     # -- reads -----------------------------------------------------------------------
+    def _vectors_locked(self, labels: Sequence[int]) -> np.ndarray:
+        """The stored vectors of live labels (n x 0 for a lexical-only collection)."""
+        if self._index is None:
+            return np.empty((len(labels), 0), dtype=np.float32)
+        return np.asarray(self._index.get_items(labels), dtype=np.float32)
+
     def _check_query(self, queries: np.ndarray) -> np.ndarray:
+        self.require_dense()
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise InvalidArgument(
                 f"query: expected dimension {self.dim}, got {queries.shape[-1] if queries.ndim else 0}",
@@ -452,7 +530,7 @@ class HnswCollection:
             if not found:
                 return []
             labels = [self._label_of[i] for i in found]
-            vectors = np.asarray(self._index.get_items(labels), dtype=np.float32)
+            vectors = self._vectors_locked(labels)
             return [
                 StoredItem(i, vectors[n], self._metadata.get(label, NO_METADATA),
                            self._text.get(label, ""))
@@ -475,15 +553,17 @@ class HnswCollection:
 
     # -- snapshots -------------------------------------------------------------------
     def write_snapshot(self, directory: Path, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """index.bin + items.json + manifest.json (sha256 of each) into an empty directory.
+        """index.bin + items.json + manifest.json (sha256 of each) into an empty directory;
+        a lexical-only collection has no index.bin.
 
         hnswlib's save_index reports no I/O error, so the file is loaded back and its
         element count checked before the manifest (which makes the snapshot valid) exists.
         """
         directory.mkdir(parents=True, exist_ok=False)
+        index_path = directory / "index.bin"
         with self._writers, self._lock.read():
-            index_path = directory / "index.bin"
-            self._index.save_index(str(index_path))
+            if self._index is not None:
+                self._index.save_index(str(index_path))
             items = {
                 "ids": self._id_of,
                 "metadata": [[label, meta] for label, meta in self._metadata.items()],
@@ -503,7 +583,7 @@ class HnswCollection:
                 "hnsw": {"m": self.params.m, "ef_construction": self.params.ef_construction,
                          "ef_search": self.params.ef_search},
                 "count": self.item_count,
-                "elements": self._index.get_current_count(),
+                "elements": 0 if self._index is None else self._index.get_current_count(),
                 "seq": self.seq,
                 **({"bundle_digest": self.bundle_digest} if self.bundle_digest else {}),
                 # The lexical index itself is not in the snapshot: it is rebuilt from the
@@ -511,6 +591,8 @@ class HnswCollection:
                 **({"lexical": self._lexical.params.to_json()} if self._lexical else {}),
                 **(extra or {}),
             }
+        if self._index is None:
+            return write_manifest(directory, manifest)
         check = hnswlib.Index(space="cosine", dim=self.dim)
         try:
             check.load_index(str(index_path), max_elements=0)
@@ -540,6 +622,12 @@ class HnswCollection:
             lexical = LexicalParams.from_json(manifest.get("lexical"))
         except (KeyError, TypeError, ValueError, InvalidArgument) as error:
             raise CorruptData(f"{directory}: manifest is malformed ({error})") from None
+        lexical_only = lexical is not None and lexical.lexical_only
+        if lexical_only != (dim == 0):
+            raise CorruptData(f"{directory}: dim {dim} with lexical config {lexical}")
+        if lexical_only:
+            assert lexical is not None
+            return cls._from_lexical_only_snapshot(directory, manifest, name, params, lexical)
         stored_dim = hnsw_file_dim(directory / "index.bin")
         if stored_dim != dim:
             raise CorruptData(f"{directory}: index.bin holds {stored_dim}-d vectors, manifest says {dim}")
@@ -571,6 +659,42 @@ class HnswCollection:
         collection.seq = seq
         # Set on a shard's own snapshots of an installed version; a bundle part's manifest
         # has none (its digest is the sha256 of that manifest, known to whoever loads it).
+        collection.bundle_digest = str(manifest.get("bundle_digest", ""))
+        return collection
+
+    @classmethod
+    def _from_lexical_only_snapshot(
+        cls, directory: Path, manifest: Mapping[str, Any], name: str, params: HnswParams,
+        lexical: LexicalParams,
+    ) -> HnswCollection:
+        """items.json alone: every live item must have its text (nothing else finds it),
+        no slot is vacant (there are no hnswlib slots) and the counts agree."""
+        try:
+            seq, count = int(manifest["seq"]), int(manifest["count"])
+            space_id = str(manifest["space_id"])
+            raw = json.loads((directory / "items.json").read_bytes(), parse_constant=_not_json)
+            items = SnapshotItems.parse(raw)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CorruptData(f"{directory}: {error}") from None
+        except CorruptData as error:
+            raise CorruptData(f"{directory}: {error}") from None
+        if space_id:
+            raise CorruptData(f"{directory}: a lexical-only snapshot in space {shown(space_id)}")
+        if len(items.label_of) != count:
+            raise CorruptData(f"{directory}: {len(items.label_of)} items, the manifest says {count}")
+        if items.vacant or int(manifest.get("elements", 0)):
+            raise CorruptData(f"{directory}: a lexical-only snapshot with vector slots")
+        if set(items.texts) != set(items.label_of.values()):
+            raise CorruptData(f"{directory}: lexical-only items without text")
+        collection = cls(name, "", 0, params, 1, version=manifest.get("version", LIVE_VERSION),
+                         lexical=lexical)
+        collection._id_of = items.ids
+        collection._label_of = items.label_of
+        collection._metadata = items.metadata
+        collection._text = items.texts
+        collection._lexical = LexicalIndex.build(lexical, items.texts.items())
+        collection._next_label = len(items.ids)
+        collection.seq = seq
         collection.bundle_digest = str(manifest.get("bundle_digest", ""))
         return collection
 

@@ -84,12 +84,16 @@ class LexicalParams:
     two configs are equal exactly when they index text the same way."""
 
     language: str = DEFAULT_LANGUAGE
+    # The collection has only this index: no vectors, no space (dim 0, space_id "").
+    # Part of the config, so exist_ok and bundle checks compare it like the language.
+    lexical_only: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "language", check_language(self.language))
 
     def to_json(self) -> dict[str, Any]:
-        return {"language": self.language}
+        # lexical_only only when set: configs of hybrid collections stay as they were.
+        return {"language": self.language, **({"lexical_only": True} if self.lexical_only else {})}
 
     @classmethod
     def from_json(cls, value: Any) -> LexicalParams | None:
@@ -97,10 +101,13 @@ class LexicalParams:
         Raises ValueError for anything else, which the loaders report as corrupt."""
         if value is None:
             return None
-        if not isinstance(value, dict) or not isinstance(value.get("language"), str):
-            raise ValueError(f"lexical config must be {{'language': str}}, got {value!r}")
+        if (not isinstance(value, dict) or not isinstance(value.get("language"), str)
+                or not isinstance(value.get("lexical_only", False), bool)):
+            raise ValueError(
+                f"lexical config must be {{'language': str, 'lexical_only'?: bool}}, got {value!r}"
+            )
         try:
-            return cls(value["language"])
+            return cls(value["language"], value.get("lexical_only", False))
         except InvalidArgument as error:
             raise ValueError(error.message) from None
 

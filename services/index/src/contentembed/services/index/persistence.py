@@ -9,7 +9,8 @@ Layout of one collection directory::
 
     collection.json              name, space, dim, hnsw params, lexical config when the
                                  collection has one (atomic write)
-    snapshots/<seq>/             index.bin (hnswlib), items.json (ids, metadata, texts),
+    snapshots/<seq>/             index.bin (hnswlib; none for a lexical-only collection,
+                                 dim 0), items.json (ids, metadata, texts),
                                  manifest.json (with bundle_digest for a version installed
                                  from a bundle, and the lexical config: the BM25 index is
                                  rebuilt from the texts at load, never stored)
@@ -234,16 +235,25 @@ class WriteAheadLog:
 
 # -- snapshots -------------------------------------------------------------------------
 SNAPSHOT_FILES = ("index.bin", "items.json")
+# A lexical-only collection (dim 0) has no vectors, hence no hnswlib file: its snapshot is
+# the items (texts included) alone, from which the BM25 index is rebuilt.
+LEXICAL_ONLY_SNAPSHOT_FILES = ("items.json",)
+
+
+def snapshot_files(dim: Any) -> tuple[str, ...]:
+    """The files a snapshot of that manifest dim holds (dim 0: lexical-only)."""
+    return LEXICAL_ONLY_SNAPSHOT_FILES if dim == 0 else SNAPSHOT_FILES
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Adds the sha256 and size of every data file, then writes manifest.json atomically."""
     manifest = dict(manifest)
+    names = snapshot_files(manifest["dim"])
     manifest["files"] = {
         name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
-        for name in SNAPSHOT_FILES
+        for name in names
     }
-    for name in SNAPSHOT_FILES:
+    for name in names:
         fsync_file(directory / name)
     atomic_write(directory / "manifest.json", json.dumps(manifest, indent=1).encode())
     return manifest
@@ -255,9 +265,14 @@ def verify_manifest(directory: Path) -> dict[str, Any]:
         manifest = json.loads((directory / "manifest.json").read_bytes())
     except (OSError, ValueError) as error:
         raise CorruptData(f"{directory}: unreadable manifest.json ({error})") from None
+    if not isinstance(manifest, dict):
+        raise CorruptData(f"{directory}: manifest.json is not an object")
     files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != set(SNAPSHOT_FILES):
-        raise CorruptData(f"{directory}: manifest must list exactly {SNAPSHOT_FILES}")
+    # Exactly the files its dim implies: a lexical-only manifest listing index.bin, or a
+    # dense one without it, is damage (or a mix of two snapshots), not a choice.
+    expected = snapshot_files(manifest.get("dim"))
+    if not isinstance(files, dict) or set(files) != set(expected):
+        raise CorruptData(f"{directory}: manifest must list exactly {expected}")
     for name, expected in files.items():
         path = directory / name
         if not path.is_file():

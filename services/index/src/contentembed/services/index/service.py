@@ -132,12 +132,23 @@ def params_from_pb(message: pb.HnswParams, defaults: HnswParams) -> HnswParams:
 
 def lexical_from_pb(message: types_pb2.LexicalConfig) -> LexicalParams | None:
     """None unless enabled (a language without enabled is ignored, like an unset config);
-    an unknown language is INVALID_ARGUMENT BAD_LEXICAL_LANGUAGE."""
-    return LexicalParams(message.language) if message.enabled else None
+    an unknown language is INVALID_ARGUMENT BAD_LEXICAL_LANGUAGE, lexical_only without
+    enabled INVALID_ARGUMENT BAD_LEXICAL_CONFIG."""
+    if message.lexical_only and not message.enabled:
+        raise InvalidArgument(
+            "lexical.lexical_only needs lexical.enabled: a collection with neither vectors "
+            "nor a lexical index could not be searched",
+            reason="BAD_LEXICAL_CONFIG",
+        )
+    return LexicalParams(message.language, message.lexical_only) if message.enabled else None
 
 
 def lexical_to_pb(params: LexicalParams | None) -> types_pb2.LexicalConfig | None:
-    return None if params is None else types_pb2.LexicalConfig(enabled=True, language=params.language)
+    if params is None:
+        return None
+    return types_pb2.LexicalConfig(
+        enabled=True, language=params.language, lexical_only=params.lexical_only
+    )
 
 
 def check_space(collection: HnswCollection, space_id: str, *, what: str) -> None:
@@ -273,6 +284,8 @@ class IndexService(pb_grpc.IndexServiceServicer):
         ids = [item.id for item in items]
         validate_ids(ids, what="items")  # a malformed id is INVALID_ARGUMENT, not WRONG_SHARD
         self.shard.check_owns(ids, what="items")
+        if not serving.dense:
+            return self._upsert_lexical_only(request, ids)
         # The versions written are the store's to pick (by space); their dimension is
         # checked there. Here: one dimension for the whole request.
         dim = items[0].vector.dim or serving.dim
@@ -292,6 +305,25 @@ class IndexService(pb_grpc.IndexServiceServicer):
         upserted = self.store.upsert(
             request.collection, ids, vectors, metadata, request.space_id,
             request.versions_fingerprint, texts if any(texts) else None,
+        )
+        return pb.UpsertResponse(upserted_count=upserted, shard=self._shard_pb())
+
+    def _upsert_lexical_only(self, request: pb.UpsertRequest, ids: list[str]) -> pb.UpsertResponse:
+        """Items of a lexical-only collection: text (required, checked by the collection)
+        and metadata, no vector."""
+        for position, item in enumerate(request.items):
+            if item.vector.dim or item.vector.data:  # an empty Vector message is no vector
+                raise InvalidArgument(
+                    f"items[{position}]: collection {request.collection!r} is lexical-only; "
+                    "send text without a vector",
+                    reason="VECTOR_NOT_EXPECTED",
+                )
+        metadata = [struct_to_dict(item.metadata) for item in request.items]
+        for position, values in enumerate(metadata):
+            check_metadata(values, self.settings.metadata_limits, what=f"items[{position}].metadata")
+        upserted = self.store.upsert(
+            request.collection, ids, None, metadata, request.space_id,
+            request.versions_fingerprint, [item.text for item in request.items],
         )
         return pb.UpsertResponse(upserted_count=upserted, shard=self._shard_pb())
 
@@ -329,6 +361,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
         return response
 
     def _query(self, collection: HnswCollection, vector, what: str) -> np.ndarray:
+        collection.require_dense()  # before the dimension: 0 would only say "mismatch"
         if vector.dim != collection.dim:
             raise InvalidArgument(
                 f"{what}: vector has dimension {vector.dim}, "
@@ -426,8 +459,9 @@ class IndexService(pb_grpc.IndexServiceServicer):
         found = {item.id for item in items}
         response = pb.GetItemsResponse(
             items=[
-                pb.Item(id=i.id, vector=vector_to_pb(i.vector), metadata=dict_to_struct(i.metadata),
-                        text=i.text)
+                # No vector for an item of a lexical-only collection: it has none.
+                pb.Item(id=i.id, vector=vector_to_pb(i.vector) if i.vector.size else None,
+                        metadata=dict_to_struct(i.metadata), text=i.text)
                 for i in items
             ],
             missing_ids=[i for i in request.ids if i not in found],

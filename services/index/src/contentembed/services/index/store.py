@@ -567,12 +567,21 @@ class CollectionStore:
         lexical: LexicalParams | None = None,
     ) -> tuple[HnswCollection, bool]:
         """A new collection with its "live" version; ``lexical`` adds a BM25 index of the
-        items' text. exist_ok returns the existing one when space, dim and lexical config
-        agree (FAILED_PRECONDITION SPACE_MISMATCH / LEXICAL_MISMATCH otherwise)."""
+        items' text; ``lexical`` with lexical_only makes a collection with that index alone
+        (space_id "" and dim 0, else INVALID_ARGUMENT BAD_LEXICAL_CONFIG). exist_ok
+        returns the existing one when space, dim and lexical config agree
+        (FAILED_PRECONDITION SPACE_MISMATCH / LEXICAL_MISMATCH otherwise)."""
         validate_collection_name(name)
-        if not space_id:
+        if lexical is not None and lexical.lexical_only:
+            if space_id or dim:
+                raise InvalidArgument(
+                    "a lexical-only collection has no embedding space: leave space_id and "
+                    f"dim unset (got {shown(space_id)}, dim {dim})",
+                    reason="BAD_LEXICAL_CONFIG",
+                )
+        elif not space_id:
             raise InvalidArgument("space_id is required", reason="MISSING_SPACE")
-        if not 1 <= dim <= MAX_DIM:
+        elif not 1 <= dim <= MAX_DIM:
             raise InvalidArgument(f"dim must be 1..{MAX_DIM}, got {dim}", reason="BAD_DIM")
         params = params or self.default_params
         check_hnsw_params(params)
@@ -652,6 +661,18 @@ class CollectionStore:
             state = {"active": alias.active, "previous": alias.previous}
             atomic_write(self._name_dir(name) / "alias.json", json.dumps(state).encode())
 
+    def _refuse_lexical_only(self, name: str, action: str) -> None:
+        """Versions exist to roll out embedding models (bundles of vectors); a lexical-only
+        collection has none: FAILED_PRECONDITION LEXICAL_ONLY. Whether a collection is
+        lexical-only never changes while it exists, so no lock is needed."""
+        alias = self._aliases.get(name)
+        if alias is not None and not alias.serving.dense:
+            raise FailedPrecondition(
+                f"cannot {action} {shown(name)}: it is lexical-only, with no vectors and no "
+                "versions; re-upsert its items to change them",
+                reason="LEXICAL_ONLY",
+            )
+
     def alias(self, name: str) -> Alias:
         alias = self._aliases.get(name)
         if alias is None:
@@ -701,7 +722,7 @@ class CollectionStore:
         self,
         name: str,
         ids: Sequence[str],
-        vectors: np.ndarray,
+        vectors: np.ndarray | None,
         metadata: Sequence[dict[str, Any]],
         space_id: str = "",
         fingerprint: str = "",
@@ -711,8 +732,11 @@ class CollectionStore:
         (empty: the serving version's). Each version journals its own copy before applying
         it; a failure part-way (a full disk) leaves the earlier versions written, which a
         retry of the same upsert makes whole. Texts ("" for none) are kept by every
-        version and indexed by the lexical ones. Returns the number of items."""
+        version and indexed by the lexical ones. Returns the number of items. A
+        lexical-only collection takes vectors None (or n x 0) and text for every item."""
         check_texts(texts, len(ids))  # before any version is written
+        if vectors is None:
+            vectors = np.empty((len(ids), 0), dtype=np.float32)
         alias = self.alias(name)
         with alias.gate.read():
             if fingerprint and fingerprint != alias.fingerprint:
@@ -730,6 +754,11 @@ class CollectionStore:
                     reason="SPACE_MISMATCH",
                 )
             for target in targets:  # all checked before any is written
+                if not target.dense and vectors.size:
+                    raise InvalidArgument(
+                        f"collection {shown(name)} is lexical-only: items carry text, not vectors",
+                        reason="VECTOR_NOT_EXPECTED",
+                    )
                 if vectors.ndim != 2 or vectors.shape[1] != target.dim:
                     raise InvalidArgument(
                         f"vectors have dimension {vectors.shape[-1]}, version "
@@ -762,6 +791,7 @@ class CollectionStore:
         name. Idempotent: the same part loaded again as the same version changes nothing."""
         validate_collection_name(name)
         check_version_name(version)
+        self._refuse_lexical_only(name, "load a bundle into")
         if bool(path) == bool(upload_id):
             raise InvalidArgument("give exactly one of path and upload_id", reason="BAD_BUNDLE_SOURCE")
         if upload_id:
@@ -844,6 +874,10 @@ class CollectionStore:
             raise FailedPrecondition(
                 f"{source} failed verification: {error}", reason="BUNDLE_CORRUPT"
             ) from None
+        if not collection.dense:
+            # Bundles roll out an embedding model's vectors; the batch job makes none
+            # without one, so a dim-0 part is not something this shard installs.
+            raise FailedPrecondition(f"{source} holds no vectors (dim 0)", reason="LEXICAL_ONLY")
         self._check_bundle_metadata(collection, source)
         return collection, manifest
 
@@ -885,6 +919,7 @@ class CollectionStore:
         write of its space and every delete until a bundle is installed into it."""
         validate_collection_name(name)
         check_version_name(version)
+        self._refuse_lexical_only(name, "begin a version of")
         if not space_id:
             raise InvalidArgument("space_id is required", reason="MISSING_SPACE")
         if not 1 <= dim <= MAX_DIM:
@@ -968,6 +1003,7 @@ class CollectionStore:
         """Checks an upload's header and opens its staging directory."""
         validate_collection_name(name)
         check_version_name(version)
+        self._refuse_lexical_only(name, "upload a bundle for")
         if not manifest_bytes or len(manifest_bytes) > MAX_MANIFEST_BYTES:
             raise InvalidArgument(
                 f"manifest must be 1..{MAX_MANIFEST_BYTES} bytes, got {len(manifest_bytes)}",
