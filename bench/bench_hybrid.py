@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +37,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tantivy  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from harness import closed_loop, ingest_docstrings, unique_summaries  # noqa: E402
 
 from contentembed.cli.stack import LocalStack, ServiceProcess  # noqa: E402
 from contentembed.client import Client  # noqa: E402
@@ -46,8 +45,6 @@ from contentembed.common.v1 import types_pb2  # noqa: E402
 from contentembed.demo import docstrings  # noqa: E402
 from contentembed.index.v1 import index_service_pb2 as pb  # noqa: E402
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc  # noqa: E402
-from contentembed.pipeline.catalog import read_catalog_rows  # noqa: E402
-from contentembed.pipeline.ingest import ingest_catalog  # noqa: E402
 from contentembed.services.index.lexical import build_analyzer  # noqa: E402
 
 LEXICAL_DIM = 8
@@ -189,50 +186,6 @@ def lexical_path(texts: Sequence[str], queries: Sequence[str]) -> list[tuple[str
 
 
 # -- part 2: the fused path end to end -----------------------------------------------------
-def closed_loop(
-    address: str, queries: Sequence[str], mode: str, callers: int, seconds: float
-) -> dict[str, float]:
-    """`callers` threads, each with its own client, taking the next unseen query until
-    the queries or the time run out."""
-    lock = threading.Lock()
-    latencies: list[float] = []
-    position = 0
-    cache_hits = 0
-    stop = time.perf_counter() + seconds
-
-    def caller() -> None:
-        nonlocal position, cache_hits
-        with Client(address, timeout=60) as client:
-            while time.perf_counter() < stop:
-                with lock:
-                    if position >= len(queries):
-                        return
-                    text = queries[position]
-                    position += 1
-                began = time.perf_counter()
-                result = client.search("docstrings", text=text, top_k=10, mode=mode)
-                elapsed = time.perf_counter() - began
-                with lock:
-                    latencies.append(elapsed)
-                    cache_hits += bool(result.cache_hit)
-
-    threads = [threading.Thread(target=caller) for _ in range(callers)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    ordered = sorted(latencies)
-    return {
-        "qps": len(latencies) / wall,
-        "queries": len(latencies),
-        "p50_ms": 1000 * ordered[len(ordered) // 2],
-        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-        "cache_hits": cache_hits,
-    }
-
-
 def fused_path(
     documents: Sequence[docstrings.Entry], queries: Sequence[str], shards: int, callers: int, seconds: float
 ) -> list[tuple[str, dict[str, float]]]:
@@ -241,20 +194,15 @@ def fused_path(
     with tempfile.TemporaryDirectory() as run_dir, LocalStack(
         run_dir=Path(run_dir), shard_count=shards
     ) as stack:
-        catalog_path = Path(run_dir) / "catalog.jsonl"
-        catalog_path.write_text("".join(
-            json.dumps({"id": entry.id, "text": entry.text}) + "\n" for entry in documents
-        ))
         with Client(stack.gateway_address, timeout=600) as client:
-            catalog = read_catalog_rows(catalog_path, max_rejects=None)
-            ingest_catalog(client, "docstrings", catalog, 64, show_progress=False, hybrid=True)
+            ingest_docstrings(client, "docstrings", documents, Path(run_dir), hybrid=True)
             # Warm every path once (channels, the model's first batch) with a query no
             # phase uses.
             for mode in ("dense", "lexical", "hybrid"):
                 client.search("docstrings", text="warm up the stack", top_k=10, mode=mode)
         for mode, phase_queries in phases:
-            results.append((mode, closed_loop(stack.gateway_address, phase_queries, mode,
-                                              callers, seconds)))
+            results.append((mode, closed_loop(stack.gateway_address, "docstrings", phase_queries,
+                                              callers, seconds, top_k=10, mode=mode)))
     return results
 
 
@@ -272,7 +220,7 @@ def main() -> None:
     documents = evalset.documents
     texts = [entry.text for entry in documents]
     # Every summary, labelled or not, is a realistic query; each is used once.
-    summaries = list(dict.fromkeys(entry.summary for entry in documents))
+    summaries = unique_summaries(documents)
     print(f"corpus: {len(texts)} docstring documents, {len(summaries)} unique summaries; "
           f"{os.cpu_count()} cpus")
 

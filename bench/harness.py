@@ -1,24 +1,32 @@
-"""Shared pieces of the encoder benchmarks: start a service process, drive Embed from an
-asyncio gRPC client, read batch statistics from the service's /metrics."""
+"""Shared pieces of the benchmarks: start a service process, drive Embed from an asyncio
+gRPC client, read batch statistics from a service's /metrics, ingest the docstring
+evaluation set through a running stack, and drive Search from closed-loop callers."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from contentembed.cli.stack import ServiceProcess
+from contentembed.client import Client, SearchResult
+from contentembed.demo import docstrings
 from contentembed.encoder.v1 import encoder_service_pb2 as pb
 from contentembed.encoder.v1 import encoder_service_pb2_grpc as pb_grpc
+from contentembed.pipeline.catalog import read_catalog_rows
+from contentembed.pipeline.ingest import ingest_catalog
 
 
 @contextmanager
@@ -71,14 +79,20 @@ def embed_rate(
     return asyncio.run(run())
 
 
-def batch_stats(metrics_port: int) -> tuple[float, float, float]:
-    """(batches, items, compute seconds) so far, from a service's /metrics."""
+def metric_values(metrics_port: int) -> dict[str, float]:
+    """Every sample of a service's /metrics, summed over labels, by sample name."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"  # plain http on loopback, never a file
     text = urllib.request.urlopen(url).read().decode()  # nosec B310
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return values
+
+
+def batch_stats(metrics_port: int) -> tuple[float, float, float]:
+    """(batches, items, compute seconds) so far, from a service's /metrics."""
+    values = metric_values(metrics_port)
     return (
         values.get("contentembed_batch_size_items_count", 0.0),
         values.get("contentembed_batch_size_items_sum", 0.0),
@@ -104,3 +118,98 @@ def loop_rate(work: Callable[[], int], seconds: float) -> float:
     while time.perf_counter() - started < seconds:
         done += work()
     return done / (time.perf_counter() - started)
+
+
+# -- the docstring evaluation set through a running stack ----------------------------------
+def unique_summaries(documents: Sequence[docstrings.Entry]) -> list[str]:
+    """Every distinct summary, in document order: realistic queries, each usable once so
+    that no query-embedding cache can answer one."""
+    return list(dict.fromkeys(entry.summary for entry in documents))
+
+
+def ingest_docstrings(
+    client: Client, collection: str, documents: Sequence[docstrings.Entry], scratch: Path,
+    *, hybrid: bool = False,
+) -> None:
+    """Ingests the documents as `contentembed ingest` would: a JSONL catalog read by the
+    pipeline, embedded by the stack's text encoder."""
+    catalog_path = scratch / f"{collection}-catalog.jsonl"
+    catalog_path.write_text("".join(
+        json.dumps({"id": entry.id, "text": entry.text}) + "\n" for entry in documents
+    ))
+    catalog = read_catalog_rows(catalog_path, max_rejects=None)
+    ingest_catalog(client, collection, catalog, 64, show_progress=False, hybrid=hybrid)
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of already sorted values (nan when there are none)."""
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def closed_loop(
+    address: str, collection: str, queries: Sequence[str], callers: int, seconds: float,
+    **search: Any,
+) -> dict[str, Any]:
+    """`callers` threads, each with its own client, taking the next unseen query until the
+    queries or the time run out. ``search`` goes to every Client.search call.
+
+    Returns qps, queries, p50/p95/p99 (ms), cache_hits, the mean client-observed latency
+    and the mean of the gateway's own latency breakdown (ms), and every result by query."""
+    lock = threading.Lock()
+    latencies: list[float] = []
+    results: dict[str, SearchResult] = {}
+    position = 0
+    clock: dict[str, float] = {}
+
+    def begin() -> None:
+        clock["started"] = time.perf_counter()
+        clock["stop"] = clock["started"] + seconds
+
+    # Every caller connects first (a metadata call), then all start together: channel
+    # setup is not part of the measured phase.
+    ready = threading.Barrier(callers, action=begin)
+
+    def caller() -> None:
+        nonlocal position
+        with Client(address, timeout=60) as client:
+            client.get_collection(collection)
+            ready.wait()
+            while time.perf_counter() < clock["stop"]:
+                with lock:
+                    if position >= len(queries):
+                        return
+                    text = queries[position]
+                    position += 1
+                began = time.perf_counter()
+                result = client.search(collection, text=text, **search)
+                elapsed = time.perf_counter() - began
+                with lock:
+                    latencies.append(elapsed)
+                    results[text] = result
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - clock["started"]
+    ordered = sorted(latencies)
+    count = max(1, len(results))
+    stages = {
+        stage: sum(r.latency_ms.get(stage, 0.0) for r in results.values()) / count
+        for stage in ("encode", "search", "merge", "total")
+    }
+    return {
+        "qps": len(latencies) / wall,
+        "queries": len(latencies),
+        "exhausted": position >= len(queries),
+        "p50_ms": 1000 * percentile(ordered, 0.50),
+        "p95_ms": 1000 * percentile(ordered, 0.95),
+        "p99_ms": 1000 * percentile(ordered, 0.99),
+        "client_mean_ms": 1000 * sum(ordered) / max(1, len(ordered)),
+        "stages_ms": stages,
+        "cache_hits": sum(r.cache_hit for r in results.values()),
+        "results": results,
+    }
