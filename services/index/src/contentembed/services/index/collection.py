@@ -422,54 +422,7 @@ class HnswCollection:
         metadata_filter: Mapping[str, Any] | None = None,
         exact: bool = False,
     ) -> list[list[SearchHit]]:
-        queries = self._check_query(queries)
-        custom_ef = bool(ef) and ef != self.params.ef_search and not exact
-        # ef is index-wide in hnswlib: a request with its own ef searches alone, so its
-        # ef never leaks into a concurrent search.
-        with self._lock.write() if custom_ef else self._lock.read():
-            allowed = self._allowed_locked(metadata_filter)
-            if allowed is not None:
-                small = len(allowed) <= min(EXACT_FILTER_MAX, EXACT_FILTER_SHARE * self.item_count)
-                exact = exact or small
-            if exact:
-                return [self._exact_locked(q, top_k, allowed) for q in queries]
-            live = self.item_count if allowed is None else len(allowed)
-            k = min(top_k, live)
-            if k == 0:
-                return [[] for _ in queries]
-            if custom_ef:
-                self._index.set_ef(max(ef, k))
-            try:
-                allowed_set = None if allowed is None else set(allowed)
-                labels, distances = self._index.knn_query(
-                    queries,
-                    k=k,
-                    # Batches use every core; a filter callback is Python, so one thread.
-                    num_threads=1 if allowed_set is not None or len(queries) == 1 else -1,
-                    filter=None if allowed_set is None else allowed_set.__contains__,
-                )
-            except RuntimeError:
-                # hnswlib raises when the graph yields fewer than k points (many deletions,
-                # a narrow filter, small ef); exact search over the same vectors answers.
-                return [self._exact_locked(q, top_k, allowed) for q in queries]
-            finally:
-                if custom_ef:
-                    self._index.set_ef(self.params.ef_search)
-            return [
-                [
-                    SearchHit(
-                        self._id_of[label], 1.0 - float(d), self._metadata.get(label, NO_METADATA)
-                    )
-                    for label, d in zip(row_labels.tolist(), row_distances.tolist())
-                ]
-                for row_labels, row_distances in zip(labels, distances)
-            ]
-
-    def _allowed_locked(self, metadata_filter: Mapping[str, Any] | None) -> list[int] | None:
-        """The labels whose metadata matches the filter; None without a filter."""
-        if not metadata_filter:
-            return None
-        return [label for label, m in self._metadata.items() if matches(m, metadata_filter)]
+        return self.search_both(queries, None, top_k, ef, metadata_filter, exact)[0]
 
     def search_lexical_batch(
         self,
@@ -481,26 +434,112 @@ class HnswCollection:
         term statistics). A text with no terms left after analysis has no hits. The filter
         is part of each query (exact: top_k matching hits whenever that many match).
         FAILED_PRECONDITION LEXICAL_NOT_ENABLED on a collection without a lexical index."""
-        if self._lexical is None:
-            raise FailedPrecondition(
-                f"collection {self.name!r} (version {self.version}) has no lexical index; "
-                "create it with lexical enabled to search by text",
-                reason="LEXICAL_NOT_ENABLED",
+        return self.search_both(None, texts, top_k, metadata_filter=metadata_filter)[1]
+
+    def search_both(
+        self,
+        queries: np.ndarray | None,
+        texts: Sequence[str] | None,
+        top_k: int,
+        ef: int = 0,
+        metadata_filter: Mapping[str, Any] | None = None,
+        exact: bool = False,
+    ) -> tuple[list[list[SearchHit]], list[list[SearchHit]]]:
+        """(dense hits per query vector, lexical hits per text); a retriever not asked
+        (None) answers []. Both answer under one lock, from the same state of the
+        collection, with the filter's matching labels found once: scanning every item's
+        metadata costs more than either search."""
+        if queries is not None:
+            queries = self._check_query(queries)
+        if texts is not None:
+            if self._lexical is None:
+                raise FailedPrecondition(
+                    f"collection {self.name!r} (version {self.version}) has no lexical index; "
+                    "create it with lexical enabled to search by text",
+                    reason="LEXICAL_NOT_ENABLED",
+                )
+            for position, text in enumerate(texts):
+                check_text(text, what=f"texts[{position}]")
+        custom_ef = queries is not None and bool(ef) and ef != self.params.ef_search and not exact
+        # ef is index-wide in hnswlib: a request with its own ef searches alone, so its
+        # ef never leaks into a concurrent search.
+        with self._lock.write() if custom_ef else self._lock.read():
+            allowed = self._allowed_locked(metadata_filter)
+            dense = [] if queries is None else self._dense_locked(
+                queries, top_k, ef if custom_ef else 0, allowed, exact
             )
-        for position, text in enumerate(texts):
-            check_text(text, what=f"texts[{position}]")
-        with self._lock.read():
-            labels = self._allowed_locked(metadata_filter)
-            allowed = None if labels is None else frozenset(labels)  # once for the batch
-            results = []
-            for text in texts:
-                hits = self._lexical.search(text, top_k, allowed)
-                results.append([
-                    SearchHit(item_id, score, self._metadata.get(label, NO_METADATA))
-                    for label, score in hits
-                    if (item_id := self._id_of[label]) is not None  # never: deletes commit first
-                ])
-            return results
+            lexical = [] if texts is None else self._lexical_locked(texts, top_k, allowed)
+            return dense, lexical
+
+    def _dense_locked(
+        self,
+        queries: np.ndarray,
+        top_k: int,
+        custom_ef: int,
+        allowed: list[int] | None,
+        exact: bool,
+    ) -> list[list[SearchHit]]:
+        """HNSW (or exact) hits of normalized queries, under the lock search_both holds
+        (the write lock when ``custom_ef`` is set)."""
+        assert self._index is not None  # _check_query refused a lexical-only collection
+        if allowed is not None:
+            small = len(allowed) <= min(EXACT_FILTER_MAX, EXACT_FILTER_SHARE * self.item_count)
+            exact = exact or small
+        if exact:
+            return [self._exact_locked(q, top_k, allowed) for q in queries]
+        live = self.item_count if allowed is None else len(allowed)
+        k = min(top_k, live)
+        if k == 0:
+            return [[] for _ in queries]
+        if custom_ef:
+            self._index.set_ef(max(custom_ef, k))
+        try:
+            allowed_set = None if allowed is None else set(allowed)
+            labels, distances = self._index.knn_query(
+                queries,
+                k=k,
+                # Batches use every core; a filter callback is Python, so one thread.
+                num_threads=1 if allowed_set is not None or len(queries) == 1 else -1,
+                filter=None if allowed_set is None else allowed_set.__contains__,
+            )
+        except RuntimeError:
+            # hnswlib raises when the graph yields fewer than k points (many deletions,
+            # a narrow filter, small ef); exact search over the same vectors answers.
+            return [self._exact_locked(q, top_k, allowed) for q in queries]
+        finally:
+            if custom_ef:
+                self._index.set_ef(self.params.ef_search)
+        return [
+            [
+                SearchHit(
+                    self._id_of[label], 1.0 - float(d), self._metadata.get(label, NO_METADATA)
+                )
+                for label, d in zip(row_labels.tolist(), row_distances.tolist())
+            ]
+            for row_labels, row_distances in zip(labels, distances)
+        ]
+
+    def _allowed_locked(self, metadata_filter: Mapping[str, Any] | None) -> list[int] | None:
+        """The labels whose metadata matches the filter; None without a filter."""
+        if not metadata_filter:
+            return None
+        return [label for label, m in self._metadata.items() if matches(m, metadata_filter)]
+
+    def _lexical_locked(
+        self, texts: Sequence[str], top_k: int, allowed_labels: list[int] | None
+    ) -> list[list[SearchHit]]:
+        """BM25 hits per text, under the read (or write) lock search_both holds."""
+        assert self._lexical is not None  # search_both refused a collection without one
+        allowed = None if allowed_labels is None else frozenset(allowed_labels)
+        results = []
+        for text in texts:
+            hits = self._lexical.search(text, top_k, allowed)
+            results.append([
+                SearchHit(item_id, score, self._metadata.get(label, NO_METADATA))
+                for label, score in hits
+                if (item_id := self._id_of[label]) is not None  # never: deletes commit first
+            ])
+        return results
 
     def exact_search(self, query: np.ndarray, top_k: int) -> list[SearchHit]:
         """Brute force over the same vectors: the reference for recall audits."""

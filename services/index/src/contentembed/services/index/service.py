@@ -386,23 +386,17 @@ class IndexService(pb_grpc.IndexServiceServicer):
             raise InvalidArgument("give a query vector, a text, or both", reason="MISSING_QUERY")
         collection = self._searchable(request)
         metadata_filter = self._filter(request)
-        hits: list[SearchHit] = []
-        if dense:
-            query = self._query(collection, request.query, "query")
-            hits = collection.search(
-                query, request.top_k, request.ef, metadata_filter, request.exact
-            )
-        lexical_hits: list[SearchHit] = []
-        if request.text:
-            lexical_hits = collection.search_lexical_batch(
-                [request.text], request.top_k, metadata_filter
-            )[0]
+        query = self._query(collection, request.query, "query")[None, :] if dense else None
+        hits, lexical_hits = collection.search_both(
+            query, [request.text] if request.text else None, request.top_k, request.ef,
+            metadata_filter, request.exact,
+        )
         response = pb.SearchResponse(
-            hits=self._hits_pb(hits),
+            hits=self._hits_pb(hits[0] if hits else []),
             space_id=collection.space_id,
             version=collection.version,
             shard=self._shard_pb(),
-            lexical_hits=self._hits_pb(lexical_hits),
+            lexical_hits=self._hits_pb(lexical_hits[0] if lexical_hits else []),
         )
         return self._fitting(response, "lower top_k")
 
@@ -426,17 +420,15 @@ class IndexService(pb_grpc.IndexServiceServicer):
                 reason="BATCH_TOO_LARGE",
             )
         metadata_filter = self._filter(request)
-        results: list[list[SearchHit]] = [[] for _ in range(size)]
-        if vectors:
-            queries = np.stack(
-                [self._query(collection, q, f"queries[{i}]") for i, q in enumerate(request.queries)]
-            )
-            results = collection.search_batch(
-                queries, request.top_k, request.ef, metadata_filter, request.exact
-            )
-        lexical: list[list[SearchHit]] = [[] for _ in range(size)]
-        if texts:
-            lexical = collection.search_lexical_batch(list(request.texts), request.top_k, metadata_filter)
+        queries = np.stack(
+            [self._query(collection, q, f"queries[{i}]") for i, q in enumerate(request.queries)]
+        ) if vectors else None
+        results, lexical = collection.search_both(
+            queries, list(request.texts) if texts else None, request.top_k, request.ef,
+            metadata_filter, request.exact,
+        )
+        results = results or [[] for _ in range(size)]
+        lexical = lexical or [[] for _ in range(size)]
         response = pb.SearchBatchResponse(
             results=[
                 pb.QueryHits(hits=self._hits_pb(hits), lexical_hits=self._hits_pb(lexical_hits))
