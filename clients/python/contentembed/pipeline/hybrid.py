@@ -26,12 +26,7 @@ def check_hybrid(info: CollectionInfo, language: str | None) -> None:
             f"collection {info.name} exists without a lexical index (dense only), so --hybrid "
             "cannot apply to it; use a new collection name, or drop --hybrid"
         )
-    wanted = (language or "").strip().lower()
-    if wanted and wanted != info.lexical_language.lower():
-        raise NotHybrid(
-            f"collection {info.name} is hybrid in {info.lexical_language}, not {wanted}; "
-            f"give --language {info.lexical_language} or use a new collection name"
-        )
+    _check_language(info, language, "hybrid")
 
 
 def check_lexical_only(info: CollectionInfo, language: str | None) -> None:
@@ -44,9 +39,14 @@ def check_lexical_only(info: CollectionInfo, language: str | None) -> None:
             "--lexical-only cannot apply to it; use a new collection name, or drop "
             "--lexical-only"
         )
+    _check_language(info, language, "lexical-only")
+
+
+def _check_language(info: CollectionInfo, language: str | None, kind: str) -> None:
+    """Raises NotHybrid when ``language`` is given and is not the collection's."""
     wanted = (language or "").strip().lower()
     if wanted and wanted != info.lexical_language.lower():
         raise NotHybrid(
-            f"collection {info.name} is lexical-only in {info.lexical_language}, not "
-            f"{wanted}; give --language {info.lexical_language} or use a new collection name"
+            f"collection {info.name} is {kind} in {info.lexical_language}, not {wanted}; "
+            f"give --language {info.lexical_language} or use a new collection name"
         )
