@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, Literal, TypeVar
 
 import grpc
 import numpy as np
 from opentelemetry.trace import Tracer
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import Field
 
 from contentembed.common.v1 import types_pb2
@@ -25,7 +26,8 @@ from contentembed.services.common.batching import BatcherMetrics, DynamicBatcher
 from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import DeadlineExceeded, InvalidArgument
 from contentembed.services.common.interceptor import caller_time_remaining
-from contentembed.services.common.models import EmbeddingBackend
+from contentembed.services.common.model_worker import WorkerBackend
+from contentembed.services.common.models import EmbeddingBackend, pick_device
 from contentembed.services.common.protoconv import matrix_to_pb
 from contentembed.services.common.tracing import Tracing
 
@@ -45,6 +47,12 @@ class EncoderSettings(ServiceSettings):
         1024, ge=1, description="Inputs allowed to wait; beyond, RESOURCE_EXHAUSTED."
     )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's.")
+    model_worker: Literal["auto", "thread", "process"] = Field(
+        "auto",
+        description="Where the model runs: thread (a thread of the RPC process) or process "
+        "(its own child process, off the RPC handlers' GIL); auto picks process for a torch "
+        "model on CUDA, where Python dispatch is the model's cost, and thread otherwise.",
+    )
     # Each Embed call holds a gRPC thread while it waits for its batch, so the thread
     # count bounds how many callers can share one batch.
     max_workers: int = Field(128, ge=1, le=4096, description="gRPC handler threads.")
@@ -61,14 +69,27 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
         self.backend: EmbeddingBackend[InputT] | None = None
         self.batcher: DynamicBatcher[InputT, Embedded] | None = None
         self._batcher_metrics = BatcherMetrics(registry, self.name)
+        self._worker_restarts = Counter(
+            "contentembed_model_worker_restarts",
+            "Model worker processes started again after one died or hung.", ["service"],
+            registry=registry,
+        ).labels(self.name)
         self._tracer: Tracer | None = None  # the batcher's spans: only with tracing on
+        self._worker: WorkerBackend[InputT] | None = None
 
     def use_tracing(self, tracing: Tracing) -> None:
         """The runtime's tracer, for the batcher's spans (set before ``load``)."""
         self._tracer = tracing.tracer if tracing.enabled else None
 
     # -- what a concrete encoder supplies --------------------------------------------
-    def load_backend(self) -> EmbeddingBackend[InputT]:
+    def backend_factory(self) -> Callable[[], EmbeddingBackend[InputT]]:
+        """Builds the configured backend. Picklable (a ``functools.partial`` of a
+        module-level loader): with ``model_worker=process`` it runs in the child."""
+        raise NotImplementedError
+
+    @property
+    def runs_torch_model(self) -> bool:
+        """False for the baselines (TF-IDF, pixels), which gain nothing from a worker."""
         raise NotImplementedError
 
     def decode_input(self, position: int, item: pb.EmbedInput) -> InputT:
@@ -93,6 +114,8 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
 
             torch.set_num_threads(self.settings.torch_threads)
         backend = self.load_backend()
+        if isinstance(backend, WorkerBackend):
+            self._worker = backend  # closed with the service even if warm-up fails
         warmup = self.warmup_inputs()
         backend.encode(warmup[:1])
         backend.encode((warmup * self.settings.max_batch_size)[: self.settings.max_batch_size])
@@ -107,6 +130,22 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
         )
         self.backend = backend
 
+    def model_process(self) -> bool:
+        """Whether the model runs in its own process (``model_worker``, auto resolved)."""
+        choice = self.settings.model_worker
+        if choice == "auto":
+            return self.runs_torch_model and pick_device(self.settings.device).startswith("cuda")
+        return choice == "process"
+
+    def load_backend(self) -> EmbeddingBackend[InputT]:
+        factory = self.backend_factory()
+        if not self.model_process():
+            return factory()
+        return WorkerBackend(
+            factory, torch_threads=self.settings.torch_threads,
+            on_restart=self._worker_restarts.inc,
+        )
+
     @staticmethod
     def _encode(backend: EmbeddingBackend[InputT], inputs: list[InputT]) -> list[Embedded]:
         embeddings = backend.encode(inputs)
@@ -115,6 +154,8 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        if self._worker is not None:
+            self._worker.close()
 
     def required_role(self, method: str) -> str | None:
         """Embedding is a read: any search key (the gateway's downstream key) may call."""

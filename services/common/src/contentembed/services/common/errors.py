@@ -35,6 +35,21 @@ class ContentEmbedError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.code}: {self.message})"
 
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        # Whole across a pickle (the model worker process sends them back): the default
+        # would rebuild from the message alone and lose reason, metadata and retry delay.
+        return _rebuild, (type(self), self.message, self.reason, self.metadata, self.retry_after_s)
+
+
+def _rebuild(
+    cls: type[ContentEmbedError],
+    message: str,
+    reason: str,
+    metadata: dict[str, str],
+    retry_after_s: float | None,
+) -> ContentEmbedError:
+    return cls(message, reason=reason, metadata=metadata, retry_after_s=retry_after_s)
+
 
 class InvalidArgument(ContentEmbedError):
     code = "INVALID_ARGUMENT"

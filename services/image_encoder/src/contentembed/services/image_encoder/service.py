@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
 from typing import Literal
 
 from PIL import Image
@@ -70,9 +72,15 @@ class ImageEncoderService(EncoderService[Image.Image]):
     def max_input_bytes(self) -> int:
         return self.settings.max_input_bytes
 
-    def load_backend(self) -> EmbeddingBackend[Image.Image]:
+    def backend_factory(self) -> Callable[[], EmbeddingBackend[Image.Image]]:
         settings = self.settings
-        return load_backend(settings.backend, settings.model, settings.weights, settings.device)
+        return functools.partial(
+            load_backend, settings.backend, settings.model, settings.weights, settings.device
+        )
+
+    @property
+    def runs_torch_model(self) -> bool:
+        return self.settings.backend != "pixels"
 
     def warmup_inputs(self) -> list[Image.Image]:
         return [Image.new("RGB", (256, 256), (128, 96, 64))]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import Field
@@ -38,8 +40,14 @@ class TextEncoderService(EncoderService[str]):
     def max_input_bytes(self) -> int:
         return self.settings.max_input_bytes
 
-    def load_backend(self) -> EmbeddingBackend[str]:
-        return load_backend(self.settings.backend, self.settings.model, self.settings.device)
+    def backend_factory(self) -> Callable[[], EmbeddingBackend[str]]:
+        return functools.partial(
+            load_backend, self.settings.backend, self.settings.model, self.settings.device
+        )
+
+    @property
+    def runs_torch_model(self) -> bool:
+        return self.settings.backend != "tfidf"
 
     def warmup_inputs(self) -> list[str]:
         return [WARMUP_TEXT]
