@@ -203,7 +203,7 @@ class DeleteItemsResponse(_message.Message):
     def __init__(self, deleted_count: _Optional[int] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "ef", "space_id", "exact", "filter", "version", "text")
+    __slots__ = ("collection", "query", "top_k", "ef", "space_id", "exact", "filter", "version", "text", "packed")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,7 @@ class SearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: _types_pb2.Vector
     top_k: int
@@ -222,7 +223,18 @@ class SearchRequest(_message.Message):
     filter: _struct_pb2.Struct
     version: str
     text: str
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., top_k: _Optional[int] = ..., ef: _Optional[int] = ..., space_id: _Optional[str] = ..., exact: _Optional[bool] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+    packed: bool
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[_types_pb2.Vector, _Mapping]] = ..., top_k: _Optional[int] = ..., ef: _Optional[int] = ..., space_id: _Optional[str] = ..., exact: _Optional[bool] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[str] = ..., text: _Optional[str] = ..., packed: _Optional[bool] = ...) -> None: ...
+
+class PackedHits(_message.Message):
+    __slots__ = ("ids", "scores", "metadata_json")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    scores: bytes
+    metadata_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., scores: _Optional[bytes] = ..., metadata_json: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "metadata")
@@ -235,21 +247,25 @@ class Hit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "space_id", "version", "shard", "lexical_hits")
+    __slots__ = ("hits", "space_id", "version", "shard", "lexical_hits", "packed_hits", "packed_lexical_hits")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     LEXICAL_HITS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_HITS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_LEXICAL_HITS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     space_id: str
     version: str
     shard: ShardInfo
     lexical_hits: _containers.RepeatedCompositeFieldContainer[Hit]
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ..., lexical_hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+    packed_hits: PackedHits
+    packed_lexical_hits: PackedHits
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., space_id: _Optional[str] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ..., lexical_hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., packed_hits: _Optional[_Union[PackedHits, _Mapping]] = ..., packed_lexical_hits: _Optional[_Union[PackedHits, _Mapping]] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "top_k", "ef", "space_id", "exact", "filter", "version", "texts")
+    __slots__ = ("collection", "queries", "top_k", "ef", "space_id", "exact", "filter", "version", "texts", "packed", "query_batch")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +275,8 @@ class SearchBatchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
+    QUERY_BATCH_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[_types_pb2.Vector]
     top_k: int
@@ -268,15 +286,21 @@ class SearchBatchRequest(_message.Message):
     filter: _struct_pb2.Struct
     version: str
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_types_pb2.Vector, _Mapping]]] = ..., top_k: _Optional[int] = ..., ef: _Optional[int] = ..., space_id: _Optional[str] = ..., exact: _Optional[bool] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    packed: bool
+    query_batch: _types_pb2.VectorBatch
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_types_pb2.Vector, _Mapping]]] = ..., top_k: _Optional[int] = ..., ef: _Optional[int] = ..., space_id: _Optional[str] = ..., exact: _Optional[bool] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., packed: _Optional[bool] = ..., query_batch: _Optional[_Union[_types_pb2.VectorBatch, _Mapping]] = ...) -> None: ...
 
 class QueryHits(_message.Message):
-    __slots__ = ("hits", "lexical_hits")
+    __slots__ = ("hits", "lexical_hits", "packed_hits", "packed_lexical_hits")
     HITS_FIELD_NUMBER: _ClassVar[int]
     LEXICAL_HITS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_HITS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_LEXICAL_HITS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     lexical_hits: _containers.RepeatedCompositeFieldContainer[Hit]
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., lexical_hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+    packed_hits: PackedHits
+    packed_lexical_hits: PackedHits
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., lexical_hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., packed_hits: _Optional[_Union[PackedHits, _Mapping]] = ..., packed_lexical_hits: _Optional[_Union[PackedHits, _Mapping]] = ...) -> None: ...
 
 class SearchBatchResponse(_message.Message):
     __slots__ = ("results", "space_id", "version", "shard")

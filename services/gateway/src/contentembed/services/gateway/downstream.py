@@ -7,6 +7,7 @@ rollout modules work on numpy arrays and dataclasses and never see grpc.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from contentembed.services.common.downstream import (
     remaining_timeout,
     start_call,
 )
+from contentembed.services.common.errors import Internal
 from contentembed.services.common.protoconv import (
     dict_to_struct,
     matrix_from_pb,
@@ -72,6 +74,26 @@ def _collection(message: index_pb.Collection) -> ShardCollection:
 
 def _hits(hits: Sequence[index_pb.Hit], shard_index: int, collection: str) -> list[Hit]:
     return [Hit(h.id, h.score, shard_index, struct_to_dict(h.metadata), collection) for h in hits]
+
+
+def _answer_hits(
+    answer: Any, packed_field: str, plain_field: str, shard_index: int, collection: str
+) -> list[Hit]:
+    """The hits of a shard answer: its packed columns, or its per-hit messages when the
+    shard predates packed answers (a rolling upgrade: it ignores the request's flag)."""
+    if not answer.HasField(packed_field):
+        return _hits(getattr(answer, plain_field), shard_index, collection)
+    packed: index_pb.PackedHits = getattr(answer, packed_field)
+    scores = np.frombuffer(packed.scores, dtype="<f4")
+    if not len(scores) == len(packed.ids) == len(packed.metadata_json):
+        raise Internal(
+            f"shard {shard_index} answered {len(packed.ids)} ids with {len(scores)} scores "
+            f"and {len(packed.metadata_json)} metadata entries"
+        )
+    return [
+        Hit(item_id, score, shard_index, json.loads(metadata) if metadata else {}, collection)
+        for item_id, score, metadata in zip(packed.ids, scores.tolist(), packed.metadata_json)
+    ]
 
 
 class EncoderClient:
@@ -173,6 +195,7 @@ class IndexShardClient:
             exact=exact,
             ef=ef,
             text=text,
+            packed=True,
         )
         if metadata_filter:
             request.filter.CopyFrom(dict_to_struct(metadata_filter))
@@ -180,10 +203,12 @@ class IndexShardClient:
         def convert(response: index_pb.SearchResponse) -> ShardAnswer:
             return ShardAnswer(
                 shard_index=self.shard_index,
-                hits=_hits(response.hits, self.shard_index, collection),
+                hits=_answer_hits(response, "packed_hits", "hits", self.shard_index, collection),
                 space_id=response.space_id,
                 version=response.version,
-                lexical_hits=_hits(response.lexical_hits, self.shard_index, collection),
+                lexical_hits=_answer_hits(
+                    response, "packed_lexical_hits", "lexical_hits", self.shard_index, collection
+                ),
             )
 
         return self._call("Search", request, deadline, convert)
@@ -201,21 +226,27 @@ class IndexShardClient:
     ) -> PendingCall[Any, ShardBatchAnswer]:
         request = index_pb.SearchBatchRequest(
             collection=collection,
+            # One Vector per query rather than query_batch: a shard that predates
+            # query_batch would read it as a batch without vectors.
             queries=[] if queries is None else [vector_to_pb(row) for row in queries],
             top_k=top_k,
             space_id=space_id,
             ef=ef,
             texts=list(texts),
+            packed=True,
         )
         if metadata_filter:
             request.filter.CopyFrom(dict_to_struct(metadata_filter))
 
         def convert(response: index_pb.SearchBatchResponse) -> ShardBatchAnswer:
             results = tuple(
-                _hits(result.hits, self.shard_index, collection) for result in response.results
+                _answer_hits(result, "packed_hits", "hits", self.shard_index, collection)
+                for result in response.results
             )
             lexical = tuple(
-                _hits(result.lexical_hits, self.shard_index, collection)
+                _answer_hits(
+                    result, "packed_lexical_hits", "lexical_hits", self.shard_index, collection
+                )
                 for result in response.results
             ) if texts else ()
             return ShardBatchAnswer(

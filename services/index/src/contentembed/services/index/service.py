@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from contentembed.services.common.metadata import (
 )
 from contentembed.services.common.protoconv import (
     dict_to_struct,
+    matrix_from_pb,
     struct_to_dict,
     vector_from_pb,
     vector_to_pb,
@@ -38,7 +40,13 @@ from contentembed.services.common.validation import (
     validate_space_id,
     validate_top_k,
 )
-from contentembed.services.index.collection import HnswCollection, HnswParams, SearchHit
+from contentembed.services.common.vectors import FLOAT32_LE
+from contentembed.services.index.collection import (
+    HitColumns,
+    HnswCollection,
+    HnswParams,
+    SearchHit,
+)
 from contentembed.services.index.lexical import LexicalParams
 from contentembed.services.index.store import (
     CollectionStore,
@@ -370,6 +378,16 @@ class IndexService(pb_grpc.IndexServiceServicer):
             )
         return vector_from_pb(vector, what=what)
 
+    def _query_matrix(self, collection: HnswCollection, batch: types_pb2.VectorBatch) -> np.ndarray:
+        collection.require_dense()
+        if batch.dim != collection.dim:
+            raise InvalidArgument(
+                f"query_batch: vectors have dimension {batch.dim}, "
+                f"collection {collection.name!r} has {collection.dim}",
+                reason="DIMENSION_MISMATCH",
+            )
+        return matrix_from_pb(batch, what="query_batch")
+
     @staticmethod
     def _hits_pb(hits: list[SearchHit]) -> list[pb.Hit]:
         # No Struct for items without metadata: it is most of a hit's encoding cost.
@@ -377,6 +395,18 @@ class IndexService(pb_grpc.IndexServiceServicer):
             pb.Hit(id=h.id, score=h.score, metadata=dict_to_struct(h.metadata) if h.metadata else None)
             for h in hits
         ]
+
+    @staticmethod
+    def _packed_pb(columns: HitColumns) -> pb.PackedHits:
+        return pb.PackedHits(
+            ids=columns.ids,
+            scores=columns.scores.astype(FLOAT32_LE).tobytes(),
+            # JSON (C-encoded) rather than a Struct built in Python per hit.
+            metadata_json=[
+                json.dumps(m, ensure_ascii=False, separators=(",", ":")) if m else ""
+                for m in columns.metadata
+            ],
+        )
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext):
         """A query vector (hits), a text (lexical_hits), or both in one call: each
@@ -387,24 +417,36 @@ class IndexService(pb_grpc.IndexServiceServicer):
         collection = self._searchable(request)
         metadata_filter = self._filter(request)
         query = self._query(collection, request.query, "query")[None, :] if dense else None
-        hits, lexical_hits = collection.search_both(
+        hits, lexical_hits = collection.search_columns(
             query, [request.text] if request.text else None, request.top_k, request.ef,
             metadata_filter, request.exact,
         )
         response = pb.SearchResponse(
-            hits=self._hits_pb(hits[0] if hits else []),
-            space_id=collection.space_id,
-            version=collection.version,
-            shard=self._shard_pb(),
-            lexical_hits=self._hits_pb(lexical_hits[0] if lexical_hits else []),
+            space_id=collection.space_id, version=collection.version, shard=self._shard_pb()
         )
+        if request.packed:
+            if hits:
+                response.packed_hits.CopyFrom(self._packed_pb(hits[0]))
+            if lexical_hits:
+                response.packed_lexical_hits.CopyFrom(self._packed_pb(lexical_hits[0]))
+        else:
+            response.hits.extend(self._hits_pb(hits[0].hits()) if hits else [])
+            response.lexical_hits.extend(
+                self._hits_pb(lexical_hits[0].hits()) if lexical_hits else []
+            )
         return self._fitting(response, "lower top_k")
 
     def SearchBatch(self, request: pb.SearchBatchRequest, context: grpc.ServicerContext):
         """Query vectors, texts, or both paired by position (texts: none, one per vector,
         or a lexical-only batch without vectors)."""
         collection = self._searchable(request)
-        vectors, texts = len(request.queries), len(request.texts)
+        matrix = request.HasField("query_batch")
+        if matrix and request.queries:
+            raise InvalidArgument(
+                "set queries or query_batch, not both", reason="BATCH_MISMATCH"
+            )
+        vectors = request.query_batch.count if matrix else len(request.queries)
+        texts = len(request.texts)
         if not vectors and not texts:
             raise InvalidArgument("queries: at least one query is required", reason="EMPTY_BATCH")
         if vectors and texts and texts != vectors:
@@ -420,20 +462,36 @@ class IndexService(pb_grpc.IndexServiceServicer):
                 reason="BATCH_TOO_LARGE",
             )
         metadata_filter = self._filter(request)
-        queries = np.stack(
-            [self._query(collection, q, f"queries[{i}]") for i, q in enumerate(request.queries)]
-        ) if vectors else None
-        results, lexical = collection.search_both(
+        if matrix:
+            queries = self._query_matrix(collection, request.query_batch) if vectors else None
+        else:
+            queries = np.stack([
+                self._query(collection, q, f"queries[{i}]") for i, q in enumerate(request.queries)
+            ]) if vectors else None
+        results, lexical = collection.search_columns(
             queries, list(request.texts) if texts else None, request.top_k, request.ef,
             metadata_filter, request.exact,
         )
-        results = results or [[] for _ in range(size)]
-        lexical = lexical or [[] for _ in range(size)]
-        response = pb.SearchBatchResponse(
-            results=[
-                pb.QueryHits(hits=self._hits_pb(hits), lexical_hits=self._hits_pb(lexical_hits))
+        none = HitColumns.of([])
+        results = results or [none] * size
+        lexical = lexical or [none] * size
+        if request.packed:
+            answers = [
+                pb.QueryHits(
+                    packed_hits=self._packed_pb(hits) if vectors else None,
+                    packed_lexical_hits=self._packed_pb(lexical_hits) if texts else None,
+                )
                 for hits, lexical_hits in zip(results, lexical)
-            ],
+            ]
+        else:
+            answers = [
+                pb.QueryHits(
+                    hits=self._hits_pb(hits.hits()), lexical_hits=self._hits_pb(lexical_hits.hits())
+                )
+                for hits, lexical_hits in zip(results, lexical)
+            ]
+        response = pb.SearchBatchResponse(
+            results=answers,
             space_id=collection.space_id,
             version=collection.version,
             shard=self._shard_pb(),
