@@ -22,7 +22,7 @@ from contentembed.services.common.protoconv import matrix_from_pb
 from contentembed.services.text_encoder.service import TextEncoderService, TextEncoderSettings
 from contentembed.services.text_encoder.tfidf import TfidfModel
 from tests.conftest import error_reason, running_service, settings_for_test
-from tests.support.worker_backends import HANG, SleepyBackend, failing_backend
+from tests.support.worker_backends import HANG, FileSpaceBackend, SleepyBackend, failing_backend
 from tests.unit.test_tfidf import SEED_DOCS
 
 
@@ -127,3 +127,20 @@ def test_a_failed_load_in_the_worker_leaves_the_service_load_failed(tmp_path: Pa
         with pytest.raises(grpc.RpcError) as caught:
             embed(runtime.address, ["coffee"])
     assert error_reason(caught.value) == "LOAD_FAILED"
+
+
+def test_a_replacement_worker_on_other_model_files_is_refused_for_good(tmp_path: Path) -> None:
+    revision = tmp_path / "revision"
+    revision.write_text("aaaa")
+    backend = WorkerBackend(functools.partial(FileSpaceBackend, str(revision)))
+    try:
+        revision.write_text("bbbb")  # the mounted model changes under the running encoder
+        os.kill(backend.pid, signal.SIGKILL)
+        with pytest.raises(Unavailable, match="signal 9"):
+            backend.encode(["x"])
+        for _ in range(2):  # refused every time, without loading again
+            with pytest.raises(Unavailable) as caught:
+                backend.encode(["x"])
+            assert caught.value.reason == "MODEL_CHANGED" and backend.pid is None
+    finally:
+        backend.close()
