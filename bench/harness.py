@@ -90,13 +90,15 @@ def metric_values(metrics_port: int) -> dict[str, float]:
     return values
 
 
-def batch_stats(metrics_port: int) -> tuple[float, float, float]:
-    """(batches, items, compute seconds) so far, from a service's /metrics."""
+def batch_stats(metrics_port: int) -> tuple[float, float, float, float]:
+    """(batches, items, compute seconds, of which inside a model worker process) so far,
+    from a service's /metrics."""
     values = metric_values(metrics_port)
     return (
         values.get("contentembed_batch_size_items_count", 0.0),
         values.get("contentembed_batch_size_items_sum", 0.0),
         values.get("contentembed_batch_compute_seconds_sum", 0.0),
+        values.get("contentembed_model_worker_compute_seconds_sum", 0.0),
     )
 
 
@@ -106,8 +108,11 @@ def measured_phase(
     """Runs ``run(*args)`` as one load phase; returns (rate, how the service batched it)."""
     before = batch_stats(service.metrics_port)
     rate = run(*args)
-    batches, items, compute = (a - b for a, b in zip(batch_stats(service.metrics_port), before))
+    batches, items, compute, in_worker = (
+        a - b for a, b in zip(batch_stats(service.metrics_port), before))
     shape = f"mean batch {items / batches:5.1f}, {1000 * compute / batches:6.1f} ms/batch" if batches else ""
+    if batches and in_worker:
+        shape += f" ({1000 * in_worker / batches:.1f} in the worker)"
     return rate, shape
 
 

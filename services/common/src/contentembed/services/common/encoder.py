@@ -15,7 +15,7 @@ from typing import Generic, Literal, TypeVar
 import grpc
 import numpy as np
 from opentelemetry.trace import Tracer
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import Field
 
 from contentembed.common.v1 import types_pb2
@@ -26,6 +26,7 @@ from contentembed.services.common.batching import BatcherMetrics, DynamicBatcher
 from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import DeadlineExceeded, InvalidArgument
 from contentembed.services.common.interceptor import caller_time_remaining
+from contentembed.services.common.metrics import LATENCY_BUCKETS
 from contentembed.services.common.model_worker import WorkerBackend
 from contentembed.services.common.models import EmbeddingBackend, pick_device
 from contentembed.services.common.protoconv import matrix_to_pb
@@ -73,6 +74,12 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
             "contentembed_model_worker_restarts",
             "Model worker processes started again after one died or hung.", ["service"],
             registry=registry,
+        ).labels(self.name)
+        self._worker_compute = Histogram(
+            "contentembed_model_worker_compute_seconds",
+            "Model time per batch inside the worker process (the batch compute time minus "
+            "this is the process boundary's cost).", ["service"], registry=registry,
+            buckets=LATENCY_BUCKETS,
         ).labels(self.name)
         self._tracer: Tracer | None = None  # the batcher's spans: only with tracing on
         self._worker: WorkerBackend[InputT] | None = None
@@ -143,7 +150,7 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
             return factory()
         return WorkerBackend(
             factory, torch_threads=self.settings.torch_threads,
-            on_restart=self._worker_restarts.inc,
+            on_restart=self._worker_restarts.inc, on_encoded=self._worker_compute.observe,
         )
 
     @staticmethod

@@ -94,8 +94,11 @@ def _child(conn: Connection) -> None:
         operation, inputs = request
         try:
             if operation == "encode":
+                started = time.perf_counter()
                 embeddings = backend.encode(inputs)
-                reply: tuple[Any, ...] = ("ok", embeddings.vectors, embeddings.truncated)
+                reply: tuple[Any, ...] = (
+                    "ok", embeddings.vectors, embeddings.truncated, time.perf_counter() - started
+                )
             else:
                 backend.check(inputs)
                 reply = ("ok",)
@@ -135,12 +138,16 @@ class WorkerBackend(EmbeddingBackend[InputT], Generic[InputT]):
         load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
         batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S,
         on_restart: Callable[[], None] | None = None,
+        on_encoded: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_encoded`` gets the model time of each batch as the child measured it: the
+        batcher's own timing minus it is what the process boundary costs."""
         self._factory = factory
         self._torch_threads = torch_threads
         self._load_timeout_s = load_timeout_s
         self._batch_timeout_s = batch_timeout_s
         self._on_restart = on_restart or (lambda: None)
+        self._on_encoded = on_encoded or (lambda seconds: None)
         self._lock = threading.Lock()
         self._closed = False
         self._process: subprocess.Popen[bytes] | None = None
@@ -258,7 +265,8 @@ class WorkerBackend(EmbeddingBackend[InputT], Generic[InputT]):
             self._call(("check", inputs))
 
     def encode(self, inputs: list[InputT]) -> Embeddings:
-        _, vectors, truncated = self._call(("encode", inputs))
+        _, vectors, truncated, seconds = self._call(("encode", inputs))
+        self._on_encoded(seconds)
         return Embeddings(vectors, truncated)
 
     def close(self) -> None:
