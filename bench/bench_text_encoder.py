@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="model dir or the bundled name")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch intra-op threads, for the service and the raw baseline alike")
+    parser.add_argument("--callers", default="1,8,32,64", help="single-text caller counts")
     parser.add_argument(
         "--model-worker", default="thread,process",
         help="comma-separated: where the service runs its model (each measured in turn)",
@@ -56,10 +59,11 @@ def main() -> None:
         service_args = [
             "--device", device, "--model", args.model, "--max-batch-size", str(bulk),
             "--max-queue-delay-ms", str(args.max_queue_delay_ms), "--max-queue-items", str(bulk * 64),
-            "--model-worker", mode,
+            "--model-worker", mode, "--torch-threads", str(args.torch_threads),
         ]
         with running_encoder("text-encoder", "contentembed.services.text_encoder", service_args) as encoder:
-            phases = [(f"[{mode}] {n} concurrent single-text callers", n, 1) for n in (1, 8, 32, 64)]
+            phases = [(f"[{mode}] {n} concurrent single-text callers", n, 1)
+                      for n in map(int, args.callers.split(","))]
             phases += [(f"[{mode}] bulk, {n} caller(s) x {bulk} texts", n, bulk) for n in (1, 2)]
             for label, callers, per_call in phases:
                 rate, shape = measured_phase(
@@ -68,6 +72,11 @@ def main() -> None:
                 rows.append((label, rate, shape))
 
     from sentence_transformers import SentenceTransformer
+
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
 
     model = SentenceTransformer(str(resolve_sentence_transformer(args.model)[0]), device=device)
     source = itertools.cycle(texts)
@@ -86,7 +95,8 @@ def main() -> None:
         import torch
 
         card = torch.cuda.get_device_name(0)
-    print(f"device: {device} ({card}); {os.cpu_count()} cpus; {platform.python_version()}")
+    print(f"device: {device} ({card}); {os.cpu_count()} cpus; {platform.python_version()}; "
+          f"torch threads {args.torch_threads or 'default'}")
     print(f"{'path':<52}{'texts/s':>10}   model calls in the service")
     for label, rate, shape in rows:
         print(f"{label:<52}{rate:>10.1f}   {shape}")

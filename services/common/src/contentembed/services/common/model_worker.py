@@ -1,17 +1,22 @@
-"""The model in its own process, so that RPC handling never waits for the model's GIL.
+"""The model in its own process (``--model-worker process``), off the RPC handlers' GIL.
 
 In one process, every gRPC handler thread and the model's Python side (tokenizing,
 sentence-transformers' bookkeeping, one kernel launch per torch op) take turns on one
-GIL. On a CPU the model's arithmetic dominates and that hardly matters; on a GPU a batch
-of MiniLM is a few milliseconds of Python dispatch, and 32 callers' RPC handling competes
-with exactly that (docs/benchmarks.md has the figures). ``WorkerBackend`` runs the real
-backend in a child process and forwards ``encode``/``check`` to it over a pipe, one batch
-per round trip: the batcher, deadlines and the RPC edge are unchanged.
+GIL. ``WorkerBackend`` runs the real backend in a child process and forwards
+``encode``/``check`` to it over a socket pair, one batch per round trip: the batcher,
+deadlines and the RPC edge are unchanged.
+
+What it buys, measured (docs/benchmarks.md): isolation, not throughput. A model that
+crashes, is OOM-killed or hangs costs one batch and is replaced, while the encoder keeps
+answering. Throughput with 32 single-text callers was the same as with the model in a
+thread, on 2 CPU cores and on an H100, where the worker's own timing showed its small
+batches slowing under RPC load although no RPC thread shares its GIL. It is therefore
+not the default.
 
 Why a pipe and not shared memory: a batch crosses it twice, as the inputs (texts, or
 decoded images of at most ``max_decoded_side`` pixels a side) and as ``n x dim`` float32
-vectors back. For 64 texts that is some 50 KB each way, tens of microseconds against a
-model call of milliseconds; measured, not assumed (bench/bench_text_encoder.py).
+vectors back. For 64 texts that is some 50 KB each way: the boundary measured 0.4-0.6 ms
+a batch (bench/bench_model_worker.py), against model calls of 10 ms and more.
 
 Process lifecycle, each case deliberate:
 - The child is *spawned* (never forked): the parent runs gRPC threads, and a fork would

@@ -78,10 +78,6 @@ class ImageEncoderService(EncoderService[Image.Image]):
             load_backend, settings.backend, settings.model, settings.weights, settings.device
         )
 
-    @property
-    def runs_torch_model(self) -> bool:
-        return self.settings.backend != "pixels"
-
     def warmup_inputs(self) -> list[Image.Image]:
         return [Image.new("RGB", (256, 256), (128, 96, 64))]
 

@@ -45,10 +45,6 @@ class TextEncoderService(EncoderService[str]):
             load_backend, self.settings.backend, self.settings.model, self.settings.device
         )
 
-    @property
-    def runs_torch_model(self) -> bool:
-        return self.settings.backend != "tfidf"
-
     def warmup_inputs(self) -> list[str]:
         return [WARMUP_TEXT]
 
