@@ -48,7 +48,14 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-from harness import closed_loop, ingest_docstrings, metric_values, percentile, unique_summaries  # noqa: E402
+from harness import (  # noqa: E402
+    closed_loop,
+    cpu_seconds,
+    ingest_docstrings,
+    metric_values,
+    percentile,
+    unique_summaries,
+)
 
 from contentembed.cli.stack import LocalStack  # noqa: E402
 from contentembed.client import Client  # noqa: E402
@@ -218,9 +225,15 @@ def gateway_phases(documents: Sequence[docstrings.Entry], pool: QueryPool, args:
 
         for callers in CALLERS:
             before = encoder.snapshot()
+            cpu_before = {s.name: cpu_seconds(s.pid) for s in stack.services}
             figures = closed_loop(stack.gateway_address, COLLECTION, pool.take(SHARES[f"closed-{callers}"]),
                                   callers, args.seconds, top_k=TOP_K)
             figures["encoder"] = EncoderMetrics.delta(before, encoder.snapshot())
+            # CPU each process spent per query: what sizing a deployment starts from.
+            figures["cpu_ms_per_query"] = {
+                name: 1000 * (cpu_seconds(s.pid) - cpu_before[name]) / max(figures["queries"], 1)
+                for s in stack.services for name in [s.name]
+            }
             figures.pop("results")
             report["closed"][callers] = figures
             print(f"closed loop, {callers:>2} callers: {figures['qps']:7.1f} q/s, p50 {figures['p50_ms']:.1f} ms, "
@@ -376,6 +389,13 @@ def tables(report: dict[str, Any]) -> list[str]:
                      f"{s['search']:.1f} | {s['merge']:.2f} | {f['client_mean_ms'] - s['total']:.1f} | "
                      f"{e.get('queue_wait_ms', float('nan')):.1f} | {e.get('mean_batch', float('nan')):.1f} | "
                      f"{e.get('compute_ms_per_batch', float('nan')):.1f} |")
+    names = list(next(iter(report["closed"].values())).get("cpu_ms_per_query", {}))
+    if names:
+        lines += ["", "| callers | " + " | ".join(f"{n} CPU ms/query" for n in names) + " |",
+                  "|---:|" + "---:|" * len(names)]
+        for callers, f in report["closed"].items():
+            lines.append(f"| {callers} | " + " | ".join(
+                f"{f['cpu_ms_per_query'][n]:.2f}" for n in names) + " |")
     return lines
 
 
@@ -421,7 +441,9 @@ def write_doc(report: dict[str, Any], figures: list[Path]) -> None:
         "The gateway's own breakdown (`SearchResponse.latency`, averaged) against what the client "
         "saw; \"gRPC + client\" is the difference (the client's call, serialization, the gateway's "
         "RPC handling outside its timed stages, and waiting for a thread or core). The encoder's "
-        "queue wait, batch size and model time come from its `/metrics` over each phase.",
+        "queue wait, batch size and model time come from its `/metrics` over each phase. CPU per "
+        "query is each process's user + system time over a closed-loop phase (from /proc) divided "
+        "by the queries answered: the input for sizing a deployment.",
         "",
     ]
     body += [f"![{p.stem}](figures/{p.name})" for p in figures]

@@ -90,6 +90,12 @@ def metric_values(metrics_port: int) -> dict[str, float]:
     return values
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def batch_stats(metrics_port: int) -> tuple[float, float, float, float]:
     """(batches, items, compute seconds, of which inside a model worker process) so far,
     from a service's /metrics."""
