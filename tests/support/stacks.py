@@ -14,8 +14,9 @@ from tests.conftest import running_service, settings_for_test
 
 
 @contextmanager
-def gateway_stack(text_encoder: Any, shard_count: int = 2) -> Iterator[Any]:
-    """Yields the gateway's runtime (``.address``); stops everything it started after."""
+def gateway_stack(text_encoder: Any, shard_count: int = 2, **gateway_settings: Any) -> Iterator[Any]:
+    """Yields the gateway's runtime (``.address``); stops everything it started after.
+    ``gateway_settings`` override the gateway's settings."""
     with ExitStack() as stack:
         image = stack.enter_context(running_service(ImageEncoderService, settings_for_test(
             ImageEncoderSettings, backend="pixels", max_batch_size=8)))
@@ -26,4 +27,5 @@ def gateway_stack(text_encoder: Any, shard_count: int = 2) -> Iterator[Any]:
         ]
         yield stack.enter_context(running_service(GatewayService, settings_for_test(
             GatewaySettings, encoder_endpoints=[text_encoder.address, image.address],
-            index_endpoints=[s.address for s in shards], downstream_wait_s=60.0)))
+            index_endpoints=[s.address for s in shards], downstream_wait_s=60.0,
+            **gateway_settings)))

@@ -178,6 +178,11 @@ class PendingCall(Generic[ResponseT, ResultT]):
     def cancel(self) -> None:
         self._future.cancel()
 
+    def add_done_callback(self, callback: Callable[[PendingCall[ResponseT, ResultT]], None]) -> None:
+        """``callback(self)`` once the call has ended (at once if it has), on a gRPC
+        thread: it must not block."""
+        self._future.add_done_callback(lambda _: callback(self))
+
 
 def outcomes_of_all(
     calls: Sequence[PendingCall[object, ResultT]],

@@ -29,6 +29,7 @@ from contentembed.services.common.protoconv import (
 from contentembed.services.common.server import run_service
 from contentembed.services.common.tracing import Tracing
 from contentembed.services.common.validation import validate_ids
+from contentembed.services.gateway.coalesce import CoalescingShard
 from contentembed.services.gateway.downstream import (
     MODALITY_NAMES,
     EncoderClient,
@@ -48,6 +49,7 @@ from contentembed.services.gateway.gateway import (
     SearchOutcome,
 )
 from contentembed.services.gateway.metrics import GatewayMetrics
+from contentembed.services.gateway.ports import ShardPort
 
 PARTIAL_POLICIES = frozenset(search_pb.PartialResultPolicy.values())
 # The fusion defaults live in FusionParams alone; the flags start from them.
@@ -92,6 +94,12 @@ class GatewaySettings(SearchServiceSettings):
     )
     max_ids_per_get: int = Field(
         1000, ge=1, description="Most ids per GetDocuments; at most the shards' max_items_per_upsert."
+    )
+    shard_max_in_flight: int = Field(
+        4, ge=0,
+        description="Search calls to one shard at once; searches beyond wait for one to end "
+        "and go out together as one SearchBatch (at most max_queries_per_batch). 0: never "
+        "coalesce.",
     )
     default_top_k: int = Field(
         10, ge=1, description="What a search's top_k 0 means; at most max_top_k."
@@ -578,9 +586,14 @@ class GatewayService:
         # Kept as the adapters they are: tracing is set on them (use_tracing), a concern
         # of the gRPC side that the gateway's domain never sees.
         self.clients: list[EncoderClient | IndexShardClient] = [*encoders, *shards]
+        searched: list[ShardPort] = [
+            CoalescingShard(shard, settings.shard_max_in_flight, settings.max_queries_per_batch)
+            if settings.shard_max_in_flight else shard
+            for shard in shards
+        ]
         self.gateway = Gateway(
             encoders,
-            shards,
+            searched,
             GatewayMetrics(registry, settings.coverage_floor),
             GatewayConfig(
                 max_top_k=settings.max_top_k,
