@@ -161,10 +161,11 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
 
 def closed_loop(
     address: str, collection: str, queries: Sequence[str], callers: int, seconds: float,
-    **search: Any,
+    query_args: Callable[[str], dict[str, Any]] | None = None, **search: Any,
 ) -> dict[str, Any]:
     """`callers` threads, each with its own client, taking the next unseen query until the
-    queries or the time run out. ``search`` goes to every Client.search call.
+    queries or the time run out. ``search`` goes to every Client.search call; each query
+    is its ``text``, or what ``query_args(query)`` makes of it (a vector, say).
 
     Returns qps, queries, p50/p95/p99 (ms), cache_hits, the mean client-observed latency
     and the mean of the gateway's own latency breakdown (ms), and every result by query."""
@@ -194,7 +195,8 @@ def closed_loop(
                     text = queries[position]
                     position += 1
                 began = time.perf_counter()
-                result = client.search(collection, text=text, **search)
+                asked = query_args(text) if query_args is not None else {"text": text}
+                result = client.search(collection, **asked, **search)
                 elapsed = time.perf_counter() - began
                 with lock:
                     latencies.append(elapsed)
