@@ -66,6 +66,9 @@ class FakePending(Generic[T]):
     def cancel(self) -> None:
         self.cancelled = True
 
+    def add_done_callback(self, callback: Callable[[FakePending[T]], None]) -> None:
+        callback(self)  # it has finished already
+
     @property
     def latency_ms(self) -> float:
         return 0.1

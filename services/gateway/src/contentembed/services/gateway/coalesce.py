@@ -96,6 +96,9 @@ class CoalescedCall:
         if self._member.future.cancel():
             self._forget(self._member)
 
+    def add_done_callback(self, callback: Callable[[CoalescedCall], None]) -> None:
+        self._member.future.add_done_callback(lambda _: callback(self))
+
     @property
     def latency_ms(self) -> float:
         member = self._member
@@ -150,7 +153,7 @@ class CoalescingShard:
             except BaseException:
                 self._finished()
                 raise
-            call.add_done_callback(lambda _: self._finished())  # type: ignore[attr-defined]
+            call.add_done_callback(lambda _: self._finished())
             return call
         return CoalescedCall(member, self._shard.label, lambda m: self._forget(key, m))
 
@@ -209,7 +212,7 @@ class CoalescingShard:
             return
         self.batches_sent += 1
         self.queries_batched += len(members)
-        call.add_done_callback(  # type: ignore[attr-defined]
+        call.add_done_callback(
             lambda _: self._answered(key, members, call, metadata_filter))
 
     def _answered(
@@ -257,4 +260,4 @@ class CoalescingShard:
                 except ContentEmbedError as error:
                     member.settle(error)
 
-            call.add_done_callback(settle)  # type: ignore[attr-defined]
+            call.add_done_callback(settle)

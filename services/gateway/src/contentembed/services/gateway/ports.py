@@ -8,7 +8,7 @@ logic runs in milliseconds without a model or a server.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -115,6 +115,11 @@ class Pending(Protocol[ResultT_co]):
     def result(self) -> ResultT_co: ...
 
     def cancel(self) -> None: ...
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """``callback(self)`` once the call has ended (at once if it has); it runs on
+        whichever thread ends the call and must not block."""
+        ...
 
     @property
     def latency_ms(self) -> float: ...
