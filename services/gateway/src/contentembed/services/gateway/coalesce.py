@@ -205,7 +205,7 @@ class CoalescingShard:
                 metadata_filter=metadata_filter,
                 texts=[m.text for m in members] if has_text else (),
             )
-        except ContentEmbedError as error:  # e.g. every deadline passed just now
+        except Exception as error:  # noqa: BLE001 - e.g. every deadline passed just now
             for member in members:
                 member.settle(error)
             self._finished()
@@ -221,8 +221,9 @@ class CoalescingShard:
     ) -> None:
         try:
             answer = call.result()
-        except ContentEmbedError as error:
-            if error.code == "INVALID_ARGUMENT" and len(members) > 1:
+        except Exception as error:  # noqa: BLE001 - every member must hear of it
+            if isinstance(error, ContentEmbedError) and error.code == "INVALID_ARGUMENT" \
+                    and len(members) > 1:
                 self._one_by_one(key, members, metadata_filter)
             else:
                 for member in members:
@@ -250,14 +251,14 @@ class CoalescingShard:
                 call = self._shard.search(collection, member.query, space_id, top_k,
                                           member.deadline, metadata_filter=metadata_filter,
                                           ef=ef, text=member.text)
-            except ContentEmbedError as error:
+            except Exception as error:  # noqa: BLE001 - the member must hear of it
                 member.settle(error)
                 continue
 
             def settle(_: object, member: _Member = member, call: Pending[ShardAnswer] = call) -> None:
                 try:
                     member.settle(call.result())
-                except ContentEmbedError as error:
+                except Exception as error:  # noqa: BLE001 - the member must hear of it
                     member.settle(error)
 
             call.add_done_callback(settle)
