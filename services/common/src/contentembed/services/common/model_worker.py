@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Generic, TypeVar
 
 from contentembed.services.common.errors import Unavailable
@@ -116,11 +117,10 @@ def _child(conn: Connection) -> None:
 
 
 def _portable(error: BaseException) -> BaseException:
-    """The error itself when it survives pickling (ours do), else its text."""
-    import pickle
-
+    """The error itself when it survives the pipe's pickling (ours do), else its text."""
     try:
-        pickle.loads(pickle.dumps(error))  # nosec B301 - our own round trip, never input
+        # The pickler the Connection itself uses; the round trip is of our own object.
+        ForkingPickler.loads(ForkingPickler.dumps(error))
         return error
     except Exception:  # noqa: BLE001 - any unpicklable error is reported by its text
         return RuntimeError(f"{type(error).__name__}: {error}")
