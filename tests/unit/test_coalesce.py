@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from contentembed.services.common.errors import (
     Cancelled,
@@ -71,7 +73,7 @@ class FakeShard:
                      metadata_filter=None, texts=()):
         self.calls.append(FakeCall("batch", dict(
             queries=queries, top_k=top_k, ef=ef, filter=metadata_filter, texts=list(texts),
-            deadline=deadline)))
+            deadline=deadline, span=trace.get_current_span())))
         return self.calls[-1]
 
     def upsert(self) -> str:
@@ -233,3 +235,17 @@ def test_batches_hold_at_most_max_batch_and_the_rest_waits_its_turn() -> None:
         batch.end(batch_answer(batch))
     assert sizes == [2, 2, 1]
     assert [q.result().hits[0].id for q in queued] == ["v1", "v2", "v3", "v4", "v5"]
+
+
+def test_a_batch_call_is_traced_under_its_first_members_request() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    fake = FakeShard()
+    shard = CoalescingShard(fake, max_in_flight=1, max_batch=8)
+    search(shard, 0)
+    with tracer.start_as_current_span("first request") as first:
+        search(shard, 1)
+    with tracer.start_as_current_span("second request"):
+        search(shard, 2)
+    fake.calls[0].end(single_answer(fake.calls[0]))  # outside any request's context
+    assert fake.calls[1].args["span"] is first
+    assert trace.get_current_span() is trace.INVALID_SPAN  # nothing left attached here

@@ -19,6 +19,8 @@ What stays exactly as it was:
   latest of its members'. A member that gave up (or was cancelled) before its batch left
   is not sent.
 - Searches a SearchBatch cannot express (another version, exact) go out on their own.
+- Traces: a batch call is a CLIENT span under the first member's request (it is started
+  on whichever thread ended the previous call, so that context is carried over).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from opentelemetry import context as otel_context
 
 from contentembed.services.common.errors import (
     Cancelled,
@@ -54,6 +57,8 @@ class _Member:
     text: str
     deadline: float
     future: Future[ShardAnswer] = field(default_factory=Future)
+    # The request's trace context, for the batch call's span if this member leads it.
+    trace_context: otel_context.Context = field(default_factory=otel_context.get_current)
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
 
@@ -197,6 +202,7 @@ class CoalescingShard:
     def _send(self, key: BatchKey, members: list[_Member]) -> None:
         collection, space_id, top_k, ef, filter_json, has_vector, has_text = key
         metadata_filter = json.loads(filter_json) if filter_json else None
+        token = otel_context.attach(members[0].trace_context)
         try:
             call = self._shard.search_batch(
                 collection,
@@ -210,6 +216,8 @@ class CoalescingShard:
                 member.settle(error)
             self._finished()
             return
+        finally:
+            otel_context.detach(token)
         self.batches_sent += 1
         self.queries_batched += len(members)
         call.add_done_callback(
