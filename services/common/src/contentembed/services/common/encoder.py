@@ -95,7 +95,6 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
         module-level loader): with ``model_worker=process`` it runs in the child."""
         raise NotImplementedError
 
-
     def decode_input(self, position: int, item: pb.EmbedInput) -> InputT:
         """Validates and converts inputs[position]; InvalidArgument names the position."""
         raise NotImplementedError
@@ -113,7 +112,9 @@ class EncoderService(pb_grpc.EncoderServiceServicer, Generic[InputT]):
         return [pb.DESCRIPTOR.services_by_name["EncoderService"].full_name]
 
     def load(self) -> None:
-        if self.settings.torch_threads:
+        # With model_worker=process the child sets its own threads; this process
+        # then never needs torch.
+        if self.settings.torch_threads and self.settings.model_worker == "thread":
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
