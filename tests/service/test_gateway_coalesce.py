@@ -49,4 +49,11 @@ def test_concurrent_searches_coalesce_and_answer_as_alone(gateway, mode: str) ->
             if sum(shard.batches_sent for shard in shards) > before:
                 break
     assert sum(shard.batches_sent for shard in shards) > before, "no search was coalesced"
+    # Operators see it on /metrics: one observation per batch, its size summed.
+    batches = sum(gateway.registry.get_sample_value(
+        "contentembed_shard_batch_queries_count", {"shard": str(n)}) or 0 for n in range(2))
+    batched = sum(gateway.registry.get_sample_value(
+        "contentembed_shard_batch_queries_sum", {"shard": str(n)}) or 0 for n in range(2))
+    assert batches == sum(shard.batches_sent for shard in shards)
+    assert batched == sum(shard.queries_batched for shard in shards) >= batches
     assert any(hits for hits in alone.values())

@@ -115,7 +115,11 @@ class CoalescingShard:
     """A ``ShardPort`` whose ``search`` coalesces under load; everything else is the
     wrapped shard's. ``max_batch`` must not exceed the shard's max_queries_per_batch."""
 
-    def __init__(self, shard: ShardPort, max_in_flight: int, max_batch: int) -> None:
+    def __init__(
+        self, shard: ShardPort, max_in_flight: int, max_batch: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_batch(size)`` hears of every SearchBatch sent (the metrics)."""
         if max_in_flight < 1 or max_batch < 1:
             raise ValueError("max_in_flight and max_batch must be at least 1")
         self._shard = shard
@@ -127,6 +131,7 @@ class CoalescingShard:
         self._queued: OrderedDict[BatchKey, list[_Member]] = OrderedDict()
         self.batches_sent = 0  # observability and tests
         self.queries_batched = 0
+        self._on_batch = on_batch or (lambda size: None)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._shard, name)  # shard_index, label, upsert, search_batch, ...
@@ -220,6 +225,7 @@ class CoalescingShard:
             otel_context.detach(token)
         self.batches_sent += 1
         self.queries_batched += len(members)
+        self._on_batch(len(members))
         call.add_done_callback(
             lambda _: self._answered(key, members, call, metadata_filter))
 

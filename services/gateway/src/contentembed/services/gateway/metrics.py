@@ -23,6 +23,14 @@ class GatewayMetrics:
             registry=registry,
             buckets=LATENCY_BUCKETS,
         )
+        self.shard_batch_queries = Histogram(
+            "contentembed_shard_batch_queries",
+            "Searches per coalesced SearchBatch call to a shard (searches beyond "
+            "shard_max_in_flight wait and go out together); _count is the batches.",
+            ["shard"],
+            registry=registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
         self.cache_lookups = Counter(
             "contentembed_query_cache_lookups",
             "Query-embedding cache lookups by result (hit, miss).",

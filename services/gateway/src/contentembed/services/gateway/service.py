@@ -586,15 +586,19 @@ class GatewayService:
         # Kept as the adapters they are: tracing is set on them (use_tracing), a concern
         # of the gRPC side that the gateway's domain never sees.
         self.clients: list[EncoderClient | IndexShardClient] = [*encoders, *shards]
+        metrics = GatewayMetrics(registry, settings.coverage_floor)
         searched: list[ShardPort] = [
-            CoalescingShard(shard, settings.shard_max_in_flight, settings.max_queries_per_batch)
+            CoalescingShard(
+                shard, settings.shard_max_in_flight, settings.max_queries_per_batch,
+                metrics.shard_batch_queries.labels(str(shard.shard_index)).observe,
+            )
             if settings.shard_max_in_flight else shard
             for shard in shards
         ]
         self.gateway = Gateway(
             encoders,
             searched,
-            GatewayMetrics(registry, settings.coverage_floor),
+            metrics,
             GatewayConfig(
                 max_top_k=settings.max_top_k,
                 default_top_k=settings.default_top_k,
