@@ -43,6 +43,7 @@ from contentembed.cli.stack import ServiceProcess
 from contentembed.common.v1 import types_pb2
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
+from contentembed.services.common.protoconv import matrix_to_pb
 
 
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
@@ -61,11 +62,6 @@ def rss_kib(pid: int) -> int:
 
 def vec(v: np.ndarray) -> types_pb2.Vector:
     return types_pb2.Vector(data=v.tobytes(), dim=v.shape[0])
-
-
-def batch_pb(matrix: np.ndarray) -> types_pb2.VectorBatch:
-    matrix = np.ascontiguousarray(matrix, dtype="<f4")
-    return types_pb2.VectorBatch(data=matrix.tobytes(), count=matrix.shape[0], dim=matrix.shape[1])
 
 
 def recall(found: list[list[str]], exact: np.ndarray) -> float:
@@ -170,7 +166,7 @@ def main() -> None:
                         row[f"svc{c}"] = asyncio.run(
                             single_qps(index_process.address, queries, ef, args.seconds, c))
                     batch_request = pb.SearchBatchRequest(
-                        collection="bench", query_batch=batch_pb(queries[:100]), top_k=10, ef=ef,
+                        collection="bench", query_batch=matrix_to_pb(queries[:100]), top_k=10, ef=ef,
                         packed=True)
                     row["batch"] = 100 * loop_rate(
                         lambda r=batch_request: len(stub.SearchBatch(r).results) // 100, args.seconds)

@@ -12,7 +12,12 @@ import pytest
 from contentembed.common.v1 import types_pb2
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
-from contentembed.services.common.protoconv import dict_to_struct, struct_to_dict
+from contentembed.services.common.protoconv import (
+    dict_to_struct,
+    matrix_to_pb,
+    struct_to_dict,
+    vector_to_pb,
+)
 from contentembed.services.gateway.downstream import _answer_hits
 from contentembed.services.index.service import IndexService, IndexSettings
 from tests.conftest import error_reason, running_service, settings_for_test
@@ -20,15 +25,6 @@ from tests.conftest import error_reason, running_service, settings_for_test
 DIM = 16
 COUNT = 300
 TEXTS = ["red apple pie", "green apple tart", "blue berry jam", "plain bread loaf"]
-
-
-def vec(array: np.ndarray) -> types_pb2.Vector:
-    return types_pb2.Vector(data=np.asarray(array, "<f4").tobytes(), dim=array.size)
-
-
-def batch(matrix: np.ndarray) -> types_pb2.VectorBatch:
-    matrix = np.asarray(matrix, "<f4")
-    return types_pb2.VectorBatch(data=matrix.tobytes(), count=matrix.shape[0], dim=matrix.shape[1])
 
 
 def metadata_of(i: int) -> dict:
@@ -49,7 +45,7 @@ def stub():
             rng = np.random.default_rng(3)
             vectors = rng.normal(size=(COUNT, DIM)).astype("<f4")
             stub.Upsert(pb.UpsertRequest(collection="docs", items=[
-                pb.Item(id=f"d{i}", vector=vec(vectors[i]), metadata=dict_to_struct(metadata_of(i)),
+                pb.Item(id=f"d{i}", vector=vector_to_pb(vectors[i]), metadata=dict_to_struct(metadata_of(i)),
                         text=TEXTS[i % len(TEXTS)] + f" item{i}")
                 for i in range(COUNT)
             ]))
@@ -84,7 +80,7 @@ def test_packed_search_answers_what_the_hits_answer(stub, options) -> None:
     options = dict(options)
     metadata_filter = options.pop("filter", None)
     for query, text in zip(QUERIES, ["apple", "berry jam", "loaf", "", "item7", "tart"]):
-        request = pb.SearchRequest(collection="docs", query=vec(query), top_k=12, text=text, **options)
+        request = pb.SearchRequest(collection="docs", query=vector_to_pb(query), top_k=12, text=text, **options)
         if metadata_filter:
             request.filter.CopyFrom(dict_to_struct(metadata_filter))
         one = stub.Search(request)
@@ -100,9 +96,9 @@ def test_packed_search_answers_what_the_hits_answer(stub, options) -> None:
 def test_packed_batch_and_query_batch_answer_what_queries_answer(stub) -> None:
     texts = ["apple", "berry", "bread", "tart", "pie", "jam"]
     one = stub.SearchBatch(pb.SearchBatchRequest(
-        collection="docs", queries=[vec(q) for q in QUERIES], texts=texts, top_k=7))
+        collection="docs", queries=[vector_to_pb(q) for q in QUERIES], texts=texts, top_k=7))
     packed = stub.SearchBatch(pb.SearchBatchRequest(
-        collection="docs", query_batch=batch(QUERIES), texts=texts, top_k=7, packed=True))
+        collection="docs", query_batch=matrix_to_pb(QUERIES), texts=texts, top_k=7, packed=True))
     assert len(packed.results) == len(one.results) == len(QUERIES)
     for packed_result, result in zip(packed.results, one.results):
         assert not packed_result.hits
@@ -110,12 +106,12 @@ def test_packed_batch_and_query_batch_answer_what_queries_answer(stub) -> None:
         same(unpacked(packed_result.packed_lexical_hits), plain(result.lexical_hits))
     # query_batch without packed: the per-hit messages, same answer.
     matrix_plain = stub.SearchBatch(pb.SearchBatchRequest(
-        collection="docs", query_batch=batch(QUERIES), top_k=7))
+        collection="docs", query_batch=matrix_to_pb(QUERIES), top_k=7))
     assert [plain(r.hits) for r in matrix_plain.results] == [plain(r.hits) for r in one.results]
 
 
 def test_the_gateway_reads_packed_answers_and_those_of_older_shards(stub) -> None:
-    request = pb.SearchRequest(collection="docs", query=vec(QUERIES[0]), top_k=9, text="apple")
+    request = pb.SearchRequest(collection="docs", query=vector_to_pb(QUERIES[0]), top_k=9, text="apple")
     older = stub.Search(request)  # what a shard that ignores `packed` answers
     request.packed = True
     newer = stub.Search(request)
@@ -132,14 +128,14 @@ def test_the_gateway_reads_packed_answers_and_those_of_older_shards(stub) -> Non
 
 
 @pytest.mark.parametrize("mutate, reason", [
-    (lambda r: r.queries.append(vec(QUERIES[0])), "BATCH_MISMATCH"),
-    (lambda r: r.query_batch.CopyFrom(batch(np.ones((2, DIM + 1)))), "DIMENSION_MISMATCH"),
+    (lambda r: r.queries.append(vector_to_pb(QUERIES[0])), "BATCH_MISMATCH"),
+    (lambda r: r.query_batch.CopyFrom(matrix_to_pb(np.ones((2, DIM + 1)))), "DIMENSION_MISMATCH"),
     (lambda r: setattr(r.query_batch, "count", 3), "VECTOR_SIZE_MISMATCH"),
-    (lambda r: r.query_batch.CopyFrom(batch(np.full((2, DIM), np.nan))), "VECTOR_NOT_FINITE"),
-    (lambda r: r.query_batch.CopyFrom(batch(np.zeros((2, DIM)))), "VECTOR_ZERO"),
+    (lambda r: r.query_batch.CopyFrom(matrix_to_pb(np.full((2, DIM), np.nan))), "VECTOR_NOT_FINITE"),
+    (lambda r: r.query_batch.CopyFrom(matrix_to_pb(np.zeros((2, DIM)))), "VECTOR_ZERO"),
 ], ids=["both", "dim", "size", "nan", "zero"])
 def test_a_bad_query_batch_is_refused(stub, mutate, reason) -> None:
-    request = pb.SearchBatchRequest(collection="docs", query_batch=batch(QUERIES[:2]), top_k=3, packed=True)
+    request = pb.SearchBatchRequest(collection="docs", query_batch=matrix_to_pb(QUERIES[:2]), top_k=3, packed=True)
     mutate(request)
     with pytest.raises(grpc.RpcError) as caught:
         stub.SearchBatch(request)
