@@ -296,7 +296,8 @@ class FakeShard:
             lexical = tuple(answer.lexical_hits for answer in found) if texts else ()
             return ShardBatchAnswer(self.shard_index, [h for hits in results for h in hits],
                                     found[0].space_id, found[0].version,
-                                    [h for hits in lexical for h in hits], results, lexical)
+                                    [h for hits in lexical for h in hits], results=results,
+                                    lexical_results=lexical)
 
         return self._call("search_batch", (collection, space_id, ef, metadata_filter), run)
 

@@ -16,6 +16,7 @@ from contentembed.services.common.errors import (
     Cancelled,
     DeadlineExceeded,
     InvalidArgument,
+    ResourceExhausted,
     Unavailable,
 )
 from contentembed.services.gateway.coalesce import CoalescingShard
@@ -235,6 +236,68 @@ def test_batches_hold_at_most_max_batch_and_the_rest_waits_its_turn() -> None:
         batch.end(batch_answer(batch))
     assert sizes == [2, 2, 1]
     assert [q.result().hits[0].id for q in queued] == ["v1", "v2", "v3", "v4", "v5"]
+
+
+def test_a_batch_refused_as_too_large_is_asked_again_in_halves_until_each_fits() -> None:
+    """Coalescing never fails a search that would succeed alone: a batch whose answer is
+    over the message limit is split, down to single searches."""
+    fake = FakeShard()
+    shard = CoalescingShard(fake, max_in_flight=1, max_batch=8)
+    search(shard, 0)
+    members = [search(shard, n) for n in range(1, 5)]
+    fake.calls[0].end(single_answer(fake.calls[0]))
+    too_large = ResourceExhausted("over 16 MiB", reason="ANSWER_TOO_LARGE")
+    fake.calls[1].end(too_large)  # the batch of 4
+    halves = fake.calls[2:]
+    assert [len(c.args["queries"]) for c in halves] == [2, 2]
+    halves[0].end(batch_answer(halves[0]))
+    halves[1].end(too_large)  # this half is still too large: its two go alone
+    alone = fake.calls[4:]
+    assert [c.kind for c in alone] == ["search", "search"]
+    for call in alone:
+        call.end(single_answer(call))
+    assert [m.result().hits[0].id for m in members] == ["v1", "v2", "v3", "v4"]
+    assert shard.batches_split == 2
+    # What the refusals taught: a hit is at least 16 MiB / (2 x 5) bytes.
+    assert shard.hit_bytes >= (16 << 20) / 10
+
+
+def test_a_single_search_refused_as_too_large_keeps_its_error() -> None:
+    fake = FakeShard()
+    shard = CoalescingShard(fake, max_in_flight=1, max_batch=8)
+    search(shard, 0)
+    lone, other = search(shard, 1), search(shard, 2)
+    fake.calls[0].end(single_answer(fake.calls[0]))
+    fake.calls[1].end(ResourceExhausted("too large", reason="ANSWER_TOO_LARGE"))
+    fake.calls[2].end(ResourceExhausted("too large", reason="ANSWER_TOO_LARGE"))
+    fake.calls[3].end(single_answer(fake.calls[3]))
+    with pytest.raises(ResourceExhausted) as caught:
+        lone.result()
+    assert caught.value.reason == "ANSWER_TOO_LARGE"
+    assert other.result().hits[0].id == "v2"
+
+
+def test_batches_hold_no_more_searches_than_half_a_message_of_answers() -> None:
+    """The hit size is learnt from batch answers: with 8 KiB hits, searches at top_k 1,000
+    (8 MB each) never share a call, searches at top_k 100 six at a time."""
+    fake = FakeShard()
+    shard = CoalescingShard(fake, max_in_flight=1, max_batch=64, max_answer_bytes=16 << 20)
+    search(shard, 0)
+    search(shard, 1), search(shard, 2)
+    fake.calls[0].end(single_answer(fake.calls[0]))
+    batch = fake.calls[1]
+    answer = batch_answer(batch)
+    # Two searches of 5 hits: 10 hits in 83,000 bytes.
+    batch.end(ShardBatchAnswer(0, [Hit("x", 1.0, 0)] * 10, "s@1", "v1", [], encoded_bytes=83_000,
+                               results=answer.results))
+    assert 1600 < shard.hit_bytes < 8300  # moving towards 8,300 per hit
+    for _ in range(30):
+        shard._observe(ShardAnswer(0, [Hit("x", 1.0, 0)] * 10, "s@1", "v1", encoded_bytes=83_000))
+    key_1000 = ("docs", "s@1", 1000, 0, "", True, False)
+    key_100 = ("docs", "s@1", 100, 0, "", True, False)
+    assert shard.batch_limit(key_1000) == 1
+    assert shard.batch_limit(key_100) == 6
+    assert shard.batch_limit(("docs", "s@1", 5, 0, "", True, False)) == 64
 
 
 def test_a_batch_call_is_traced_under_its_first_members_request() -> None:

@@ -10,6 +10,7 @@ from contentembed.services.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from contentembed.services.gateway.fanout import gather_shards
@@ -58,7 +59,12 @@ def test_no_shard_answering_fails_even_when_partial_answers_are_allowed() -> Non
         gather_shards(SHARDS, calls, True, time.monotonic() - 1)
 
 
-@pytest.mark.parametrize("error", [NotFound("no collection"), FailedPrecondition("wrong space")])
+@pytest.mark.parametrize("error", [
+    NotFound("no collection"), FailedPrecondition("wrong space"),
+    # A shard refusing an answer over the message limit is not failing: the request asked
+    # for too much, and a retry (SHARDS_FAILED is retryable) would only ask again.
+    ResourceExhausted("answer over 16 MiB", reason="ANSWER_TOO_LARGE"),
+])
 def test_a_client_error_is_passed_through_never_partial(error: Exception) -> None:
     calls = [failed(Unavailable("shard 0 down")), failed(error)]
     with pytest.raises(type(error)) as caught:

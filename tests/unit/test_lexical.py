@@ -163,24 +163,25 @@ def test_filter_is_exact_and_does_not_change_scores() -> None:
 def test_both_retrievers_in_one_call_scan_the_filter_once_and_answer_as_each_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import contentembed.services.index.collection as collection_module
+    import contentembed.services.index.payload as payload_module
 
     collection = lexical_collection()
     texts = {f"d{i}": f"widget number {i}" for i in range(40)}
-    metadata = [{"color": "red" if i % 2 else "blue"} for i in range(40)]
+    metadata = [{"color": "red" if i % 2 else "blue", "n": i} for i in range(40)]
     collection.upsert(list(texts), vectors(40), metadata, list(texts.values()))
-    query, red = vectors(1, seed=7), {"color": "red"}
+    # The color is decided by the payload index, the range checked on its 20 matches.
+    query, red = vectors(1, seed=7), {"color": "red", "n": {"$gte": 0}}
     dense_alone = collection.search_batch(query, 5, metadata_filter=red)
     lexical_alone = collection.search_lexical_batch(["widget"], 5, red)
     checked = []
-    real_matches = collection_module.matches
-    monkeypatch.setattr(collection_module, "matches",
+    real_matches = payload_module.matches
+    monkeypatch.setattr(payload_module, "matches",
                         lambda m, f: checked.append(1) or real_matches(m, f))
     dense, lexical = collection.search_both(query, ["widget"], 5, metadata_filter=red)
-    assert len(checked) == 40  # every item's metadata once, not once per retriever
+    assert len(checked) == 20  # each candidate's metadata once, not once per retriever
     assert [[h.id for h in row] for row in dense] == [[h.id for h in row] for row in dense_alone]
     assert [[h.id for h in row] for row in lexical] == [[h.id for h in row] for row in lexical_alone]
-    assert all(h.metadata == red for row in dense + lexical for h in row)
+    assert all(h.metadata["color"] == "red" for row in dense + lexical for h in row)
 
 
 @pytest.mark.parametrize("allowed_rank", ["best", "worst", "spread"])

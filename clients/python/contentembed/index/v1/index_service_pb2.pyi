@@ -27,18 +27,22 @@ class HnswParams(_message.Message):
     def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("shard_index", "shard_count", "max_top_k", "max_queries_per_batch", "max_ids_per_call")
+    __slots__ = ("shard_index", "shard_count", "max_top_k", "max_queries_per_batch", "max_ids_per_call", "max_ef", "max_message_bytes")
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_QUERIES_PER_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_IDS_PER_CALL_FIELD_NUMBER: _ClassVar[int]
+    MAX_EF_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     shard_index: int
     shard_count: int
     max_top_k: int
     max_queries_per_batch: int
     max_ids_per_call: int
-    def __init__(self, shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_queries_per_batch: _Optional[int] = ..., max_ids_per_call: _Optional[int] = ...) -> None: ...
+    max_ef: int
+    max_message_bytes: int
+    def __init__(self, shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_queries_per_batch: _Optional[int] = ..., max_ids_per_call: _Optional[int] = ..., max_ef: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
     __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard", "versions", "version_spaces", "pending_versions", "versions_fingerprint", "version_digests", "lexical")

@@ -40,9 +40,12 @@ def remaining_timeout(deadline: float, downstream: str) -> float:
 def error_from_rpc(error: grpc.RpcError, downstream: str) -> ContentEmbedError:
     code = error.code()  # type: ignore[attr-defined]
     details = error.details() or code.name  # type: ignore[attr-defined]
-    return error_for_code(
-        code.name, f"{downstream}: {details}", error_reason(error) or None, retry_delay_s(error)
-    )
+    reason = error_reason(error) or None
+    if reason is None and code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        # gRPC's own refusal of a message over this channel's limit (an answer bigger than
+        # this service receives): the request asked for too much, the peer is healthy.
+        reason = "ANSWER_TOO_LARGE"
+    return error_for_code(code.name, f"{downstream}: {details}", reason, retry_delay_s(error))
 
 
 class _CallDetails(NamedTuple):

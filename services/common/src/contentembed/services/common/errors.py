@@ -126,6 +126,17 @@ CLIENT_ERROR_CODES = frozenset(
 )
 
 
+# Refusals for the size of what the request asked for (not a retryable overload): the
+# same request is refused the same way by any shard, so it is the caller's to change.
+SIZE_REFUSAL_REASONS = frozenset({"ANSWER_TOO_LARGE"})
+
+
+def caused_by_request(error: ContentEmbedError) -> bool:
+    """Whether the request itself is the cause: retrying it elsewhere will not help, and
+    a shard that said so is not failing."""
+    return error.code in CLIENT_ERROR_CODES or error.reason in SIZE_REFUSAL_REASONS
+
+
 def error_for_code(
     code: str, message: str, reason: str | None = None, retry_after_s: float | None = None
 ) -> ContentEmbedError:

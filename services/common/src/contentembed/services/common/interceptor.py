@@ -41,6 +41,7 @@ from contentembed.services.common.errors import (
     ContentEmbedError,
     InvalidArgument,
 )
+from contentembed.services.common.interrupt import Interrupt
 from contentembed.services.common.metrics import RpcMetrics
 from contentembed.services.common.tracing import Tracing, end_span_with_status, split_method
 
@@ -65,6 +66,13 @@ def caller_time_remaining(context: grpc.ServicerContext) -> float | None:
     if remaining is None or remaining > NO_DEADLINE_S:
         return None
     return max(remaining, 0.0)
+
+
+def interrupt_of(context: grpc.ServicerContext) -> Interrupt:
+    """Stops a handler's long work when its caller cancels or its deadline passes."""
+    remaining = caller_time_remaining(context)
+    deadline = None if remaining is None else time.monotonic() + remaining
+    return Interrupt(deadline, context.is_active)
 
 
 def clip(text: str, limit: int) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from contentembed.services.common.budget import AnswerSize, MemoryBudget
 from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import InvalidArgument, ResourceExhausted
 from contentembed.services.common.validation import MAX_ID_BYTES, shown
@@ -175,6 +176,13 @@ class SearchServiceSettings(ServiceSettings):
         f"max_top_k x (this + {HIT_OVERHEAD_BYTES}) + {ANSWER_RESERVE_BYTES} must not exceed "
         "max_message_bytes: the service refuses to start otherwise.",
     )
+    max_answer_memory_bytes: int = Field(
+        256 << 20,
+        ge=1 << 20,
+        description="Memory the answers being built at once may hold together (each counts "
+        "about three times its encoded size while it is built); a call that would pass it is "
+        "refused with RESOURCE_EXHAUSTED MEMORY_BUDGET_EXCEEDED and a retry delay.",
+    )
     max_metadata_depth: int = Field(
         DEFAULT_MAX_METADATA_DEPTH,
         ge=1,
@@ -200,3 +208,9 @@ class SearchServiceSettings(ServiceSettings):
     @property
     def metadata_limits(self) -> MetadataLimits:
         return MetadataLimits(self.max_metadata_bytes, self.max_metadata_depth)
+
+    def answer_size(self, advice: str, budget: MemoryBudget | None) -> AnswerSize:
+        """Counts an answer's hits (or items) against max_message_bytes (ANSWER_TOO_LARGE
+        with ``advice``) and the process's answer memory as they are built; the few
+        fields besides them are left to the exact check of the finished answer."""
+        return AnswerSize(self.max_message_bytes, advice, budget)

@@ -209,6 +209,7 @@ class IndexShardClient:
                 lexical_hits=_answer_hits(
                     response, "packed_lexical_hits", "lexical_hits", self.shard_index, collection
                 ),
+                encoded_bytes=response.ByteSize(),
             )
 
         return self._call("Search", request, deadline, convert)
@@ -255,6 +256,7 @@ class IndexShardClient:
                 space_id=response.space_id,
                 version=response.version,
                 lexical_hits=[hit for hits in lexical for hit in hits],
+                encoded_bytes=response.ByteSize(),
                 results=results,
                 lexical_results=lexical,
             )
@@ -353,7 +355,8 @@ class IndexShardClient:
             request,
             deadline,
             lambda r: ShardLimits(
-                r.shard.max_top_k, r.shard.max_queries_per_batch, r.shard.max_ids_per_call
+                r.shard.max_top_k, r.shard.max_queries_per_batch, r.shard.max_ids_per_call,
+                r.shard.max_ef,
             ),
         )
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from contentembed.services.common.errors import (
-    CLIENT_ERROR_CODES,
     ContentEmbedError,
     DeadlineExceeded,
     Unavailable,
+    caused_by_request,
 )
 from contentembed.services.gateway.ports import Pending, ShardAnswer, ShardPort
 
@@ -36,8 +36,9 @@ def gather_shards(
 ) -> tuple[list[AnswerT], list[ShardOutcome]]:
     """The answers of the shards that answered and how each shard did, in shard order.
 
-    Raises a request-level error (unknown collection, wrong space) as it is: it is the
-    caller's to fix and the same on every shard, so never a "partial" answer. Raises
+    Raises a request-level error (unknown collection, wrong space, an answer too large
+    for one message) as it is: it is the caller's to fix and the same on every shard, so
+    never a "partial" answer. Raises
     SHARDS_FAILED when a shard failed and the caller did not allow a partial answer, or
     when none answered."""
     answers: list[AnswerT] = []
@@ -63,7 +64,7 @@ def gather_shards(
                          latency_ms=call.latency_ms)
         )
     for error in failures:
-        if error.code in CLIENT_ERROR_CODES:
+        if caused_by_request(error):
             raise error
     if failures and (not allow_partial or not answers):
         summary = "; ".join(error.message for error in failures)

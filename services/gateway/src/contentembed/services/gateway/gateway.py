@@ -202,9 +202,11 @@ class Gateway:
                 ("max_queries_per_batch", self.config.max_queries_per_batch,
                  limit.max_queries_per_batch),
                 ("max_ids_per_get", self.config.max_ids_per_get, limit.max_ids_per_call),
+                ("max_ef", self.config.max_ef, limit.max_ef),
             ):
                 if theirs and ours > theirs:
                     problems.append(f"{name} {ours} > {theirs} of {shard.label}")
+
         if problems:
             raise FailedPrecondition(
                 "the gateway's limits exceed its shards': " + "; ".join(problems)

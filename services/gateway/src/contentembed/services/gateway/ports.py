@@ -85,6 +85,9 @@ class ShardAnswer:
     version: str
     # BM25 hits of the lexical query, best first (only when the call carried a text).
     lexical_hits: list[Hit] = field(default_factory=list)
+    # The answer's encoded size as it arrived (0: unknown): what coalescing learns the
+    # size of a hit from.
+    encoded_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ class ShardLimits:
     max_top_k: int = 0
     max_queries_per_batch: int = 0
     max_ids_per_call: int = 0
+    max_ef: int = 0
 
 
 class ShardPort(Protocol):

@@ -16,6 +16,7 @@ from contentembed.common.v1 import types_pb2
 from contentembed.search.v1 import search_service_pb2 as search_pb
 from contentembed.search.v1 import search_service_pb2_grpc as search_grpc
 from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
+from contentembed.services.common.budget import AnswerSize, MemoryBudget
 from contentembed.services.common.config import EndpointList, split_endpoints
 from contentembed.services.common.errors import InvalidArgument
 from contentembed.services.common.interceptor import caller_time_remaining
@@ -68,6 +69,7 @@ FUSION_METHODS: dict[int, Fusion | None] = {
 }
 FUSION_NUMBERS = {method: number for number, method in FUSION_METHODS.items() if method is not None}
 MODALITY_NUMBERS = {name: number for number, name in MODALITY_NAMES.items()}
+HIT_FRAMING_BYTES = 3  # a repeated message field's tag and length
 SEARCH_SERVICE = search_pb.DESCRIPTOR.services_by_name["SearchService"].full_name
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
@@ -267,23 +269,29 @@ def selected_metadata(
 
 
 def search_response_pb(
-    outcome: SearchOutcome, fields: Sequence[str] = (), omit_metadata: bool = False
+    outcome: SearchOutcome, fields: Sequence[str] = (), omit_metadata: bool = False,
+    size: AnswerSize | None = None,
 ) -> search_pb.SearchResponse:
+    """The answer to one query; ``size`` counts its hits as they are built (refusing,
+    ANSWER_TOO_LARGE, the moment they pass the message limit)."""
+    hits = [
+        search_pb.Hit(
+            id=hit.id,
+            score=hit.score,
+            metadata=dict_to_struct(selected_metadata(hit.metadata, fields, omit_metadata)),
+            shard_index=hit.shard_index,
+            collection=hit.collection,
+            dense_score=hit.dense_score,
+            lexical_score=hit.lexical_score,
+            dense_rank=hit.dense_rank,
+            lexical_rank=hit.lexical_rank,
+        )
+        for hit in outcome.hits
+    ]
+    if size is not None:
+        size.add(sum(hit.ByteSize() + HIT_FRAMING_BYTES for hit in hits))
     return search_pb.SearchResponse(
-        hits=[
-            search_pb.Hit(
-                id=hit.id,
-                score=hit.score,
-                metadata=dict_to_struct(selected_metadata(hit.metadata, fields, omit_metadata)),
-                shard_index=hit.shard_index,
-                collection=hit.collection,
-                dense_score=hit.dense_score,
-                lexical_score=hit.lexical_score,
-                dense_rank=hit.dense_rank,
-                lexical_rank=hit.lexical_rank,
-            )
-            for hit in outcome.hits
-        ],
+        hits=hits,
         space_id=outcome.space_id,
         version=outcome.version,
         partial=outcome.partial,
@@ -317,9 +325,10 @@ def search_response_pb(
 
 
 class SearchServicer(search_grpc.SearchServiceServicer):
-    def __init__(self, gateway: Gateway, settings: GatewaySettings) -> None:
+    def __init__(self, gateway: Gateway, settings: GatewaySettings, answers: MemoryBudget) -> None:
         self.gateway = gateway
         self.settings = settings
+        self.answers = answers  # shared by the answers being built at once
 
     def Search(self, request: search_pb.SearchRequest, context: grpc.ServicerContext):
         deadline = deadline_of(context, self.settings)
@@ -361,13 +370,14 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                 retrieval=retrieval_options(request.retrieval),
             )
         )
-        response = search_response_pb(
-            outcome, list(request.metadata_fields), request.omit_metadata
-        )
         # Hits carry the shards' metadata, bounded by the shards' own settings: when those
         # allow more than this gateway's, say so rather than fail in the transport.
-        check_answer_size(response.ByteSize(), self.settings.max_message_bytes, what="lower top_k")
-        return response
+        with self.settings.answer_size("lower top_k", self.answers) as size:
+            response = search_response_pb(
+                outcome, list(request.metadata_fields), request.omit_metadata, size
+            )
+            check_answer_size(response.ByteSize(), self.settings.max_message_bytes, what="lower top_k")
+            return response
 
 
     def SearchBatch(self, request: search_pb.SearchBatchRequest, context: grpc.ServicerContext):
@@ -390,23 +400,24 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                 retrieval=retrieval,
             )
         )
-        response = search_pb.SearchBatchResponse(
-            results=[search_response_pb(outcome) for outcome in outcomes]
-        )
-        check_answer_size(
-            response.ByteSize(), self.settings.max_message_bytes,
-            what="send fewer texts or lower top_k",
-        )
-        return response
+        advice = "send fewer texts or lower top_k"
+        with self.settings.answer_size(advice, self.answers) as size:
+            response = search_pb.SearchBatchResponse(
+                results=[search_response_pb(outcome, size=size) for outcome in outcomes]
+            )
+            check_answer_size(response.ByteSize(), self.settings.max_message_bytes, what=advice)
+            return response
 
     def GetDocuments(self, request: search_pb.GetDocumentsRequest, context: grpc.ServicerContext):
         documents, missing = self.gateway.get_documents(
             request.collection, list(request.ids), deadline_of(context, self.settings),
             cancel_with(context),
         )
-        response = search_pb.GetDocumentsResponse(
-            documents=[
-                search_pb.StoredDocument(
+        advice = "ask for fewer ids"
+        with self.settings.answer_size(advice, self.answers) as size:
+            built = []
+            for document in documents:
+                message = search_pb.StoredDocument(
                     id=document.id,
                     metadata=dict_to_struct(document.metadata),
                     # A lexical-only collection stores none: no vector set.
@@ -415,14 +426,11 @@ class SearchServicer(search_grpc.SearchServiceServicer):
                     shard_index=document.shard_index,
                     text=document.text,
                 )
-                for document in documents
-            ],
-            missing_ids=missing,
-        )
-        check_answer_size(
-            response.ByteSize(), self.settings.max_message_bytes, what="ask for fewer ids"
-        )
-        return response
+                size.add(message.ByteSize() + HIT_FRAMING_BYTES)
+                built.append(message)
+            response = search_pb.GetDocumentsResponse(documents=built, missing_ids=missing)
+            check_answer_size(response.ByteSize(), self.settings.max_message_bytes, what=advice)
+            return response
 
 
 class AdminServicer(admin_grpc.AdminServiceServicer):
@@ -578,6 +586,7 @@ class GatewayService:
 
     def __init__(self, settings: GatewaySettings, registry: CollectorRegistry) -> None:
         self.settings = settings
+        self.answers = MemoryBudget(settings.max_answer_memory_bytes)
         encoders = [EncoderClient(endpoint, settings) for endpoint in settings.encoder_endpoints]
         shards = [
             IndexShardClient(index, endpoint, settings)
@@ -591,6 +600,7 @@ class GatewayService:
             CoalescingShard(
                 shard, settings.shard_max_in_flight, settings.max_queries_per_batch,
                 metrics.shard_batch_queries.labels(str(shard.shard_index)).observe,
+                max_answer_bytes=settings.max_message_bytes,
             )
             if settings.shard_max_in_flight else shard
             for shard in shards
@@ -642,7 +652,7 @@ class GatewayService:
 
     def register(self, server: grpc.Server) -> list[str]:
         search_grpc.add_SearchServiceServicer_to_server(
-            SearchServicer(self.gateway, self.settings), server
+            SearchServicer(self.gateway, self.settings, self.answers), server
         )
         admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.gateway, self.settings), server)
         return [SEARCH_SERVICE, ADMIN_SERVICE]

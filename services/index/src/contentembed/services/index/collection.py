@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +31,18 @@ import hnswlib
 import numpy as np
 
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
-from contentembed.services.common.filters import matches
+from contentembed.services.common.interrupt import NEVER, Interrupt
 from contentembed.services.common.rwlock import ReadWriteLock
 from contentembed.services.common.validation import shown, validate_ids
 from contentembed.services.common.vectors import l2_normalize, reject_zero_rows
+from contentembed.services.index.cost import SearchShape, check_search_cost
 from contentembed.services.index.lexical import (
     LexicalIndex,
     LexicalParams,
     check_text,
     check_texts,
 )
+from contentembed.services.index.payload import PayloadIndex, matching_labels
 from contentembed.services.index.persistence import CorruptData, WalRecord, write_manifest
 
 LIVE_VERSION = "live"
@@ -48,6 +51,12 @@ NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 # matches (perfect recall, cheap); a wider one by HNSW with a filter callback.
 EXACT_FILTER_SHARE = 0.05
 EXACT_FILTER_MAX = 5000
+# Dense work between two looks at the caller's interrupt: HNSW queries go to hnswlib in
+# chunks of about CHUNK_S, an exact search reads stored vectors in blocks of this size.
+CHUNK_S = 0.02
+FIRST_CHUNK_QUERIES = 16
+MAX_CHUNK_QUERIES = 256
+EXACT_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,8 @@ class HnswCollection:
         # 100 bytes more per item, a third of a 384-d vector's graph overhead.
         self._id_of: list[str | None] = []
         self._metadata: dict[int, dict[str, Any]] = {}
+        # Labels by metadata value, so a filter costs what it matches (payload.py).
+        self._payload = PayloadIndex()
         # label -> text, for items written with one (kept by every collection; indexed by
         # a lexical one, whose documents are keyed by the same labels).
         self._text: dict[int, str] = {}
@@ -267,6 +278,7 @@ class HnswCollection:
             self._label_of = {item_id: label for label, item_id in enumerate(ids)}
             self._id_of = list(ids)
             self._metadata = {label: dict(m) for label, m in enumerate(metadata) if m}
+            self._payload = PayloadIndex.of(self._metadata.items())
             self._text = {label: text for label, text in enumerate(texts or ()) if text}
             if self._lexical is not None:
                 self._lexical.write((), self._text.items())
@@ -311,10 +323,15 @@ class HnswCollection:
         added: list[tuple[int, str]] = []
         for position, item_id in enumerate(record.ids):
             label = self._label_of[item_id]
+            previous = self._metadata.get(label)
+            if previous is not None:
+                self._payload.remove(label, previous)
             if record.metadata[position]:
                 self._metadata[label] = record.metadata[position]
-            else:  # most catalogs have many items without metadata: store nothing for them
-                self._metadata.pop(label, None)
+                self._payload.add(label, record.metadata[position])
+            elif previous is not None:
+                # Most catalogs have many items without metadata: nothing is stored for them.
+                del self._metadata[label]
             old, new = self._text.get(label), texts[position]
             if new:
                 self._text[label] = new
@@ -373,7 +390,9 @@ class HnswCollection:
             if label is None:
                 continue
             self._id_of[label] = None
-            self._metadata.pop(label, None)
+            previous = self._metadata.pop(label, None)
+            if previous is not None:
+                self._payload.remove(label, previous)
             if self._text.pop(label, None) is not None:
                 removed.append(label)
             if self._index is not None:
@@ -480,11 +499,17 @@ class HnswCollection:
         ef: int = 0,
         metadata_filter: Mapping[str, Any] | None = None,
         exact: bool = False,
+        interrupt: Interrupt = NEVER,
+        max_cpu_s: float | None = None,
     ) -> tuple[list[HitColumns], list[HitColumns]]:
         """(dense hits per query vector, lexical hits per text) as columns; a retriever
         not asked (None) answers []. Both answer under one lock, from the same state of
-        the collection, with the filter's matching labels found once: scanning every
-        item's metadata costs more than either search."""
+        the collection, with the filter's matching labels found once.
+
+        The dense part's cost is estimated once the filter's matches are known and
+        refused above ``max_cpu_s`` (cost.py: SEARCH_TOO_COSTLY) before any vector is
+        compared. The work runs in chunks with ``interrupt`` checked between them: a
+        cancelled or late call stops within one chunk (Cancelled, DeadlineExceeded)."""
         if queries is not None:
             queries = self._check_query(queries)
         if texts is not None:
@@ -500,14 +525,34 @@ class HnswCollection:
         # ef is index-wide in hnswlib: a request with its own ef searches alone, so its
         # ef never leaks into a concurrent search.
         with self._lock.write() if custom_ef else self._lock.read():
-            allowed = self._allowed_locked(metadata_filter)
-            dense = [] if queries is None else self._dense_locked(
-                queries, top_k, ef if custom_ef else 0, allowed, exact
-            )
+            allowed = self._allowed_locked(metadata_filter, interrupt)
+            dense: list[HitColumns] = []
+            if queries is not None:
+                exact = exact or self._exact_is_cheaper(allowed)
+                check_search_cost(
+                    SearchShape(len(queries), self.dim, self.item_count, top_k,
+                                ef if custom_ef else self.params.ef_search, exact,
+                                None if allowed is None else len(allowed)),
+                    max_cpu_s,
+                )
+                if exact:
+                    dense = self._exact_locked(queries, top_k, allowed, interrupt)
+                else:
+                    dense = self._dense_locked(
+                        queries, top_k, ef if custom_ef else 0, allowed, interrupt
+                    )
             lexical = [] if texts is None else [
-                HitColumns.of(hits) for hits in self._lexical_locked(texts, top_k, allowed)
+                HitColumns.of(hits)
+                for hits in self._lexical_locked(texts, top_k, allowed, interrupt)
             ]
             return dense, lexical
+
+    def _exact_is_cheaper(self, allowed: list[int] | None) -> bool:
+        """A filter matching few items is answered exactly over its matches: perfect
+        recall, and cheaper than a graph walk that skips most nodes."""
+        return allowed is not None and len(allowed) <= min(
+            EXACT_FILTER_MAX, EXACT_FILTER_SHARE * self.item_count
+        )
 
     def _dense_locked(
         self,
@@ -515,38 +560,48 @@ class HnswCollection:
         top_k: int,
         custom_ef: int,
         allowed: list[int] | None,
-        exact: bool,
+        interrupt: Interrupt,
     ) -> list[HitColumns]:
-        """HNSW (or exact) hits of normalized queries, under the lock search_columns
-        holds (the write lock when ``custom_ef`` is set)."""
+        """HNSW hits of normalized queries, under the lock search_columns holds (the
+        write lock when ``custom_ef`` is set). The queries go to hnswlib in chunks sized to
+        take about CHUNK_S each, the interrupt checked between chunks."""
         assert self._index is not None  # _check_query refused a lexical-only collection
-        if allowed is not None:
-            small = len(allowed) <= min(EXACT_FILTER_MAX, EXACT_FILTER_SHARE * self.item_count)
-            exact = exact or small
-        if exact:
-            return [HitColumns.of(self._exact_locked(q, top_k, allowed)) for q in queries]
         live = self.item_count if allowed is None else len(allowed)
         k = min(top_k, live)
         if k == 0:
             return [HitColumns.of([]) for _ in queries]
         if custom_ef:
             self._index.set_ef(max(custom_ef, k))
+        allowed_set = None if allowed is None else set(allowed)
+        columns: list[HitColumns] = []
+        size = FIRST_CHUNK_QUERIES
         try:
-            allowed_set = None if allowed is None else set(allowed)
-            labels, distances = self._index.knn_query(
-                queries,
-                k=k,
-                # Batches use every core; a filter callback is Python, so one thread.
-                num_threads=1 if allowed_set is not None or len(queries) == 1 else -1,
-                filter=None if allowed_set is None else allowed_set.__contains__,
-            )
-        except RuntimeError:
-            # hnswlib raises when the graph yields fewer than k points (many deletions,
-            # a narrow filter, small ef); exact search over the same vectors answers.
-            return [HitColumns.of(self._exact_locked(q, top_k, allowed)) for q in queries]
+            while len(columns) < len(queries):
+                interrupt.check()
+                chunk = queries[len(columns): len(columns) + size]
+                started = time.perf_counter()
+                try:
+                    labels, distances = self._index.knn_query(
+                        chunk,
+                        k=k,
+                        # Batches use every core; a filter callback is Python, so one thread.
+                        num_threads=1 if allowed_set is not None or len(chunk) == 1 else -1,
+                        filter=None if allowed_set is None else allowed_set.__contains__,
+                    )
+                except RuntimeError:
+                    # hnswlib raises when the graph yields fewer than k points (many
+                    # deletions, a narrow filter, small ef); exact search answers.
+                    columns.extend(self._exact_locked(chunk, top_k, allowed, interrupt))
+                    continue
+                columns.extend(self._columns(labels, distances))
+                per_query = (time.perf_counter() - started) / len(chunk)
+                size = max(1, min(MAX_CHUNK_QUERIES, int(CHUNK_S / max(per_query, 1e-7))))
         finally:
             if custom_ef:
                 self._index.set_ef(self.params.ef_search)
+        return columns
+
+    def _columns(self, labels: np.ndarray, distances: np.ndarray) -> list[HitColumns]:
         id_of, metadata = self._id_of, self._metadata
         scores = 1.0 - distances.astype(np.float64)  # float64: as SearchHit always had it
         columns = []
@@ -559,20 +614,25 @@ class HnswCollection:
             ))
         return columns
 
-    def _allowed_locked(self, metadata_filter: Mapping[str, Any] | None) -> list[int] | None:
-        """The labels whose metadata matches the filter; None without a filter."""
+    def _allowed_locked(
+        self, metadata_filter: Mapping[str, Any] | None, interrupt: Interrupt = NEVER
+    ) -> list[int] | None:
+        """The labels whose metadata matches the filter, ascending; None without a
+        filter. Planned on the payload index: the cost follows the matches."""
         if not metadata_filter:
             return None
-        return [label for label, m in self._metadata.items() if matches(m, metadata_filter)]
+        return matching_labels(self._payload, self._metadata, metadata_filter, interrupt)
 
     def _lexical_locked(
-        self, texts: Sequence[str], top_k: int, allowed_labels: list[int] | None
+        self, texts: Sequence[str], top_k: int, allowed_labels: list[int] | None,
+        interrupt: Interrupt = NEVER,
     ) -> list[list[SearchHit]]:
         """BM25 hits per text, under the read (or write) lock search_both holds."""
         assert self._lexical is not None  # search_both refused a collection without one
         allowed = None if allowed_labels is None else frozenset(allowed_labels)
         results = []
         for text in texts:
+            interrupt.check()
             hits = self._lexical.search(text, top_k, allowed)
             results.append([
                 SearchHit(item_id, score, self._metadata.get(label, NO_METADATA))
@@ -586,21 +646,51 @@ class HnswCollection:
         return self.search(query, top_k, exact=True)
 
     def _exact_locked(
-        self, query: np.ndarray, top_k: int, allowed: Sequence[int] | None
-    ) -> list[SearchHit]:
+        self,
+        queries: np.ndarray,
+        top_k: int,
+        allowed: Sequence[int] | None,
+        interrupt: Interrupt = NEVER,
+    ) -> list[HitColumns]:
+        """Brute force for normalized queries over every item (or the allowed ones):
+        their vectors read back in blocks of about EXACT_BLOCK_BYTES, each block compared
+        with every query at once, the best top_k per query kept as the blocks go (the
+        interrupt checked between blocks). Equal scores rank by label."""
+        assert self._index is not None
         labels = np.fromiter(
             self._label_of.values() if allowed is None else allowed, dtype=np.uint64
         )
+        labels.sort()
         k = min(top_k, len(labels))
         if k == 0:
-            return []
-        stored = np.asarray(self._index.get_items(labels), dtype=np.float32)
-        scores = l2_normalize(stored) @ query
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [
-            SearchHit(self._id_of[label], float(scores[i]), self._metadata.get(label, NO_METADATA))
-            for i, label in zip(order.tolist(), labels[order].tolist())
-        ]
+            return [HitColumns.of([]) for _ in queries]
+        rows = max(1, min(EXACT_BLOCK_BYTES // (4 * self.dim),
+                          EXACT_BLOCK_BYTES // (8 * len(queries))))
+        best_scores = np.empty((len(queries), 0), dtype=np.float32)
+        best_labels = np.empty((len(queries), 0), dtype=np.uint64)
+        for start in range(0, len(labels), rows):
+            interrupt.check()
+            block = labels[start:start + rows]
+            stored = l2_normalize(np.asarray(self._index.get_items(block), dtype=np.float32))
+            scores = np.concatenate([best_scores, queries @ stored.T], axis=1)
+            candidates = np.concatenate(
+                [best_labels, np.broadcast_to(block, (len(queries), len(block)))], axis=1
+            )
+            if scores.shape[1] > k:
+                keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                scores = np.take_along_axis(scores, keep, axis=1)
+                candidates = np.take_along_axis(candidates, keep, axis=1)
+            best_scores, best_labels = scores, candidates
+        columns = []
+        for row_scores, row_labels in zip(best_scores, best_labels):
+            order = np.lexsort((row_labels, -row_scores))
+            ranked = row_labels[order].tolist()
+            columns.append(HitColumns(
+                [self._id_of[label] for label in ranked],  # type: ignore[misc]
+                row_scores[order].astype(np.float64),
+                [self._metadata.get(label, NO_METADATA) for label in ranked],
+            ))
+        return columns
 
     def get(self, ids: Sequence[str]) -> list[StoredItem]:
         """The stored items among ids, in request order (unknown ids are left out)."""
@@ -729,6 +819,7 @@ class HnswCollection:
         collection._id_of = items.ids
         collection._label_of = items.label_of
         collection._metadata = items.metadata
+        collection._payload = PayloadIndex.of(items.metadata.items())
         collection._text = items.texts
         if lexical is not None:
             # Derived state, rebuilt from the verified texts (LexicalIndex.build commits).
@@ -770,6 +861,7 @@ class HnswCollection:
         collection._id_of = items.ids
         collection._label_of = items.label_of
         collection._metadata = items.metadata
+        collection._payload = PayloadIndex.of(items.metadata.items())
         collection._text = items.texts
         collection._lexical = LexicalIndex.build(lexical, items.texts.items())
         collection._next_label = len(items.ids)

@@ -19,8 +19,10 @@ from contentembed.common.v1 import types_pb2
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
 from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
+from contentembed.services.common.budget import AnswerSize, MemoryBudget
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
 from contentembed.services.common.filters import check_filter
+from contentembed.services.common.interceptor import interrupt_of
 from contentembed.services.common.metadata import (
     SearchServiceSettings,
     check_answer_size,
@@ -59,6 +61,9 @@ from contentembed.services.index.store import (
 )
 
 ResponseT = TypeVar("ResponseT", bound=Message)
+# A hit's encoding beyond its id and metadata bytes: field tags and lengths, 4 score bytes.
+PACKED_HIT_OVERHEAD_BYTES = 12
+FRAMING_BYTES = 3  # a repeated message field's tag and length
 
 
 class IndexSettings(SearchServiceSettings):
@@ -76,6 +81,13 @@ class IndexSettings(SearchServiceSettings):
     hnsw_ef_search: int = Field(100, ge=1)
     max_ef: int = Field(10_000, ge=1, description="Largest per-request ef.")
     max_queries_per_batch: int = Field(1024, ge=1)
+    max_search_cpu_s: float = Field(
+        1.0,
+        gt=0,
+        description="Most CPU one Search or SearchBatch may need, estimated before any vector "
+        "is compared (queries x the vectors each compares, from ef, top_k, exact and the "
+        "filter's share); above, INVALID_ARGUMENT SEARCH_TOO_COSTLY.",
+    )
     initial_capacity: int = Field(1024, ge=1)
     data_dir: Path | None = Field(
         None, description="Where collections are kept durably; unset keeps them in memory only."
@@ -188,6 +200,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
                 settings.wal_sync_interval_ms / 1000.0,
                 settings.snapshot_every_ops,
             )
+        self.answers = MemoryBudget(settings.max_answer_memory_bytes)
         self.store = CollectionStore(
             HnswParams(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search),
             settings.initial_capacity,
@@ -225,6 +238,8 @@ class IndexService(pb_grpc.IndexServiceServicer):
             max_top_k=self.settings.max_top_k,
             max_queries_per_batch=self.settings.max_queries_per_batch,
             max_ids_per_call=self.settings.max_items_per_upsert,
+            max_ef=self.settings.max_ef,
+            max_message_bytes=self.settings.max_message_bytes,
         )
 
     def _collection_pb(self, collection: HnswCollection) -> pb.Collection:
@@ -389,23 +404,42 @@ class IndexService(pb_grpc.IndexServiceServicer):
         return matrix_from_pb(batch, what="query_batch")
 
     @staticmethod
-    def _hits_pb(hits: list[SearchHit]) -> list[pb.Hit]:
+    def _hits_pb(hits: list[SearchHit], size: AnswerSize) -> list[pb.Hit]:
         # No Struct for items without metadata: it is most of a hit's encoding cost.
-        return [
+        built = [
             pb.Hit(id=h.id, score=h.score, metadata=dict_to_struct(h.metadata) if h.metadata else None)
             for h in hits
         ]
+        size.add(sum(hit.ByteSize() + FRAMING_BYTES for hit in built))
+        return built
 
     @staticmethod
-    def _packed_pb(columns: HitColumns) -> pb.PackedHits:
+    def _packed_pb(columns: HitColumns, size: AnswerSize) -> pb.PackedHits:
+        # JSON (C-encoded) rather than a Struct built in Python per hit.
+        metadata_json = [
+            json.dumps(m, ensure_ascii=False, separators=(",", ":")) if m else ""
+            for m in columns.metadata
+        ]
+        # Counted before the message is built: one query's hits are the most built
+        # beyond the limit before the answer is refused.
+        size.add(
+            sum(len(item_id.encode()) for item_id in columns.ids)
+            + sum(len(text.encode()) for text in metadata_json)
+            + len(columns.ids) * PACKED_HIT_OVERHEAD_BYTES
+        )
         return pb.PackedHits(
             ids=columns.ids,
             scores=columns.scores.astype(FLOAT32_LE).tobytes(),
-            # JSON (C-encoded) rather than a Struct built in Python per hit.
-            metadata_json=[
-                json.dumps(m, ensure_ascii=False, separators=(",", ":")) if m else ""
-                for m in columns.metadata
-            ],
+            metadata_json=metadata_json,
+        )
+
+    def _search(self, collection: HnswCollection, queries: np.ndarray | None,
+                texts: list[str] | None, metadata_filter: dict, request,
+                context: grpc.ServicerContext) -> tuple[list[HitColumns], list[HitColumns]]:
+        """The collection's search under the call's interrupt and the CPU budget."""
+        return collection.search_columns(
+            queries, texts, request.top_k, request.ef, metadata_filter, request.exact,
+            interrupt=interrupt_of(context), max_cpu_s=self.settings.max_search_cpu_s,
         )
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext):
@@ -417,24 +451,25 @@ class IndexService(pb_grpc.IndexServiceServicer):
         collection = self._searchable(request)
         metadata_filter = self._filter(request)
         query = self._query(collection, request.query, "query")[None, :] if dense else None
-        hits, lexical_hits = collection.search_columns(
-            query, [request.text] if request.text else None, request.top_k, request.ef,
-            metadata_filter, request.exact,
+        hits, lexical_hits = self._search(
+            collection, query, [request.text] if request.text else None, metadata_filter,
+            request, context,
         )
-        response = pb.SearchResponse(
-            space_id=collection.space_id, version=collection.version, shard=self._shard_pb()
-        )
-        if request.packed:
-            if hits:
-                response.packed_hits.CopyFrom(self._packed_pb(hits[0]))
-            if lexical_hits:
-                response.packed_lexical_hits.CopyFrom(self._packed_pb(lexical_hits[0]))
-        else:
-            response.hits.extend(self._hits_pb(hits[0].hits()) if hits else [])
-            response.lexical_hits.extend(
-                self._hits_pb(lexical_hits[0].hits()) if lexical_hits else []
+        with self.settings.answer_size("lower top_k", self.answers) as size:
+            response = pb.SearchResponse(
+                space_id=collection.space_id, version=collection.version, shard=self._shard_pb()
             )
-        return self._fitting(response, "lower top_k")
+            if request.packed:
+                if hits:
+                    response.packed_hits.CopyFrom(self._packed_pb(hits[0], size))
+                if lexical_hits:
+                    response.packed_lexical_hits.CopyFrom(self._packed_pb(lexical_hits[0], size))
+            else:
+                response.hits.extend(self._hits_pb(hits[0].hits(), size) if hits else [])
+                response.lexical_hits.extend(
+                    self._hits_pb(lexical_hits[0].hits(), size) if lexical_hits else []
+                )
+            return self._fitting(response, "lower top_k")
 
     def SearchBatch(self, request: pb.SearchBatchRequest, context: grpc.ServicerContext):
         """Query vectors, texts, or both paired by position (texts: none, one per vector,
@@ -468,35 +503,36 @@ class IndexService(pb_grpc.IndexServiceServicer):
             queries = np.stack([
                 self._query(collection, q, f"queries[{i}]") for i, q in enumerate(request.queries)
             ]) if vectors else None
-        results, lexical = collection.search_columns(
-            queries, list(request.texts) if texts else None, request.top_k, request.ef,
-            metadata_filter, request.exact,
+        results, lexical = self._search(
+            collection, queries, list(request.texts) if texts else None, metadata_filter,
+            request, context,
         )
         none = HitColumns.of([])
         results = results or [none] * size
         lexical = lexical or [none] * size
-        if request.packed:
-            answers = [
-                pb.QueryHits(
-                    packed_hits=self._packed_pb(hits) if vectors else None,
-                    packed_lexical_hits=self._packed_pb(lexical_hits) if texts else None,
-                )
-                for hits, lexical_hits in zip(results, lexical)
-            ]
-        else:
-            answers = [
-                pb.QueryHits(
-                    hits=self._hits_pb(hits.hits()), lexical_hits=self._hits_pb(lexical_hits.hits())
-                )
-                for hits, lexical_hits in zip(results, lexical)
-            ]
-        response = pb.SearchBatchResponse(
-            results=answers,
-            space_id=collection.space_id,
-            version=collection.version,
-            shard=self._shard_pb(),
-        )
-        return self._fitting(response, "send fewer queries per batch or lower top_k")
+        advice = "send fewer queries per batch or lower top_k"
+        with self.settings.answer_size(advice, self.answers) as answer:
+            if request.packed:
+                answers = [
+                    pb.QueryHits(
+                        packed_hits=self._packed_pb(hits, answer) if vectors else None,
+                        packed_lexical_hits=self._packed_pb(lexical_hits, answer) if texts else None,
+                    )
+                    for hits, lexical_hits in zip(results, lexical)
+                ]
+            else:
+                answers = [
+                    pb.QueryHits(hits=self._hits_pb(hits.hits(), answer),
+                                 lexical_hits=self._hits_pb(lexical_hits.hits(), answer))
+                    for hits, lexical_hits in zip(results, lexical)
+                ]
+            response = pb.SearchBatchResponse(
+                results=answers,
+                space_id=collection.space_id,
+                version=collection.version,
+                shard=self._shard_pb(),
+            )
+            return self._fitting(response, advice)
 
     def GetItems(self, request: pb.GetItemsRequest, context: grpc.ServicerContext):
         collection = self.store.get(request.collection)
@@ -507,29 +543,36 @@ class IndexService(pb_grpc.IndexServiceServicer):
         validate_ids(request.ids, what="ids", unique=False)
         items = collection.get(list(request.ids))
         found = {item.id for item in items}
-        response = pb.GetItemsResponse(
-            items=[
+        advice = "ask for fewer ids per call"
+        with self.settings.answer_size(advice, self.answers) as size:
+            built = []
+            for item in items:
                 # No vector for an item of a lexical-only collection: it has none.
-                pb.Item(id=i.id, vector=vector_to_pb(i.vector) if i.vector.size else None,
-                        metadata=dict_to_struct(i.metadata), text=i.text)
-                for i in items
-            ],
-            missing_ids=[i for i in request.ids if i not in found],
-        )
-        return self._fitting(response, "ask for fewer ids per call")
+                message = pb.Item(
+                    id=item.id, vector=vector_to_pb(item.vector) if item.vector.size else None,
+                    metadata=dict_to_struct(item.metadata), text=item.text,
+                )
+                size.add(message.ByteSize() + FRAMING_BYTES)
+                built.append(message)
+            response = pb.GetItemsResponse(
+                items=built, missing_ids=[i for i in request.ids if i not in found]
+            )
+            return self._fitting(response, advice)
 
     def ListItems(self, request: pb.ListItemsRequest, context: grpc.ServicerContext):
         collection = self.store.get(request.collection)
         page_size, after = decode_page(request.page_size, request.page_token)
         ids, more = collection.list_ids(after, page_size)
         metadata = {item.id: item.metadata for item in collection.get(ids)}
-        response = pb.ListItemsResponse(
-            items=[
+        with self.settings.answer_size("lower page_size", self.answers) as size:
+            listed = [
                 pb.ListedItem(id=i, metadata=dict_to_struct(metadata[i])) for i in ids if i in metadata
-            ],
-            next_page_token=encode_token(ids[-1]) if more and ids else "",
-        )
-        return self._fitting(response, "lower page_size")
+            ]
+            size.add(sum(item.ByteSize() + FRAMING_BYTES for item in listed))
+            response = pb.ListItemsResponse(
+                items=listed, next_page_token=encode_token(ids[-1]) if more and ids else "",
+            )
+            return self._fitting(response, "lower page_size")
 
     # -- bundles and versions --------------------------------------------------------
     def LoadBundle(self, request: pb.LoadBundleRequest, context: grpc.ServicerContext):
