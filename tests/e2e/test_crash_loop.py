@@ -631,7 +631,8 @@ def test_gateway_during_wal_replay_answers_partial_or_unavailable_and_deletes_no
     CreateCollection(exist_ok) that ingest sends first is refused and destroys nothing."""
     # 64 features: a 64-d space keeps a 24k-item log small and its replay seconds long.
     model = fit_tfidf(tmp_path, max_features=64)
-    cluster = Cluster(tmp_path, model, ["--snapshot-every-ops", str(10**9), "--wal-sync", "never"])
+    cluster = Cluster(tmp_path, model, ["--snapshot-every-ops", str(10**9), "--snapshot-every-items", str(10**9),
+                                      "--wal-sync", "never"])
     catalog = list(read_catalog(DEMO_CATALOG))
     with running(cluster):
         assert cluster.gateway is not None
@@ -745,7 +746,7 @@ def test_disk_full_fails_loudly_applies_nothing_and_loses_nothing(tmp_path: Path
 
     def launch(name: str, limited: bool = False) -> tuple[ServiceProcess, grpc.Channel]:
         args = ["--port", "0", "--metrics-port", "-1", "--data-dir", str(data_dir),
-                "--snapshot-every-ops", str(10**9)]
+                "--snapshot-every-ops", str(10**9), "--snapshot-every-items", str(10**9)]
         process = (FileSizeLimitedShard if limited else ServiceProcess)(name, INDEX, args, tmp_path)
         started.append(process)
         process.start(env)

@@ -39,7 +39,7 @@ def fill(stub: pb_grpc.IndexServiceStub) -> None:
 def test_calls_during_recovery_are_not_ready_and_lose_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     # No snapshot before the kill: recovery replays the whole log, a window of seconds.
-    index = start_index(tmp_path, data_dir, "--snapshot-every-ops", str(10**9), "--wal-sync", "never")
+    index = start_index(tmp_path, data_dir, "--snapshot-every-ops", str(10**9), "--snapshot-every-items", str(10**9), "--wal-sync", "never")
     try:
         index.wait_until_serving(time.monotonic() + 60)
         with grpc.insecure_channel(index.address) as channel:
@@ -48,7 +48,7 @@ def test_calls_during_recovery_are_not_ready_and_lose_nothing(tmp_path: Path) ->
         os.kill(index.pid, signal.SIGKILL)
         index.process.wait(10)
 
-    restarted = start_index(tmp_path, data_dir, "--snapshot-every-ops", str(10**9))
+    restarted = start_index(tmp_path, data_dir, "--snapshot-every-ops", str(10**9), "--snapshot-every-items", str(10**9))
     try:
         answers: list[str] = []
         with grpc.insecure_channel(restarted.address) as channel:

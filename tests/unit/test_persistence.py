@@ -292,3 +292,45 @@ def test_a_directory_with_an_alias_is_never_removed_by_create(tmp_path) -> None:
     with pytest.raises(Unavailable):
         store.create("c", "s@1", 4)
     assert (tmp_path / "collections" / "c" / "alias.json").exists()
+
+
+def test_snapshots_are_due_by_items_written_not_by_requests(tmp_path) -> None:
+    """23 requests of 200 items: requests alone (every_ops) would never make a snapshot
+    due, items do, so a crash replays at most the threshold plus one request."""
+    rng = np.random.default_rng(0)
+    durability = Durability(tmp_path, snapshot_every_ops=10**9, snapshot_every_items=1000)
+    store = CollectionStore(HnswParams(), 8, durability)
+    store.load()
+    collection, _ = store.create("c", "s@1", 8)
+    for request in range(23):
+        ids = [f"r{request}-{i}" for i in range(200)]
+        collection.upsert(ids, rng.normal(size=(200, 8)).astype(np.float32), [{}] * 200)
+        store.snapshot_due()  # what the background loop does between writes
+    expected = contents(store)
+    # The process "dies": nothing closed.
+    reopened = durable_store(tmp_path)
+    assert contents(reopened) == expected
+    replayed = reopened._files[("c", "live")].since_snapshot
+    assert 0 < replayed.items <= 1000 + 200 and replayed.records <= 6
+    reopened.close()
+
+
+def test_wal_bytes_time_and_the_collections_size_make_a_snapshot_due(tmp_path) -> None:
+    from contentembed.services.index.persistence import WalRecord
+    from contentembed.services.index.store import CollectionFiles, WrittenSince
+
+    durability = Durability(tmp_path, snapshot_every_items=1000, snapshot_share=0.1,
+                            snapshot_wal_bytes=1 << 20, snapshot_interval_s=60)
+    files = CollectionFiles(tmp_path, durability)
+    now = files.since_snapshot.started
+    assert not durability.due(files, 0, now + 3600)  # nothing written: never due
+    files.since_snapshot.add(WalRecord(1, "delete", ["a"] * 999), 100)
+    assert not durability.due(files, 5000, now)
+    assert durability.due(files, 5000, files.since_snapshot.started + 61)  # old enough
+    files.since_snapshot.add(WalRecord(2, "delete", ["b"]), 100)
+    assert durability.due(files, 5000, files.since_snapshot.started)  # 1,000 items
+    # A collection of 50,000: 10% of it, 5,000 items, before a snapshot is due.
+    assert not durability.due(files, 50_000, files.since_snapshot.started)
+    files.since_snapshot = WrittenSince()
+    files.since_snapshot.add(WalRecord(3, "delete", ["c"]), 1 << 20)  # 1 MiB of log
+    assert durability.due(files, 50_000, files.since_snapshot.started)

@@ -186,9 +186,10 @@ class WriteAheadLog:
         self._broken: str | None = None
         self._lock = threading.Lock()
 
-    def append(self, record: WalRecord) -> None:
+    def append(self, record: WalRecord) -> int:
         """Appends durably (per the policy) or raises, leaving the log as it was: a half
-        written record would otherwise be replayed, or its seq reused by the next write."""
+        written record would otherwise be replayed, or its seq reused by the next write.
+        Returns the bytes appended."""
         data = encode_record(record)
         with self._lock:
             if self._broken is not None:
@@ -213,6 +214,7 @@ class WriteAheadLog:
                 except OSError as undo_error:
                     self._broken = f"append failed ({error}) and could not be undone ({undo_error})"
                 raise
+        return len(data)
 
     def sync_if_due(self) -> None:
         """For ``interval``: fsyncs writes older than the interval even when no new write

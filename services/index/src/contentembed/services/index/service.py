@@ -82,7 +82,7 @@ class IndexSettings(SearchServiceSettings):
     max_ef: int = Field(10_000, ge=1, description="Largest per-request ef.")
     max_queries_per_batch: int = Field(1024, ge=1)
     max_search_cpu_s: float = Field(
-        1.0,
+        2.0,
         gt=0,
         description="Most CPU one Search or SearchBatch may need, estimated before any vector "
         "is compared (queries x the vectors each compares, from ef, top_k, exact and the "
@@ -103,7 +103,29 @@ class IndexSettings(SearchServiceSettings):
         None, description="Bundles are loaded only from below this directory."
     )
     snapshot_every_ops: int = Field(
-        50_000, ge=1, description="Writes between background snapshots (and one at shutdown)."
+        50_000, ge=1, description="Write requests that make a background snapshot due."
+    )
+    snapshot_every_items: int = Field(
+        10_000,
+        ge=1,
+        description="Items written (upserted or deleted) that make a background snapshot due, "
+        "or --snapshot-share of the collection when that is more. After a crash the items "
+        "written since the last snapshot are replayed (about 0.4-1 ms each at 384 dimensions "
+        "on two cores): this bounds recovery time.",
+    )
+    snapshot_share: float = Field(
+        0.05, ge=0, le=1,
+        description="A share of the collection's items whose writes make a snapshot due, when "
+        "more than --snapshot-every-items (snapshots of large collections hold writes back "
+        "for seconds).",
+    )
+    snapshot_wal_bytes: int = Field(
+        256 << 20, ge=1, description="WAL bytes written that make a background snapshot due."
+    )
+    snapshot_interval_s: float = Field(
+        600.0, gt=0,
+        description="A collection written to since its last snapshot is snapshotted at least "
+        "this often (one is also written at shutdown).",
     )
     max_upload_bytes: int = Field(
         16 << 30, ge=1, description="Largest bundle part UploadBundle takes (sum of its files)."
@@ -199,6 +221,10 @@ class IndexService(pb_grpc.IndexServiceServicer):
                 settings.wal_sync,
                 settings.wal_sync_interval_ms / 1000.0,
                 settings.snapshot_every_ops,
+                settings.snapshot_every_items,
+                settings.snapshot_share,
+                settings.snapshot_wal_bytes,
+                settings.snapshot_interval_s,
             )
         self.answers = MemoryBudget(settings.max_answer_memory_bytes)
         self.store = CollectionStore(
