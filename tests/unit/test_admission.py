@@ -119,3 +119,42 @@ def test_the_pool_counts_what_waits_and_runs_until_it_ends() -> None:
         failing.result(5)
     assert pool.in_progress == 0
     pool.shutdown()
+
+
+def test_client_streams_have_their_own_limit_below_the_threads() -> None:
+    pool = Pool()
+    admission = Admission(8, 100, 10, lambda: pool.in_progress, pool.clock, max_streams=2)
+    streams = [admission.arrive("UploadBundle", stream=True) for _ in range(3)]
+    admission.start(streams[0], None)
+    admission.start(streams[1], None)
+    with pytest.raises(ResourceExhausted) as caught:
+        admission.arrive("UploadBundle", stream=True)
+    assert caught.value.reason == "TOO_MANY_STREAMS" and caught.value.retry_after_s
+    # Admitted while the others were queued, it is refused when it would start.
+    with pytest.raises(ResourceExhausted):
+        admission.start(streams[2], None)
+    admission.finish(streams[2])  # refused before it ran: nothing to give back
+    admission.finish(streams[0])
+    admission.start(admission.arrive("UploadBundle", stream=True), None)
+    # Never every thread, whatever is configured.
+    assert Admission(4, 100, 10, lambda: 0, max_streams=16).max_streams == 3
+
+
+def test_threads_held_by_streams_or_long_calls_are_not_counted_as_soon_free() -> None:
+    """Going by the mean service time alone, searches behind stalled uploads looked like
+    a few milliseconds' wait and were admitted to wait forever."""
+    pool = Pool()
+    admission = Admission(4, 100, 0.5, lambda: pool.in_progress, pool.clock, max_streams=3)
+    pool.served(admission, "Search", 0.01)
+    for _ in range(3):  # three stalled uploads hold three of the four threads
+        ticket = admission.arrive("UploadBundle", stream=True)
+        pool.in_progress += 1
+        admission.start(ticket, None)
+    slow = pool.arrive(admission)  # one search running on the last thread ...
+    admission.start(slow, None)
+    pool.now += 2.0  # ... for two seconds already
+    with pytest.raises(ResourceExhausted) as caught:
+        admission.arrive("Search")
+    assert caught.value.reason == "OVERLOADED" and "no handler will be free soon" in caught.value.message
+    pool.end(admission, slow)
+    admission.arrive("Search")  # a thread is free again

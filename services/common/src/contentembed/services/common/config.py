@@ -59,6 +59,19 @@ class ServiceSettings(BaseSettings):
         "when the calls ahead of it would keep it waiting for a handler thread longer than "
         "this; queued calls that can no longer finish before their deadline are shed too.",
     )
+    max_concurrent_streams: int | None = Field(
+        None,
+        ge=1,
+        description="Client-streaming calls (bundle uploads) running at once; each holds a "
+        "handler thread while its client sends. Unset: a quarter of --max-workers; never all "
+        "of them. Beyond: RESOURCE_EXHAUSTED TOO_MANY_STREAMS.",
+    )
+    stream_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A client stream that sends no message for this long is cancelled, so a "
+        "stalled client cannot hold a handler thread.",
+    )
     max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest gRPC message received or sent."
     )

@@ -22,6 +22,7 @@ what a slow or partial trace has to show.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,6 +40,7 @@ from contentembed.services.common.auth import ApiKeyPolicy
 from contentembed.services.common.errors import (
     ERROR_DOMAIN,
     ContentEmbedError,
+    DeadlineExceeded,
     InvalidArgument,
 )
 from contentembed.services.common.interrupt import Interrupt
@@ -133,12 +135,14 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         readiness: ReadinessCheck,
         admission: Admission,
         tracing: Tracing | None = None,
+        stream_idle_timeout_s: float = 30.0,
     ) -> None:
         self._metrics = metrics
         self._keys = keys
         self._readiness = readiness
         self._admission = admission
         self._tracing = tracing or Tracing.off()
+        self._stream_idle_timeout_s = stream_idle_timeout_s
 
     def intercept_service(
         self,
@@ -161,7 +165,7 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         try:
             self._keys.check(method, handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
             self._readiness()
-            ticket = self._admission.arrive(short_method)
+            ticket = self._admission.arrive(short_method, stream=streaming)
         except ContentEmbedError as error:
             return self._refusal(method, error, arrived, arrived_ns, streaming)
         if streaming:
@@ -216,7 +220,8 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
                         reason="MALFORMED_REQUEST",
                     )
                 if isinstance(request, Iterator):  # a client stream: checked as it is read
-                    request = parsed_messages(request)
+                    with IdleWatch(context, self._stream_idle_timeout_s) as watch:
+                        return behavior(parsed_messages(request, watch), context)
                 return behavior(request, context)
             except ContentEmbedError as error:
                 code = error.code
@@ -278,10 +283,80 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def parsed_messages(messages: Iterator[Any]) -> Iterator[Any]:
+class IdleWatch:
+    """Cancels a client stream whose client sends nothing for ``idle_s``: a handler
+    waiting for the next message holds its thread, and nothing else would wake it.
+
+    One thread per stream (streams are few: admission limits them), waiting for the
+    stream's next message. Once it fires, the reader of the stream ends with
+    DEADLINE_EXCEEDED STREAM_IDLE (counted and logged as such); the client sees the call
+    CANCELLED, which is all gRPC can tell it of a call cancelled by the server."""
+
+    def __init__(self, context: grpc.ServicerContext, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.expired = False
+        self._context = context
+        self._progress = threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()  # a stream that ends as the timer fires is not cancelled
+        self._thread = threading.Thread(target=self._watch, name="stream-idle", daemon=True)
+
+    def __enter__(self) -> IdleWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._thread.join()
+
+    def received(self) -> None:
+        self._progress.set()
+
+    def stop(self) -> None:
+        """The stream ended: what the handler does next (verifying an upload) is not idling."""
+        with self._lock:
+            self._done.set()
+        self._progress.set()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            if not self._progress.wait(self.idle_s):
+                with self._lock:
+                    if self._done.is_set():
+                        return
+                    self.expired = True
+                self._context.cancel()
+                return
+            self._progress.clear()
+
+    def check(self) -> None:
+        if self.expired:
+            raise DeadlineExceeded(
+                f"the client sent nothing for {self.idle_s:g} s (--stream-idle-timeout-s); "
+                "the stream was cancelled",
+                reason="STREAM_IDLE",
+            )
+
+
+def parsed_messages(messages: Iterator[Any], watch: IdleWatch | None = None) -> Iterator[Any]:
     """The messages of a client stream; one that did not parse ends it as
-    INVALID_ARGUMENT MALFORMED_REQUEST, like the body of a unary call."""
-    for position, message in enumerate(messages):
+    INVALID_ARGUMENT MALFORMED_REQUEST, like the body of a unary call. With a ``watch``,
+    a stream its client left idle ends as DEADLINE_EXCEEDED STREAM_IDLE."""
+    position = 0
+    while True:
+        try:
+            message = next(messages)
+        except StopIteration:
+            if watch is not None:
+                watch.stop()
+                watch.check()  # the cancel ends the stream as if it were complete
+            return
+        except grpc.RpcError:
+            if watch is not None:
+                watch.check()
+            raise
+        if watch is not None:
+            watch.received()
         if isinstance(message, Unparseable):
             raise InvalidArgument(
                 f"message {position} of the stream is not a valid {message.type_name}: "
@@ -289,3 +364,4 @@ def parsed_messages(messages: Iterator[Any]) -> Iterator[Any]:
                 reason="MALFORMED_REQUEST",
             )
         yield message
+        position += 1

@@ -154,8 +154,10 @@ class ServiceRuntime:
             keys,
             self._check_ready,
             Admission(settings.max_workers, settings.max_concurrent_rpcs,
-                      settings.max_queue_wait_s, lambda: pool.in_progress),
+                      settings.max_queue_wait_s, lambda: pool.in_progress,
+                      max_streams=settings.max_concurrent_streams),
             self.tracing,
+            stream_idle_timeout_s=settings.stream_idle_timeout_s,
         )
         self._server = grpc.server(
             pool,
