@@ -176,3 +176,31 @@ def test_a_request_that_cannot_be_computed_before_its_deadline_is_refused_at_onc
     assert [f.result(10) for f in queued] == [[2 * i] * 4 for i in range(4)]
     assert later.result(10) == [18]
     batcher.close()
+
+
+def test_the_estimate_counts_what_is_left_of_the_running_batch_and_ignores_one_slow_batch() -> None:
+    """A batch near its end no longer counts whole against a new deadline, and one batch
+    slowed by contention does not make every later estimate that slow."""
+    durations = iter([0.05, 0.05, 0.05, 1.5, 0.05, 0.05, 0.6, 0.05])
+
+    class TimedModel(GatedModel):
+        def __call__(self, items: list[int]) -> list[int]:
+            time.sleep(next(durations))
+            return super().__call__(items)
+
+    model = TimedModel()
+    model.gate.set()
+    batcher = make(model, max_batch_size=1, max_queue_items=64)
+    for value in range(5):  # four batches of 50 ms, one of 1.5 s (contention)
+        assert batcher.submit([value]).result(5) == [2 * value]
+    # The median is still 50 ms: a 200 ms deadline with nothing queued is admitted.
+    assert batcher.submit([7], deadline=time.monotonic() + 0.2).result(5) == [14]
+    model.gate.clear()
+    model.entered.clear()
+    running = batcher.submit([8])  # this one takes 0.6 s
+    assert model.entered.wait(5)  # (entered after the 0.6 s sleep: the batch is at its end)
+    # Expected 50 ms, already 600 ms in: nothing is left of it to wait for.
+    admitted = batcher.submit([9], deadline=time.monotonic() + 0.3)
+    model.gate.set()
+    assert running.result(5) == [16] and admitted.result(5) == [18]
+    batcher.close()

@@ -12,7 +12,8 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from contentembed.admin.v1 import admin_service_pb2 as admin_pb
-from contentembed.client.errors import ApiError
+from contentembed.client.errors import ApiError, ResourceExhaustedError
+from contentembed.client.throttle import THROTTLED_RETRY_S
 from contentembed.client.types import (
     CollectionInfo,
     Document,
@@ -76,6 +77,16 @@ class RetryPolicy:
             return error.retry_after_s
         ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2**attempt)
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # nosec B311
+
+
+def throttled() -> ApiError:
+    """A call the client refused to send (throttle.py): the gateway sheds load."""
+    return ResourceExhaustedError(
+        "not sent: the gateway is shedding load and this client throttles what it sends "
+        "(see contentembed.client.throttle); retry later",
+        reason="CLIENT_THROTTLED",
+        retry_after_s=THROTTLED_RETRY_S,
+    )
 
 
 def struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct:

@@ -21,6 +21,7 @@ from contentembed.admin.v1 import admin_service_pb2_grpc as admin_grpc
 from contentembed.client import _protocol as proto
 from contentembed.client._protocol import DEFAULT_RETRIES, RetryPolicy
 from contentembed.client.errors import ApiError
+from contentembed.client.throttle import DEFAULT_K, Throttle
 from contentembed.client.types import (
     CollectionCreated,
     CollectionInfo,
@@ -160,6 +161,10 @@ class Client:
         retries: Retries of an idempotent call; 0 disables retrying.
         initial_backoff_s: First backoff ceiling (doubles each retry).
         max_backoff_s: Largest backoff ceiling.
+        throttle_k: Client-side throttling (:mod:`contentembed.client.throttle`): once
+            the gateway sheds load, calls beyond ``throttle_k`` times what it accepts are
+            refused locally (``CLIENT_THROTTLED``) and overload retries are budgeted;
+            0 turns it off.
 
     Example:
         >>> with Client("127.0.0.1:50051") as client:  # doctest: +SKIP
@@ -179,12 +184,14 @@ class Client:
         retries: int = DEFAULT_RETRIES,
         initial_backoff_s: float = proto.DEFAULT_INITIAL_BACKOFF_S,
         max_backoff_s: float = proto.DEFAULT_MAX_BACKOFF_S,
+        throttle_k: float = DEFAULT_K,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self.target = target
         self.timeout = timeout
         self.retry_policy = RetryPolicy(retries, initial_backoff_s, max_backoff_s)
+        self.throttle = Throttle(throttle_k)
         self._metadata = (("x-api-key", api_key),) if api_key else ()
         self._channel = channel or open_channel(
             target, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file
@@ -210,14 +217,21 @@ class Client:
         deadline = time.monotonic() + budget
         attempt = 0
         while True:
+            if not self.throttle.admit():
+                raise proto.throttled()
             try:
-                return method(
+                response = method(
                     request, timeout=budget, metadata=(*self._metadata, *trace_headers())
                 )
             except grpc.RpcError as rpc_error:
                 error = ApiError.from_rpc_error(rpc_error)
+            else:
+                self.throttle.record("OK")
+                return response
+            self.throttle.record(error.code, error.retry_after_s)
             delay = self.retry_policy.delay(error, attempt, idempotent)
-            if delay is None or time.monotonic() + delay >= deadline:
+            if (delay is None or time.monotonic() + delay >= deadline
+                    or not self.throttle.retry_allowed(error.code, error.retry_after_s)):
                 raise error
             time.sleep(delay)
             attempt += 1

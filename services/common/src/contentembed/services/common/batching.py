@@ -8,7 +8,8 @@ worker thread, never on gRPC threads, one batch at a time.
 
 A full queue refuses new requests (ResourceExhausted with a retry hint) instead of
 growing without bound; so does a request whose deadline comes before the queue ahead of
-it can be worked off (at the recent per-item compute time): queued, it would only take
+it can be worked off (at the recent batches' median time per item, with what is left
+of the batch running): queued, it would only take
 model time from requests that can still finish. Requests whose deadline passed or whose
 caller went away are dropped when they reach the head of the queue, without being computed.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +51,7 @@ ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512)
+ESTIMATE_WINDOW = 16  # batches the queue-wait estimate looks back on
 
 
 class BatcherMetrics:
@@ -122,9 +125,14 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._tracer = tracer
         self.batches_run = 0
         self.items_run = 0
-        self._recent_compute_s = 0.0
-        self._per_item_s = 0.0  # smoothed model time per item, from recent batches
+        # (items, seconds) of the last batches: the queue wait is estimated from their
+        # median time per item. A median, because under CPU contention single batches take
+        # several times their usual time, and an estimate that follows the latest refused
+        # calls that would have made their deadline (at 20x load: "0 items are queued ahead,
+        # about 1841 ms of model time; the deadline is in 1809 ms").
+        self._recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=ESTIMATE_WINDOW)
         self._computing_since: float | None = None
+        self._computing_items = 0
         self._queue: collections.deque[_Request[ItemT, ResultT]] = collections.deque()
         self._queued_items = 0
         self._cond = threading.Condition()
@@ -178,16 +186,29 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             self._cond.notify()
         return request.future
 
+    def _per_item_s(self) -> float:
+        """The median model time per item of the recent batches; 0 before any."""
+        if not self._recent:
+            return 0.0
+        return statistics.median(seconds / items for items, seconds in self._recent)
+
     def _expected_wait_locked(self, items: int) -> float:
-        """Seconds until ``items`` more would be computed: the batch now running, then the
-        queue ahead and them. Zero until a batch has been measured."""
-        running = self._recent_compute_s if self._computing_since is not None else 0.0
-        return running + (self._queued_items + items) * self._per_item_s
+        """Seconds until ``items`` more would be computed: what is left of the batch now
+        running, then the queue ahead and them. Zero until a batch has been measured."""
+        per_item = self._per_item_s()
+        running = 0.0
+        if self._computing_since is not None:
+            expected = self._computing_items * per_item
+            running = max(0.0, expected - (time.monotonic() - self._computing_since))
+        return running + (self._queued_items + items) * per_item
 
     def _retry_hint_s(self) -> float:
         """About the time to work off the queue at the recent batch compute time."""
         batches_waiting = max(1, self._queued_items // self.max_batch_size)
-        per_batch = self._recent_compute_s or self.max_queue_delay_s or 0.05
+        per_batch = (
+            statistics.median(seconds for _, seconds in self._recent) if self._recent
+            else self.max_queue_delay_s or 0.05
+        )
         return round(min(5.0, batches_waiting * per_batch), 3)
 
     def close(self) -> None:
@@ -299,7 +320,9 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             if not batch:
                 continue
             started = time.monotonic()
-            self._computing_since = started
+            with self._cond:
+                self._computing_items = sum(len(request.items) for request in batch)
+                self._computing_since = started
             for request in batch:
                 self.metrics.queue_wait.observe(started - request.enqueued)
             items = [item for request in batch for item in request.items]
@@ -321,13 +344,9 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 continue
             finally:
                 elapsed = time.monotonic() - started
-                self._computing_since = None
-                self._recent_compute_s = elapsed
-                per_item = elapsed / len(items)
-                self._per_item_s = (
-                    per_item if not self._per_item_s
-                    else self._per_item_s + 0.2 * (per_item - self._per_item_s)
-                )
+                with self._cond:
+                    self._computing_since = None
+                    self._recent.append((len(items), elapsed))
                 self.metrics.compute.observe(elapsed)
             self.batches_run += 1
             self.items_run += len(items)
