@@ -127,3 +127,46 @@ def test_ingest_hybrid_in_german_stems_german(gateway, tmp_path) -> None:
         # "Wanderung" (singular) matches "Wanderungen" only through the German stemmer.
         hits = client.search("german", text="Wanderung", mode="lexical").hits
     assert [h.id for h in hits] == ["zelt"]
+
+
+def noise_png(seed: int, side: int = 400) -> bytes:
+    """About 480 KB: noise does not compress."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    from io import BytesIO
+
+    buffer = BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_ingest_never_aborts_on_a_row_and_sizes_batches_by_bytes(gateway, tmp_path) -> None:
+    """64 images of ~480 KB at the default batch size (64) made one 30 MB request the
+    gateway refused, ending the run; a 20 MB text row did the same; metadata nested 2,000
+    deep raised a RecursionError. Now the images go out in requests under the limit and
+    the other two are rejected with their reasons; exit code 0."""
+    (tmp_path / "img").mkdir()
+    rows = []
+    for n in range(64):
+        data = noise_png(n)
+        assert len(data) > 400_000
+        (tmp_path / "img" / f"{n}.png").write_bytes(data)
+        rows.append({"id": f"noise-{n}", "image": f"img/{n}.png"})
+    lines = [json.dumps(row) for row in rows]
+    lines.insert(10, json.dumps({"id": "huge", "text": "word " * 4_000_000}))  # 20 MB
+    deep = '{"id": "deep", "text": "x", "metadata": ' + '{"a": ' * 2000 + "1" + "}" * 2000 + "}"
+    lines.insert(20, deep)
+    catalog = tmp_path / "mixed.jsonl"
+    catalog.write_text("\n".join(lines) + "\n")
+    rejects = tmp_path / "mixed.rejects.jsonl"
+
+    done = ingest(gateway, str(catalog), "-c", "noise", "--rejects", str(rejects))
+    assert done.exit_code == 0, done.output
+    found = {r["line"]: r for r in map(json.loads, rejects.read_text().splitlines())}
+    assert sorted(found) == [11, 21], found
+    assert found[11]["id"] == "huge" and "more than a request may carry" in found[11]["reason"]
+    assert "nested too deep" in found[21]["reason"]  # not JSON this reader can take: no id
+    with Client(gateway.address) as client:
+        assert client.get_collection("noise").item_count == 64

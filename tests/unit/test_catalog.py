@@ -113,3 +113,30 @@ def test_mixed_modalities_fail_naming_the_first_line_of_the_other(tmp_path) -> N
         check_single_modality(catalog)
     single = read_catalog_rows(write_catalog(tmp_path, lines[:2]))
     check_single_modality(single)  # one modality: fine
+
+
+def test_rows_too_large_to_send_or_too_deep_to_read_are_rejected_with_reasons(tmp_path) -> None:
+    from contentembed.pipeline.catalog import MAX_ROW_BYTES, read_catalog_rows
+
+    (tmp_path / "big.png").write_bytes(b"\0" * (MAX_ROW_BYTES + 1))
+    lines = [
+        json.dumps({"id": "ok", "text": "fine"}),
+        json.dumps({"id": "huge", "text": "x" * (MAX_ROW_BYTES + 1)}),
+        json.dumps({"id": "big", "image": "big.png"}),
+        '{"id": "deep", "text": "x", "metadata": ' + "[" * 5000 + "]" * 5000 + "}",
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    catalog = read_catalog_rows(path, max_rejects=None)
+    assert [row.id for row in catalog.rows] == ["ok"]
+    reasons = {reject.line: reject.reason for reject in catalog.rejects}
+    assert "more than a request may carry" in reasons[2] and "more than a request" in reasons[3]
+    assert "nested too deep" in reasons[4]
+
+
+def test_batches_are_cut_by_bytes_as_well_as_by_count() -> None:
+    from contentembed.pipeline.catalog import sized_batches
+
+    sizes = [3, 3, 3, 9, 1, 1, 1, 1]
+    batches = sized_batches(sizes, lambda size: size, max_count=3, max_bytes=7)
+    assert batches == [[3, 3], [3], [9], [1, 1, 1], [1]]  # one over the limit goes alone

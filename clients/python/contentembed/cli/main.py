@@ -275,7 +275,8 @@ def ingest(
     ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Ingest the built-in demo catalog.")] = False,
     collection: CollectionOption = DEMO_COLLECTION,
-    batch_size: Annotated[int, typer.Option(min=1, max=1000)] = 64,
+    batch_size: Annotated[int, typer.Option(
+        min=1, max=1000, help="Most rows per upsert request (requests are also cut at 8 MiB).")] = 64,
     space: Annotated[
         str | None, typer.Option(help="Space for a missing collection (default: the encoder's "
                                  "for the catalog's modality).")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # Pure modules of the services (no grpc, no third-party packages): the same id rules and
 # digests as the shards, with the SDK's base install.
@@ -25,6 +25,11 @@ DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 DEMO_CATALOG = DEMO_DIR / "catalog.jsonl"
 DEMO_QUERIES = DEMO_DIR / "queries.jsonl"
 DEFAULT_MAX_REJECTS = 1000
+# The services take messages of up to 16 MiB (their default --max-message-bytes): a row
+# whose content alone comes that close cannot go out in any request, so it is rejected
+# as the catalog is read, with its size, instead of failing a batch (or the whole run).
+MAX_ROW_BYTES = 15 << 20
+T = TypeVar("T")
 
 
 class CatalogError(ValueError):
@@ -66,6 +71,42 @@ class CatalogRow:
             return self.text
         assert self.image is not None
         return self.image.read_bytes()
+
+    def content_bytes(self) -> int:
+        """The size of ``content()`` on the wire (an image that became unreadable: 0)."""
+        if self.text is not None:
+            return len(self.text.encode("utf-8"))
+        assert self.image is not None
+        try:
+            return self.image.stat().st_size
+        except OSError:
+            return 0
+
+    def request_bytes(self) -> int:
+        """About what the row adds to an upsert request: content, id and metadata."""
+        metadata = json.dumps(self.metadata, separators=(",", ":")) if self.metadata else ""
+        return self.content_bytes() + len(self.id.encode("utf-8")) + len(metadata.encode("utf-8"))
+
+
+def sized_batches(
+    items: Sequence[T], cost: Callable[[T], int], max_count: int, max_bytes: int
+) -> list[list[T]]:
+    """``items`` in order, cut into batches of at most ``max_count`` items and, unless an
+    item alone is larger, ``max_bytes``: a batch counted in rows alone went over the
+    message limit (64 images of 480 KB make 30 MB)."""
+    batches: list[list[T]] = []
+    current: list[T] = []
+    size = 0
+    for item in items:
+        item_cost = cost(item)
+        if current and (len(current) >= max_count or size + item_cost > max_bytes):
+            batches.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item_cost
+    if current:
+        batches.append(current)
+    return batches
 
 
 @dataclass(frozen=True)
@@ -147,6 +188,9 @@ class TypedRowReader:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             return Reject(line_number, None, f"not JSON ({error.msg})")
+        except RecursionError:
+            return Reject(line_number, None, "nested too deep to read (JSON objects or lists "
+                          "inside each other thousands of levels deep)")
         if not isinstance(record, dict):
             return Reject(line_number, None, f"expected a JSON object, got {type(record).__name__}")
         raw_id = record.get("id")
@@ -181,6 +225,10 @@ class TypedRowReader:
                 return self._reject(line_number, item_id, "'text' must be a string")
             if not text.strip():
                 return self._reject(line_number, item_id, "'text' is empty")
+            size = len(text.encode("utf-8", errors="replace"))
+            if size > MAX_ROW_BYTES:
+                return self._reject(line_number, item_id, f"'text' is {size} bytes, more than a "
+                                    f"request may carry ({MAX_ROW_BYTES})")
             digest = content_digest("text", text.encode("utf-8"), metadata)
             row = CatalogRow(line_number, item_id, text, None, metadata, digest)
         else:
@@ -188,6 +236,11 @@ class TypedRowReader:
                 return self._reject(line_number, item_id, "'image' must be a non-empty path")
             path = (self.base / image).resolve()
             try:
+                size = path.stat().st_size
+                if size > MAX_ROW_BYTES:
+                    return self._reject(line_number, item_id, f"image file {shown(image)} is "
+                                        f"{size} bytes, more than a request may carry "
+                                        f"({MAX_ROW_BYTES})")
                 data = path.read_bytes()
             except OSError as error:
                 reason = "missing" if isinstance(error, FileNotFoundError) else "unreadable"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from contentembed.pipeline.catalog import CatalogRow
+from contentembed.pipeline.catalog import CatalogRow, sized_batches
 
 # One request stays well under the encoders' 16 MiB message limit.
 MAX_REQUEST_BYTES = 12 * 1024 * 1024
@@ -120,7 +120,11 @@ class RemoteEmbedder(Embedder):
             except grpc.RpcError as error:
                 code = error.code().name  # type: ignore[attr-defined]
                 details = error.details() or code  # type: ignore[attr-defined]
-                if code == "INVALID_ARGUMENT":
+                if code == "INVALID_ARGUMENT" or (
+                    code == "RESOURCE_EXHAUSTED" and retry_delay(call_status(error)) is None
+                ):
+                    # An input's fault, or the batch's size (RESOURCE_EXHAUSTED without a
+                    # retry delay: a message limit): bisected down to the row it is.
                     raise InputRefused(details) from None
                 if code not in RETRY_CODES or attempt == MAX_ATTEMPTS:
                     raise EmbedError(f"encoder {self.address}: {code}: {details}") from None
@@ -321,26 +325,8 @@ def _bisect(embedder: Embedder, items: list[str | bytes]) -> list[Result]:
 
 
 def _batches(embedder: Embedder, rows: list[tuple[int, CatalogRow]]) -> list[list[tuple[int, CatalogRow]]]:
-    batches: list[list[tuple[int, CatalogRow]]] = []
-    current: list[tuple[int, CatalogRow]] = []
-    size = 0
-    for position, row in rows:
-        cost = len(row.text.encode("utf-8")) if row.text is not None else _file_size(row)
-        if current and (len(current) >= embedder.max_batch_size or size + cost > MAX_REQUEST_BYTES):
-            batches.append(current)
-            current, size = [], 0
-        current.append((position, row))
-        size += cost
-    if current:
-        batches.append(current)
-    return batches
-
-
-def _file_size(row: CatalogRow) -> int:
-    try:
-        return row.image.stat().st_size if row.image is not None else 0
-    except OSError:
-        return 0
+    return sized_batches(rows, lambda pair: pair[1].content_bytes(), embedder.max_batch_size,
+                         MAX_REQUEST_BYTES)
 
 
 def _run_batch(embedder: Embedder, batch: list[tuple[int, CatalogRow]]) -> list[tuple[int, Result]]:

@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from contentembed.client import ApiError, Client, ImageDocument, TextDocument
-from contentembed.pipeline.catalog import Catalog, CatalogError, CatalogRow, Reject
+from contentembed.pipeline.catalog import (
+    Catalog,
+    CatalogError,
+    CatalogRow,
+    Reject,
+    sized_batches,
+)
 from contentembed.pipeline.hybrid import check_hybrid, check_lexical_only
 
 
@@ -80,11 +86,25 @@ def _document(row: CatalogRow) -> TextDocument | ImageDocument:
     return ImageDocument(row.id, row.content(), row.metadata)
 
 
+# Upserts go out in batches of at most this many bytes (and the batch size): well under the
+# gateway's 16 MiB message limit, with room for what the request adds.
+MAX_BATCH_BYTES = 8 << 20
+
+
+def refused_for_the_rows(error: ApiError) -> bool:
+    """The gateway refused the batch for something in its rows: one row's content
+    (INVALID_ARGUMENT), or the batch's size (RESOURCE_EXHAUSTED without a retry delay)."""
+    return error.code == "INVALID_ARGUMENT" or (
+        error.code == "RESOURCE_EXHAUSTED" and error.retry_after_s is None
+    )
+
+
 def upsert_bisecting(
     client: Client, collection: str, rows: Sequence[CatalogRow], outcome: IngestOutcome
 ) -> int:
-    """Upserts ``rows``; a batch the gateway refuses with INVALID_ARGUMENT is split until
-    the refused rows stand alone, and those are rejected with the gateway's message."""
+    """Upserts ``rows``; a batch the gateway refuses for its rows (``refused_for_the_rows``)
+    is split until the refused rows stand alone, and those are rejected with the
+    gateway's message; the others are written."""
     documents = []
     for row in rows:
         try:
@@ -98,7 +118,7 @@ def upsert_bisecting(
     try:
         result = client.upsert_documents(collection, [d for _, d in documents], timeout=120.0)
     except ApiError as error:
-        if error.code != "INVALID_ARGUMENT":
+        if not refused_for_the_rows(error):
             raise
         if len(documents) == 1:
             row = documents[0][0]
@@ -136,8 +156,8 @@ def ingest_catalog(
         total=len(catalog.rows), desc=f"ingest {catalog.path.name}", unit="item",
         disable=not show_progress,
     ) as progress:
-        for start in range(0, len(catalog.rows), batch_size):
-            batch = catalog.rows[start : start + batch_size]
+        for batch in sized_batches(catalog.rows, CatalogRow.request_bytes, batch_size,
+                                   MAX_BATCH_BYTES):
             progress.update(upsert_bisecting(client, collection, batch, outcome))
             if max_rejects is not None and len(outcome.rejects) > max_rejects:
                 break

@@ -5,7 +5,9 @@
    retry delay), so nothing runs against state that is still being loaded;
 3. admission (``admission.py``): a call that would queue too long is refused at arrival,
    one that can no longer finish before its deadline is shed when a thread picks it up;
-4. the body: bytes that do not parse as the request message are INVALID_ARGUMENT;
+4. the body: bytes that do not parse as the request message are INVALID_ARGUMENT, a body
+   over --max-message-bytes RESOURCE_EXHAUSTED REQUEST_TOO_LARGE (the transport takes up
+   to twice that, so the refusal is this interceptor's, with a reason and counted);
 5. the handler, whose domain errors become ``google.rpc.Status`` with ``ErrorInfo``
    (and ``RetryInfo`` where there is a delay to suggest); anything unexpected is INTERNAL.
 
@@ -42,6 +44,7 @@ from contentembed.services.common.errors import (
     ContentEmbedError,
     DeadlineExceeded,
     InvalidArgument,
+    ResourceExhausted,
 )
 from contentembed.services.common.interrupt import Interrupt
 from contentembed.services.common.metrics import RpcMetrics
@@ -105,20 +108,39 @@ def status_for_error(error: ContentEmbedError) -> status_pb2.Status:
 
 
 class Unparseable:
-    """Stands in for a request body that did not parse: the handler answers it with
-    INVALID_ARGUMENT (gRPC itself would answer INTERNAL, uncounted)."""
+    """Stands in for a request body that did not parse, or that is over the message
+    limit: the handler answers it with INVALID_ARGUMENT MALFORMED_REQUEST or
+    RESOURCE_EXHAUSTED REQUEST_TOO_LARGE (gRPC itself would answer INTERNAL, or
+    RESOURCE_EXHAUSTED without a reason, uncounted either way)."""
 
-    def __init__(self, type_name: str, error: Exception) -> None:
+    def __init__(self, type_name: str, error: Exception | None, size: int = 0,
+                 limit: int = 0) -> None:
         self.type_name = type_name
         self.error = error
+        self.size = size
+        self.limit = limit
+
+    def refusal(self, what: str) -> ContentEmbedError:
+        if self.error is None:
+            return ResourceExhausted(
+                f"{what} is {self.size} bytes, above the message limit of {self.limit} "
+                "(--max-message-bytes): send less per call",
+                reason="REQUEST_TOO_LARGE",
+            )
+        return InvalidArgument(f"{what} is not a valid {self.type_name}: {self.error}",
+                               reason="MALFORMED_REQUEST")
 
 
-def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def tolerant(
+    deserializer: Callable[[bytes], Any] | None, max_bytes: int | None = None
+) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
     type_name = getattr(getattr(deserializer, "__self__", None), "__name__", "request")
 
     def parse(data: bytes) -> Any:
+        if max_bytes is not None and len(data) > max_bytes:
+            return Unparseable(type_name, None, len(data), max_bytes)
         try:
             return deserializer(data)
         except Exception as error:  # noqa: BLE001 - protobuf raises DecodeError and others
@@ -136,6 +158,7 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         admission: Admission,
         tracing: Tracing | None = None,
         stream_idle_timeout_s: float = 30.0,
+        max_request_bytes: int | None = None,
     ) -> None:
         self._metrics = metrics
         self._keys = keys
@@ -143,6 +166,7 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         self._admission = admission
         self._tracing = tracing or Tracing.off()
         self._stream_idle_timeout_s = stream_idle_timeout_s
+        self._max_request_bytes = max_request_bytes
 
     def intercept_service(
         self,
@@ -171,12 +195,12 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         if streaming:
             return grpc.stream_unary_rpc_method_handler(
                 self._guarded(handler.stream_unary, method, ticket, arrived_ns),
-                request_deserializer=tolerant(handler.request_deserializer),
+                request_deserializer=tolerant(handler.request_deserializer, self._max_request_bytes),
                 response_serializer=handler.response_serializer,
             )
         return grpc.unary_unary_rpc_method_handler(
             self._guarded(handler.unary_unary, method, ticket, arrived_ns),
-            request_deserializer=tolerant(handler.request_deserializer),
+            request_deserializer=tolerant(handler.request_deserializer, self._max_request_bytes),
             response_serializer=handler.response_serializer,
         )
 
@@ -215,10 +239,7 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
             try:
                 self._admission.start(ticket, caller_time_remaining(context))
                 if isinstance(request, Unparseable):
-                    raise InvalidArgument(
-                        f"the request body is not a valid {request.type_name}: {request.error}",
-                        reason="MALFORMED_REQUEST",
-                    )
+                    raise request.refusal("the request body")
                 if isinstance(request, Iterator):  # a client stream: checked as it is read
                     with IdleWatch(context, self._stream_idle_timeout_s) as watch:
                         return behavior(parsed_messages(request, watch), context)
@@ -358,10 +379,6 @@ def parsed_messages(messages: Iterator[Any], watch: IdleWatch | None = None) -> 
         if watch is not None:
             watch.received()
         if isinstance(message, Unparseable):
-            raise InvalidArgument(
-                f"message {position} of the stream is not a valid {message.type_name}: "
-                f"{message.error}",
-                reason="MALFORMED_REQUEST",
-            )
+            raise message.refusal(f"message {position} of the stream")
         yield message
         position += 1

@@ -101,6 +101,19 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+# A server receives requests up to this many times --max-message-bytes, so that one over
+# the limit reaches the interceptor and is refused there (RESOURCE_EXHAUSTED
+# REQUEST_TOO_LARGE, counted) instead of by gRPC (no reason, uncounted).
+RECEIVE_SLACK = 2
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", RECEIVE_SLACK * max_message_bytes),
+    ]
+
+
 class ServiceRuntime:
     """Runs one ``Service`` behind a gRPC server; usable in-process (tests) or as a process."""
 
@@ -158,6 +171,7 @@ class ServiceRuntime:
                       max_streams=settings.max_concurrent_streams),
             self.tracing,
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
+            max_request_bytes=settings.max_message_bytes,
         )
         self._server = grpc.server(
             pool,
@@ -165,7 +179,7 @@ class ServiceRuntime:
             # gRPC binds with SO_REUSEPORT by default: a second server on a port already in
             # use would start "successfully" and share its traffic with the first.
             options=[
-                *channel_options(settings.max_message_bytes),
+                *server_options(settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
                 *PING_POLICY,
                 *connection_age(settings.max_connection_age_s),
