@@ -131,6 +131,8 @@ def cases() -> list[Case]:
         Case("index", I + "CreateCollection", "path in name", lambda: index.CreateCollectionRequest(name="../etc", space_id="s@1", dim=DIM)),
         Case("index", I + "CreateCollection", "dim 0", lambda: index.CreateCollectionRequest(name="x", space_id="s@1", dim=0)),
         Case("index", I + "CreateCollection", "dim too large", lambda: index.CreateCollectionRequest(name="x", space_id="s@1", dim=10**7)),
+        # 65,536 was accepted: an empty collection of it allocated 268 MB.
+        Case("index", I + "CreateCollection", "dim 65536", lambda: index.CreateCollectionRequest(name="x", space_id="s@1", dim=65536)),
         Case("index", I + "CreateCollection", "no space", lambda: index.CreateCollectionRequest(name="x", dim=DIM)),
         Case("index", I + "CreateCollection", "unknown metric enum", lambda: index.CreateCollectionRequest(name="x", space_id="s@1", dim=DIM, metric=99)),
         Case("index", I + "CreateCollection", "hnsw m 1", lambda: index.CreateCollectionRequest(name="x", space_id="s@1", dim=DIM, hnsw=index.HnswParams(m=1))),
@@ -230,6 +232,9 @@ def cases() -> list[Case]:
         Case("image-encoder", E + "GetEncoderInfo", "garbage body", lambda: b"\x12\xff"),
         # -- gateway ---------------------------------------------------------------------
         Case("gateway", S + "Search", "no query", lambda: search.SearchRequest(collection="products", top_k=3)),
+        # A NaN threshold matched nothing: an answer silently empty.
+        Case("gateway", S + "Search", "score_threshold NaN", lambda: search.SearchRequest(collection="products", text="kettle", top_k=3, score_threshold=float("nan"))),
+        Case("gateway", S + "Search", "score_threshold infinite", lambda: search.SearchRequest(collection="products", text="kettle", top_k=3, score_threshold=float("inf"))),
         Case("gateway", S + "Search", "blank text", lambda: search.SearchRequest(collection="products", text="   ", top_k=3)),
         Case("gateway", S + "Search", "offset + top_k above max_top_k", lambda: search.SearchRequest(collection="products", text="kettle", top_k=3, offset=2**32 - 1)),
         Case("gateway", S + "Search", "empty item_id", lambda: search.SearchRequest(collection="products", item_id="", top_k=3)),

@@ -207,6 +207,10 @@ REFUSED_UPLOADS = {
     "ends early": (lambda part: messages(part)[:-1], grpc.StatusCode.FAILED_PRECONDITION, "UPLOAD_INCOMPLETE"),
     "header only": (lambda part: messages(part)[:1], grpc.StatusCode.FAILED_PRECONDITION, "UPLOAD_INCOMPLETE"),
     "manifest lacks a file": (without_files, grpc.StatusCode.INVALID_ARGUMENT, "BAD_MANIFEST"),
+    # 10,000 nested objects: a RecursionError that answered INTERNAL.
+    "manifest nested 10,000 deep": (lambda part: messages(part, manifest=b'{"a":' * 10_000 + b"1"
+                                                          + b"}" * 10_000)[:1],
+                                    grpc.StatusCode.INVALID_ARGUMENT, "BAD_MANIFEST"),
     "bigger than the bound": (huge, grpc.StatusCode.INVALID_ARGUMENT, "UPLOAD_TOO_LARGE"),
     "version live": (lambda part: messages(part, version="live"), grpc.StatusCode.INVALID_ARGUMENT, "BAD_VERSION"),
 }

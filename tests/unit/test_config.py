@@ -58,3 +58,18 @@ def test_shard_index_from_hostname_must_be_below_the_shard_count(
         IndexSettings(shard_index_from_hostname=True, shard_count=2)
     with pytest.raises(Exception, match="not both"):
         IndexSettings(shard_index_from_hostname=True, shard_index=1, shard_count=4)
+
+
+@pytest.mark.parametrize("listed", ["k1,,k2", "k1,", ",k1", "k1, ,k2"])
+def test_an_empty_entry_in_a_key_or_endpoint_list_is_refused(
+    monkeypatch: pytest.MonkeyPatch, listed: str
+) -> None:
+    """Dropped silently before: a key lost to a pasting slip went unnoticed."""
+    monkeypatch.setenv("CONTENTEMBED_API_KEYS", listed)
+    with pytest.raises(Exception, match="empty entry"):
+        load_settings(IndexSettings, [])
+    monkeypatch.delenv("CONTENTEMBED_API_KEYS")
+    with pytest.raises(Exception, match="empty entry"):
+        load_settings(GatewaySettings, ["--index-endpoints", listed.replace("k", "h:")])
+    monkeypatch.setenv("CONTENTEMBED_API_KEYS", "")
+    assert load_settings(IndexSettings, []).api_keys == []  # set but empty: no keys

@@ -104,3 +104,23 @@ def test_the_gateways_domain_imports_no_grpc_and_no_generated_code() -> None:
                     "contentembed.services.common.tracing",
                     "contentembed.services.gateway.downstream",
                 }, f"{source.name} imports {name}"
+
+
+def test_a_deleted_collection_is_no_longer_polled_for_its_coverage() -> None:
+    """Its coverage gauge asked every shard for its size every 10 s, forever."""
+    gateway, _, shards = stack()
+    gateway.search(Query("shop", "coffee", 2, soon()))
+    gateway.refresh_collections(soon())
+    assert "shop" in gateway.monitoring.catalog.collections()
+    for shard in shards:  # deleted through another gateway: this one finds out by asking
+        del shard.collections["shop"]
+    gateway.refresh_collections(soon())
+    assert "shop" not in gateway.monitoring.catalog.collections()
+    asked = sum(method == "get_collection" for method, _ in shards[0].calls)
+    gateway.refresh_collections(soon())
+    assert sum(method == "get_collection" for method, _ in shards[0].calls) == asked
+    # Deleted through this gateway: forgotten at once.
+    gateway.create_collection("shop2", "space-a", False, soon())
+    gateway.search(Query("shop2", "coffee", 2, soon()))
+    gateway.delete_collection("shop2", soon())
+    assert "shop2" not in gateway.monitoring.catalog.collections()

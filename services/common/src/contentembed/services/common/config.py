@@ -17,13 +17,21 @@ KeyList = Annotated[list[str], NoDecode]
 
 
 def split_endpoints(value: object) -> object:
+    """"a,b" (or a JSON list) as a list; "" is an empty list. An empty entry ("a,,b", a
+    trailing comma) is refused: dropping it silently hid a key or an address lost to a
+    pasting slip."""
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
             import json
 
             return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
+        if not text:
+            return []
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise ValueError(f"an empty entry in the comma-separated list {text!r}")
+        return parts
     return value
 
 

@@ -3,11 +3,12 @@ grpc."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from contentembed.services.common.errors import InvalidArgument
+from contentembed.services.common.errors import AlreadyExists, ContentEmbedError, InvalidArgument
 from contentembed.services.common.validation import validate_collection_name
 from contentembed.services.gateway.ports import (
     TEXT,
@@ -15,9 +16,12 @@ from contentembed.services.gateway.ports import (
     ShardCollection,
     ShardPort,
     is_lexical_only,
+    outcomes_of,
     wait_all,
 )
 from contentembed.services.gateway.routing import EncoderRouter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,23 +98,45 @@ class CollectionAdmin:
                     "a lexical-only collection has no embedding space: leave space_id, model "
                     "and modality unset", reason="BAD_LEXICAL_CONFIG",
                 )
-            results = wait_all(
-                [s.create_collection(name, "", 0, exist_ok, deadline, lexical)
-                 for s in self.shards]
-            )
-            return (self.summary([c for c, _ in results]),
-                    any(created for _, created in results))
+            return self._create_everywhere(name, "", 0, exist_ok, deadline, lexical)
         if space_id:
             info = self.router.info_for_space(space_id)
         elif model:
             info = self.router.space_of_model(model)
         else:
             info = self.router.default_space(modality)
-        results = wait_all(
-            [s.create_collection(name, info.space_id, info.dim, exist_ok, deadline, lexical)
-             for s in self.shards]
+        return self._create_everywhere(name, info.space_id, info.dim, exist_ok, deadline, lexical)
+
+    def _create_everywhere(
+        self, name: str, space_id: str, dim: int, exist_ok: bool, deadline: float,
+        lexical: LexicalConfig | None,
+    ) -> tuple[CollectionSummary, bool]:
+        """Creates the collection on every shard, or on none. Each shard is asked with
+        exist_ok (a shard that has it with the same spec says so; another spec is
+        FAILED_PRECONDITION), so a create that failed on some shards and is tried again
+        completes the rest. When a shard fails (one restarting: NOT_READY), the shards that
+        this call created it on drop it again, and the failure is the answer: before, the
+        collection stayed on some shards only (NOT_FOUND on search, ALREADY_EXISTS on
+        create). Without exist_ok, ALREADY_EXISTS only when every shard already had it."""
+        outcomes = outcomes_of(
+            [s.create_collection(name, space_id, dim, True, deadline, lexical) for s in self.shards]
         )
-        return self.summary([c for c, _ in results]), any(created for _, created in results)
+        failures = [o for o in outcomes if isinstance(o, ContentEmbedError)]
+        if failures:
+            made_here = [
+                shard for shard, outcome in zip(self.shards, outcomes)
+                if not isinstance(outcome, ContentEmbedError) and outcome[1]
+            ]
+            for outcome in outcomes_of([s.delete_collection(name, deadline) for s in made_here]):
+                if isinstance(outcome, ContentEmbedError):
+                    log.warning("could not undo a partial create (retrying the create "
+                                "completes it)", extra={"collection": name, "error": outcome.message})
+            raise failures[0]
+        results = [o for o in outcomes if not isinstance(o, ContentEmbedError)]
+        created = any(made for _, made in results)
+        if not created and not exist_ok:
+            raise AlreadyExists(f"collection {name!r} already exists")
+        return self.summary([c for c, _ in results]), created
 
     def get(self, name: str, deadline: float) -> CollectionSummary:
         validate_collection_name(name)

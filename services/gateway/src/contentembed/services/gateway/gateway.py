@@ -229,6 +229,7 @@ class Gateway:
 
     def _forget_collection(self, name: str) -> None:
         self.collection_spaces.forget(name)
+        self.monitoring.forget(name)
         self.write_plans.forget(name)
         self.candidates.drop(name)  # a re-created collection starts without one
 

@@ -5,6 +5,7 @@ observer). Pure: numpy and the ports, no grpc."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
 import threading
 import time
@@ -105,6 +106,10 @@ class CatalogCoverage:
         with self._lock:
             return list(self._seen)
 
+    def forget(self, collection: str) -> None:
+        with self._lock:
+            self._seen.pop(collection, None)
+
 
 class QualityMonitor:
     """Observes every answer served from the serving or canary version: drift of its
@@ -162,6 +167,12 @@ class QualityMonitor:
             found = len({h.id for h in outcome.hits} & {h.id for h in exact}) / len(exact)
             self.metrics.sampled_recall.labels(collection).observe(found)
 
+    def forget(self, collection: str) -> None:
+        """A deleted collection: no more coverage kept, asked for or reported."""
+        self.catalog.forget(collection)
+        with contextlib.suppress(KeyError):
+            self.metrics.catalog_coverage.remove(collection)
+
     def update_gauges(self, item_count: Callable[[str], int]) -> None:
         """Drift per space and catalog coverage per collection, for the metrics endpoint;
         ``item_count`` tells a collection's size (raising when the shards do not answer)."""
@@ -173,7 +184,9 @@ class QualityMonitor:
         for collection in self.catalog.collections():
             try:
                 size = item_count(collection)
-            except ContentEmbedError:
+            except ContentEmbedError as error:
+                if error.code == "NOT_FOUND":  # deleted (here or through another gateway)
+                    self.forget(collection)
                 continue
             if size:
                 self.metrics.catalog_coverage.labels(collection).set(

@@ -13,6 +13,7 @@ before searching, and hands the answer to its observers after.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -262,6 +263,11 @@ class Searcher:
             )
         self._check_search_options(query.ef, query.metadata_filter)
         self._check_retrieval(query.retrieval)
+        if query.score_threshold is not None and not math.isfinite(query.score_threshold):
+            raise InvalidArgument(
+                f"score_threshold must be a finite number, got {query.score_threshold}",
+                reason="BAD_SCORE_THRESHOLD",
+            )
         mode = query.retrieval.mode
         if mode in (Retrieval.LEXICAL, Retrieval.HYBRID):
             if not query.is_text:

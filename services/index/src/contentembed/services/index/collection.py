@@ -51,6 +51,7 @@ NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 # matches (perfect recall, cheap); a wider one by HNSW with a filter callback.
 EXACT_FILTER_SHARE = 0.05
 EXACT_FILTER_MAX = 5000
+INITIAL_ALLOCATION_BYTES = 2 << 20
 # Dense work between two looks at the caller's interrupt: HNSW queries go to hnswlib in
 # chunks of about CHUNK_S, an exact search reads stored vectors in blocks of this size.
 CHUNK_S = 0.02
@@ -139,7 +140,10 @@ class HnswCollection:
         if not lexical_only:
             self._index = hnswlib.Index(space="cosine", dim=dim)
             self._index.init_index(
-                max_elements=initial_capacity,
+                # Allocated at once: bounded in bytes too, so that an empty collection of
+                # a large dimension does not hold hundreds of MiB (it grows as items come).
+                max_elements=max(1, min(initial_capacity,
+                                        INITIAL_ALLOCATION_BYTES // (4 * dim + 8 * params.m + 64))),
                 ef_construction=params.ef_construction,
                 M=params.m,
                 allow_replace_deleted=True,  # deleted slots are reused: churn does not grow memory
@@ -844,7 +848,7 @@ class HnswCollection:
             space_id = str(manifest["space_id"])
             raw = json.loads((directory / "items.json").read_bytes(), parse_constant=_not_json)
             items = SnapshotItems.parse(raw)
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, RecursionError) as error:
             raise CorruptData(f"{directory}: {error}") from None
         except CorruptData as error:
             raise CorruptData(f"{directory}: {error}") from None

@@ -265,7 +265,7 @@ def verify_manifest(directory: Path) -> dict[str, Any]:
     """The manifest, after every file it lists matched its size and sha256."""
     try:
         manifest = json.loads((directory / "manifest.json").read_bytes())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise CorruptData(f"{directory}: unreadable manifest.json ({error})") from None
     if not isinstance(manifest, dict):
         raise CorruptData(f"{directory}: manifest.json is not an object")

@@ -89,6 +89,11 @@ class IndexSettings(SearchServiceSettings):
         "filter's share); above, INVALID_ARGUMENT SEARCH_TOO_COSTLY.",
     )
     initial_capacity: int = Field(1024, ge=1)
+    max_collections: int = Field(
+        1000, ge=1,
+        description="Collections one shard holds at most (each costs memory and files even "
+        "when empty); beyond, CreateCollection is RESOURCE_EXHAUSTED TOO_MANY_COLLECTIONS.",
+    )
     data_dir: Path | None = Field(
         None, description="Where collections are kept durably; unset keeps them in memory only."
     )
@@ -234,6 +239,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             settings.bundle_root,
             settings.metadata_limits,
             UploadLimits(settings.max_upload_bytes, settings.upload_ttl_s),
+            settings.max_collections,
         )
 
     # -- lifecycle -------------------------------------------------------------------

@@ -64,7 +64,10 @@ from contentembed.services.index.persistence import (
 
 log = logging.getLogger(__name__)
 
-MAX_DIM = 65536
+# The largest embedding models in use have 3,072 or 4,096 dimensions. Each dimension costs
+# every item 4 bytes and every comparison a multiply-add; at 65,536 a 16 MiB Upsert carried
+# 64 vectors.
+MAX_DIM = 4096
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 SNAPSHOT_RETRY_S = 10.0  # after a failed background snapshot
 
@@ -455,8 +458,10 @@ class CollectionStore:
         bundle_root: Path | None = None,
         metadata_limits: MetadataLimits | None = None,
         upload_limits: UploadLimits | None = None,
+        max_collections: int | None = None,
     ) -> None:
         self.default_params = default_params
+        self.max_collections = max_collections
         self.upload_limits = upload_limits or UploadLimits()
         self._temp_uploads: Path | None = None  # in memory: staged uploads live here
         # Bundles are an ingest path too: their metadata gets the bounds of Upsert's.
@@ -663,6 +668,7 @@ class CollectionStore:
                         reason="LEXICAL_MISMATCH",
                     )
                 return serving, False
+            self._check_room_for_one_more()
             collection = HnswCollection(name, space_id, dim, params, self.initial_capacity,
                                         lexical=lexical)
             if self.durability is not None:
@@ -671,6 +677,15 @@ class CollectionStore:
                 self._write_alias(name, Alias({}, LIVE_VERSION))
             self._aliases[name] = Alias({LIVE_VERSION: collection}, LIVE_VERSION)
             return collection, True
+
+    def _check_room_for_one_more(self) -> None:
+        """Under the store's lock: RESOURCE_EXHAUSTED TOO_MANY_COLLECTIONS at the limit."""
+        if self.max_collections is not None and len(self._aliases) >= self.max_collections:
+            raise ResourceExhausted(
+                f"this shard holds {len(self._aliases)} collections, the limit "
+                f"(--max-collections); delete one first",
+                reason="TOO_MANY_COLLECTIONS",
+            )
 
     def _clear_unacknowledged(self, name: str) -> None:
         """Removes the leftovers of a create that was never acknowledged, and nothing else:
@@ -890,6 +905,8 @@ class CollectionStore:
             else:
                 if alias is not None:
                     check_bundle_lexical(collection, alias.serving, source)
+                if alias is None:
+                    self._check_room_for_one_more()
                 if self.durability is not None:
                     if alias is None:
                         self._clear_unacknowledged(name)
@@ -929,7 +946,8 @@ class CollectionStore:
             manifest = verify_manifest(directory)
             collection = HnswCollection.from_snapshot(directory, manifest, name)
         except CorruptData as error:
-            log.error("refusing a bundle", extra={"bundle": str(directory), "error": str(error)})
+            # The caller's bundle, not this shard's fault: a warning, as any refused request.
+            log.warning("refusing a bundle", extra={"bundle": str(directory), "error": str(error)})
             raise FailedPrecondition(
                 f"{source} failed verification: {error}", reason="BUNDLE_CORRUPT"
             ) from None
@@ -1244,6 +1262,8 @@ def manifest_sizes(manifest_bytes: bytes) -> dict[str, int]:
         manifest = json.loads(manifest_bytes)
     except ValueError as error:
         raise InvalidArgument(f"manifest is not JSON: {error}", reason="BAD_MANIFEST") from None
+    except RecursionError:  # 10,000 nested objects were an INTERNAL error
+        raise InvalidArgument("manifest is nested too deep to read", reason="BAD_MANIFEST") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or set(files) != set(SNAPSHOT_FILES):
         raise InvalidArgument(f"manifest must list exactly {list(SNAPSHOT_FILES)} under files",
