@@ -153,6 +153,16 @@ def test_list_collections_pages_through_all(stub) -> None:
             if not token:
                 break
         assert [n for n in seen if n.startswith("page-")] == names
+        # Tokens are signed: one written by hand (the base64 of a name, what tokens were)
+        # is refused, and so is an edited one.
+        import base64
+
+        forged = base64.urlsafe_b64encode(b"page-03").decode()
+        first = stub.ListCollections(pb.ListCollectionsRequest(page_size=3)).next_page_token
+        for token in (forged, "x" + first, first[:-2] + ("AA" if not first.endswith("AA") else "BB")):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ListCollections(pb.ListCollectionsRequest(page_size=3, page_token=token))
+            assert error_reason(caught.value) == "BAD_PAGE_TOKEN"
     finally:
         for name in names:
             stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
@@ -249,6 +259,18 @@ def test_get_and_list_items(stub, collection) -> None:
         if not token:
             break
     assert listed == [(i, n) for n, i in enumerate(ids)]
+    # A token of this collection's listing does not page another collection.
+    token = stub.ListItems(pb.ListItemsRequest(collection=collection, page_size=10)).next_page_token
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ListItems(pb.ListItemsRequest(collection="other", page_size=10, page_token=token))
+    assert error_reason(caught.value) in ("BAD_PAGE_TOKEN", "COLLECTION_NOT_FOUND")
+    stub.CreateCollection(pb.CreateCollectionRequest(name="other", space_id="s", dim=DIM))
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListItems(pb.ListItemsRequest(collection="other", page_size=10, page_token=token))
+        assert error_reason(caught.value) == "BAD_PAGE_TOKEN"
+    finally:
+        stub.DeleteCollection(pb.DeleteCollectionRequest(name="other"))
 
 
 LONG_NAME = "n" * 8000

@@ -363,12 +363,13 @@ class FakeShard:
     def limits(self, deadline):
         return self._call("limits", (), lambda: self.shard_limits)
 
-    def list_collections(self, page_size, page_token, deadline):
-        def run() -> tuple[list[ShardCollection], str]:
-            names = sorted(n for n in self.collections if n > page_token)[:page_size]
-            return [self._describe(self.collections[n]) for n in names], ""
+    def list_collections(self, page_size, after, deadline):
+        def run() -> tuple[list[ShardCollection], bool]:
+            names = sorted(n for n in self.collections if n > after)
+            return ([self._describe(self.collections[n]) for n in names[:page_size]],
+                    len(names) > page_size)
 
-        return self._call("list_collections", (page_size, page_token), run)
+        return self._call("list_collections", (page_size, after), run)
 
     def activate_version(self, name, version, deadline):
         def run() -> str:

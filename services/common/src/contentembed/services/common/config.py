@@ -125,6 +125,13 @@ class ServiceSettings(BaseSettings):
         description="Key this service presents to the services it calls (the gateway to "
         "encoders and shards); needs the admin role there when they require keys.",
     )
+    page_token_secret: str | None = Field(
+        None,
+        min_length=16,
+        description="Signs the page tokens this service issues; give every replica the same "
+        "one (prefer the environment variable) so that tokens survive restarts and work on "
+        "any replica. Unset: a random secret per process.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(True, description="JSON lines logs (false: plain text).")
     otlp_endpoint: str | None = Field(

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from contentembed.services.common.errors import AlreadyExists, ContentEmbedError, InvalidArgument
+from contentembed.services.common.paging import PageTokens, page_size_of
 from contentembed.services.common.validation import validate_collection_name
 from contentembed.services.gateway.ports import (
     TEXT,
@@ -22,6 +23,7 @@ from contentembed.services.gateway.ports import (
 from contentembed.services.gateway.routing import EncoderRouter
 
 log = logging.getLogger(__name__)
+LIST_COLLECTIONS = "ListCollections"  # the scope of the gateway's page tokens
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,10 @@ class CollectionAdmin:
         shards: Sequence[ShardPort],
         candidate_version: Callable[[str], str],
         on_deleted: Callable[[str], None],
+        page_tokens: PageTokens | None = None,
     ) -> None:
         self.router = router
+        self.page_tokens = page_tokens or PageTokens()
         self.shards = list(shards)
         # The summaries name a collection's candidate, which rollout keeps.
         self._candidate_version = candidate_version
@@ -145,17 +149,21 @@ class CollectionAdmin:
     def list(
         self, page_size: int, page_token: str, deadline: float
     ) -> tuple[list[CollectionSummary], str]:
-        # Every shard holds every collection, so the same name-ordered page token
-        # selects the same page on each.
-        pages = wait_all(
-            [s.list_collections(page_size, page_token, deadline) for s in self.shards]
-        )
+        """A page of collections by name, and this gateway's token of the next ("" after
+        the last). Every shard is asked for the names after where the page token says the
+        previous page ended: each holds every collection, so each answers the same page."""
+        size = page_size_of(page_size)
+        after = self.page_tokens.read(LIST_COLLECTIONS, page_token)
+        pages = wait_all([s.list_collections(size, after, deadline) for s in self.shards])
         by_name: dict[str, list[ShardCollection]] = defaultdict(list)
         for collections, _ in pages:
             for collection in collections:
                 by_name[collection.name].append(collection)
-        summaries = [self.summary(by_name[name]) for name in sorted(by_name)]
-        return summaries, pages[0][1]
+        names = sorted(by_name)
+        more = len(names) > size or any(more for _, more in pages)
+        summaries = [self.summary(by_name[name]) for name in names[:size]]
+        token = self.page_tokens.issue(LIST_COLLECTIONS, summaries[-1].name) if more and summaries else ""
+        return summaries, token
 
     def delete(self, name: str, deadline: float) -> None:
         validate_collection_name(name)

@@ -361,14 +361,14 @@ class IndexShardClient:
         )
 
     def list_collections(
-        self, page_size: int, page_token: str, deadline: float
-    ) -> PendingCall[Any, tuple[list[ShardCollection], str]]:
-        request = index_pb.ListCollectionsRequest(page_size=page_size, page_token=page_token)
+        self, page_size: int, after: str, deadline: float
+    ) -> PendingCall[Any, tuple[list[ShardCollection], bool]]:
+        request = index_pb.ListCollectionsRequest(page_size=page_size, start_after=after)
         return self._call(
             "ListCollections",
             request,
             deadline,
-            lambda r: ([_collection(c) for c in r.collections], r.next_page_token),
+            lambda r: ([_collection(c) for c in r.collections], bool(r.next_page_token)),
         )
 
     def activate_version(self, name: str, version: str, deadline: float) -> PendingCall[Any, str]:

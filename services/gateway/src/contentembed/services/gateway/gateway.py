@@ -32,6 +32,7 @@ from contentembed.services.common.errors import (
     Unavailable,
 )
 from contentembed.services.common.metadata import MetadataLimits
+from contentembed.services.common.paging import PageTokens
 from contentembed.services.gateway.background import BackgroundPool
 from contentembed.services.gateway.cache import EmbeddingCache
 from contentembed.services.gateway.collection_admin import CollectionAdmin, CollectionSummary
@@ -93,6 +94,8 @@ class GatewayConfig:
     # The most texts one SearchBatch carries; must not exceed the shards' max_queries_per_batch.
     max_queries_per_batch: int = 64
     metadata_limits: MetadataLimits = field(default_factory=MetadataLimits)
+    # Signs this gateway's page tokens; None: a random secret per process.
+    page_token_secret: str | None = None
     cache_ttl_s: float = 60.0
     cache_max_entries: int = 10_000
     shadow_workers: int = 2
@@ -142,7 +145,8 @@ class Gateway:
             draw,
         )
         self.collections = CollectionAdmin(
-            self.router, self.shards, self.candidates.version_of, self._forget_collection
+            self.router, self.shards, self.candidates.version_of, self._forget_collection,
+            PageTokens.from_setting(config.page_token_secret),
         )
         self.monitoring = QualityMonitor(
             self.shards, metrics, self.background, draw, config.recall_sample_rate,

@@ -232,8 +232,11 @@ class ShardPort(Protocol):
     def get_collection(self, name: str, deadline: float) -> Pending[ShardCollection]: ...
 
     def list_collections(
-        self, page_size: int, page_token: str, deadline: float
-    ) -> Pending[tuple[list[ShardCollection], str]]: ...
+        self, page_size: int, after: str, deadline: float
+    ) -> Pending[tuple[list[ShardCollection], bool]]:
+        """Up to ``page_size`` collections named after ``after``, by name; True when more
+        follow."""
+        ...
 
     def activate_version(self, name: str, version: str, deadline: float) -> Pending[str]:
         """Returns the version that served before."""

@@ -617,6 +617,7 @@ class GatewayService:
                 max_ids_per_get=settings.max_ids_per_get,
                 max_queries_per_batch=settings.max_queries_per_batch,
                 metadata_limits=settings.metadata_limits,
+                page_token_secret=settings.page_token_secret,
                 cache_ttl_s=settings.cache_ttl_s,
                 cache_max_entries=settings.cache_max_entries,
                 shadow_workers=settings.shadow_workers,

@@ -28,6 +28,7 @@ from contentembed.services.common.metadata import (
     check_answer_size,
     check_metadata,
 )
+from contentembed.services.common.paging import PageTokens, page_size_of
 from contentembed.services.common.protoconv import (
     dict_to_struct,
     matrix_from_pb,
@@ -56,8 +57,6 @@ from contentembed.services.index.store import (
     ShardPosition,
     UploadLimits,
     claim_data_dir,
-    decode_page,
-    encode_token,
 )
 
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -208,6 +207,7 @@ def check_space(collection: HnswCollection, space_id: str, *, what: str) -> None
         )
 
 
+LIST_COLLECTIONS = "ListCollections"  # the scope of its page tokens
 READ_METHODS = frozenset(
     {"GetCollection", "ListCollections", "Search", "SearchBatch", "GetItems", "ListItems"}
 )
@@ -232,6 +232,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
                 settings.snapshot_interval_s,
             )
         self.answers = MemoryBudget(settings.max_answer_memory_bytes)
+        self.page_tokens = PageTokens.from_setting(settings.page_token_secret)
         self.store = CollectionStore(
             HnswParams(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search),
             settings.initial_capacity,
@@ -317,7 +318,11 @@ class IndexService(pb_grpc.IndexServiceServicer):
         return pb.GetCollectionResponse(collection=self._collection_pb(self.store.get(request.name)))
 
     def ListCollections(self, request: pb.ListCollectionsRequest, context: grpc.ServicerContext):
-        collections, token = self.store.list_page(request.page_size, request.page_token)
+        page_size = page_size_of(request.page_size)
+        after = (self.page_tokens.read(LIST_COLLECTIONS, request.page_token)
+                 if request.page_token else request.start_after)
+        collections, more = self.store.list_page(page_size, after)
+        token = self.page_tokens.issue(LIST_COLLECTIONS, collections[-1].name) if more and collections else ""
         return pb.ListCollectionsResponse(
             collections=[self._collection_pb(c) for c in collections], next_page_token=token,
             shard=self._shard_pb(),
@@ -593,7 +598,9 @@ class IndexService(pb_grpc.IndexServiceServicer):
 
     def ListItems(self, request: pb.ListItemsRequest, context: grpc.ServicerContext):
         collection = self.store.get(request.collection)
-        page_size, after = decode_page(request.page_size, request.page_token)
+        scope = f"ListItems/{request.collection}"
+        page_size = page_size_of(request.page_size)
+        after = self.page_tokens.read(scope, request.page_token)
         ids, more = collection.list_ids(after, page_size)
         metadata = {item.id: item.metadata for item in collection.get(ids)}
         with self.settings.answer_size("lower page_size", self.answers) as size:
@@ -602,7 +609,8 @@ class IndexService(pb_grpc.IndexServiceServicer):
             ]
             size.add(sum(item.ByteSize() + FRAMING_BYTES for item in listed))
             response = pb.ListItemsResponse(
-                items=listed, next_page_token=encode_token(ids[-1]) if more and ids else "",
+                items=listed,
+                next_page_token=self.page_tokens.issue(scope, ids[-1]) if more and ids else "",
             )
             return self._fitting(response, "lower page_size")
 

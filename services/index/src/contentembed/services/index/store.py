@@ -9,7 +9,6 @@ the file layout.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import hashlib
@@ -783,13 +782,12 @@ class CollectionStore:
             if self.durability is not None:
                 remove_tree(self._name_dir(name))
 
-    def list_page(self, page_size: int, page_token: str) -> tuple[list[HnswCollection], str]:
-        """Serving versions ordered by name; the token is the last name of the previous page."""
-        page_size, after = decode_page(page_size, page_token)
+    def list_page(self, page_size: int, after: str) -> tuple[list[HnswCollection], bool]:
+        """Serving versions ordered by name, of the names after ``after``; True when more
+        follow the page."""
         names = sorted(name for name in self._aliases if name > after)
         page = [name for name in names[:page_size] if name in self._aliases]
-        token = encode_token(page[-1]) if len(names) > page_size and page else ""
-        return [self._aliases[name].serving for name in page], token
+        return [self._aliases[name].serving for name in page], len(names) > page_size
 
     # -- writes to every version -----------------------------------------------------
     def upsert(
@@ -1277,23 +1275,3 @@ def manifest_sizes(manifest_bytes: bytes) -> dict[str, int]:
                                   reason="BAD_MANIFEST")
         sizes[name] = size
     return sizes
-
-
-def encode_token(last: str) -> str:
-    return base64.urlsafe_b64encode(last.encode()).decode()
-
-
-def decode_page(page_size: int, page_token: str, default: int = 100, limit: int = 1000) -> tuple[int, str]:
-    if page_size < 0 or page_size > limit:
-        raise InvalidArgument(f"page_size must be 0..{limit}, got {page_size}", reason="BAD_PAGE_SIZE")
-    after = ""
-    if page_token:
-        try:
-            # validate=True: the default skips characters outside the alphabet, so "***"
-            # would decode to "" and silently restart from the first page.
-            after = base64.b64decode(page_token.encode(), altchars=b"-_", validate=True).decode()
-        except ValueError as error:
-            raise InvalidArgument(
-                "page_token is not one this service issued", reason="BAD_PAGE_TOKEN"
-            ) from error
-    return page_size or default, after
