@@ -75,7 +75,8 @@ def phase(name: str, items: int, per_request: int, extra: list[str]) -> dict:
             restarted.stop(30)
     result = {"phase": name, "items": items, "requests": -(-items // per_request),
               "write_s": round(written_s, 1), "recovery_s": round(recovery_s, 1),
-              "replayed_items": recovered["replayed_items"]}
+              "replayed_items": recovered["replayed_items"],
+              "snapshot_load_s": recovered.get("snapshot_s"), "replay_s": recovered.get("replay_s")}
     print(json.dumps(result))
     return result
 

@@ -57,3 +57,38 @@ def test_concurrent_searches_coalesce_and_answer_as_alone(gateway, mode: str) ->
     assert batches == sum(shard.batches_sent for shard in shards)
     assert batched == sum(shard.queries_batched for shard in shards) >= batches
     assert any(hits for hits in alone.values())
+
+
+def test_large_answers_never_fail_a_search_that_would_succeed_alone(text_encoder) -> None:
+    """Items with 8 KiB of metadata: 16 searches at top_k 1,000 (8 MB answers each) and 48
+    at top_k 100, all at once, coalescing on as deployed (4 calls per shard, then
+    batches). Before, batches of them exceeded 16 MiB, the shards refused them and the
+    gateway answered every member UNAVAILABLE SHARDS_FAILED: 31 of 64 failed."""
+    import numpy as np
+
+    metadata = {"blob": "m" * (8 * 1024 - 40)}
+    # throttle_k=0: on a machine shared with other tests the gateway may shed part of a
+    # burst of 64 (retried); the client's own throttling would then turn that into local
+    # refusals, which says nothing of coalescing.
+    with gateway_stack(text_encoder) as runtime, \
+            Client(runtime.address, timeout=120, throttle_k=0) as client:
+        info, _ = client.create_collection("fat")
+        for start in range(0, 2000, 250):
+            client.upsert_documents("fat", [
+                {"id": f"f{n}", "text": f"{WORDS[n % 15]} item {n}", "metadata": metadata}
+                for n in range(start, start + 250)])
+        rng = np.random.default_rng(3)
+        queries = rng.normal(size=(64, info.dim)).astype(np.float32)
+
+        def search(position: int) -> int:
+            top_k = 1000 if position < 16 else 100
+            result = client.search("fat", vector=queries[position], vector_space_id=info.space_id,
+                                   top_k=top_k, timeout=120)
+            assert not result.partial
+            return len(result.hits)
+
+        with ThreadPoolExecutor(64) as pool:
+            counts = list(pool.map(search, range(64)))
+        assert counts == [1000] * 16 + [100] * 48
+        shards = runtime.service.gateway.shards
+        assert all(shard.hit_bytes > 4096 for shard in shards if shard.batches_sent)

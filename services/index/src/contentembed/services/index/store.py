@@ -184,6 +184,7 @@ class CollectionFiles:
         self.closed = False
         self.retry_snapshot_at = 0.0  # time.monotonic() before which a failed one waits
         self.since_snapshot = WrittenSince()
+        self.recovery_s: dict[str, float] = {}  # how long recover() took, by part
 
     @property
     def wal_dir(self) -> Path:
@@ -236,12 +237,15 @@ class CollectionFiles:
     def recover(self, collection: HnswCollection) -> HnswCollection:
         """Newest verified snapshot (if any), then every WAL record after it."""
         current = self.directory / "CURRENT"
+        started = time.monotonic()
         if current.exists():
             seq = int(current.read_text().strip())
             snapshot = self.snapshots_dir / str(seq)
             manifest = verify_manifest(snapshot)
             collection = HnswCollection.from_snapshot(snapshot, manifest, collection.name)
             self.snapshot_seq = seq
+        self.recovery_s = {"snapshot_s": time.monotonic() - started}
+        started = time.monotonic()
         segments = self.segments()
         for number, segment in enumerate(segments):
             for record in read_wal(segment, last_segment=number == len(segments) - 1):
@@ -257,6 +261,7 @@ class CollectionFiles:
                     collection.replay(record)
                 except Exception as error:  # noqa: BLE001 - hnswlib raises bare RuntimeErrors
                     raise CorruptData(f"{segment}: record {record.seq} does not apply: {error}") from None
+        self.recovery_s["replay_s"] = time.monotonic() - started
         self.open_segment(collection.seq + 1)
         return collection
 
@@ -571,6 +576,7 @@ class CollectionStore:
             "collection": name, "version": directory.name, "items": collection.item_count,
             "seq": collection.seq, "replayed_records": files.since_snapshot.records,
             "replayed_items": files.since_snapshot.items,
+            **{name: round(seconds, 2) for name, seconds in files.recovery_s.items()},
         })
         return collection
 
