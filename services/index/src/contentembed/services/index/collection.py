@@ -18,6 +18,7 @@ is nothing vacant to reuse), and dense searches are FAILED_PRECONDITION DENSE_NO
 from __future__ import annotations
 
 import json
+import os
 import struct
 import threading
 import time
@@ -52,11 +53,16 @@ NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 EXACT_FILTER_SHARE = 0.05
 EXACT_FILTER_MAX = 5000
 INITIAL_ALLOCATION_BYTES = 2 << 20
+# Items of one upsert applied under one hold of the write lock (see ``upsert``).
+APPLY_SLICE = 256
 # Dense work between two looks at the caller's interrupt: HNSW queries go to hnswlib in
 # chunks of about CHUNK_S, an exact search reads stored vectors in blocks of this size.
 CHUNK_S = 0.02
 FIRST_CHUNK_QUERIES = 16
 MAX_CHUNK_QUERIES = 256
+# hnswlib searches a batch on one thread when it has at most four queries per thread: a
+# chunk is never smaller than that, or a batch of costly queries would use one core.
+PARALLEL_CHUNK_QUERIES = 4 * len(os.sched_getaffinity(0)) + 1
 EXACT_BLOCK_BYTES = 1 << 20
 
 
@@ -246,17 +252,27 @@ class HnswCollection:
         texts: Sequence[str] | None = None,
     ) -> int:
         """Inserts or replaces; an id keeps exactly one live vector, and the text given
-        with it ("" or no texts: none, and an earlier text is dropped). Journaled first."""
+        with it ("" or no texts: none, and an earlier text is dropped). Journaled first.
+
+        Applied in slices of APPLY_SLICE items, each under the write lock on its own:
+        inserting 10,000 items into HNSW takes seconds, and searches of the collection
+        waited out the whole write (19 s measured, replacing 10,000 384-d items), where now
+        they wait for one slice. A search between slices sees part of the write; the write
+        is acknowledged, and snapshotted, only once all of it is applied (writers, and
+        snapshots, queue on ``_writers`` meanwhile)."""
         vectors = self._checked(ids, vectors, texts)
         # Only writes that carry text log it: the others stay as they were before texts.
         logged = list(texts) if texts is not None and any(texts) else None
-        with self._writers, self._lock.write():
-            record = WalRecord(
-                self.seq + 1, "upsert", list(ids), vectors, [dict(m) for m in metadata], logged
-            )
-            if self.journal is not None:
-                self.journal(record)
-            self._apply_upsert(record)
+        with self._writers:
+            with self._lock.write():
+                record = WalRecord(
+                    self.seq + 1, "upsert", list(ids), vectors, [dict(m) for m in metadata], logged
+                )
+                if self.journal is not None:
+                    self.journal(record)
+            for start in range(0, len(ids), APPLY_SLICE):
+                with self._lock.write():
+                    self._apply_upsert(record.slice(start, start + APPLY_SLICE))
         return len(ids)
 
     def bulk_insert(
@@ -599,7 +615,8 @@ class HnswCollection:
                     continue
                 columns.extend(self._columns(labels, distances))
                 per_query = (time.perf_counter() - started) / len(chunk)
-                size = max(1, min(MAX_CHUNK_QUERIES, int(CHUNK_S / max(per_query, 1e-7))))
+                size = max(PARALLEL_CHUNK_QUERIES,
+                           min(MAX_CHUNK_QUERIES, int(CHUNK_S / max(per_query, 1e-7))))
         finally:
             if custom_ef:
                 self._index.set_ef(self.params.ef_search)

@@ -90,6 +90,18 @@ class WalRecord:
     # which is also how records written before texts existed decode.
     texts: list[str] | None = None
 
+    def slice(self, start: int, stop: int) -> WalRecord:
+        """The items start..stop of this record, under the same seq (for applying a large
+        write in parts; the log holds the whole record)."""
+        if start == 0 and stop >= len(self.ids):
+            return self
+        return WalRecord(
+            self.seq, self.op, self.ids[start:stop],
+            None if self.vectors is None else self.vectors[start:stop],
+            None if self.metadata is None else self.metadata[start:stop],
+            None if self.texts is None else self.texts[start:stop],
+        )
+
 
 def encode_record(record: WalRecord) -> bytes:
     meta: dict[str, Any] = {"seq": record.seq, "op": record.op, "ids": record.ids}
