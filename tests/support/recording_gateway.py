@@ -78,15 +78,23 @@ class RecordingGateway(search_grpc.SearchServiceServicer, admin_grpc.AdminServic
 
 
 @contextmanager
-def recording_gateway() -> Iterator[tuple[RecordingGateway, str]]:
-    """The servicer and its ``host:port``; stopped after."""
-    servicer = RecordingGateway()
+def serving_gateway(servicer: Any) -> Iterator[str]:
+    """A fake gateway: ``servicer`` (Search and Admin methods) on port 0; its
+    ``host:port``, stopped after."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     search_grpc.add_SearchServiceServicer_to_server(servicer, server)
     admin_grpc.add_AdminServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        yield servicer, f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}"
     finally:
         server.stop(0)
+
+
+@contextmanager
+def recording_gateway() -> Iterator[tuple[RecordingGateway, str]]:
+    """The servicer and its ``host:port``; stopped after."""
+    servicer = RecordingGateway()
+    with serving_gateway(servicer) as address:
+        yield servicer, address
