@@ -61,10 +61,11 @@ async def closed_loop(address: str, queries: Iterator[str], callers: int, second
 
 
 async def open_loop(address: str, queries: Iterator[str], rate: float, seconds: float,
-                    deadline_s: float, clients: int, throttle: bool) -> dict:
+                    deadline_s: float, clients: int, throttle_k: float | None) -> dict:
     """Calls arrive at ``rate``/s whatever the answers do, spread over ``clients``
-    AsyncClients; each call is one SDK search (its retries included) with its deadline."""
-    options = {} if throttle else {"throttle_k": 0}
+    AsyncClients; each call is one SDK search (its retries included) with its deadline.
+    ``throttle_k`` None: the SDK's default."""
+    options = {} if throttle_k is None else {"throttle_k": throttle_k}
     pool = [AsyncClient(address, **options) for _ in range(clients)]
     codes: Counter[str] = Counter()
 
@@ -77,6 +78,7 @@ async def open_loop(address: str, queries: Iterator[str], rate: float, seconds: 
 
     try:
         tasks, sent = [], 0
+        cpu_started = time.process_time()
         started = time.perf_counter()
         while (now := time.perf_counter()) < started + seconds:
             due = int((now - started) * rate) + 1
@@ -86,11 +88,13 @@ async def open_loop(address: str, queries: Iterator[str], rate: float, seconds: 
             await asyncio.sleep(0.002)
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - started
+        generator_cpu = time.process_time() - cpu_started
     finally:
         for client in pool:
             await client.close()
+    # The load generator shares the stack's two cores: what it took of them is reported.
     return {"offered_per_s": round(sent / seconds, 1), "answered_per_s": round(codes["OK"] / elapsed, 1),
-            "outcomes": dict(codes)}
+            "outcomes": dict(codes), "generator_cores": round(generator_cpu / elapsed, 2)}
 
 
 def main() -> None:
@@ -99,6 +103,8 @@ def main() -> None:
     parser.add_argument("--overload", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--deadlines", type=float, nargs="+", default=[1.0, 5.0])
+    parser.add_argument("--throttle-k", type=float, nargs="+", default=[],
+                        help="also run with these k (client-side throttling; 0 is off)")
     args = parser.parse_args()
     with TemporaryDirectory() as run_dir:
         stack = LocalStack(run_dir=Path(run_dir), shard_count=2)
@@ -113,13 +119,15 @@ def main() -> None:
             capacity = asyncio.run(closed_loop(address, queries, 64, args.seconds))
             print(json.dumps({"phase": "capacity, 64 callers", "answered_per_s": round(capacity, 1)}))
             for deadline_s in args.deadlines:
-                for throttle in (True, False):
+                for throttle_k in (None, 0.0, *args.throttle_k):
                     time.sleep(3)  # the last phase's queues drain
                     result = asyncio.run(open_loop(
                         address, queries, args.overload * capacity, args.seconds, deadline_s,
-                        args.clients, throttle))
+                        args.clients, throttle_k))
+                    throttling = ("default" if throttle_k is None
+                                  else "off" if throttle_k == 0 else f"k={throttle_k:g}")
                     result.update(phase=f"{args.overload:g}x, {deadline_s:g} s deadline, "
-                                        f"SDK throttling {'on' if throttle else 'off'}",
+                                        f"SDK throttling {throttling}",
                                   goodput_vs_capacity=round(result["answered_per_s"] / capacity, 2))
                     print(json.dumps(result), flush=True)
         finally:
