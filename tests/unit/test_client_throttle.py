@@ -27,11 +27,18 @@ def test_nothing_is_refused_while_the_service_accepts() -> None:
         assert throttle.admit()
         throttle.record("OK")
     assert throttle.rejection_probability() == 0.0
-    # Failures that are not overload leave it alone: a shard down, a bad request.
-    for code in ("UNAVAILABLE", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"):
-        throttle.record(code)  # RESOURCE_EXHAUSTED without a delay is a size limit
+    # Failures that are not overload leave it alone: a shard down, a bad request, a size
+    # limit (with its reason, or gRPC's own "larger than max"), a quota.
+    for code in ("UNAVAILABLE", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED"):
+        throttle.record(code)
+    throttle.record("RESOURCE_EXHAUSTED", None, "ANSWER_TOO_LARGE")
+    throttle.record("RESOURCE_EXHAUSTED", None, "", "Received message larger than max (9 vs. 4)")
+    throttle.record("RESOURCE_EXHAUSTED", None, "TOO_MANY_COLLECTIONS")
     assert throttle.rejection_probability() == 0.0
     assert throttle.retry_allowed("RESOURCE_EXHAUSTED", 0.1)
+    # gRPC's own refusal of a flooded server has neither reason nor delay: overload.
+    throttle.record("RESOURCE_EXHAUSTED", None, "", "Concurrent RPC limit exceeded!")
+    assert throttle._buckets[-1][3] == 1
 
 
 def test_under_shedding_the_client_sends_about_k_times_what_is_accepted() -> None:
@@ -102,3 +109,14 @@ def test_the_async_client_throttles_the_same_way(flaky_gateway) -> None:
 
     reasons = asyncio.run(run())
     assert reasons.count("CLIENT_THROTTLED") > 100
+
+
+def test_a_burst_in_flight_is_not_taken_for_overload_until_the_service_refuses() -> None:
+    """A fresh client sending 64 calls at once: none answered yet, and none refused, so
+    nothing is throttled. Once the service refuses one, the calls still in flight count
+    as not accepted (a service whose queues grow is backed off from too)."""
+    throttle = Throttle(k=1.5, clock=Clock(), draw=lambda: 0.5)
+    assert all(throttle.admit() for _ in range(64))
+    assert throttle.rejection_probability() == 0.0
+    throttle.record("RESOURCE_EXHAUSTED", 0.1)
+    assert throttle.rejection_probability() > 0.9

@@ -228,7 +228,7 @@ class Client:
             else:
                 self.throttle.record("OK")
                 return response
-            self.throttle.record(error.code, error.retry_after_s)
+            self.throttle.record(error.code, error.retry_after_s, error.reason, error.message)
             delay = self.retry_policy.delay(error, attempt, idempotent)
             if (delay is None or time.monotonic() + delay >= deadline
                     or not self.throttle.retry_allowed(error.code, error.retry_after_s)):
