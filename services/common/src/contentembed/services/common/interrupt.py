@@ -30,14 +30,5 @@ class Interrupt:
         if self.is_active is not None and not self.is_active():
             raise Cancelled("the caller went away; the work was stopped")
 
-    @property
-    def stopped(self) -> bool:
-        """Whether ``check`` would raise, without raising."""
-        try:
-            self.check()
-        except (DeadlineExceeded, Cancelled):
-            return True
-        return False
-
 
 NEVER = Interrupt()
