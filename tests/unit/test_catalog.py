@@ -140,3 +140,18 @@ def test_batches_are_cut_by_bytes_as_well_as_by_count() -> None:
     sizes = [3, 3, 3, 9, 1, 1, 1, 1]
     batches = sized_batches(sizes, lambda size: size, max_count=3, max_bytes=7)
     assert batches == [[3, 3], [3], [9], [1, 1, 1], [1]]  # one over the limit goes alone
+
+
+def test_only_size_refusals_split_a_batch_into_rejected_rows() -> None:
+    """A batch refused for its size is bisected down to the rows; overload, a full disk
+    or gRPC's own concurrency refusal end the run instead of rejecting good rows."""
+    from contentembed.client.errors import ResourceExhaustedError
+    from contentembed.pipeline.ingest import refused_for_the_rows
+
+    def refusal(reason: str, message: str = "x") -> ResourceExhaustedError:
+        return ResourceExhaustedError(message, reason)
+
+    assert refused_for_the_rows(refusal("REQUEST_TOO_LARGE"))
+    assert refused_for_the_rows(refusal("", "Received message larger than max (9 vs. 4)"))
+    assert not refused_for_the_rows(refusal("DISK_FULL"))
+    assert not refused_for_the_rows(refusal("", "Concurrent RPC limit exceeded!"))

@@ -12,7 +12,29 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-__all__ = ["call_status", "error_reason", "retry_delay_s"]
+__all__ = ["call_status", "error_reason", "is_size_refusal", "retry_delay_s"]
+
+# RESOURCE_EXHAUSTED for a message's size rather than for load: the services' reasons, and
+# gRPC's own refusal of a message over a channel's limit, which carries no reason
+# ("Received message larger than max (20000038 vs. 16777216)").
+SIZE_REFUSAL_REASONS = frozenset({"ANSWER_TOO_LARGE", "REQUEST_TOO_LARGE"})
+
+
+def is_size_refusal(code: str, reason: str, message: str) -> bool:
+    """Whether a failure refused a message for its size: the same request fails again,
+    a smaller one (fewer hits, fewer rows) may not.
+
+    Args:
+        code: The canonical code name, e.g. ``"RESOURCE_EXHAUSTED"``.
+        reason: The ErrorInfo reason ("" for none).
+        message: The status message.
+
+    Returns:
+        True for RESOURCE_EXHAUSTED with a size reason, or gRPC's "larger than max".
+    """
+    return code == "RESOURCE_EXHAUSTED" and (
+        reason in SIZE_REFUSAL_REASONS or "larger than max" in message
+    )
 
 
 def call_status(error: grpc.RpcError) -> status_pb2.Status | None:

@@ -38,6 +38,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from contentembed.rpc_status import is_size_refusal
+
 DEFAULT_K = 1.5
 DEFAULT_WINDOW_S = 10.0
 DEFAULT_MAX_TOKENS = 10.0
@@ -48,10 +50,8 @@ THROTTLED_RETRY_S = 0.5
 BUCKET_S = 0.5  # the window is kept in buckets of this length
 
 
-# RESOURCE_EXHAUSTED that says nothing of load: the request was too large, or a quota.
-NOT_OVERLOAD = frozenset({
-    "ANSWER_TOO_LARGE", "REQUEST_TOO_LARGE", "DISK_FULL", "TOO_MANY_COLLECTIONS",
-})
+# RESOURCE_EXHAUSTED that says nothing of load besides a size refusal: a quota.
+QUOTA_REASONS = frozenset({"DISK_FULL", "TOO_MANY_COLLECTIONS"})
 
 
 def is_overload_refusal(
@@ -64,7 +64,7 @@ def is_overload_refusal(
         return False
     if retry_after_s is not None:
         return True
-    return reason not in NOT_OVERLOAD and "larger than max" not in message
+    return reason not in QUOTA_REASONS and not is_size_refusal(code, reason, message)
 
 
 class Throttle:

@@ -111,7 +111,7 @@ class RemoteEmbedder(Embedder):
         self.description = f"{info.backend} encoder at {address}"
 
     def _call(self, method: Any, request: Any, timeout: float) -> Any:
-        from contentembed.rpc_status import call_status
+        from contentembed.rpc_status import call_status, error_reason, is_size_refusal
 
         grpc = self._grpc
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -120,11 +120,8 @@ class RemoteEmbedder(Embedder):
             except grpc.RpcError as error:
                 code = error.code().name  # type: ignore[attr-defined]
                 details = error.details() or code  # type: ignore[attr-defined]
-                if code == "INVALID_ARGUMENT" or (
-                    code == "RESOURCE_EXHAUSTED" and retry_delay(call_status(error)) is None
-                ):
-                    # An input's fault, or the batch's size (RESOURCE_EXHAUSTED without a
-                    # retry delay: a message limit): bisected down to the row it is.
+                if code == "INVALID_ARGUMENT" or is_size_refusal(code, error_reason(error), details):
+                    # An input's fault, or the batch's size: bisected down to the row it is.
                     raise InputRefused(details) from None
                 if code not in RETRY_CODES or attempt == MAX_ATTEMPTS:
                     raise EmbedError(f"encoder {self.address}: {code}: {details}") from None

@@ -16,6 +16,7 @@ from contentembed.pipeline.catalog import (
     sized_batches,
 )
 from contentembed.pipeline.hybrid import check_hybrid, check_lexical_only
+from contentembed.rpc_status import is_size_refusal
 
 
 @dataclass
@@ -93,9 +94,10 @@ MAX_BATCH_BYTES = 8 << 20
 
 def refused_for_the_rows(error: ApiError) -> bool:
     """The gateway refused the batch for something in its rows: one row's content
-    (INVALID_ARGUMENT), or the batch's size (RESOURCE_EXHAUSTED without a retry delay)."""
-    return error.code == "INVALID_ARGUMENT" or (
-        error.code == "RESOURCE_EXHAUSTED" and error.retry_after_s is None
+    (INVALID_ARGUMENT), or the batch's size (a size refusal, not overload or a full disk,
+    which end the run)."""
+    return error.code == "INVALID_ARGUMENT" or is_size_refusal(
+        error.code, error.reason, error.message
     )
 
 

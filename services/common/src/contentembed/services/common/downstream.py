@@ -12,7 +12,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
 
-from contentembed.rpc_status import error_reason, retry_delay_s
+from contentembed.rpc_status import error_reason, is_size_refusal, retry_delay_s
 from contentembed.services.common.auth import channel_credentials
 from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.errors import (
@@ -41,7 +41,7 @@ def error_from_rpc(error: grpc.RpcError, downstream: str) -> ContentEmbedError:
     code = error.code()  # type: ignore[attr-defined]
     details = error.details() or code.name  # type: ignore[attr-defined]
     reason = error_reason(error) or None
-    if reason is None and code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+    if reason is None and is_size_refusal(code.name, "", details):
         # gRPC's own refusal of a message over this channel's limit (an answer bigger than
         # this service receives): the request asked for too much, the peer is healthy.
         reason = "ANSWER_TOO_LARGE"
