@@ -11,13 +11,10 @@ import numpy as np
 import pytest
 
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
+from contentembed.services.index.bundles import UploadLimits
 from contentembed.services.index.collection import HnswCollection, HnswParams
-from contentembed.services.index.store import (
-    PENDING_MARKER,
-    CollectionStore,
-    Durability,
-    UploadLimits,
-)
+from contentembed.services.index.store import CollectionStore
+from contentembed.services.index.version_log import PENDING_MARKER, Durability
 
 DIM = 4
 BASIS = np.eye(DIM, dtype=np.float32)
@@ -114,7 +111,7 @@ def test_uploads_are_swept_after_their_ttl_and_in_memory_ones_at_close(tmp_path)
             return store.finish_upload(staged)
 
     first = upload("v1")
-    root = store._temp_uploads
+    root = store.bundles._uploads
     assert root is not None and (root / first.upload_id).is_dir()
     old = time.time() - 120
     for path in [root / first.upload_id, *(root / first.upload_id).iterdir()]:

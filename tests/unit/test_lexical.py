@@ -29,7 +29,8 @@ from contentembed.services.index.persistence import (
     verify_manifest,
     write_manifest,
 )
-from contentembed.services.index.store import CollectionStore, Durability
+from contentembed.services.index.store import CollectionStore
+from contentembed.services.index.version_log import Durability
 
 DIM = 4
 

@@ -15,7 +15,8 @@ from contentembed.services.index.persistence import (
     read_wal,
     verify_manifest,
 )
-from contentembed.services.index.store import CollectionStore, Durability
+from contentembed.services.index.store import CollectionStore
+from contentembed.services.index.version_log import Durability
 
 
 def upsert_record(seq: int, ids: list[str], dim: int = 4) -> WalRecord:
@@ -232,7 +233,7 @@ def test_snapshot_racing_a_delete_leaves_nothing_behind(tmp_path) -> None:
     store = durable_store(tmp_path, every=10**9)
     collection, _ = store.create("c", "s@1", 4)
     collection.upsert(["a"], np.ones((1, 4), np.float32), [{}])
-    files = store._files[("c", "live")]
+    files = store.logs.of("c", "live")
     store.delete("c")
     files.snapshot(collection)  # the snapshot thread had picked the collection up before
     assert not (tmp_path / "collections" / "c").exists()
@@ -244,8 +245,8 @@ def test_replay_that_cannot_apply_is_reported_as_corruption(tmp_path) -> None:
     store = durable_store(tmp_path)
     collection, _ = store.create("c", "s@1", 4)
     collection.upsert(["a"], np.ones((1, 4), np.float32), [{}])
-    segment = store._files[("c", "live")].segments()[-1]
-    store._files[("c", "live")].close()
+    segment = store.logs.of("c", "live").segments()[-1]
+    store.logs.of("c", "live").close()
     wal = WriteAheadLog(segment)
     wal.append(WalRecord(3, "delete", ["a"]))  # seq 2 is missing: writes were lost
     wal.close()
@@ -288,7 +289,7 @@ def test_a_create_during_recovery_never_deletes_acknowledged_items(tmp_path) -> 
 def test_a_directory_with_an_alias_is_never_removed_by_create(tmp_path) -> None:
     store = durable_store(tmp_path)
     store.create("c", "s@1", 4)[0].upsert(["a"], np.ones((1, 4), np.float32), [{}])
-    store._aliases.clear()  # as if load() had skipped it: an inconsistency, not a new name
+    store.catalog.remove("c")  # as if load() had skipped it: an inconsistency, not a new name
     with pytest.raises(Unavailable):
         store.create("c", "s@1", 4)
     assert (tmp_path / "collections" / "c" / "alias.json").exists()
@@ -310,18 +311,18 @@ def test_snapshots_are_due_by_items_written_not_by_requests(tmp_path) -> None:
     # The process "dies": nothing closed.
     reopened = durable_store(tmp_path)
     assert contents(reopened) == expected
-    replayed = reopened._files[("c", "live")].since_snapshot
+    replayed = reopened.logs.of("c", "live").since_snapshot
     assert 0 < replayed.items <= 1000 + 200 and replayed.records <= 6
     reopened.close()
 
 
 def test_wal_bytes_time_and_the_collections_size_make_a_snapshot_due(tmp_path) -> None:
     from contentembed.services.index.persistence import WalRecord
-    from contentembed.services.index.store import CollectionFiles, WrittenSince
+    from contentembed.services.index.version_log import VersionLog, WrittenSince
 
     durability = Durability(tmp_path, snapshot_every_items=1000, snapshot_share=0.1,
                             snapshot_wal_bytes=1 << 20, snapshot_interval_s=60)
-    files = CollectionFiles(tmp_path, durability)
+    files = VersionLog(tmp_path, durability)
     now = files.since_snapshot.started
     assert not durability.due(files, 0, now + 3600)  # nothing written: never due
     files.since_snapshot.add(WalRecord(1, "delete", ["a"] * 999), 100)

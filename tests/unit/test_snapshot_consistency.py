@@ -14,7 +14,8 @@ import pytest
 
 from contentembed.services.index.collection import HnswCollection, HnswParams
 from contentembed.services.index.persistence import CorruptData, verify_manifest, write_manifest
-from contentembed.services.index.store import CollectionStore, Durability
+from contentembed.services.index.store import CollectionStore
+from contentembed.services.index.version_log import Durability
 
 DIM = 4
 

@@ -44,6 +44,7 @@ from contentembed.services.common.validation import (
     validate_top_k,
 )
 from contentembed.services.common.vectors import FLOAT32_LE
+from contentembed.services.index.bundles import UploadLimits
 from contentembed.services.index.collection import (
     HitColumns,
     HnswCollection,
@@ -51,13 +52,9 @@ from contentembed.services.index.collection import (
     SearchHit,
 )
 from contentembed.services.index.lexical import LexicalParams
-from contentembed.services.index.store import (
-    CollectionStore,
-    Durability,
-    ShardPosition,
-    UploadLimits,
-    claim_data_dir,
-)
+from contentembed.services.index.shard import ShardPosition, claim_data_dir
+from contentembed.services.index.store import CollectionStore
+from contentembed.services.index.version_log import Durability
 
 ResponseT = TypeVar("ResponseT", bound=Message)
 # A hit's encoding beyond its id and metadata bytes: field tags and lengths, 4 score bytes.
