@@ -134,7 +134,7 @@ def decode_payload(payload: bytes) -> WalRecord:
     return WalRecord(meta["seq"], "upsert", meta["ids"], vectors, meta["metadata"], texts)
 
 
-def read_wal(path: Path, *, last_segment: bool) -> Iterator[WalRecord]:
+def read_wal(path: Path, *, last_segment: bool, cut_torn_tail: bool = True) -> Iterator[WalRecord]:
     """Records in order.
 
     An append is one write of header + payload, so a crash can only leave a *prefix* of
@@ -142,6 +142,9 @@ def read_wal(path: Path, *, last_segment: bool) -> Iterator[WalRecord]:
     the end of the file. That torn tail was never acknowledged and is cut off — in the
     last segment only. Anything else (bad magic, a CRC mismatch, a tail in an older
     segment) is damage, and the load is refused.
+
+    ``cut_torn_tail=False`` reads a live log (records shipped to a replica): its tail
+    may be an append in progress, which is left alone and not read.
     """
     data = path.read_bytes()
     offset = 0
@@ -159,6 +162,8 @@ def read_wal(path: Path, *, last_segment: bool) -> Iterator[WalRecord]:
         if torn:
             if not last_segment:
                 raise CorruptData(f"{path}: incomplete record at byte {offset} in an older segment")
+            if not cut_torn_tail:
+                return
             log.warning("cutting a torn record off the WAL", extra={"wal": str(path), "at": offset})
             with path.open("rb+") as handle:
                 handle.truncate(offset)

@@ -95,6 +95,15 @@ class WrittenSince:
         self.bytes += size
 
 
+class LogTruncated(Exception):
+    """The records asked for were folded into a snapshot and dropped from the log: a
+    replica that needs them copies the snapshot first, then reads the log after it."""
+
+    def __init__(self, snapshot_seq: int) -> None:
+        super().__init__(f"the log starts after seq {snapshot_seq} (a snapshot holds the rest)")
+        self.snapshot_seq = snapshot_seq
+
+
 class VersionLog:
     """The on-disk side of one collection version: its WAL segments and snapshots."""
 
@@ -111,6 +120,9 @@ class VersionLog:
         self.retry_snapshot_at = 0.0  # time.monotonic() before which a failed one waits
         self.since_snapshot = WrittenSince()
         self.recovery_s: dict[str, float] = {}  # how long recover() took, by part
+        # The last record appended (as durable as the sync policy makes it): a replica is
+        # never sent a record past it, so it never holds a write the log could still lose.
+        self.durable_seq = 0
 
     @property
     def wal_dir(self) -> Path:
@@ -141,6 +153,7 @@ class VersionLog:
                 raise NotFound(f"collection in {self.directory} was deleted", reason="COLLECTION_NOT_FOUND")
             try:
                 self.since_snapshot.add(record, self._wal.append(record))
+                self.durable_seq = record.seq
             except (OSError, WalUnavailable) as error:
                 # Logged here: the interceptor leaves RESOURCE_EXHAUSTED (shed load) unlogged.
                 log.error("write-ahead log append failed", extra={"dir": str(self.directory),
@@ -159,6 +172,37 @@ class VersionLog:
         with self._lock:
             if self._wal is not None:
                 self._wal.sync_if_due()
+
+    def records_after(self, seq: int, max_bytes: int = 8 << 20) -> list[WalRecord]:
+        """The logged records after ``seq``, in order, up to about ``max_bytes`` of vectors
+        (at least one record): a replica's catch-up by delta, read from the segments on
+        disk. LogTruncated when the log no longer starts at or before seq + 1."""
+        with self._lock:
+            segments, durable = self.segments(), self.durable_seq
+        if seq >= durable:
+            return []
+        starts = [int(segment.stem) for segment in segments]
+        if not starts or starts[0] > seq + 1:
+            raise LogTruncated(self.snapshot_seq)
+        records: list[WalRecord] = []
+        size = 0
+        for number, segment in enumerate(segments):
+            if number + 1 < len(segments) and starts[number + 1] <= seq + 1:
+                continue  # every record in it is at or before seq
+            try:
+                for record in read_wal(segment, last_segment=number == len(segments) - 1,
+                                       cut_torn_tail=False):
+                    if record.seq <= seq:
+                        continue
+                    if record.seq > durable:
+                        return records
+                    records.append(record)
+                    size += 0 if record.vectors is None else record.vectors.nbytes
+                    if size >= max_bytes:
+                        return records
+            except FileNotFoundError:
+                raise LogTruncated(self.snapshot_seq) from None  # a snapshot dropped it meanwhile
+        return records
 
     def recover(self, collection: HnswCollection) -> HnswCollection:
         """Newest verified snapshot (if any), then every WAL record after it."""
@@ -188,6 +232,7 @@ class VersionLog:
                 except Exception as error:  # noqa: BLE001 - hnswlib raises bare RuntimeErrors
                     raise CorruptData(f"{segment}: record {record.seq} does not apply: {error}") from None
         self.recovery_s["replay_s"] = time.monotonic() - started
+        self.durable_seq = collection.seq
         self.open_segment(collection.seq + 1)
         return collection
 
@@ -297,7 +342,7 @@ class VersionLogs:
         staging.rename(directory)
         fsync_dir(directory.parent)
         version_log = VersionLog(directory, self.durability)
-        version_log.snapshot_seq = collection.seq
+        version_log.snapshot_seq = version_log.durable_seq = collection.seq
         version_log.open_segment(collection.seq + 1)
         collection.journal = version_log.append
         self._logs[(collection.name, collection.version)] = version_log
