@@ -29,7 +29,9 @@ SERVICES = "contentembed.services"
 COMMON = "contentembed.services.common"
 GATEWAY = "contentembed.services.gateway"
 DOMAIN_MODULES = {
-    f"contentembed.services.index.{name}" for name in ("collection", "persistence", "store")
+    f"contentembed.services.index.{name}"
+    for name in ("collection", "persistence", "store", "catalog", "version_log", "bundles",
+                 "shard", "dense", "snapshot", "lexical", "payload", "cost")
 } | {
     f"{COMMON}.{name}"
     for name in ("batching", "models", "spaces", "vectors", "validation", "errors",

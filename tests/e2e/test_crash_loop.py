@@ -44,7 +44,8 @@ from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
 from contentembed.services.common.protoconv import matrix_from_pb, struct_to_dict, vector_to_pb
 from contentembed.services.common.sharding import shard_for_id
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import HnswCollection
+from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.persistence import verify_manifest
 from tests.conftest import error_reason
 

@@ -18,7 +18,8 @@ from contentembed.services.common.sharding import shard_for_id
 from contentembed.services.gateway.merge import Hit, merge_top_k
 from contentembed.services.gateway.rollout import overlap_at_k
 from contentembed.services.gateway.service import GatewayService, GatewaySettings
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import HnswCollection
+from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.service import IndexService, IndexSettings
 from tests.conftest import running_service, settings_for_test
 from tests.service.test_gateway import DOCUMENTS

@@ -12,7 +12,8 @@ import pytest
 from contentembed.common.v1 import types_pb2
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import HnswCollection
+from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.service import IndexService, IndexSettings
 from tests.conftest import error_reason, running_service, settings_for_test
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from contentembed.services.common.errors import InvalidArgument
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import HnswCollection
+from contentembed.services.index.dense import HnswParams
 
 
 def clustered(n: int, dim: int, clusters: int = 20, seed: int = 0) -> np.ndarray:

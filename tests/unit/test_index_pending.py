@@ -12,7 +12,8 @@ import pytest
 
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
 from contentembed.services.index.bundles import UploadLimits
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import HnswCollection
+from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.store import CollectionStore
 from contentembed.services.index.version_log import PENDING_MARKER, Durability
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import HnswCollection
+from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.lexical import (
     LANGUAGES,
     MAX_TEXT_BYTES,

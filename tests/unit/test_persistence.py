@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from contentembed.services.common.errors import Unavailable
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import HnswCollection
+from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.persistence import (
     CorruptData,
     WalRecord,

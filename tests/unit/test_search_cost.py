@@ -9,8 +9,9 @@ import pytest
 
 from contentembed.services.common.errors import Cancelled, InvalidArgument
 from contentembed.services.common.interrupt import Interrupt
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import HnswCollection
 from contentembed.services.index.cost import SearchShape, check_search_cost
+from contentembed.services.index.dense import HnswParams
 
 DIM = 16
 

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import HnswCollection
+from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.persistence import CorruptData, verify_manifest, write_manifest
 from contentembed.services.index.store import CollectionStore
 from contentembed.services.index.version_log import Durability

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from contentembed.services.common.errors import InvalidArgument, ResourceExhausted
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import HnswCollection
+from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.store import MAX_DIM, CollectionStore
 
 
@@ -28,7 +29,7 @@ def test_dimensions_above_4096_are_refused_and_the_first_allocation_is_bounded()
         CollectionStore(HnswParams()).create("wide", "s@1", MAX_DIM + 1)
     assert caught.value.reason == "BAD_DIM"
     collection = HnswCollection("c", "s@1", MAX_DIM, HnswParams(), initial_capacity=1024)
-    assert collection._index.get_max_elements() * MAX_DIM * 4 <= 2 << 20  # 2 MiB, not 16
+    assert collection._index.capacity * MAX_DIM * 4 <= 2 << 20  # 2 MiB, not 16
     # It still grows as items come.
     vectors = np.random.default_rng(0).normal(size=(200, MAX_DIM)).astype(np.float32)
     collection.upsert([f"i{n}" for n in range(200)], vectors, [{}] * 200)

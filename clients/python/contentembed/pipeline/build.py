@@ -475,7 +475,8 @@ def write_bundle(directory: Path, contents: BundleContents, shard_count: int) ->
     """Writes the bundle (docs/bundles.md) into an empty directory; returns its digest and
     the item count of each part. Parts are filled in id order on one thread, so the same
     contents give the same bytes."""
-    from contentembed.services.index.collection import HnswCollection, HnswParams
+    from contentembed.services.index.collection import HnswCollection
+    from contentembed.services.index.dense import HnswParams
 
     lexical = None
     if contents.lexical is not None:

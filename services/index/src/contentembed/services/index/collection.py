@@ -1,25 +1,23 @@
-"""One hnswlib collection bound to one embedding space. Pure index code: no grpc.
+"""One collection bound to one embedding space. Pure index code: no grpc.
 
-hnswlib checks almost nothing (dimension, NaN, duplicate labels, k > count), is not safe
-for writes concurrent with queries, and has one index-wide ef, so every check and all
-locking live here: searches share a read lock, writes (and searches with their own ef)
+Ids, metadata and texts live here, the vectors in a DenseIndex (dense.py) under the same
+labels. That index checks and locks nothing, so every check and all locking live here:
+searches share a read lock, writes (and searches with their own ef, which is index-wide)
 take the write lock.
 
 Every item keeps the text it was embedded from (if it was sent one), so a new model can
 embed it again; a lexical collection also indexes that text for BM25 (lexical.py), under
 the same labels and the same locks, so both indexes always hold the same items.
 
-A lexical-only collection (LexicalParams.lexical_only; dim 0, space_id "") has no hnswlib
+A lexical-only collection (LexicalParams.lexical_only; dim 0, space_id "") has no dense
 index at all (``_index`` is None): items carry text and no vector, labels map ids exactly
-as in a dense collection (handed out in order, never reused; with no hnswlib slots there
-is nothing vacant to reuse), and dense searches are FAILED_PRECONDITION DENSE_NOT_ENABLED.
+as in a dense collection (handed out in order, never reused; with no dense index there
+is no vacant slot to reuse), and dense searches are FAILED_PRECONDITION DENSE_NOT_ENABLED.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,15 +26,21 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import hnswlib
 import numpy as np
 
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
 from contentembed.services.common.interrupt import NEVER, Interrupt
 from contentembed.services.common.rwlock import ReadWriteLock
-from contentembed.services.common.validation import shown, validate_ids
+from contentembed.services.common.validation import validate_ids
 from contentembed.services.common.vectors import l2_normalize, reject_zero_rows
 from contentembed.services.index.cost import SearchShape, check_search_cost
+from contentembed.services.index.dense import (
+    DenseIndex,
+    HnswIndex,
+    HnswParams,
+    check_hnsw_params,
+    exact_knn,
+)
 from contentembed.services.index.lexical import (
     LexicalIndex,
     LexicalParams,
@@ -45,6 +49,12 @@ from contentembed.services.index.lexical import (
 )
 from contentembed.services.index.payload import PayloadIndex, matching_labels
 from contentembed.services.index.persistence import CorruptData, WalRecord, write_manifest
+from contentembed.services.index.snapshot import (
+    SnapshotItems,
+    read_dense,
+    read_lexical_only,
+    write_items,
+)
 
 LIVE_VERSION = "live"
 NO_METADATA: Mapping[str, Any] = MappingProxyType({})
@@ -52,7 +62,6 @@ NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 # matches (perfect recall, cheap); a wider one by HNSW with a filter callback.
 EXACT_FILTER_SHARE = 0.05
 EXACT_FILTER_MAX = 5000
-INITIAL_ALLOCATION_BYTES = 2 << 20
 # Items of one upsert applied under one hold of the write lock (see ``upsert``).
 APPLY_SLICE = 256
 # Dense work between two looks at the caller's interrupt: HNSW queries go to hnswlib in
@@ -64,13 +73,6 @@ MAX_CHUNK_QUERIES = 256
 # chunk is never smaller than that, or a batch of costly queries would use one core.
 PARALLEL_CHUNK_QUERIES = 4 * len(os.sched_getaffinity(0)) + 1
 EXACT_BLOCK_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class HnswParams:
-    m: int = 16
-    ef_construction: int = 200
-    ef_search: int = 100
 
 
 @dataclass(frozen=True)
@@ -142,19 +144,9 @@ class HnswCollection:
         lexical_only = lexical is not None and lexical.lexical_only
         if lexical_only != (dim == 0):
             raise ValueError(f"dim 0 is for lexical-only collections only (dim {dim}, {lexical})")
-        self._index: hnswlib.Index | None = None
-        if not lexical_only:
-            self._index = hnswlib.Index(space="cosine", dim=dim)
-            self._index.init_index(
-                # Allocated at once: bounded in bytes too, so that an empty collection of
-                # a large dimension does not hold hundreds of MiB (it grows as items come).
-                max_elements=max(1, min(initial_capacity,
-                                        INITIAL_ALLOCATION_BYTES // (4 * dim + 8 * params.m + 64))),
-                ef_construction=params.ef_construction,
-                M=params.m,
-                allow_replace_deleted=True,  # deleted slots are reused: churn does not grow memory
-            )
-            self._index.set_ef(params.ef_search)
+        self._index: DenseIndex | None = (
+            None if lexical_only else HnswIndex.create(dim, params, initial_capacity)
+        )
         self._label_of: dict[str, int] = {}
         # label -> id as a list (labels are dense and never reused): a dict would cost about
         # 100 bytes more per item, a third of a 384-d vector's graph overhead.
@@ -167,7 +159,6 @@ class HnswCollection:
         self._text: dict[int, str] = {}
         self._lexical = LexicalIndex(lexical) if lexical is not None else None
         self._next_label = 0
-        self._vacant = 0  # deleted slots hnswlib may reuse
         self._lock = ReadWriteLock()
         # Writers queue here first: a snapshot holds it (with a read lock) to keep writes
         # out, while searches still pass; a writer waiting inside the writer-preferring
@@ -290,11 +281,7 @@ class HnswCollection:
             if self._next_label:
                 raise ValueError("bulk_insert fills an empty collection only")
             if self._index is not None:
-                if len(ids) > self._index.get_max_elements():
-                    self._index.resize_index(len(ids))
-                if len(ids):
-                    labels = np.arange(len(ids), dtype=np.uint64)
-                    self._index.add_items(vectors, labels, num_threads=1)
+                self._index.fill(vectors)
             self._label_of = {item_id: label for label, item_id in enumerate(ids)}
             self._id_of = list(ids)
             self._metadata = {label: dict(m) for label, m in enumerate(metadata) if m}
@@ -369,24 +356,16 @@ class HnswCollection:
         self.seq = record.seq
 
     def _add_vectors(self, record: WalRecord) -> None:
-        """Writes the record's vectors into hnswlib, giving new ids the next labels."""
+        """Writes the record's vectors into the dense index, giving new ids the next labels."""
         assert self._index is not None and record.vectors is not None
         existing = [p for p, i in enumerate(record.ids) if i in self._label_of]
         fresh = [p for p, i in enumerate(record.ids) if i not in self._label_of]
         if existing:
             labels = np.array([self._label_of[record.ids[p]] for p in existing], dtype=np.uint64)
-            self._index.add_items(record.vectors[existing], labels, num_threads=-1)
+            self._index.replace(labels, record.vectors[existing])
         if fresh:
-            needed = self._index.get_current_count() + max(0, len(fresh) - self._vacant)
-            capacity = self._index.get_max_elements()
-            if needed > capacity:
-                self._index.resize_index(max(needed, capacity * 2))
             labels = np.arange(self._next_label, self._next_label + len(fresh), dtype=np.uint64)
-            # replace_deleted only for new labels: on a live label hnswlib would duplicate it.
-            self._index.add_items(
-                record.vectors[fresh], labels, num_threads=-1, replace_deleted=True
-            )
-            self._vacant = max(0, self._vacant - len(fresh))
+            self._index.add(labels, record.vectors[fresh])
             for position, label in zip(fresh, labels):
                 self._label_of[record.ids[position]] = int(label)
                 self._id_of.append(record.ids[position])
@@ -417,7 +396,6 @@ class HnswCollection:
                 removed.append(label)
             if self._index is not None:
                 self._index.mark_deleted(label)
-                self._vacant += 1
         if self._lexical is not None and removed:
             self._lexical.write(removed, ())
         self.seq = record.seq
@@ -453,7 +431,7 @@ class HnswCollection:
         """The stored vectors of live labels (n x 0 for a lexical-only collection)."""
         if self._index is None:
             return np.empty((len(labels), 0), dtype=np.float32)
-        return np.asarray(self._index.get_items(labels), dtype=np.float32)
+        return self._index.vectors(labels)
 
     def _check_query(self, queries: np.ndarray) -> np.ndarray:
         self.require_dense()
@@ -542,8 +520,8 @@ class HnswCollection:
             for position, text in enumerate(texts):
                 check_text(text, what=f"texts[{position}]")
         custom_ef = queries is not None and bool(ef) and ef != self.params.ef_search and not exact
-        # ef is index-wide in hnswlib: a request with its own ef searches alone, so its
-        # ef never leaks into a concurrent search.
+        # ef is index-wide: a request with its own ef searches alone, so its ef never
+        # leaks into a concurrent search.
         with self._lock.write() if custom_ef else self._lock.read():
             allowed = self._allowed_locked(metadata_filter, interrupt)
             dense: list[HitColumns] = []
@@ -583,8 +561,8 @@ class HnswCollection:
         interrupt: Interrupt,
     ) -> list[HitColumns]:
         """HNSW hits of normalized queries, under the lock search_columns holds (the
-        write lock when ``custom_ef`` is set). The queries go to hnswlib in chunks sized to
-        take about CHUNK_S each, the interrupt checked between chunks."""
+        write lock when ``custom_ef`` is set). The queries go to the index in chunks sized
+        to take about CHUNK_S each, the interrupt checked between chunks."""
         assert self._index is not None  # _check_query refused a lexical-only collection
         live = self.item_count if allowed is None else len(allowed)
         k = min(top_k, live)
@@ -600,36 +578,33 @@ class HnswCollection:
                 interrupt.check()
                 chunk = queries[len(columns): len(columns) + size]
                 started = time.perf_counter()
-                try:
-                    labels, distances = self._index.knn_query(
-                        chunk,
-                        k=k,
-                        # Batches use every core; a filter callback is Python, so one thread.
-                        num_threads=1 if allowed_set is not None or len(chunk) == 1 else -1,
-                        filter=None if allowed_set is None else allowed_set.__contains__,
-                    )
-                except RuntimeError:
-                    # hnswlib raises when the graph yields fewer than k points (many
-                    # deletions, a narrow filter, small ef); exact search answers.
+                found = self._index.knn_query(
+                    chunk,
+                    k=k,
+                    # Batches use every core; a filter callback is Python, so one thread.
+                    num_threads=1 if allowed_set is not None or len(chunk) == 1 else -1,
+                    allowed=None if allowed_set is None else allowed_set.__contains__,
+                )
+                if found is None:  # fewer than k found: exact search answers
                     columns.extend(self._exact_locked(chunk, top_k, allowed, interrupt))
                     continue
-                columns.extend(self._columns(labels, distances))
+                columns.extend(self._columns(*found))
                 per_query = (time.perf_counter() - started) / len(chunk)
                 size = max(PARALLEL_CHUNK_QUERIES,
                            min(MAX_CHUNK_QUERIES, int(CHUNK_S / max(per_query, 1e-7))))
         finally:
             if custom_ef:
-                self._index.set_ef(self.params.ef_search)
+                self._index.reset_ef()
         return columns
 
-    def _columns(self, labels: np.ndarray, distances: np.ndarray) -> list[HitColumns]:
+    def _columns(self, labels: np.ndarray, scores: np.ndarray) -> list[HitColumns]:
+        """Hits per query from ranked live labels and their scores (float64), one row each."""
         id_of, metadata = self._id_of, self._metadata
-        scores = 1.0 - distances.astype(np.float64)  # float64: as SearchHit always had it
         columns = []
         for row_labels, row_scores in zip(labels.tolist(), scores):
             ids = [id_of[label] for label in row_labels]
             columns.append(HitColumns(
-                ids,  # type: ignore[arg-type]  # a label hnswlib returns is live: its id is set
+                ids,  # type: ignore[arg-type]  # a label the index returns is live: its id is set
                 row_scores,
                 [metadata.get(label, NO_METADATA) for label in row_labels],
             ))
@@ -673,10 +648,9 @@ class HnswCollection:
         allowed: Sequence[int] | None,
         interrupt: Interrupt = NEVER,
     ) -> list[HitColumns]:
-        """Brute force for normalized queries over every item (or the allowed ones):
-        their vectors read back in blocks of about EXACT_BLOCK_BYTES, each block compared
-        with every query at once, the best top_k per query kept as the blocks go (the
-        interrupt checked between blocks). Equal scores rank by label."""
+        """Brute force for normalized queries over every item (or the allowed ones), their
+        vectors read back in blocks of about EXACT_BLOCK_BYTES (dense.exact_knn). Equal
+        scores rank by label."""
         assert self._index is not None
         labels = np.fromiter(
             self._label_of.values() if allowed is None else allowed, dtype=np.uint64
@@ -687,31 +661,7 @@ class HnswCollection:
             return [HitColumns.of([]) for _ in queries]
         rows = max(1, min(EXACT_BLOCK_BYTES // (4 * self.dim),
                           EXACT_BLOCK_BYTES // (8 * len(queries))))
-        best_scores = np.empty((len(queries), 0), dtype=np.float32)
-        best_labels = np.empty((len(queries), 0), dtype=np.uint64)
-        for start in range(0, len(labels), rows):
-            interrupt.check()
-            block = labels[start:start + rows]
-            stored = l2_normalize(np.asarray(self._index.get_items(block), dtype=np.float32))
-            scores = np.concatenate([best_scores, queries @ stored.T], axis=1)
-            candidates = np.concatenate(
-                [best_labels, np.broadcast_to(block, (len(queries), len(block)))], axis=1
-            )
-            if scores.shape[1] > k:
-                keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-                scores = np.take_along_axis(scores, keep, axis=1)
-                candidates = np.take_along_axis(candidates, keep, axis=1)
-            best_scores, best_labels = scores, candidates
-        columns = []
-        for row_scores, row_labels in zip(best_scores, best_labels):
-            order = np.lexsort((row_labels, -row_scores))
-            ranked = row_labels[order].tolist()
-            columns.append(HitColumns(
-                [self._id_of[label] for label in ranked],  # type: ignore[misc]
-                row_scores[order].astype(np.float64),
-                [self._metadata.get(label, NO_METADATA) for label in ranked],
-            ))
-        return columns
+        return self._columns(*exact_knn(self._index, queries, labels, k, rows, interrupt))
 
     def get(self, ids: Sequence[str]) -> list[StoredItem]:
         """The stored items among ids, in request order (unknown ids are left out)."""
@@ -746,23 +696,16 @@ class HnswCollection:
         """index.bin + items.json + manifest.json (sha256 of each) into an empty directory;
         a lexical-only collection has no index.bin.
 
-        hnswlib's save_index reports no I/O error, so the file is loaded back and its
-        element count checked before the manifest (which makes the snapshot valid) exists.
+        index.bin is read back (DenseIndex.check_saved) before the manifest, which makes
+        the snapshot valid, exists.
         """
         directory.mkdir(parents=True, exist_ok=False)
         index_path = directory / "index.bin"
         with self._writers, self._lock.read():
             if self._index is not None:
-                self._index.save_index(str(index_path))
-            items = {
-                "ids": self._id_of,
-                "metadata": [[label, meta] for label, meta in self._metadata.items()],
-                "next_label": self._next_label,
-                "vacant": self._vacant,
-            }
-            if self._text:  # absent when empty: snapshots of text-less items stay as before
-                items["texts"] = [[label, text] for label, text in sorted(self._text.items())]
-            (directory / "items.json").write_text(json.dumps(items, separators=(",", ":")))
+                self._index.save(index_path)
+            write_items(directory / "items.json", self._id_of, self._metadata, self._next_label,
+                        0 if self._index is None else self._index.vacant, self._text)
             manifest = {
                 "format": "contentembed-index/v1",
                 "collection": self.name,
@@ -773,7 +716,7 @@ class HnswCollection:
                 "hnsw": {"m": self.params.m, "ef_construction": self.params.ef_construction,
                          "ef_search": self.params.ef_search},
                 "count": self.item_count,
-                "elements": 0 if self._index is None else self._index.get_current_count(),
+                "elements": 0 if self._index is None else self._index.count,
                 "seq": self.seq,
                 **({"bundle_digest": self.bundle_digest} if self.bundle_digest else {}),
                 # The lexical index itself is not in the snapshot: it is rebuilt from the
@@ -781,15 +724,8 @@ class HnswCollection:
                 **({"lexical": self._lexical.params.to_json()} if self._lexical else {}),
                 **(extra or {}),
             }
-        if self._index is None:
-            return write_manifest(directory, manifest)
-        check = hnswlib.Index(space="cosine", dim=self.dim)
-        try:
-            check.load_index(str(index_path), max_elements=0)
-        except RuntimeError as error:
-            raise OSError(f"snapshot {index_path} did not read back: {error}") from None
-        if check.get_current_count() != manifest["elements"]:
-            raise OSError(f"snapshot {index_path} read back with a wrong element count")
+        if self._index is not None:
+            self._index.check_saved(index_path, manifest["elements"])
         return write_manifest(directory, manifest)
 
     @classmethod
@@ -798,8 +734,8 @@ class HnswCollection:
 
         The checksums prove the files are the ones the writer made, not that the writer
         made them right (a batch job's bundle, a snapshot of an older release): the parts
-        are checked against each other too, so a snapshot that would fail searches later
-        is refused now (CorruptData) and never activated or recovered into.
+        are checked against each other too (snapshot.py), so a snapshot that would fail
+        searches later is refused now (CorruptData) and never activated or recovered into.
         """
         try:
             params = HnswParams(**manifest["hnsw"])
@@ -815,224 +751,29 @@ class HnswCollection:
         lexical_only = lexical is not None and lexical.lexical_only
         if lexical_only != (dim == 0):
             raise CorruptData(f"{directory}: dim {dim} with lexical config {lexical}")
+        version = manifest.get("version", LIVE_VERSION)
         if lexical_only:
-            assert lexical is not None
-            return cls._from_lexical_only_snapshot(directory, manifest, name, params, lexical)
-        stored_dim = hnsw_file_dim(directory / "index.bin")
-        if stored_dim != dim:
-            raise CorruptData(f"{directory}: index.bin holds {stored_dim}-d vectors, manifest says {dim}")
-        collection = cls(name, space_id, dim, params, 1, version=manifest.get("version", LIVE_VERSION))
-        try:
-            index = hnswlib.Index(space="cosine", dim=collection.dim)
-            index.load_index(str(directory / "index.bin"), max_elements=0, allow_replace_deleted=True)
-            # NaN and Infinity are not JSON (Python reads them anyway): metadata holding them
-            # could not be sent back in a protobuf Struct.
-            raw = json.loads((directory / "items.json").read_bytes(), parse_constant=_not_json)
-        except (RuntimeError, ValueError) as error:
-            raise CorruptData(f"{directory}: {error}") from None
-        try:
-            items = SnapshotItems.parse(raw)
-            items.check_against(index, count, elements)
-        except CorruptData as error:
-            raise CorruptData(f"{directory}: {error}") from None
-        index.set_ef(params.ef_search)
-        collection._index = index
-        collection._id_of = items.ids
-        collection._label_of = items.label_of
-        collection._metadata = items.metadata
-        collection._payload = PayloadIndex.of(items.metadata.items())
-        collection._text = items.texts
-        if lexical is not None:
-            # Derived state, rebuilt from the verified texts (LexicalIndex.build commits).
-            collection._lexical = LexicalIndex.build(lexical, items.texts.items())
-        collection._next_label = len(items.ids)
-        collection._vacant = items.vacant
+            items = read_lexical_only(directory, manifest, space_id, count)
+            collection = cls(name, "", 0, params, 1, version=version, lexical=lexical)
+        else:
+            index, items = read_dense(directory, dim, params, count, elements)
+            collection = cls(name, space_id, dim, params, 1, version=version)
+            collection._index = index
+        collection._restore(items, lexical)
         collection.seq = seq
         # Set on a shard's own snapshots of an installed version; a bundle part's manifest
         # has none (its digest is the sha256 of that manifest, known to whoever loads it).
         collection.bundle_digest = str(manifest.get("bundle_digest", ""))
         return collection
 
-    @classmethod
-    def _from_lexical_only_snapshot(
-        cls, directory: Path, manifest: Mapping[str, Any], name: str, params: HnswParams,
-        lexical: LexicalParams,
-    ) -> HnswCollection:
-        """items.json alone: every live item must have its text (nothing else finds it),
-        no slot is vacant (there are no hnswlib slots) and the counts agree."""
-        try:
-            seq, count = int(manifest["seq"]), int(manifest["count"])
-            space_id = str(manifest["space_id"])
-            raw = json.loads((directory / "items.json").read_bytes(), parse_constant=_not_json)
-            items = SnapshotItems.parse(raw)
-        except (KeyError, TypeError, ValueError, RecursionError) as error:
-            raise CorruptData(f"{directory}: {error}") from None
-        except CorruptData as error:
-            raise CorruptData(f"{directory}: {error}") from None
-        if space_id:
-            raise CorruptData(f"{directory}: a lexical-only snapshot in space {shown(space_id)}")
-        if len(items.label_of) != count:
-            raise CorruptData(f"{directory}: {len(items.label_of)} items, the manifest says {count}")
-        if items.vacant or int(manifest.get("elements", 0)):
-            raise CorruptData(f"{directory}: a lexical-only snapshot with vector slots")
-        if set(items.texts) != set(items.label_of.values()):
-            raise CorruptData(f"{directory}: lexical-only items without text")
-        collection = cls(name, "", 0, params, 1, version=manifest.get("version", LIVE_VERSION),
-                         lexical=lexical)
-        collection._id_of = items.ids
-        collection._label_of = items.label_of
-        collection._metadata = items.metadata
-        collection._payload = PayloadIndex.of(items.metadata.items())
-        collection._text = items.texts
-        collection._lexical = LexicalIndex.build(lexical, items.texts.items())
-        collection._next_label = len(items.ids)
-        collection.seq = seq
-        collection.bundle_digest = str(manifest.get("bundle_digest", ""))
-        return collection
-
-
-def _not_json(constant: str) -> None:
-    raise ValueError(f"items.json holds {constant}, which is not JSON")
-
-
-# Vectors read back per call while checking a snapshot: bounded memory at any dimension.
-CHECK_CHUNK_BYTES = 16 << 20
-
-
-@dataclass
-class SnapshotItems:
-    """items.json of a snapshot, parsed and checked on its own."""
-
-    ids: list[str | None]  # by label; None for a deleted one
-    label_of: dict[str, int]
-    metadata: dict[int, dict[str, Any]]
-    vacant: int
-    texts: dict[int, str]
-
-    @classmethod
-    def parse(cls, raw: Any) -> SnapshotItems:
-        if not isinstance(raw, dict):
-            raise CorruptData("items.json is not an object")
-        ids, pairs, next_label, vacant = (
-            raw.get("ids"), raw.get("metadata"), raw.get("next_label"), raw.get("vacant")
-        )
-        if not isinstance(ids, list) or not isinstance(pairs, list):
-            raise CorruptData("items.json: ids and metadata must be lists")
-        if not _is_count(next_label) or not _is_count(vacant):
-            raise CorruptData("items.json: next_label and vacant must be non-negative integers")
-        # Labels are handed out in order and never reused, one ids entry each.
-        if next_label != len(ids):
-            raise CorruptData(f"items.json: next_label is {next_label} but {len(ids)} labels exist")
-        label_of: dict[str, int] = {}
-        for label, item_id in enumerate(ids):
-            if item_id is None:
-                continue
-            if not isinstance(item_id, str) or not item_id:
-                raise CorruptData(f"items.json: label {label} has an invalid id")
-            if label_of.setdefault(item_id, label) != label:
-                raise CorruptData(f"items.json: id {shown(item_id)} appears twice")
-        metadata: dict[int, dict[str, Any]] = {}
-        for pair in pairs:
-            if not (isinstance(pair, list) and len(pair) == 2 and _is_count(pair[0])
-                    and isinstance(pair[1], dict)):
-                raise CorruptData("items.json: metadata entries must be [label, object]")
-            label, values = pair
-            if label >= len(ids) or ids[label] is None:
-                raise CorruptData(f"items.json: metadata for label {label}, which holds no item")
-            if label in metadata:
-                raise CorruptData(f"items.json: metadata for label {label} appears twice")
-            metadata[label] = values
-        pairs = raw.get("texts", [])  # snapshots before texts existed have none
-        if not isinstance(pairs, list):
-            raise CorruptData("items.json: texts must be a list")
-        texts: dict[int, str] = {}
-        for pair in pairs:
-            if not (isinstance(pair, list) and len(pair) == 2 and _is_count(pair[0])
-                    and isinstance(pair[1], str) and pair[1]):
-                raise CorruptData("items.json: texts entries must be [label, non-empty string]")
-            label, text = pair
-            if label >= len(ids) or ids[label] is None:
-                raise CorruptData(f"items.json: text for label {label}, which holds no item")
-            if label in texts:
-                raise CorruptData(f"items.json: text for label {label} appears twice")
-            try:  # a bundle's texts did not pass through Upsert's checks
-                check_text(text, what=f"label {label}")
-            except InvalidArgument as error:
-                raise CorruptData(f"items.json: {error.message}") from None
-            texts[label] = text
-        return cls(ids, label_of, metadata, vacant, texts)
-
-    def check_against(self, index: hnswlib.Index, count: int, elements: int | None) -> None:
-        """Every live item has a vector that searches can find, every element of the index
-        has an item or is deleted, and the counts agree with the manifest."""
-        live = len(self.label_of)
-        if live != count:
-            raise CorruptData(f"{live} items, the manifest says {count}")
-        stored = index.get_current_count()
-        if elements is not None and stored != elements:
-            raise CorruptData(f"index.bin holds {stored} elements, the manifest says {elements}")
-        # Each element is a live item or a deleted slot waiting to be reused.
-        if stored != live + self.vacant:
-            raise CorruptData(
-                f"index.bin holds {stored} elements for {live} items and {self.vacant} vacant slots"
-            )
-        labels = np.fromiter(index.get_ids_list(), dtype=np.uint64, count=stored)
-        if stored and int(labels.max()) >= len(self.ids):
-            raise CorruptData(
-                f"index.bin has label {int(labels.max())}, items.json only {len(self.ids)} labels"
-            )
-        live_labels = np.fromiter(self.label_of.values(), dtype=np.uint64, count=live)
-        if not np.isin(live_labels, labels).all():
-            raise CorruptData("items without a vector in index.bin")
-        # A vacant slot still answering searches would be a hit without an id.
-        for label in labels[np.isin(labels, live_labels, invert=True)].tolist():
-            try:
-                index.get_items([label])
-            except RuntimeError:
-                continue  # marked deleted, as it must be
-            raise CorruptData(f"label {label} is searchable but holds no item")
-        # And a live item must not be marked deleted (get_items refuses those); its
-        # vector must be finite for scores to mean anything.
-        chunk = max(1, CHECK_CHUNK_BYTES // (4 * index.dim))
-        for start in range(0, live, chunk):
-            try:
-                vectors = index.get_items(live_labels[start : start + chunk])
-            except RuntimeError:
-                raise CorruptData("items whose vector index.bin marks deleted") from None
-            if not np.isfinite(vectors).all():
-                raise CorruptData("index.bin holds vectors that are not finite")
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-# hnswlib's file starts with six size_t: offsetLevel0, max_elements, cur_element_count,
-# size_data_per_element, label_offset, offsetData; vector bytes = label_offset - offsetData.
-HNSW_HEADER = struct.Struct("<6Q")
-MAX_M = 128
-MAX_EF = 100_000
-
-
-def hnsw_file_dim(path: Path) -> int:
-    """The vector dimension an hnswlib index file was written with (float32)."""
-    try:
-        with path.open("rb") as handle:
-            fields = HNSW_HEADER.unpack(handle.read(HNSW_HEADER.size))
-    except (OSError, struct.error) as error:
-        raise CorruptData(f"{path}: unreadable hnswlib header ({error})") from None
-    label_offset, offset_data = fields[4], fields[5]
-    if label_offset <= offset_data or (label_offset - offset_data) % 4:
-        raise CorruptData(f"{path}: implausible hnswlib header")
-    return (label_offset - offset_data) // 4
-
-
-def check_hnsw_params(params: HnswParams) -> None:
-    """hnswlib accepts values that fail later, at the first insert: refuse them up front."""
-    if not 2 <= params.m <= MAX_M:
-        raise InvalidArgument(f"hnsw.m must be 2..{MAX_M}, got {params.m}", reason="BAD_HNSW_PARAMS")
-    for name, value in (("ef_construction", params.ef_construction), ("ef_search", params.ef_search)):
-        if not 1 <= value <= MAX_EF:
-            raise InvalidArgument(
-                f"hnsw.{name} must be 1..{MAX_EF}, got {value}", reason="BAD_HNSW_PARAMS"
-            )
+    def _restore(self, items: SnapshotItems, lexical: LexicalParams | None) -> None:
+        """Takes a loaded snapshot's checked items as this new collection's state."""
+        self._id_of = items.ids
+        self._label_of = items.label_of
+        self._metadata = items.metadata
+        self._payload = PayloadIndex.of(items.metadata.items())
+        self._text = items.texts
+        if lexical is not None:
+            # Derived state, rebuilt from the verified texts (LexicalIndex.build commits).
+            self._lexical = LexicalIndex.build(lexical, items.texts.items())
+        self._next_label = len(items.ids)

@@ -45,12 +45,8 @@ from contentembed.services.common.validation import (
 )
 from contentembed.services.common.vectors import FLOAT32_LE
 from contentembed.services.index.bundles import UploadLimits
-from contentembed.services.index.collection import (
-    HitColumns,
-    HnswCollection,
-    HnswParams,
-    SearchHit,
-)
+from contentembed.services.index.collection import HitColumns, HnswCollection, SearchHit
+from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.lexical import LexicalParams
 from contentembed.services.index.shard import ShardPosition, claim_data_dir
 from contentembed.services.index.store import CollectionStore

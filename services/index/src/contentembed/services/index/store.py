@@ -36,12 +36,8 @@ from contentembed.services.index.bundles import (
     upload_id_for,
 )
 from contentembed.services.index.catalog import Alias, Catalog, check_version_name
-from contentembed.services.index.collection import (
-    LIVE_VERSION,
-    HnswCollection,
-    HnswParams,
-    check_hnsw_params,
-)
+from contentembed.services.index.collection import LIVE_VERSION, HnswCollection
+from contentembed.services.index.dense import HnswParams, check_hnsw_params
 from contentembed.services.index.lexical import LexicalParams, check_texts
 from contentembed.services.index.persistence import remove_tree
 from contentembed.services.index.version_log import Durability, VersionLogs

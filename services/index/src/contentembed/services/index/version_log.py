@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contentembed.services.common.errors import NotFound, ResourceExhausted, Unavailable
-from contentembed.services.index.collection import HnswCollection, HnswParams
+from contentembed.services.index.collection import HnswCollection
+from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.lexical import LexicalParams
 from contentembed.services.index.persistence import (
     CorruptData,
