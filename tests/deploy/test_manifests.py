@@ -5,8 +5,9 @@ against the Kubernetes schemas of kubernetes-validate (strict), the Prometheus O
 CRDs against the small schemas in crd_schemas.json, and then checked against the code:
 the flags and CONTENTEMBED_* variables each container gets are parsed by that service's
 real settings class; ports, probes, grace periods, shard count, gateway endpoints, the
-build Job's slices and exit codes, and every metric the dashboard and the alerts query
-(collected from the services' own metric objects on a fresh registry).
+build Job's slices and exit codes, every metric the dashboard and the alerts query
+(collected from the services' own metric objects on a fresh registry), and the index
+pods' RBAC: exactly the Lease verbs the lease code calls.
 
 kubectl missing: a failure under CI (the Makefile installs it), a skip elsewhere.
 KUBECTL_COMPAT=/path/to/another/kubectl renders every overlay with it too and requires the
@@ -149,7 +150,7 @@ def test_renders_and_validates_against_the_kubernetes_schemas(target: str) -> No
     kinds = {o["kind"] for o in objects}
     assert {"Deployment", "StatefulSet", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
             "NetworkPolicy", "CronJob", "PersistentVolumeClaim", "ConfigMap", "ServiceMonitor",
-            "PrometheusRule"} <= kinds, kinds
+            "PrometheusRule", "ServiceAccount", "Role", "RoleBinding"} <= kinds, kinds
     for obj in objects:
         where = f"{target}: {obj['kind']}/{obj['metadata']['name']}"
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
@@ -324,6 +325,57 @@ def test_network_policy_admits_only_the_gateway_and_the_build_job(target: str) -
     }
     assert {p["port"] for p in grpc_rule["ports"]} == backend_ports
     assert [p["port"] for p in metrics_rule["ports"]] == [METRICS_PORT]
+
+
+# -- the shard lease's RBAC ------------------------------------------------------------------
+# The verb each CoordinationV1Api method the lease calls needs.
+LEASE_CALL_VERBS = {"read": "get", "list": "list", "create": "create", "replace": "update",
+                    "patch": "patch", "delete": "delete"}
+
+
+def lease_verbs_the_code_uses() -> set[str]:
+    from contentembed.services.index import lease_k8s
+
+    calls = set(re.findall(r"\.(\w+?)_namespaced_lease\(", inspect.getsource(lease_k8s)))
+    assert calls, "lease_k8s calls no CoordinationV1Api method"
+    assert calls <= LEASE_CALL_VERBS.keys(), calls
+    return {LEASE_CALL_VERBS[c] for c in calls}
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_index_pods_may_read_create_and_update_leases_and_nothing_else(target: str) -> None:
+    objects = render(target)
+    index = by_kind(objects, "StatefulSet")["index"]
+    namespace, pod = index["metadata"]["namespace"], pod_spec(index)
+    account = pod.get("serviceAccountName", "default")
+    assert account != "default", f"{target}: the index pods run as the namespace's default account"
+    assert account in by_kind(objects, "ServiceAccount"), f"{target}: no ServiceAccount {account}"
+    # The client loads its in-cluster config from the mounted token.
+    assert pod.get("automountServiceAccountToken", by_kind(objects, "ServiceAccount")[account]
+                   .get("automountServiceAccountToken", True)) is True, target
+    assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
+    roles = by_kind(objects, "Role")
+    granted: set[tuple[str, str, str]] = set()
+    for binding in by_kind(objects, "RoleBinding").values():
+        bound = [s for s in binding["subjects"] if s["kind"] == "ServiceAccount" and s["name"] == account
+                 and s.get("namespace", binding["metadata"]["namespace"]) == namespace]
+        if not bound:
+            continue
+        assert binding["roleRef"]["kind"] == "Role", f"{target}: bound to a {binding['roleRef']['kind']}"
+        role = roles[binding["roleRef"]["name"]]
+        for rule in role["rules"]:
+            assert not rule.get("resourceNames"), "resourceNames cannot restrict create"
+            granted |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"]
+                        for v in rule["verbs"]}
+    wanted = {("coordination.k8s.io", "leases", verb) for verb in lease_verbs_the_code_uses()}
+    assert wanted == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+    assert granted == wanted, f"{target}: the index's account may {sorted(granted)}"
+    # No other pod runs as that account or mounts a token.
+    for workload in [*by_kind(objects, "Deployment").values(), *by_kind(objects, "CronJob").values()]:
+        other = pod_spec(workload)
+        where = f"{target}: {workload['metadata']['name']}"
+        assert other.get("serviceAccountName", "default") != account, where
+        assert other.get("automountServiceAccountToken") is False, where
 
 
 # -- secrets ---------------------------------------------------------------------------------
