@@ -31,7 +31,8 @@ GATEWAY = "contentembed.services.gateway"
 DOMAIN_MODULES = {
     f"contentembed.services.index.{name}"
     for name in ("collection", "persistence", "store", "catalog", "version_log", "bundles",
-                 "shard", "dense", "snapshot", "lexical", "payload", "cost")
+                 "shard", "dense", "snapshot", "lexical", "payload", "cost", "lease",
+                 "replication", "primary")
 } | {
     f"{COMMON}.{name}"
     for name in ("batching", "models", "spaces", "vectors", "validation", "errors",

@@ -320,7 +320,7 @@ def test_wal_records_carry_texts_and_old_records_still_decode(tmp_path: Path) ->
 def test_writes_without_text_log_no_texts() -> None:
     collection = lexical_collection()
     logged: list[WalRecord] = []
-    collection.journal = logged.append
+    collection.journal = lambda record: logged.append(record) or record
     collection.upsert(["a"], vectors(1), [{}])
     collection.upsert(["b"], vectors(1), [{}], [""])
     collection.upsert(["c", "d"], vectors(2), [{}, {}], ["", "dog"])

@@ -91,7 +91,7 @@ def test_refusals() -> None:
 def test_wal_records_carry_no_vector_bytes() -> None:
     collection = lexical_only()
     records = []
-    collection.journal = records.append
+    collection.journal = lambda record: records.append(record) or record
     collection.upsert(["new"], None, [{"a": 1}], ["brand new text"])
     encoded = encode_record(records[0])
     decoded = decode_payload(encoded[12:])

@@ -27,7 +27,7 @@ class HnswParams(_message.Message):
     def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("shard_index", "shard_count", "max_top_k", "max_queries_per_batch", "max_ids_per_call", "max_ef", "max_message_bytes")
+    __slots__ = ("shard_index", "shard_count", "max_top_k", "max_queries_per_batch", "max_ids_per_call", "max_ef", "max_message_bytes", "replica")
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class ShardInfo(_message.Message):
     MAX_IDS_PER_CALL_FIELD_NUMBER: _ClassVar[int]
     MAX_EF_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     shard_index: int
     shard_count: int
     max_top_k: int
@@ -42,7 +43,24 @@ class ShardInfo(_message.Message):
     max_ids_per_call: int
     max_ef: int
     max_message_bytes: int
-    def __init__(self, shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_queries_per_batch: _Optional[int] = ..., max_ids_per_call: _Optional[int] = ..., max_ef: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    replica: ReplicaInfo
+    def __init__(self, shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_queries_per_batch: _Optional[int] = ..., max_ids_per_call: _Optional[int] = ..., max_ef: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., replica: _Optional[_Union[ReplicaInfo, _Mapping]] = ...) -> None: ...
+
+class ReplicaInfo(_message.Message):
+    __slots__ = ("replica_id", "primary", "term", "in_sync", "in_sync_replicas", "primary_id")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_ID_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    primary: bool
+    term: int
+    in_sync: bool
+    in_sync_replicas: _containers.RepeatedScalarFieldContainer[str]
+    primary_id: str
+    def __init__(self, replica_id: _Optional[str] = ..., primary: _Optional[bool] = ..., term: _Optional[int] = ..., in_sync: _Optional[bool] = ..., in_sync_replicas: _Optional[_Iterable[str]] = ..., primary_id: _Optional[str] = ...) -> None: ...
 
 class Collection(_message.Message):
     __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard", "versions", "version_spaces", "pending_versions", "versions_fingerprint", "version_digests", "lexical")

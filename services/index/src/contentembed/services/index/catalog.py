@@ -81,6 +81,9 @@ class Catalog:
     def __contains__(self, name: str) -> bool:
         return name in self._aliases
 
+    def names(self) -> list[str]:
+        return sorted(self._aliases)
+
     def find(self, name: str) -> Alias | None:
         return self._aliases.get(name)
 

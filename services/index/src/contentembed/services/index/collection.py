@@ -17,6 +17,8 @@ is no vacant slot to reuse), and dense searches are FAILED_PRECONDITION DENSE_NO
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 import time
@@ -112,7 +114,18 @@ class StoredItem:
     text: str = ""  # "" when the item was written without text
 
 
-Journal = Callable[[WalRecord], None]
+# Logs a new write before it is applied, and returns it as logged: stamped with the term
+# of the primary that wrote it.
+Journal = Callable[[WalRecord], WalRecord]
+
+
+@dataclass(frozen=True)
+class VersionDigest:
+    """What two replicas of a version compare: equal digests, equal contents."""
+
+    count: int
+    seq: int
+    sha256: str  # over ids, vectors, texts and metadata, in id order
 
 
 class HnswCollection:
@@ -135,6 +148,7 @@ class HnswCollection:
         self.version = version
         self.journal: Journal | None = None
         self.seq = 0  # last write applied; snapshots and the WAL are ordered by it
+        self.term = 0  # the term of that write (WalRecord.term)
         # sha256 of the bundle part's manifest this version was installed from; "" for a
         # collection built online. Written into every snapshot manifest of the version.
         self.bundle_digest = ""
@@ -260,7 +274,7 @@ class HnswCollection:
                     self.seq + 1, "upsert", list(ids), vectors, [dict(m) for m in metadata], logged
                 )
                 if self.journal is not None:
-                    self.journal(record)
+                    record = self.journal(record)
             for start in range(0, len(ids), APPLY_SLICE):
                 with self._lock.write():
                     self._apply_upsert(record.slice(start, start + APPLY_SLICE))
@@ -305,7 +319,7 @@ class HnswCollection:
                 return 0
             record = WalRecord(self.seq + 1, "delete", logged)
             if self.journal is not None:
-                self.journal(record)
+                record = self.journal(record)
             self._apply_delete(record)
             return len(known)
 
@@ -318,6 +332,26 @@ class HnswCollection:
                 self._apply_upsert(record)
             else:
                 self._apply_delete(record)
+
+    def apply_shipped(self, record: WalRecord, log: Callable[[WalRecord], object]) -> bool:
+        """Applies a write another replica logged (its seq and term as they are), after
+        ``log`` made it durable here; False for one already applied. The next seq only:
+        a gap is refused (ValueError), since what it skipped would be missing for good."""
+        with self._writers:
+            if record.seq <= self.seq:
+                return False
+            if record.seq != self.seq + 1:
+                raise ValueError(f"record {record.seq} does not follow {self.seq}")
+            with self._lock.write():
+                log(record)
+            for start in range(0, len(record.ids), APPLY_SLICE):
+                with self._lock.write():
+                    if record.op == "upsert":
+                        self._apply_upsert(record.slice(start, start + APPLY_SLICE))
+                    else:
+                        self._apply_delete(record)
+                        break
+        return True
 
     def _apply_upsert(self, record: WalRecord) -> None:
         assert record.vectors is not None and record.metadata is not None
@@ -353,7 +387,7 @@ class HnswCollection:
             self._lexical.write(removed, added)
         if self.tombstones is not None:
             self.tombstones.difference_update(record.ids)  # written again: alive after all
-        self.seq = record.seq
+        self.seq, self.term = record.seq, record.term
 
     def _add_vectors(self, record: WalRecord) -> None:
         """Writes the record's vectors into the dense index, giving new ids the next labels."""
@@ -398,7 +432,7 @@ class HnswCollection:
                 self._index.mark_deleted(label)
         if self._lexical is not None and removed:
             self._lexical.write(removed, ())
-        self.seq = record.seq
+        self.seq, self.term = record.seq, record.term
 
     def absorb(self, pending: HnswCollection) -> None:
         """Applies a pending version's net state on top of this one (a bundle loaded into
@@ -685,6 +719,24 @@ class HnswCollection:
             assert item_id is not None  # checked when the snapshot was loaded
             yield item_id, values
 
+    def digest(self) -> VersionDigest:
+        """Count, seq and a sha256 over every item (id, stored vector, text, metadata) in
+        id order: two replicas of a version hold the same items exactly when these agree."""
+        hasher = hashlib.sha256()
+        with self._lock.read():
+            ids = sorted(self._label_of)
+            for start in range(0, len(ids), 1024):
+                chunk = ids[start:start + 1024]
+                labels = [self._label_of[i] for i in chunk]
+                vectors = self._vectors_locked(labels)
+                for item_id, label, vector in zip(chunk, labels, vectors):
+                    hasher.update(json.dumps(
+                        [item_id, self._text.get(label, ""), self._metadata.get(label) or {}],
+                        sort_keys=True, separators=(",", ":"),
+                    ).encode())
+                    hasher.update(np.ascontiguousarray(vector, dtype="<f4").tobytes())
+            return VersionDigest(len(ids), self.seq, hasher.hexdigest())
+
     def list_ids(self, after: str, limit: int) -> tuple[list[str], bool]:
         """Ids in lexical order after ``after``; True when more follow."""
         with self._lock.read():
@@ -718,6 +770,7 @@ class HnswCollection:
                 "count": self.item_count,
                 "elements": 0 if self._index is None else self._index.count,
                 "seq": self.seq,
+                **({"term": self.term} if self.term else {}),
                 **({"bundle_digest": self.bundle_digest} if self.bundle_digest else {}),
                 # The lexical index itself is not in the snapshot: it is rebuilt from the
                 # texts in items.json, which the digests cover.
@@ -761,6 +814,7 @@ class HnswCollection:
             collection._index = index
         collection._restore(items, lexical)
         collection.seq = seq
+        collection.term = int(manifest.get("term", 0))
         # Set on a shard's own snapshots of an installed version; a bundle part's manifest
         # has none (its digest is the sha256 of that manifest, known to whoever loads it).
         collection.bundle_digest = str(manifest.get("bundle_digest", ""))

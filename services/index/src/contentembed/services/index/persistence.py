@@ -89,6 +89,9 @@ class WalRecord:
     # One per id ("" for an item without text); None when no item of the write has text,
     # which is also how records written before texts existed decode.
     texts: list[str] | None = None
+    # The term of the primary that assigned the seq (0 without replicas, and in records
+    # written before replicas existed): equal (seq, term) on two replicas is the same write.
+    term: int = 0
 
     def slice(self, start: int, stop: int) -> WalRecord:
         """The items start..stop of this record, under the same seq (for applying a large
@@ -100,11 +103,14 @@ class WalRecord:
             None if self.vectors is None else self.vectors[start:stop],
             None if self.metadata is None else self.metadata[start:stop],
             None if self.texts is None else self.texts[start:stop],
+            self.term,
         )
 
 
 def encode_record(record: WalRecord) -> bytes:
     meta: dict[str, Any] = {"seq": record.seq, "op": record.op, "ids": record.ids}
+    if record.term:
+        meta["term"] = record.term
     vector_bytes = b""
     if record.op == "upsert":
         assert record.vectors is not None
@@ -121,8 +127,11 @@ def encode_record(record: WalRecord) -> bytes:
 def decode_payload(payload: bytes) -> WalRecord:
     (meta_length,) = META_LENGTH.unpack_from(payload)
     meta = json.loads(payload[META_LENGTH.size : META_LENGTH.size + meta_length])
+    term = meta.get("term", 0)
+    if not isinstance(term, int) or term < 0:
+        raise ValueError("term must be a non-negative integer")
     if meta["op"] == "delete":
-        return WalRecord(meta["seq"], "delete", meta["ids"])
+        return WalRecord(meta["seq"], "delete", meta["ids"], term=term)
     raw = payload[META_LENGTH.size + meta_length :]
     vectors = np.frombuffer(raw, dtype="<f4").reshape(len(meta["ids"]), meta["dim"])
     texts = meta.get("texts")
@@ -131,7 +140,7 @@ def decode_payload(payload: bytes) -> WalRecord:
         or not all(isinstance(t, str) for t in texts)
     ):
         raise ValueError("texts must be one string per id")
-    return WalRecord(meta["seq"], "upsert", meta["ids"], vectors, meta["metadata"], texts)
+    return WalRecord(meta["seq"], "upsert", meta["ids"], vectors, meta["metadata"], texts, term)
 
 
 def read_wal(path: Path, *, last_segment: bool, cut_torn_tail: bool = True) -> Iterator[WalRecord]:

@@ -9,7 +9,7 @@ version set change and the writes to it from crossing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,14 @@ class CollectionStore:
             upload_limits, metadata_limits,
         )
         self._loaded = durability is None  # in memory there is nothing to recover
+        # Told of every change of names, versions or aliases (the primary's replication);
+        # called before the change is acknowledged, where a write to a new version cannot
+        # yet have been logged.
+        self.on_catalog_changed: Callable[[], None] | None = None
+
+    def _catalog_changed(self) -> None:
+        if self.on_catalog_changed is not None:
+            self.on_catalog_changed()
 
     def _loaded_version(self, name: str, version: str) -> HnswCollection | None:
         return self.catalog.loaded_version(name, version)
@@ -191,6 +199,7 @@ class CollectionStore:
                 self._clear_unacknowledged(name)
                 self.logs.create(collection)
             self.catalog.add(name, Alias({LIVE_VERSION: collection}, LIVE_VERSION))
+            self._catalog_changed()
             return collection, True
 
     def _clear_unacknowledged(self, name: str) -> None:
@@ -214,6 +223,7 @@ class CollectionStore:
                 raise NotFound(f"collection {shown(name)} does not exist", reason="COLLECTION_NOT_FOUND")
             if self.logs is not None:
                 self.logs.drop_collection(name)
+            self._catalog_changed()
 
     # -- writes to every version -----------------------------------------------------
     def upsert(
@@ -342,6 +352,7 @@ class CollectionStore:
                     self.catalog.add(name, alias)
                 with alias.gate.write():
                     alias.versions[version] = collection
+                    self._catalog_changed()
         if upload_id:
             self.bundles.discard_upload(upload_id)
         return done or (collection, manifest)
@@ -385,6 +396,7 @@ class CollectionStore:
                 self.logs.install(bundle)
             alias.versions[version] = bundle
             del alias.pending[version]
+            self._catalog_changed()
         log.info("bundle installed into a pending version",
                  extra={"collection": bundle.name, "version": version, "items": bundle.item_count})
 
@@ -429,6 +441,7 @@ class CollectionStore:
                 if self.logs is not None:
                     self.logs.create(collection)
                 alias.pending[version] = collection
+                self._catalog_changed()
             return collection, True
 
     def delete_version(self, name: str, version: str) -> HnswCollection:
@@ -456,11 +469,16 @@ class CollectionStore:
                 alias.pending.pop(version, None)
                 if self.logs is not None:
                     self.logs.drop(name, version)
+                self._catalog_changed()
             return alias.serving
 
     def activate(self, name: str, version: str) -> tuple[HnswCollection, str]:
         """Flips the alias; returns (now serving, previously serving version)."""
-        return self.catalog.activate(name, version)
+        flipped = self.catalog.activate(name, version)
+        self._catalog_changed()
+        return flipped
 
     def rollback(self, name: str) -> tuple[HnswCollection, str]:
-        return self.catalog.rollback(name)
+        flipped = self.catalog.rollback(name)
+        self._catalog_changed()
+        return flipped

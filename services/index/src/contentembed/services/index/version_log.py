@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from contentembed.services.common.errors import NotFound, ResourceExhausted, Unavailable
@@ -108,9 +108,11 @@ class LogTruncated(Exception):
 class VersionLog:
     """The on-disk side of one collection version: its WAL segments and snapshots."""
 
-    def __init__(self, directory: Path, durability: Durability) -> None:
+    def __init__(self, directory: Path, durability: Durability,
+                 term: Callable[[], int] = lambda: 0) -> None:
         self.directory = directory
         self.durability = durability
+        self._term = term  # the term new writes are stamped with
         self.snapshot_seq = 0
         self._wal: WriteAheadLog | None = None
         self._lock = threading.Lock()
@@ -148,7 +150,16 @@ class VersionLog:
                 self.durability.wal_sync_interval_s,
             )
 
-    def append(self, record: WalRecord) -> None:
+    def append(self, record: WalRecord) -> WalRecord:
+        """Logs a new write under the current term; returns it as logged."""
+        term = self._term()
+        if term != record.term:
+            record = replace(record, term=term)
+        self.append_shipped(record)
+        return record
+
+    def append_shipped(self, record: WalRecord) -> None:
+        """Logs a write as another replica logged it (its term kept)."""
         with self._lock:
             if self._wal is None:
                 raise NotFound(f"collection in {self.directory} was deleted", reason="COLLECTION_NOT_FOUND")
@@ -302,6 +313,11 @@ class VersionLogs:
         self.initial_capacity = initial_capacity
         self._loaded = loaded
         self._logs: dict[tuple[str, str], VersionLog] = {}
+        # The term of this replica's writes: 0 without replicas; the primary's term.
+        self.term = 0
+        # Told of every new write once it is logged (the primary's replication), in seq
+        # order per version, under the version's write lock.
+        self.on_logged: Callable[[str, str, WalRecord], None] | None = None
         self._stop = threading.Event()
         self._snapshotter: threading.Thread | None = None
 
@@ -314,6 +330,17 @@ class VersionLogs:
 
     def version_dir(self, name: str, version: str) -> Path:
         return self.name_dir(name) / "versions" / version
+
+    def _current_term(self) -> int:
+        return self.term
+
+    def _journal(self, name: str, version: str, version_log: VersionLog) -> Callable[[WalRecord], WalRecord]:
+        def journal(record: WalRecord) -> WalRecord:
+            logged = version_log.append(record)
+            if self.on_logged is not None:
+                self.on_logged(name, version, logged)
+            return logged
+        return journal
 
     def of(self, name: str, version: str) -> VersionLog:
         return self._logs[(name, version)]
@@ -342,10 +369,10 @@ class VersionLogs:
             atomic_write(staging / PENDING_MARKER, b"")
         staging.rename(directory)
         fsync_dir(directory.parent)
-        version_log = VersionLog(directory, self.durability)
+        version_log = VersionLog(directory, self.durability, self._current_term)
         version_log.snapshot_seq = version_log.durable_seq = collection.seq
         version_log.open_segment(collection.seq + 1)
-        collection.journal = version_log.append
+        collection.journal = self._journal(collection.name, collection.version, version_log)
         self._logs[(collection.name, collection.version)] = version_log
 
     def recover(self, name: str, directory: Path) -> HnswCollection:
@@ -353,7 +380,7 @@ class VersionLogs:
         verify (the shard must not serve with data missing)."""
         try:
             spec = json.loads((directory / "collection.json").read_bytes())
-            version_log = VersionLog(directory, self.durability)
+            version_log = VersionLog(directory, self.durability, self._current_term)
             lexical = LexicalParams.from_json(spec.get("lexical"))  # absent: dense only
             empty = HnswCollection(name, spec["space_id"], spec["dim"], HnswParams(**spec["hnsw"]),
                                    self.initial_capacity, version=directory.name, lexical=lexical)
@@ -392,7 +419,7 @@ class VersionLogs:
         except (CorruptData, OSError, ValueError, KeyError) as error:
             log.error("refusing to load a collection", extra={"dir": str(directory), "error": str(error)})
             raise CorruptData(f"collection in {directory} failed verification: {error}") from error
-        collection.journal = version_log.append
+        collection.journal = self._journal(name, directory.name, version_log)
         self._logs[(name, directory.name)] = version_log
         log.info("collection recovered", extra={
             "collection": name, "version": directory.name, "items": collection.item_count,
@@ -409,10 +436,11 @@ class VersionLogs:
         before CURRENT recovers the pending version from its WAL (a retried publish
         installs again); after it, the snapshot."""
         version_log = self.of(bundle.name, bundle.version)
+        bundle.term = self.term  # the install is a write of this term
         version_log.snapshot(bundle)
         (version_log.directory / PENDING_MARKER).unlink(missing_ok=True)
         fsync_dir(version_log.directory)
-        bundle.journal = version_log.append
+        bundle.journal = self._journal(bundle.name, bundle.version, version_log)
 
     def drop(self, name: str, version: str) -> None:
         """Closes the version's log and removes its directory."""
