@@ -19,7 +19,7 @@ REPLICA_ROLE_PRIMARY: ReplicaRole
 REPLICA_ROLE_FOLLOWER: ReplicaRole
 
 class ReplicaVersion(_message.Message):
-    __slots__ = ("collection", "version", "space_id", "dim", "hnsw", "lexical", "pending", "bundle_digest", "seq")
+    __slots__ = ("collection", "version", "space_id", "dim", "hnsw", "lexical", "pending", "bundle_digest", "seq", "term", "item_count", "content_sha256")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,9 @@ class ReplicaVersion(_message.Message):
     PENDING_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     collection: str
     version: str
     space_id: str
@@ -38,7 +41,10 @@ class ReplicaVersion(_message.Message):
     pending: bool
     bundle_digest: str
     seq: int
-    def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., hnsw: _Optional[_Union[_index_service_pb2.HnswParams, _Mapping]] = ..., lexical: _Optional[_Union[_types_pb2.LexicalConfig, _Mapping]] = ..., pending: _Optional[bool] = ..., bundle_digest: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+    term: int
+    item_count: int
+    content_sha256: str
+    def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., hnsw: _Optional[_Union[_index_service_pb2.HnswParams, _Mapping]] = ..., lexical: _Optional[_Union[_types_pb2.LexicalConfig, _Mapping]] = ..., pending: _Optional[bool] = ..., bundle_digest: _Optional[str] = ..., seq: _Optional[int] = ..., term: _Optional[int] = ..., item_count: _Optional[int] = ..., content_sha256: _Optional[str] = ...) -> None: ...
 
 class ReplicaAlias(_message.Message):
     __slots__ = ("collection", "active", "previous")
@@ -69,10 +75,12 @@ class ReplicaState(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., term: _Optional[int] = ..., catalog_seq: _Optional[int] = ..., aliases: _Optional[_Iterable[_Union[ReplicaAlias, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[ReplicaVersion, _Mapping]]] = ..., in_sync: _Optional[bool] = ..., role: _Optional[_Union[ReplicaRole, str]] = ...) -> None: ...
 
 class GetReplicaStateRequest(_message.Message):
-    __slots__ = ("term",)
+    __slots__ = ("term", "digests")
     TERM_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
     term: int
-    def __init__(self, term: _Optional[int] = ...) -> None: ...
+    digests: bool
+    def __init__(self, term: _Optional[int] = ..., digests: _Optional[bool] = ...) -> None: ...
 
 class GetReplicaStateResponse(_message.Message):
     __slots__ = ("state",)
