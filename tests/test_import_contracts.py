@@ -32,7 +32,7 @@ DOMAIN_MODULES = {
     f"contentembed.services.index.{name}"
     for name in ("collection", "persistence", "store", "catalog", "version_log", "bundles",
                  "shard", "dense", "snapshot", "lexical", "payload", "cost", "lease",
-                 "replication", "primary")
+                 "replication", "primary", "replica_group")
 } | {
     f"{COMMON}.{name}"
     for name in ("batching", "models", "spaces", "vectors", "validation", "errors",

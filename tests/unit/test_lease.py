@@ -161,13 +161,14 @@ def test_an_unexpired_lease_is_not_taken(stores: StoreFactory) -> None:
     assert take_over(stores(), "b", 10.0, now=T0 + 10) is not None  # expired at renewed + duration
 
 
-def test_the_holder_renews_and_does_not_take_over_its_own_lease(stores: StoreFactory) -> None:
+def test_the_holder_renews_and_a_restarted_holder_leads_under_a_new_term(stores: StoreFactory) -> None:
     store = stores()
-    held = take_over(store, "a", 10.0, now=T0)
-    assert held is not None
-    assert take_over(store, "a", 10.0, now=T0 + 60) is None  # held: renew it instead
+    restarted = take_over(store, "a", 10.0, now=T0)
+    assert restarted is not None
+    held = take_over(store, "a", 10.0, now=T0 + 1)  # unexpired, but its own: a restart
+    assert held is not None and held.term == restarted.term + 1 and held.in_sync == ("a",)
     renewed = renew(store, held, in_sync=("a", "b"), now=T0 + 3)
-    assert (renewed.holder, renewed.term, renewed.in_sync, renewed.renewed_at) == ("a", 1, ("a", "b"), T0 + 3)
+    assert (renewed.holder, renewed.term, renewed.in_sync, renewed.renewed_at) == ("a", 2, ("a", "b"), T0 + 3)
     assert renewed.version != held.version
     assert stores().read() == renewed
     again = renew(store, renewed, now=T0 + 6)

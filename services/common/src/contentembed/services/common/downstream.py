@@ -57,14 +57,14 @@ class _CallDetails(NamedTuple):
     compression: grpc.Compression | None
 
 
-class PresentApiKey(grpc.UnaryUnaryClientInterceptor):
-    """Adds this service's downstream key to every call on a channel."""
+class PresentApiKey(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
+    """Adds this service's downstream key to every call on a channel (uploads too)."""
 
     def __init__(self, key: str) -> None:
         self._header = ("x-api-key", key)
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        details = _CallDetails(
+    def _with_key(self, client_call_details: grpc.ClientCallDetails) -> _CallDetails:
+        return _CallDetails(
             client_call_details.method,
             client_call_details.timeout,
             (*(client_call_details.metadata or ()), self._header),
@@ -72,7 +72,12 @@ class PresentApiKey(grpc.UnaryUnaryClientInterceptor):
             client_call_details.wait_for_ready,
             client_call_details.compression,
         )
-        return continuation(details, request)
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_key(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+        return continuation(self._with_key(client_call_details), request_iterator)
 
 
 # gRPC reconnects to a peer that went away with exponential backoff, by default up to

@@ -116,12 +116,13 @@ def take_over(store: LeaseStore, replica_id: str, duration_s: float,
               now: float | None = None) -> LeaseRecord | None:
     """The lease under a higher term when it is free or expired and ``replica_id`` may
     hold it (it is in the in-sync set, or nobody ever held the lease); None otherwise.
-    The new in-sync set is the new primary alone: the others rejoin once caught up."""
+    The new in-sync set is the new primary alone: the others rejoin once caught up.
+
+    The holder itself takes it at once, expired or not: that is a restarted primary,
+    whose earlier process (and its term) is gone; it leads again under a new term."""
     now = time.time() if now is None else now
     current = store.read()
-    if current.holder == replica_id:
-        return None  # held already: renew it instead
-    if not current.expired(now):
+    if current.holder != replica_id and not current.expired(now):
         return None
     if current.holder and replica_id not in current.in_sync:
         return None  # may lack acknowledged writes

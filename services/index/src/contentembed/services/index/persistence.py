@@ -143,6 +143,21 @@ def decode_payload(payload: bytes) -> WalRecord:
     return WalRecord(meta["seq"], "upsert", meta["ids"], vectors, meta["metadata"], texts, term)
 
 
+def decode_record(data: bytes) -> WalRecord:
+    """One whole record as ``encode_record`` wrote it (a record shipped to a replica),
+    its header and CRC checked; CorruptData otherwise."""
+    if len(data) < WAL_HEADER.size:
+        raise CorruptData("a record shorter than its header")
+    magic, length, crc = WAL_HEADER.unpack_from(data)
+    payload = data[WAL_HEADER.size:]
+    if magic != WAL_MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
+        raise CorruptData("a record that fails its header or CRC check")
+    try:
+        return decode_payload(payload)
+    except (ValueError, KeyError, TypeError) as error:
+        raise CorruptData(f"an undecodable record: {error}") from None
+
+
 def read_wal(path: Path, *, last_segment: bool, cut_torn_tail: bool = True) -> Iterator[WalRecord]:
     """Records in order.
 

@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +141,10 @@ class Follower:
         self.primary_id = ""
         self._in_sync_until = 0.0  # time.monotonic(); in sync while the primary keeps saying so
         self._lock = threading.RLock()
+        # Set by the replica group: whether this replica leads now, and what to do when a
+        # primary of a newer term reaches it meanwhile.
+        self.leading: Callable[[], bool] = lambda: False
+        self.on_newer_term: Callable[[int], None] = lambda term: None
 
     def _read(self) -> ReplicaStanding:
         if self._path is None or not self._path.exists():
@@ -178,6 +183,11 @@ class Follower:
         """Under the lock: refuses an older term, adopts a newer one (durably first)."""
         if term < self.standing.term:
             raise StaleTerm(term, self.standing.term)
+        if term > self.standing.term and self.leading():
+            # Still primary here: it steps down first (its lease loop), then follows.
+            self.on_newer_term(term)
+            raise Unavailable(f"replica {self.replica_id} is stepping down as primary for "
+                              f"term {term}", reason="NOT_READY", retry_after_s=0.5)
         if term > self.standing.term:
             self.standing.term = term
             self._write()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -18,6 +20,8 @@ from pydantic import Field, model_validator
 from contentembed.common.v1 import types_pb2
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
+from contentembed.index.v1 import replication_service_pb2 as rpb
+from contentembed.index.v1 import replication_service_pb2_grpc as rpb_grpc
 from contentembed.services.common.auth import ADMIN_ROLE, SEARCH_ROLE
 from contentembed.services.common.budget import AnswerSize, MemoryBudget
 from contentembed.services.common.errors import FailedPrecondition, InvalidArgument
@@ -47,10 +51,15 @@ from contentembed.services.common.vectors import FLOAT32_LE
 from contentembed.services.index.bundles import UploadLimits
 from contentembed.services.index.collection import HitColumns, HnswCollection, SearchHit
 from contentembed.services.index.dense import HnswParams
-from contentembed.services.index.lexical import LexicalParams
+from contentembed.services.index.lease import FileLease, LeaseStore
+from contentembed.services.index.primary import ReplicationTimings
+from contentembed.services.index.replica_group import PRIMARY, LeaseTimings, ReplicaGroup
+from contentembed.services.index.replication import Follower
+from contentembed.services.index.replication_service import GrpcReplicaPeer, ReplicationServicer
 from contentembed.services.index.shard import ShardPosition, claim_data_dir
 from contentembed.services.index.store import CollectionStore
 from contentembed.services.index.version_log import Durability
+from contentembed.services.index.wire import lexical_from_pb, lexical_to_pb, params_from_pb
 
 ResponseT = TypeVar("ResponseT", bound=Message)
 # A hit's encoding beyond its id and metadata bytes: field tags and lengths, 4 score bytes.
@@ -130,6 +139,39 @@ class IndexSettings(SearchServiceSettings):
     upload_ttl_s: float = Field(
         3600.0, gt=0, description="Staged uploads not loaded within this long are removed."
     )
+    replica_id: str = Field(
+        "",
+        description="This replica's id in its shard's replica group (unset: the shard is this "
+        "one process, as without replicas). Needs --data-dir and --replica-peers.",
+    )
+    replica_peers: list[str] = Field(
+        [], description="The shard's other replicas as id=host:port, comma-separated."
+    )
+    replicas_per_shard: int = Field(
+        1, ge=1, le=16,
+        description="With --shard-index-from-hostname: pods are numbered shard x R + replica "
+        "(a StatefulSet of shards x R pods); the replica id is that number's remainder and the "
+        "peers come from --replica-peer-template.",
+    )
+    replica_peer_template: str = Field(
+        "", description="With --replicas-per-shard: a peer's host:port, {ordinal} replaced by "
+        "its pod number (index-{ordinal}.index:50051).",
+    )
+    replica_lease: Literal["file", "kubernetes"] = Field(
+        "file",
+        description="Where the shard's lease (who is primary) lives: a file every replica "
+        "shares (--replica-lease-file), or a coordination.k8s.io Lease.",
+    )
+    replica_lease_file: Path | None = Field(None, description="The shared lease file.")
+    replica_lease_name: str = Field(
+        "", description="The Kubernetes Lease's name (default contentembed-index-<shard>)."
+    )
+    replica_lease_namespace: str = Field(
+        "", description="The Lease's namespace (default the pod's own)."
+    )
+    replica_lease_duration_s: float = Field(
+        3.0, gt=0, description="A primary that stops renewing its lease is replaced after this long."
+    )
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> IndexSettings:
@@ -137,7 +179,17 @@ class IndexSettings(SearchServiceSettings):
             if "shard_index" in self.model_fields_set:
                 raise ValueError("give --shard-index or --shard-index-from-hostname, not both")
             hostname = socket.gethostname()
-            self.shard_index = shard_index_of_hostname(hostname)
+            ordinal = shard_index_of_hostname(hostname)
+            self.shard_index, replica = divmod(ordinal, self.replicas_per_shard)
+            if self.replicas_per_shard > 1:
+                if "{ordinal}" not in self.replica_peer_template:
+                    raise ValueError("--replicas-per-shard needs --replica-peer-template with {ordinal}")
+                first = self.shard_index * self.replicas_per_shard
+                self.replica_id = str(replica)
+                self.replica_peers = [
+                    f"{n}={self.replica_peer_template.replace('{ordinal}', str(first + n))}"
+                    for n in range(self.replicas_per_shard) if n != replica
+                ]
             if self.shard_index >= self.shard_count:
                 raise ValueError(
                     f"hostname {hostname!r} makes this shard {self.shard_index}, but "
@@ -146,6 +198,12 @@ class IndexSettings(SearchServiceSettings):
                 )
         if self.shard_index >= self.shard_count:
             raise ValueError(f"shard_index {self.shard_index} must be below shard_count {self.shard_count}")
+        if self.replica_id:
+            if self.data_dir is None:
+                raise ValueError("--replica-id needs --data-dir: replicas ship their write-ahead logs")
+            if self.replica_lease == "file" and self.replica_lease_file is None:
+                raise ValueError("--replica-lease file needs --replica-lease-file")
+            replica_peers(self.replica_peers, self.replica_id)
         return self
 
 
@@ -161,33 +219,15 @@ def shard_index_of_hostname(hostname: str) -> int:
     return int(number)
 
 
-def params_from_pb(message: pb.HnswParams, defaults: HnswParams) -> HnswParams:
-    return HnswParams(
-        m=message.m or defaults.m,
-        ef_construction=message.ef_construction or defaults.ef_construction,
-        ef_search=message.ef_search or defaults.ef_search,
-    )
-
-
-def lexical_from_pb(message: types_pb2.LexicalConfig) -> LexicalParams | None:
-    """None unless enabled (a language without enabled is ignored, like an unset config);
-    an unknown language is INVALID_ARGUMENT BAD_LEXICAL_LANGUAGE, lexical_only without
-    enabled INVALID_ARGUMENT BAD_LEXICAL_CONFIG."""
-    if message.lexical_only and not message.enabled:
-        raise InvalidArgument(
-            "lexical.lexical_only needs lexical.enabled: a collection with neither vectors "
-            "nor a lexical index could not be searched",
-            reason="BAD_LEXICAL_CONFIG",
-        )
-    return LexicalParams(message.language, message.lexical_only) if message.enabled else None
-
-
-def lexical_to_pb(params: LexicalParams | None) -> types_pb2.LexicalConfig | None:
-    if params is None:
-        return None
-    return types_pb2.LexicalConfig(
-        enabled=True, language=params.language, lexical_only=params.lexical_only
-    )
+def replica_peers(entries: list[str], own_id: str) -> dict[str, str]:
+    """id -> host:port from --replica-peers; ValueError for a malformed or repeated entry."""
+    peers: dict[str, str] = {}
+    for entry in entries:
+        replica, equals, endpoint = entry.partition("=")
+        if not equals or not replica or not endpoint or replica == own_id or replica in peers:
+            raise ValueError(f"--replica-peers: {entry!r} must be id=host:port, one per other replica")
+        peers[replica] = endpoint
+    return peers
 
 
 def check_space(collection: HnswCollection, space_id: str, *, what: str) -> None:
@@ -201,6 +241,47 @@ def check_space(collection: HnswCollection, space_id: str, *, what: str) -> None
 
 
 LIST_COLLECTIONS = "ListCollections"  # the scope of its page tokens
+RpcMethod = Callable[..., Any]
+
+
+def replicated_write(method: RpcMethod) -> RpcMethod:
+    """A write RPC: taken by the shard's primary, answered once its replicas hold it."""
+    @functools.wraps(method)
+    def write(self: IndexService, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._writing():
+            return method(self, request, context)
+    return write
+
+
+def replica_read(method: RpcMethod) -> RpcMethod:
+    """A read RPC: answered by any replica that holds every acknowledged write."""
+    @functools.wraps(method)
+    def read(self: IndexService, request: Any, context: grpc.ServicerContext) -> Any:
+        self._reading()
+        return method(self, request, context)
+    return read
+
+
+def replica_group(settings: IndexSettings, store: CollectionStore) -> ReplicaGroup:
+    """The shard's replica group as the settings describe it."""
+    assert settings.data_dir is not None
+    timings = ReplicationTimings()
+    lease_timings = LeaseTimings(settings.replica_lease_duration_s,
+                                 settings.replica_lease_duration_s / 3)
+    follower = Follower(store, settings.replica_id, settings.data_dir,
+                        in_sync_timeout_s=2 * settings.replica_lease_duration_s)
+    peers = [GrpcReplicaPeer(replica, endpoint, settings, store, timings.rpc_timeout_s)
+             for replica, endpoint in replica_peers(settings.replica_peers, settings.replica_id).items()]
+    if settings.replica_lease == "kubernetes":
+        from contentembed.services.index.lease_k8s import KubernetesLease  # the client is big
+
+        lease: LeaseStore = KubernetesLease.from_cluster(
+            settings.replica_lease_namespace or None,
+            settings.replica_lease_name or f"contentembed-index-{settings.shard_index}")
+    else:
+        assert settings.replica_lease_file is not None
+        lease = FileLease(settings.replica_lease_file)
+    return ReplicaGroup(store, follower, lease, list(peers), lease_timings, timings)
 READ_METHODS = frozenset(
     {"GetCollection", "ListCollections", "Search", "SearchBatch", "GetItems", "ListItems"}
 )
@@ -235,11 +316,18 @@ class IndexService(pb_grpc.IndexServiceServicer):
             UploadLimits(settings.max_upload_bytes, settings.upload_ttl_s),
             settings.max_collections,
         )
+        self.replicas = replica_group(settings, self.store) if settings.replica_id else None
 
     # -- lifecycle -------------------------------------------------------------------
     def register(self, server: grpc.Server) -> list[str]:
         pb_grpc.add_IndexServiceServicer_to_server(self, server)
-        return [pb.DESCRIPTOR.services_by_name["IndexService"].full_name]
+        names = [pb.DESCRIPTOR.services_by_name["IndexService"].full_name]
+        group = self.replicas
+        if group is not None:
+            rpb_grpc.add_ReplicationServiceServicer_to_server(
+                ReplicationServicer(group.follower, lambda: group.role), server)
+            names.append(rpb.DESCRIPTOR.services_by_name["ReplicationService"].full_name)
+        return names
 
     def required_role(self, method: str) -> str | None:
         """Reads need a search key, everything that changes the shard an admin key."""
@@ -252,9 +340,30 @@ class IndexService(pb_grpc.IndexServiceServicer):
         if self.settings.data_dir is not None:
             claim_data_dir(self.settings.data_dir, self.shard)
         self.store.load()
+        if self.replicas is not None:
+            self.replicas.start()
 
     def close(self) -> None:
+        if self.replicas is not None:
+            self.replicas.stop()
+            for peer in self.replicas.peers:
+                peer.close()  # type: ignore[attr-defined]
         self.store.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around a write: the primary's to take, acknowledged once its in-sync replicas
+        hold it (NOT_PRIMARY on a follower)."""
+        if self.replicas is None:
+            yield
+            return
+        with self.replicas.write():
+            yield
+
+    def _reading(self) -> None:
+        """A follower answers reads once it holds every acknowledged write."""
+        if self.replicas is not None:
+            self.replicas.require_readable()
 
     # -- conversions ----------------------------------------------------------------
     def _shard_pb(self) -> pb.ShardInfo:
@@ -266,6 +375,17 @@ class IndexService(pb_grpc.IndexServiceServicer):
             max_ids_per_call=self.settings.max_items_per_upsert,
             max_ef=self.settings.max_ef,
             max_message_bytes=self.settings.max_message_bytes,
+            replica=self._replica_pb(),
+        )
+
+    def _replica_pb(self) -> pb.ReplicaInfo:
+        group = self.replicas
+        if group is None:
+            return pb.ReplicaInfo(primary=True, in_sync=True)
+        return pb.ReplicaInfo(
+            replica_id=group.replica_id, primary=group.role == PRIMARY, term=group.term,
+            in_sync=group.in_sync, in_sync_replicas=group.in_sync_replicas(),
+            primary_id=group.replica_id if group.role == PRIMARY else group.follower.primary_id,
         )
 
     def _collection_pb(self, collection: HnswCollection) -> pb.Collection:
@@ -293,6 +413,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
         )
 
     # -- RPCs -----------------------------------------------------------------------
+    @replicated_write
     def CreateCollection(self, request: pb.CreateCollectionRequest, context: grpc.ServicerContext):
         if request.metric not in (pb.METRIC_UNSPECIFIED, pb.METRIC_COSINE):
             raise InvalidArgument(f"metric {request.metric} is not supported; use METRIC_COSINE")
@@ -307,9 +428,11 @@ class IndexService(pb_grpc.IndexServiceServicer):
         )
         return pb.CreateCollectionResponse(collection=self._collection_pb(collection), created=created)
 
+    @replica_read
     def GetCollection(self, request: pb.GetCollectionRequest, context: grpc.ServicerContext):
         return pb.GetCollectionResponse(collection=self._collection_pb(self.store.get(request.name)))
 
+    @replica_read
     def ListCollections(self, request: pb.ListCollectionsRequest, context: grpc.ServicerContext):
         page_size = page_size_of(request.page_size)
         after = (self.page_tokens.read(LIST_COLLECTIONS, request.page_token)
@@ -321,10 +444,12 @@ class IndexService(pb_grpc.IndexServiceServicer):
             shard=self._shard_pb(),
         )
 
+    @replicated_write
     def DeleteCollection(self, request: pb.DeleteCollectionRequest, context: grpc.ServicerContext):
         self.store.delete(request.name)
         return pb.DeleteCollectionResponse(shard=self._shard_pb())
 
+    @replicated_write
     def Upsert(self, request: pb.UpsertRequest, context: grpc.ServicerContext):
         serving = self.store.get(request.collection)
         items = request.items
@@ -380,6 +505,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
         )
         return pb.UpsertResponse(upserted_count=upserted, shard=self._shard_pb())
 
+    @replicated_write
     def DeleteItems(self, request: pb.DeleteItemsRequest, context: grpc.ServicerContext):
         self.store.get(request.collection)
         if not request.ids:
@@ -472,6 +598,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             interrupt=interrupt_of(context), max_cpu_s=self.settings.max_search_cpu_s,
         )
 
+    @replica_read
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext):
         """A query vector (hits), a text (lexical_hits), or both in one call: each
         retriever answers on its own, with the same top_k and filter."""
@@ -501,6 +628,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
                 )
             return self._fitting(response, "lower top_k")
 
+    @replica_read
     def SearchBatch(self, request: pb.SearchBatchRequest, context: grpc.ServicerContext):
         """Query vectors, texts, or both paired by position (texts: none, one per vector,
         or a lexical-only batch without vectors)."""
@@ -564,6 +692,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             )
             return self._fitting(response, advice)
 
+    @replica_read
     def GetItems(self, request: pb.GetItemsRequest, context: grpc.ServicerContext):
         collection = self.store.get(request.collection)
         if not request.ids:
@@ -589,6 +718,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             )
             return self._fitting(response, advice)
 
+    @replica_read
     def ListItems(self, request: pb.ListItemsRequest, context: grpc.ServicerContext):
         collection = self.store.get(request.collection)
         scope = f"ListItems/{request.collection}"
@@ -608,6 +738,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             return self._fitting(response, "lower page_size")
 
     # -- bundles and versions --------------------------------------------------------
+    @replicated_write
     def LoadBundle(self, request: pb.LoadBundleRequest, context: grpc.ServicerContext):
         collection, manifest = self.store.load_bundle(
             request.collection, request.version, request.path, request.upload_id
@@ -618,18 +749,21 @@ class IndexService(pb_grpc.IndexServiceServicer):
             space_id=collection.space_id,
         )
 
+    @replicated_write
     def ActivateVersion(self, request: pb.ActivateVersionRequest, context: grpc.ServicerContext):
         serving, previous = self.store.activate(request.collection, request.version)
         return pb.ActivateVersionResponse(
             collection=self._collection_pb(serving), previous_version=previous
         )
 
+    @replicated_write
     def RollbackVersion(self, request: pb.RollbackVersionRequest, context: grpc.ServicerContext):
         serving, rolled_back = self.store.rollback(request.collection)
         return pb.RollbackVersionResponse(
             collection=self._collection_pb(serving), rolled_back_version=rolled_back
         )
 
+    @replicated_write
     def UploadBundle(self, request_iterator: Iterator[pb.UploadBundleRequest], context: grpc.ServicerContext):
         messages = iter(request_iterator)
         first = next(messages, None)
@@ -652,6 +786,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             shard=self._shard_pb(),
         )
 
+    @replicated_write
     def BeginVersion(self, request: pb.BeginVersionRequest, context: grpc.ServicerContext):
         if request.space_id:
             validate_space_id(request.space_id)
@@ -662,6 +797,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             collection=self._collection_pb(self.store.get(request.collection)), created=created
         )
 
+    @replicated_write
     def DeleteVersion(self, request: pb.DeleteVersionRequest, context: grpc.ServicerContext):
         serving = self.store.delete_version(request.collection, request.version)
         return pb.DeleteVersionResponse(collection=self._collection_pb(serving))

@@ -1,0 +1,39 @@
+"""Conversions between the index protos and domain values that both of the shard's
+servicers (the IndexService edge and replication) use."""
+
+from __future__ import annotations
+
+from contentembed.common.v1 import types_pb2
+from contentembed.index.v1 import index_service_pb2 as pb
+from contentembed.services.common.errors import InvalidArgument
+from contentembed.services.index.dense import HnswParams
+from contentembed.services.index.lexical import LexicalParams
+
+
+def params_from_pb(message: pb.HnswParams, defaults: HnswParams) -> HnswParams:
+    return HnswParams(
+        m=message.m or defaults.m,
+        ef_construction=message.ef_construction or defaults.ef_construction,
+        ef_search=message.ef_search or defaults.ef_search,
+    )
+
+
+def lexical_from_pb(message: types_pb2.LexicalConfig) -> LexicalParams | None:
+    """None unless enabled (a language without enabled is ignored, like an unset config);
+    an unknown language is INVALID_ARGUMENT BAD_LEXICAL_LANGUAGE, lexical_only without
+    enabled INVALID_ARGUMENT BAD_LEXICAL_CONFIG."""
+    if message.lexical_only and not message.enabled:
+        raise InvalidArgument(
+            "lexical.lexical_only needs lexical.enabled: a collection with neither vectors "
+            "nor a lexical index could not be searched",
+            reason="BAD_LEXICAL_CONFIG",
+        )
+    return LexicalParams(message.language, message.lexical_only) if message.enabled else None
+
+
+def lexical_to_pb(params: LexicalParams | None) -> types_pb2.LexicalConfig | None:
+    if params is None:
+        return None
+    return types_pb2.LexicalConfig(
+        enabled=True, language=params.language, lexical_only=params.lexical_only
+    )
