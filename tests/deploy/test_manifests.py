@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -445,9 +446,15 @@ def exported_metric_names() -> set[str]:
     from contentembed.services.common.server import ServiceRuntime
 
     names: set[str] = set()
+    scratch = Path(tempfile.mkdtemp())
     for settings_cls, service_cls in service_classes().values():
         registry = CollectorRegistry()
-        settings = settings_cls(**({"shard_count": 1} if "shard_count" in settings_cls.model_fields else {}))
+        fields = settings_cls.model_fields
+        options: dict[str, object] = {"shard_count": 1} if "shard_count" in fields else {}
+        if "replica_id" in fields:  # the replication metrics exist only with replicas
+            options.update(replica_id="0", replica_peers=["1=127.0.0.1:1"], data_dir=scratch,
+                           replica_lease_file=scratch / "lease.json")
+        settings = settings_cls(**options)
         service = service_cls(settings, registry)
         try:
             ServiceRuntime(service, settings, registry)  # contentembed_service_state
@@ -459,6 +466,7 @@ def exported_metric_names() -> set[str]:
                 names.update(family.name + s for s in suffixes)
         finally:
             service.close()
+    shutil.rmtree(scratch, ignore_errors=True)
     return names
 
 

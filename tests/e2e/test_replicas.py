@@ -37,6 +37,11 @@ def test_writes_reach_every_replica_and_a_killed_primary_is_replaced(tmp_path: P
         digests = stack.digests()
         assert len({str(d) for d in digests.values()}) == 1, digests
         assert digests[primary.replica_id][("c", "live")][0] == 200
+        samples = {line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+                   for line in primary.metrics().splitlines()
+                   if line.startswith("contentembed_replica") and "{" in line}
+        assert samples["contentembed_replica_primary"] == 1.0
+        assert samples["contentembed_replica_in_sync_replicas"] == 3.0
         followers = [r for r in stack.replicas if r is not primary]
         with pytest.raises(grpc.RpcError) as refused:
             followers[0].index.Upsert(upsert_request("c", ["x"]), timeout=10)

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,11 @@ class Replica:
         return self.replication.GetReplicaState(
             rpb.GetReplicaStateRequest(digests=digests), timeout=timeout).state
 
+    def metrics(self) -> str:
+        url = f"http://{HOST}:{self.process.metrics_port}/metrics"  # plain http on loopback
+        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310
+            return answer.read().decode()
+
     def close_channel(self) -> None:
         if self.channel is not None:
             self.channel.close()
@@ -83,7 +89,7 @@ class ReplicaGroupStack:
             peers = ",".join(f"{m}={HOST}:{ports[m]}" for m in range(self.count) if m != n)
             process = ServiceProcess(
                 f"index-{self.shard_index}-{n}", "contentembed.services.index",
-                ["--port", str(port), "--metrics-port", "-1",
+                ["--port", str(port), "--metrics-port", "0",
                  "--data-dir", str(self.root / f"data-{self.shard_index}-{n}"),
                  "--shard-index", str(self.shard_index), "--shard-count", str(self.shard_count),
                  "--replica-id", str(n), "--replica-peers", peers,

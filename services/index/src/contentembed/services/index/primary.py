@@ -79,6 +79,7 @@ class _Shipped:
     name: str
     version: str
     record: WalRecord | None  # None: the catalog changed
+    enqueued_at: float = 0.0  # time.monotonic()
 
 
 class FollowerLink:
@@ -91,12 +92,19 @@ class FollowerLink:
         self.queue: deque[_Shipped] = deque()
         self.caught_up_s: float | None = None  # how long the last catch-up took
         self.lag_records = 0
+        self.out_since = time.monotonic()  # when it last left the in-sync set (or started)
         self._thread = threading.Thread(target=self._run, name=f"replica-{peer.replica_id}",
                                         daemon=True)
 
     @property
     def replica_id(self) -> str:
         return self.peer.replica_id
+
+    def lag_seconds(self, now: float) -> float:
+        if not self.in_sync:
+            return now - self.out_since
+        queue = self.queue
+        return now - queue[0].enqueued_at if queue else 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -340,7 +348,7 @@ class Replicator:
     def _enqueue(self, name: str, version: str, record: WalRecord | None) -> None:
         with self._lock:
             self._index += 1
-            item = _Shipped(self._index, name, version, record)
+            item = _Shipped(self._index, name, version, record, time.monotonic())
             for link in self.links:
                 if link.in_sync:
                     link.queue.append(item)
@@ -417,6 +425,8 @@ class Replicator:
                 self._fence(f"the in-sync set could not be recorded ({error})")
                 raise InSyncLost(str(error)) from None
             link.in_sync = False
+            link.out_since = time.monotonic()
+            link.lag_records = len(link.queue)
             link.queue.clear()
             self._lock.notify_all()
         log.warning("replica dropped from the in-sync set", extra={"replica": link.replica_id,
@@ -442,6 +452,7 @@ class Replicator:
                 raise InSyncLost(str(error)) from None
             link.in_sync = True
             link.joined_at = link.acked = self._index
+            link.lag_records = 0
             link.queue.clear()
             return True
 

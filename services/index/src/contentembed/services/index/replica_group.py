@@ -75,7 +75,8 @@ class ReplicaGroup:
         """Stops acknowledging writes, then hands the lease on at once (expired) so a
         follower takes over without waiting it out: a rolling restart's primary."""
         self._stop.set()
-        self._thread.join(self.lease_timings.renew_every_s * 2 + self.timings.rpc_timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(self.lease_timings.renew_every_s * 2 + self.timings.rpc_timeout_s)
         replicator, self.replicator = self.replicator, None
         if replicator is None:
             return

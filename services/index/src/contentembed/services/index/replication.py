@@ -141,6 +141,7 @@ class Follower:
         self.primary_id = ""
         self._in_sync_until = 0.0  # time.monotonic(); in sync while the primary keeps saying so
         self._lock = threading.RLock()
+        self.stale_term_refusals = 0
         # Set by the replica group: whether this replica leads now, and what to do when a
         # primary of a newer term reaches it meanwhile.
         self.leading: Callable[[], bool] = lambda: False
@@ -182,6 +183,7 @@ class Follower:
     def _accept(self, term: int, primary_id: str) -> None:
         """Under the lock: refuses an older term, adopts a newer one (durably first)."""
         if term < self.standing.term:
+            self.stale_term_refusals += 1
             raise StaleTerm(term, self.standing.term)
         if term > self.standing.term and self.leading():
             # Still primary here: it steps down first (its lease loop), then follows.

@@ -54,6 +54,7 @@ from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.lease import FileLease, LeaseStore
 from contentembed.services.index.primary import ReplicationTimings
 from contentembed.services.index.replica_group import PRIMARY, LeaseTimings, ReplicaGroup
+from contentembed.services.index.replica_metrics import ReplicationCollector
 from contentembed.services.index.replication import Follower
 from contentembed.services.index.replication_service import GrpcReplicaPeer, ReplicationServicer
 from contentembed.services.index.shard import ShardPosition, claim_data_dir
@@ -317,6 +318,8 @@ class IndexService(pb_grpc.IndexServiceServicer):
             settings.max_collections,
         )
         self.replicas = replica_group(settings, self.store) if settings.replica_id else None
+        if self.replicas is not None:
+            registry.register(ReplicationCollector(self.replicas, settings.shard_index))
 
     # -- lifecycle -------------------------------------------------------------------
     def register(self, server: grpc.Server) -> list[str]:
