@@ -84,6 +84,10 @@ class Service(Protocol):
     def close(self) -> None:
         """Releases resources after the server stopped."""
 
+    # Optional: ``ready() -> bool``, whether a loaded service should take traffic now (an
+    # index replica catching up with its primary says no); the health service
+    # READINESS_SERVICE follows it, checked every READINESS_PERIOD_S, while "" stays
+    # SERVING from the load on (liveness).
     # Optional: ``use_tracing(tracing: Tracing) -> None``. A service that makes spans of
     # its own (the gateway's fan-out, the encoder's batches) takes the runtime's tracer
     # through it, before ``register``; one that does not simply leaves it out.
@@ -92,6 +96,10 @@ class Service(Protocol):
 LOADING, SERVING, LOAD_FAILED, STOPPING = "loading", "serving", "load_failed", "stopping"
 # While loading, how long a refused caller is asked to wait before trying again.
 NOT_READY_RETRY_S = 1.0
+# The health-check service name readiness probes ask: SERVING when the service is loaded
+# and (if it says) ready for traffic.
+READINESS_SERVICE = "contentembed.readiness"
+READINESS_PERIOD_S = 0.5
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -257,6 +265,9 @@ class ServiceRuntime:
                 self._set_state(SERVING)
                 self._set_health(health_pb2.HealthCheckResponse.SERVING)
                 log.info("serving", extra={"services": ",".join(self._service_names)})
+                ready = getattr(self.service, "ready", None)
+                if ready is not None:
+                    self._follow_readiness(ready)
         finally:
             self._loaded.set()
 
@@ -266,8 +277,27 @@ class ServiceRuntime:
 
     def _set_health(self, status: int) -> None:
         self.health.set("", status)
+        self.health.set(READINESS_SERVICE, status)
         for name in self._service_names:
             self.health.set(name, status)
+
+    def _follow_readiness(self, ready: Callable[[], bool]) -> None:
+        """Keeps READINESS_SERVICE's status on what ``ready`` says until the stop."""
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+        def follow() -> None:
+            last = None
+            while not self._stopped.wait(READINESS_PERIOD_S):
+                try:
+                    status = serving if ready() else not_serving
+                except Exception:  # noqa: BLE001 - a failing check means not ready
+                    log.exception("readiness check failed")
+                    status = not_serving
+                if status != last:
+                    self.health.set(READINESS_SERVICE, status)
+                    last = status
+
+        threading.Thread(target=follow, name=f"{self.service.name}-readiness", daemon=True).start()
 
     def _write_port_file(self) -> None:
         path = self.settings.port_file

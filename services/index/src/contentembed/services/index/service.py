@@ -353,6 +353,11 @@ class IndexService(pb_grpc.IndexServiceServicer):
                 peer.close()  # type: ignore[attr-defined]
         self.store.close()
 
+    def ready(self) -> bool:
+        """Readiness (Kubernetes rolls the next pod only after): a replica is ready once
+        it holds every acknowledged write of its shard."""
+        return self.replicas is None or self.replicas.in_sync
+
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """Around a write: the primary's to take, acknowledged once its in-sync replicas
