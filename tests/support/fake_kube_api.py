@@ -67,7 +67,7 @@ def _micro_time(value: Any, field: str) -> str:
 class FakeKubeApi:
     """The server: ``url`` for a client's Configuration.host; ``leases`` what is stored."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self._lock = threading.Lock()
@@ -77,7 +77,7 @@ class FakeKubeApi:
         self._stopped = False
         self._failures: list[ApiError] = []
         self._connections: set[socket.socket] = set()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
@@ -88,7 +88,7 @@ class FakeKubeApi:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self._server.server_address[0]}:{self.port}"
 
     def start(self) -> FakeKubeApi:
         self._thread.start()
@@ -292,3 +292,19 @@ class FakeKubeApi:
 
         return Handler
 
+
+def main() -> None:
+    """Serves on --host/--port until killed: a fake API server on a host of its own (a
+    network namespace), for partition tests."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    FakeKubeApi(args.host, args.port).start()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -81,11 +82,19 @@ class KubernetesLease:
     @classmethod
     def from_cluster(cls, namespace: str | None, name: str, *,
                      timeout_s: float = DEFAULT_TIMEOUT_S) -> KubernetesLease:
-        """Inside a pod, as its service account; ``namespace`` None is the pod's own."""
+        """Inside a pod, as its service account (``namespace`` None: the pod's own);
+        outside a cluster, as the kubeconfig (KUBECONFIG, else ~/.kube/config) says
+        (``namespace`` None: its current context's, else "default")."""
         configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)
-        if namespace is None:
-            namespace = _NAMESPACE_FILE.read_text().strip()
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=configuration)
+            if namespace is None:
+                namespace = _NAMESPACE_FILE.read_text().strip()
+        else:
+            config.load_kube_config(client_configuration=configuration)
+            if namespace is None:
+                _, current = config.list_kube_config_contexts()
+                namespace = current.get("context", {}).get("namespace") or "default"
         return cls(namespace, name, api_client_for(configuration), timeout_s=timeout_s)
 
     def close(self) -> None:
