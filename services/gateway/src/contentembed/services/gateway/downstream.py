@@ -19,6 +19,8 @@ from contentembed.encoder.v1 import encoder_service_pb2 as encoder_pb
 from contentembed.encoder.v1 import encoder_service_pb2_grpc as encoder_grpc
 from contentembed.index.v1 import index_service_pb2 as index_pb
 from contentembed.index.v1 import index_service_pb2_grpc as index_grpc
+from contentembed.index.v1 import replication_service_pb2 as replication_pb
+from contentembed.index.v1 import replication_service_pb2_grpc as replication_grpc
 from contentembed.services.common.config import ServiceSettings
 from contentembed.services.common.downstream import (
     PendingCall,
@@ -43,6 +45,7 @@ from contentembed.services.gateway.ports import (
     Embedded,
     EncoderInfo,
     LexicalConfig,
+    ReplicaStatus,
     ShardAnswer,
     ShardBatchAnswer,
     ShardCollection,
@@ -53,6 +56,18 @@ from contentembed.services.gateway.ports import (
 MODALITY_NAMES = {types_pb2.MODALITY_TEXT: TEXT, types_pb2.MODALITY_IMAGE: IMAGE}
 ENCODER_SERVICE = encoder_pb.DESCRIPTOR.services_by_name["EncoderService"].full_name
 INDEX_SERVICE = index_pb.DESCRIPTOR.services_by_name["IndexService"].full_name
+REPLICATION_SERVICE = replication_pb.DESCRIPTOR.services_by_name["ReplicationService"].full_name
+
+
+def _replica_info(shard: index_pb.ShardInfo) -> ReplicaStatus | None:
+    """Which replica answered and its standing; None from a shard too old to say."""
+    if not shard.HasField("replica"):
+        return None
+    info = shard.replica
+    return ReplicaStatus(
+        replica_id=info.replica_id, primary=info.primary, term=info.term, in_sync=info.in_sync,
+        in_sync_replicas=tuple(info.in_sync_replicas), primary_id=info.primary_id,
+    )
 
 
 def _collection(message: index_pb.Collection) -> ShardCollection:
@@ -163,15 +178,41 @@ class IndexShardClient:
         self.tracing = Tracing.off()
         self._channel = open_channel(endpoint, settings)
         self._stub = index_grpc.IndexServiceStub(self._channel)
+        # Asked only when the shard has replicas (replicas.ReplicatedShard): a stub costs
+        # nothing until it is called.
+        self._replication = replication_grpc.ReplicationServiceStub(self._channel)
 
-    def _call(self, method: str, request: Any, deadline: float, convert: Any, **kwargs: Any):
-        """Starts IndexService/``method``; the result converted by ``convert``."""
+    def _call(
+        self, method: str, request: Any, deadline: float, convert: Any,
+        service: str = INDEX_SERVICE, **kwargs: Any,
+    ):
+        """Starts IndexService/``method`` (or ReplicationService's); the result converted
+        by ``convert``."""
+        stub = self._replication if service == REPLICATION_SERVICE else self._stub
         future = start_call(
-            self.tracing, getattr(self._stub, method), f"/{INDEX_SERVICE}/{method}", request,
+            self.tracing, getattr(stub, method), f"/{service}/{method}", request,
             remaining_timeout(deadline, self.label), self.endpoint,
             {"contentembed.shard_index": self.shard_index}, **kwargs,
         )
         return PendingCall(future, convert, self.label)
+
+    def replica_state(self, deadline: float) -> PendingCall[Any, ReplicaStatus]:
+        """This replica's role, term and in_sync, as an observer asks (term 0): answered
+        even while the replica is not ready for reads."""
+        request = replication_pb.GetReplicaStateRequest(term=0)
+
+        def convert(response: replication_pb.GetReplicaStateResponse) -> ReplicaStatus:
+            state = response.state
+            return ReplicaStatus(
+                replica_id=state.replica_id,
+                primary=state.role == replication_pb.REPLICA_ROLE_PRIMARY,
+                term=state.term,
+                in_sync=state.in_sync,
+            )
+
+        return self._call(
+            "GetReplicaState", request, deadline, convert, service=REPLICATION_SERVICE
+        )
 
     def search(
         self,
@@ -348,7 +389,8 @@ class IndexShardClient:
         return self._call("GetCollection", request, deadline, lambda r: _collection(r.collection))
 
     def limits(self, deadline: float) -> PendingCall[Any, ShardLimits]:
-        """The shard's request limits (one small ListCollections call)."""
+        """The shard's request limits and the answering replica's standing (one small
+        ListCollections call)."""
         request = index_pb.ListCollectionsRequest(page_size=1)
         return self._call(
             "ListCollections",
@@ -356,7 +398,7 @@ class IndexShardClient:
             deadline,
             lambda r: ShardLimits(
                 r.shard.max_top_k, r.shard.max_queries_per_batch, r.shard.max_ids_per_call,
-                r.shard.max_ef,
+                r.shard.max_ef, _replica_info(r.shard),
             ),
         )
 

@@ -11,6 +11,7 @@ The parts, one job each:
   rollout.py           candidates, canary, shadow copies, promotion, rollback, versions
   monitoring.py        drift, catalog coverage, sampled recall
   collection_admin.py  create, describe, list, delete collections
+  replicas.py          a shard served by replicas: reads spread, writes to the primary
   background.py        the bounded pool for work done after the answer
 """
 
@@ -50,6 +51,7 @@ from contentembed.services.gateway.ports import (
     StoredItem,
     wait_all,
 )
+from contentembed.services.gateway.replicas import ReplicatedShard, refresh_groups
 from contentembed.services.gateway.rollout import (
     Assignment,
     Candidate,
@@ -178,6 +180,7 @@ class Gateway:
             attempt = min(deadline, time.monotonic() + CONNECT_ATTEMPT_S)
             try:
                 self.router.refresh(attempt, wait_for_ready=True, require_all=True)
+                self.refresh_replicas(attempt)
                 limits = wait_all([shard.limits(attempt) for shard in self.shards])
             except ContentEmbedError as error:
                 # A refused key or a bad request will not fix itself by waiting.
@@ -218,8 +221,14 @@ class Gateway:
                 reason="LIMITS_EXCEED_SHARDS",
             )
 
+    def refresh_replicas(self, deadline: float) -> None:
+        """Learns the standing of the replicas of every shard served by a replica group
+        (roles, terms, the in-sync set); shards of one address are not asked."""
+        refresh_groups([s for s in self.shards if isinstance(s, ReplicatedShard)], deadline)
+
     def _refresh_loop(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
+            self.refresh_replicas(time.monotonic() + every_s)
             try:
                 self.searcher.forget_spaces(self.router.refresh(time.monotonic() + every_s))
             except ContentEmbedError as error:

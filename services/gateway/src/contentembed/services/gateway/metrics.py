@@ -31,6 +31,21 @@ class GatewayMetrics:
             registry=registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
+        # Shards served by replica groups only (--index-endpoints a:1|a:2).
+        self.replica_outstanding = Gauge(
+            "contentembed_shard_replica_outstanding",
+            "Calls to one replica of a replicated shard started and not yet ended (reads go "
+            "to the in-sync replica with the fewest).",
+            ["shard", "replica"],
+            registry=registry,
+        )
+        self.replica_retries = Counter(
+            "contentembed_shard_replica_retries",
+            "Calls a replica failed that were tried again: a read on another in-sync "
+            "replica, a write on the primary after a refresh.",
+            ["shard", "replica", "operation"],
+            registry=registry,
+        )
         self.cache_lookups = Counter(
             "contentembed_query_cache_lookups",
             "Query-embedding cache lookups by result (hit, miss).",

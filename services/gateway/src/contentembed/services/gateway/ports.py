@@ -163,13 +163,29 @@ class EncoderPort(Protocol):
 
 
 @dataclass(frozen=True)
+class ReplicaStatus:
+    """A replica of a shard as it sees itself: from ``ReplicationService.GetReplicaState``
+    (``replica_state``), or from the ``ShardInfo.replica`` of an answer (``limits``), which
+    alone carries ``in_sync_replicas`` and ``primary_id``."""
+
+    replica_id: str
+    primary: bool
+    term: int
+    in_sync: bool  # the primary counts it in sync (as it was last told)
+    in_sync_replicas: tuple[str, ...] = ()  # from the primary only, itself included
+    primary_id: str = ""  # "" when it knows none (or did not say)
+
+
+@dataclass(frozen=True)
 class ShardLimits:
-    """What one shard accepts per request; 0: the shard does not say."""
+    """What one shard accepts per request; 0: the shard does not say. ``replica``: which
+    replica answered and its standing (None: a shard that does not say)."""
 
     max_top_k: int = 0
     max_queries_per_batch: int = 0
     max_ids_per_call: int = 0
     max_ef: int = 0
+    replica: ReplicaStatus | None = None
 
 
 class ShardPort(Protocol):
@@ -255,3 +271,13 @@ class ShardPort(Protocol):
     def delete_collection(self, name: str, deadline: float) -> Pending[None]: ...
 
     def close(self) -> None: ...
+
+
+class ReplicaPort(ShardPort, Protocol):
+    """One replica of a shard (``replicas.ReplicatedShard`` spreads a shard's calls over
+    them): a shard port that also says where it stands in its replica group."""
+
+    def replica_state(self, deadline: float) -> Pending[ReplicaStatus]:
+        """Its role, term and in_sync (``in_sync_replicas`` empty: ``limits`` has them).
+        Answered even while the replica is not ready for reads."""
+        ...

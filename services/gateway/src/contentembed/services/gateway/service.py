@@ -50,7 +50,12 @@ from contentembed.services.gateway.gateway import (
     SearchOutcome,
 )
 from contentembed.services.gateway.metrics import GatewayMetrics
-from contentembed.services.gateway.ports import ShardPort
+from contentembed.services.gateway.ports import ReplicaPort, ShardPort
+from contentembed.services.gateway.replicas import (
+    REPLICA_SEPARATOR,
+    ReplicatedShard,
+    split_replicas,
+)
 
 PARTIAL_POLICIES = frozenset(search_pb.PartialResultPolicy.values())
 # The fusion defaults live in FusionParams alone; the flags start from them.
@@ -81,7 +86,8 @@ class GatewaySettings(SearchServiceSettings):
     )
     index_endpoints: EndpointList = Field(
         default_factory=lambda: ["127.0.0.1:50061"],
-        description="Index shards host:port, comma-separated, in shard order.",
+        description="Index shards host:port, comma-separated, in shard order; a shard served "
+        "by replicas lists them separated by '|' (a:1|a:2,b:1|b:2).",
     )
     # A gateway call mostly waits on an encoder and the shards, so the thread count is how
     # many queries it keeps in flight downstream: enough to fill the text-encoder's batches
@@ -181,6 +187,17 @@ class GatewaySettings(SearchServiceSettings):
         if not value:
             raise ValueError("at least one endpoint is required")
         return value
+
+    @field_validator("index_endpoints")
+    @classmethod
+    def _replicas_well_formed(cls, value: list[str]) -> list[str]:
+        """Each shard's replicas, written back without spaces ("a:1 | a:2" is "a:1|a:2")."""
+        return [REPLICA_SEPARATOR.join(split_replicas(entry)) for entry in value]
+
+    @property
+    def index_replicas(self) -> list[list[str]]:
+        """Each shard's replica addresses, in shard order (one address: no replicas)."""
+        return [split_replicas(entry) for entry in self.index_endpoints]
 
 
 def deadline_of(context: grpc.ServicerContext, settings: GatewaySettings) -> float:
@@ -588,23 +605,43 @@ class GatewayService:
         self.settings = settings
         self.answers = MemoryBudget(settings.max_answer_memory_bytes)
         encoders = [EncoderClient(endpoint, settings) for endpoint in settings.encoder_endpoints]
-        shards = [
-            IndexShardClient(index, endpoint, settings)
-            for index, endpoint in enumerate(settings.index_endpoints)
+        replicas = [
+            [IndexShardClient(index, address, settings) for address in addresses]
+            for index, addresses in enumerate(settings.index_replicas)
         ]
         # Kept as the adapters they are: tracing is set on them (use_tracing), a concern
         # of the gRPC side that the gateway's domain never sees.
-        self.clients: list[EncoderClient | IndexShardClient] = [*encoders, *shards]
+        self.clients: list[EncoderClient | IndexShardClient] = [
+            *encoders, *(client for clients in replicas for client in clients)
+        ]
         metrics = GatewayMetrics(registry, settings.coverage_floor)
-        searched: list[ShardPort] = [
-            CoalescingShard(
-                shard, settings.shard_max_in_flight, settings.max_queries_per_batch,
-                metrics.shard_batch_queries.labels(str(shard.shard_index)).observe,
+
+        def coalesced(client: IndexShardClient) -> ReplicaPort:
+            """Each replica with a coalescer of its own: its slots are its own load."""
+            if not settings.shard_max_in_flight:
+                return client
+            return CoalescingShard(  # type: ignore[return-value] - replica_state passes through
+                client, settings.shard_max_in_flight, settings.max_queries_per_batch,
+                metrics.shard_batch_queries.labels(str(client.shard_index)).observe,
                 max_answer_bytes=settings.max_message_bytes,
             )
-            if settings.shard_max_in_flight else shard
-            for shard in shards
-        ]
+
+        searched: list[ShardPort] = []
+        for index, (entry, clients) in enumerate(zip(settings.index_endpoints, replicas)):
+            ports = [coalesced(client) for client in clients]
+            if len(ports) == 1:  # one address: the shard as it always was
+                searched.append(ports[0])
+                continue
+            group = ReplicatedShard(
+                index, entry, ports,
+                lambda endpoint, operation, shard=str(index):
+                    metrics.replica_retries.labels(shard, endpoint, operation).inc(),
+            )
+            for replica in group.replicas:
+                metrics.replica_outstanding.labels(str(index), replica.endpoint).set_function(
+                    lambda replica=replica: replica.outstanding
+                )
+            searched.append(group)
         self.gateway = Gateway(
             encoders,
             searched,
