@@ -371,3 +371,21 @@ def test_an_api_server_that_does_not_answer_is_unavailable_after_the_request_tim
     assert len(kube_api.requests) == 1
     kube_api.resume()
     assert store.read() == LeaseRecord()  # reachable again: the same client recovers
+
+
+def test_a_fresh_lease_goes_to_the_bootstrap_replica_only(stores: StoreFactory) -> None:
+    """Replica 0 holds the data when a single shard gets replicas: an empty newcomer that
+    led first would make the others match its nothing."""
+    assert take_over(stores(), "1", 10.0, now=T0, seen_term=0, may_bootstrap=False) is None
+    taken = take_over(stores(), "0", 10.0, now=T0, seen_term=0, may_bootstrap=True)
+    assert taken is not None and taken.holder == "0"
+
+
+def test_a_replica_that_has_not_seen_the_current_term_never_leads(stores: StoreFactory) -> None:
+    """A lost volume (its term back to 0) or a replica the current primary never reached:
+    either may lack acknowledged writes, in the in-sync set or not, its own lease or not."""
+    held_by(stores(), "a", ("a", "b"), T0, 10.0, term=3)
+    assert take_over(stores(), "b", 10.0, now=T0 + 60, seen_term=2) is None
+    assert take_over(stores(), "a", 10.0, now=T0 + 1, seen_term=0) is None  # the holder, wiped
+    taken = take_over(stores(), "b", 10.0, now=T0 + 60, seen_term=3)
+    assert taken is not None and taken.term == 4

@@ -113,19 +113,29 @@ class FileLease:
 
 
 def take_over(store: LeaseStore, replica_id: str, duration_s: float,
-              now: float | None = None) -> LeaseRecord | None:
-    """The lease under a higher term when it is free or expired and ``replica_id`` may
-    hold it (it is in the in-sync set, or nobody ever held the lease); None otherwise.
+              now: float | None = None, *, seen_term: int | None = None,
+              may_bootstrap: bool = True) -> LeaseRecord | None:
+    """The lease under a higher term when ``replica_id`` may hold it; None otherwise.
     The new in-sync set is the new primary alone: the others rejoin once caught up.
 
-    The holder itself takes it at once, expired or not: that is a restarted primary,
-    whose earlier process (and its term) is gone; it leads again under a new term."""
+    - A lease nobody ever held goes to a replica that ``may_bootstrap`` (the group's
+      first, replica 0, which holds the data when a single shard gets replicas).
+    - Otherwise the replica must have seen the lease's term (``seen_term``, from its own
+      disk; None skips the check): a replica whose volume was lost, or that never
+      followed the current primary, may lack acknowledged writes. Then it takes an
+      expired lease when it is in the in-sync set, and its own lease at once, expired or
+      not: that is a restarted primary, whose earlier process (and term) is gone."""
     now = time.time() if now is None else now
     current = store.read()
-    if current.holder != replica_id and not current.expired(now):
-        return None
-    if current.holder and replica_id not in current.in_sync:
-        return None  # may lack acknowledged writes
+    if not current.holder and not current.term:
+        if not may_bootstrap:
+            return None
+    else:
+        if seen_term is not None and seen_term < current.term:
+            return None
+        if current.holder != replica_id:
+            if not current.expired(now) or replica_id not in current.in_sync:
+                return None
     try:
         return store.swap(current, LeaseRecord(replica_id, current.term + 1, (replica_id,),
                                                now, duration_s))

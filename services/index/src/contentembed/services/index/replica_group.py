@@ -28,6 +28,7 @@ from contentembed.services.index.store import CollectionStore
 log = logging.getLogger(__name__)
 
 PRIMARY, FOLLOWER = "primary", "follower"
+BOOTSTRAP_REPLICA = "0"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class ReplicaGroup:
         self.replicator: Replicator | None = None
         self.held: LeaseRecord | None = None
         self.failovers = 0  # times this replica became primary
+        # Only the group's first replica starts a lease nobody held (see lease.take_over).
+        self.may_bootstrap = self.replica_id == BOOTSTRAP_REPLICA
         self._superseded = False
         self._lease_lock = threading.Lock()
         self._stop = threading.Event()
@@ -118,7 +121,8 @@ class ReplicaGroup:
 
     def _try_lead(self) -> None:
         try:
-            record = take_over(self.lease, self.replica_id, self.lease_timings.duration_s)
+            record = take_over(self.lease, self.replica_id, self.lease_timings.duration_s,
+                               seen_term=self.follower.term, may_bootstrap=self.may_bootstrap)
         except LeaseUnavailable:
             return
         if record is None:
