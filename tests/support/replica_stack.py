@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from contentembed.cli.stack import HOST, ServiceProcess, port_is_free
+from contentembed.cli.stack import HOST, ServiceProcess, free_ports
 from contentembed.common.v1 import types_pb2
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
@@ -22,17 +21,6 @@ from contentembed.index.v1 import replication_service_pb2 as rpb
 from contentembed.index.v1 import replication_service_pb2_grpc as rpb_grpc
 
 DIM = 8
-
-
-def free_ports(count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((HOST, 0))
-            port = probe.getsockname()[1]
-        if port not in ports and port_is_free(port):
-            ports.append(port)
-    return ports
 
 
 @dataclass

@@ -205,9 +205,13 @@ def run_stack(stack: LocalStack, body: Callable[[StopSignals], int]) -> int:
 @app.command()
 def up(
     shards: Annotated[int, typer.Option(help="Number of index shards.")] = 2,
+    replicas: Annotated[int, typer.Option(
+        min=1, max=16, help="Replicas per shard: 2 or more survive a replica's loss "
+        "(writes go to a primary, reads to any replica in sync).")] = 1,
     gateway_port: Annotated[int, typer.Option(help="Gateway port clients use.")] = 50051,
     encoder_port: Annotated[int, typer.Option(help="Text encoder; the image encoder is +1.")] = 50052,
-    index_base_port: Annotated[int, typer.Option(help="Shard i listens on this + i.")] = 50061,
+    index_base_port: Annotated[int, typer.Option(
+        help="Replica r of shard i listens on this + i x replicas + r.")] = 50061,
     metrics_base_port: Annotated[int, typer.Option(help="/metrics ports from here; 0: any.")] = 9100,
     run_dir: Annotated[Path, typer.Option(help="Logs and port files.")] = Path(".contentembed/run"),
     text_model: Annotated[str | None, typer.Option(help="Model dir for the text-encoder.")] = None,
@@ -231,6 +235,7 @@ def up(
     stack = LocalStack(
         run_dir=run_dir,
         shard_count=shards,
+        replicas=replicas,
         gateway_port=gateway_port,
         encoder_port=encoder_port,
         index_base_port=index_base_port,

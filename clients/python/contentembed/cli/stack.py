@@ -83,6 +83,18 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that are free now."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((HOST, 0))
+            port = probe.getsockname()[1]
+        if port not in ports and port_is_free(port):
+            ports.append(port)
+    return ports
+
+
 def with_option(args: list[str], flag: str, value: str) -> list[str]:
     """``args`` with ``flag``'s value replaced (or the flag appended)."""
     if flag in args:
@@ -281,6 +293,9 @@ class LocalStack:
 
     run_dir: Path
     shard_count: int = 2
+    # Replicas per shard: each shard a replica group (a lease file in the run directory
+    # decides its primary). Replica 0 keeps the data directory of an unreplicated shard.
+    replicas: int = 1
     gateway_port: int = 0
     encoder_port: int = 0
     index_base_port: int = 0
@@ -308,11 +323,17 @@ class LocalStack:
             "text-encoder": (self._port(self.encoder_port, 0), self._port(metrics, 1)),
             "image-encoder": (self._port(self.encoder_port, 1), self._port(metrics, 2)),
         }
-        for shard in range(self.shard_count):
-            ports[f"index-{shard}"] = (
-                self._port(self.index_base_port, shard), self._port(metrics, 3 + shard)
-            )
+        for shard, replica, name in self.index_processes():
+            offset = shard * self.replicas + replica
+            ports[name] = (self._port(self.index_base_port, offset), self._port(metrics, 3 + offset))
         return ports
+
+    def index_processes(self) -> list[tuple[int, int, str]]:
+        """(shard, replica, process name) of every index process, in shard order."""
+        return [
+            (shard, replica, f"index-{shard}" if self.replicas == 1 else f"index-{shard}-{replica}")
+            for shard in range(self.shard_count) for replica in range(self.replicas)
+        ]
 
     def check_ports_free(self) -> None:
         """Raises StackError naming every fixed port that is taken (or wanted twice).
@@ -358,8 +379,8 @@ class LocalStack:
                 service.start(self.child_env())
 
     def start(self, timeout: float = 300.0) -> None:
-        if self.shard_count < 1:
-            raise StackError("at least one index shard is needed")
+        if self.shard_count < 1 or self.replicas < 1:
+            raise StackError("at least one index shard, of at least one replica, is needed")
         self.check_ports_free()
         self._stopped = False
         deadline = time.monotonic() + timeout
@@ -380,24 +401,28 @@ class LocalStack:
             ServiceProcess("image-encoder", "contentembed.services.image_encoder", image_args, self.run_dir),
         ]
         backends = list(encoders)
-        for shard in range(self.shard_count):
-            name = f"index-{shard}"
-            backends.append(
-                ServiceProcess(
-                    name,
-                    "contentembed.services.index",
-                    [
-                        *port_args(name),
-                        "--shard-index", str(shard),
-                        "--shard-count", str(self.shard_count),
-                        # Durable by default: what was ingested is there after a restart.
-                        # Keyed by the shard count too: ids hash to other shards when it changes.
-                        "--data-dir",
-                        str(self.run_dir / "data" / f"{self.shard_count}-shards" / name),
-                    ],
-                    self.run_dir,
-                )
-            )
+        if self.replicas > 1 and not self.index_base_port:
+            # Each replica is told the others' addresses before any of them listens.
+            for name, port in zip([n for _, _, n in self.index_processes()],
+                                  free_ports(self.shard_count * self.replicas)):
+                ports[name] = (port, ports[name][1])
+        data = self.run_dir / "data" / f"{self.shard_count}-shards"
+        for shard, replica, name in self.index_processes():
+            args = [
+                *port_args(name),
+                "--shard-index", str(shard),
+                "--shard-count", str(self.shard_count),
+                # Durable by default: what was ingested is there after a restart.
+                # Keyed by the shard count too: ids hash to other shards when it changes.
+                "--data-dir", str(data / (f"index-{shard}" if replica == 0 else name)),
+            ]
+            if self.replicas > 1:
+                peers = [f"{other}={HOST}:{ports[other_name][0]}"
+                         for s, other, other_name in self.index_processes()
+                         if s == shard and other != replica]
+                args += ["--replica-id", str(replica), "--replica-peers", ",".join(peers),
+                         "--replica-lease-file", str(data / f"lease-{shard}.json")]
+            backends.append(ServiceProcess(name, "contentembed.services.index", args, self.run_dir))
         self.services = list(backends)
         try:
             for service in backends:
@@ -410,7 +435,7 @@ class LocalStack:
                 [
                     *port_args("gateway"),
                     "--encoder-endpoints", ",".join(e.address for e in encoders),
-                    "--index-endpoints", ",".join(s.address for s in backends[len(encoders):]),
+                    "--index-endpoints", self.index_endpoints(backends[len(encoders):]),
                 ],
                 self.run_dir,
             )
@@ -422,6 +447,13 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+
+    def index_endpoints(self, shards: list[ServiceProcess]) -> str:
+        """The gateway's --index-endpoints: shards in order, a shard's replicas joined by |."""
+        return ",".join(
+            "|".join(process.address for process in shards[first:first + self.replicas])
+            for first in range(0, len(shards), self.replicas)
+        )
 
     def check_alive(self) -> None:
         for service in self.services:
