@@ -389,3 +389,12 @@ def test_a_replica_that_has_not_seen_the_current_term_never_leads(stores: StoreF
     assert take_over(stores(), "a", 10.0, now=T0 + 1, seen_term=0) is None  # the holder, wiped
     taken = take_over(stores(), "b", 10.0, now=T0 + 60, seen_term=3)
     assert taken is not None and taken.term == 4
+
+
+def test_a_restarted_primary_with_followers_in_sync_waits_for_its_lease_to_expire(stores: StoreFactory) -> None:
+    """Its followers have been serving reads; taking over at once would send them back
+    to catching up. The lease runs out first, then any of them may lead."""
+    held_by(stores(), "a", ("a", "b"), T0, 10.0, term=3)
+    assert take_over(stores(), "a", 10.0, now=T0 + 1, seen_term=3) is None
+    taken = take_over(stores(), "b", 10.0, now=T0 + 10, seen_term=3)
+    assert taken is not None and (taken.holder, taken.term) == ("b", 4)

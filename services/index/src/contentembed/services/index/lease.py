@@ -123,8 +123,11 @@ def take_over(store: LeaseStore, replica_id: str, duration_s: float,
     - Otherwise the replica must have seen the lease's term (``seen_term``, from its own
       disk; None skips the check): a replica whose volume was lost, or that never
       followed the current primary, may lack acknowledged writes. Then it takes an
-      expired lease when it is in the in-sync set, and its own lease at once, expired or
-      not: that is a restarted primary, whose earlier process (and term) is gone."""
+      expired lease when it is in the in-sync set. Its own lease it takes at once,
+      expired or not, when it is the whole in-sync set: a restarted primary, whose earlier
+      process (and term) is gone, and which no other replica could replace. With others in
+      sync it waits like them: one of them has been serving reads all along, while a
+      restarted primary taking over at once would send them all back to catching up."""
     now = time.time() if now is None else now
     current = store.read()
     if not current.holder and not current.term:
@@ -133,9 +136,11 @@ def take_over(store: LeaseStore, replica_id: str, duration_s: float,
     else:
         if seen_term is not None and seen_term < current.term:
             return None
-        if current.holder != replica_id:
-            if not current.expired(now) or replica_id not in current.in_sync:
-                return None
+        if replica_id not in current.in_sync:
+            return None
+        alone = current.holder == replica_id and current.in_sync == (replica_id,)
+        if not alone and not current.expired(now):
+            return None
     try:
         return store.swap(current, LeaseRecord(replica_id, current.term + 1, (replica_id,),
                                                now, duration_s))
