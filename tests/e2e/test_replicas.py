@@ -117,3 +117,27 @@ def test_writes_reach_every_replica_and_a_killed_primary_is_replaced(tmp_path: P
         assert len(acknowledged) > before
     finally:
         stack.stop()
+
+
+def test_an_operator_hands_the_primary_to_an_in_sync_replica(tmp_path: Path) -> None:
+    stack = ReplicaGroupStack(tmp_path, 2).start()
+    try:
+        primary = stack.primary()
+        create(primary)
+        stack.wait_all_in_sync()
+        primary.index.Upsert(upsert_request("c", ["a"]), timeout=10)
+        successor = next(r for r in stack.replicas if r is not primary)
+        with pytest.raises(grpc.RpcError) as refused:
+            successor.replication.TransferPrimary(rpb.TransferPrimaryRequest(successor_id="0"), timeout=10)
+        assert error_reason(refused.value) == "NOT_PRIMARY"
+        term = primary.replication.TransferPrimary(
+            rpb.TransferPrimaryRequest(successor_id=successor.replica_id), timeout=10).term
+        assert stack.primary(timeout=10) is successor
+        assert successor.state().term == term
+        successor.index.Upsert(upsert_request("c", ["b"]), timeout=10)
+        stack.wait_all_in_sync()
+        digests = stack.digests()
+        assert len({str(d) for d in digests.values()}) == 1, digests
+        assert digests[primary.replica_id][("c", "live")][0] == 2
+    finally:
+        stack.stop()

@@ -161,3 +161,15 @@ class InstallSnapshotResponse(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     seq: int
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
+
+class TransferPrimaryRequest(_message.Message):
+    __slots__ = ("successor_id",)
+    SUCCESSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    successor_id: str
+    def __init__(self, successor_id: _Optional[str] = ...) -> None: ...
+
+class TransferPrimaryResponse(_message.Message):
+    __slots__ = ("term",)
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    def __init__(self, term: _Optional[int] = ...) -> None: ...

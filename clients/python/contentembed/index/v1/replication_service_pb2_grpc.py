@@ -58,6 +58,11 @@ class ReplicationServiceStub:
                 request_serializer=contentembed_dot_index_dot_v1_dot_replication__service__pb2.InstallSnapshotRequest.SerializeToString,
                 response_deserializer=contentembed_dot_index_dot_v1_dot_replication__service__pb2.InstallSnapshotResponse.FromString,
                 _registered_method=True)
+        self.TransferPrimary = channel.unary_unary(
+                '/contentembed.index.v1.ReplicationService/TransferPrimary',
+                request_serializer=contentembed_dot_index_dot_v1_dot_replication__service__pb2.TransferPrimaryRequest.SerializeToString,
+                response_deserializer=contentembed_dot_index_dot_v1_dot_replication__service__pb2.TransferPrimaryResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicationServiceServicer:
@@ -102,6 +107,16 @@ class ReplicationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferPrimary(self, request, context):
+        """Asked of the primary (an operator's `contentembed shards promote`): it stops taking
+        writes and hands the lease to the named replica, which must be in its in-sync set
+        (FAILED_PRECONDITION, reason REPLICA_NOT_IN_SYNC, otherwise); that replica leads
+        within a second. UNAVAILABLE NOT_PRIMARY from any other replica.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +139,11 @@ def add_ReplicationServiceServicer_to_server(servicer, server):
                     servicer.InstallSnapshot,
                     request_deserializer=contentembed_dot_index_dot_v1_dot_replication__service__pb2.InstallSnapshotRequest.FromString,
                     response_serializer=contentembed_dot_index_dot_v1_dot_replication__service__pb2.InstallSnapshotResponse.SerializeToString,
+            ),
+            'TransferPrimary': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferPrimary,
+                    request_deserializer=contentembed_dot_index_dot_v1_dot_replication__service__pb2.TransferPrimaryRequest.FromString,
+                    response_serializer=contentembed_dot_index_dot_v1_dot_replication__service__pb2.TransferPrimaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -238,6 +258,33 @@ class ReplicationService:
             '/contentembed.index.v1.ReplicationService/InstallSnapshot',
             contentembed_dot_index_dot_v1_dot_replication__service__pb2.InstallSnapshotRequest.SerializeToString,
             contentembed_dot_index_dot_v1_dot_replication__service__pb2.InstallSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferPrimary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.index.v1.ReplicationService/TransferPrimary',
+            contentembed_dot_index_dot_v1_dot_replication__service__pb2.TransferPrimaryRequest.SerializeToString,
+            contentembed_dot_index_dot_v1_dot_replication__service__pb2.TransferPrimaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from contentembed.services.common.errors import Unavailable
+from contentembed.services.common.errors import FailedPrecondition, Unavailable
 from contentembed.services.index.lease import (
     LeaseConflict,
     LeaseRecord,
@@ -153,6 +153,30 @@ class ReplicaGroup:
             replicator.stop()
         self.follower.leave_sync()
         log.warning("this replica is no longer primary", extra={"why": why})
+
+    def transfer(self, successor: str) -> int:
+        """Hands the lease to ``successor`` (in the in-sync set): this replica stops
+        acknowledging writes, and the lease, expired, names the successor alone as in
+        sync, so only it may take it over. Returns the term it will lead under."""
+        replicator = self.replicator
+        if replicator is None:
+            raise Unavailable(f"replica {self.replica_id} is not the primary", reason="NOT_PRIMARY",
+                              retry_after_s=1.0)
+        if successor == self.replica_id:
+            return self.term
+        if successor not in replicator.in_sync_ids():
+            raise FailedPrecondition(
+                f"replica {successor!r} is not in the in-sync set {list(replicator.in_sync_ids())}: "
+                "it may lack acknowledged writes", reason="REPLICA_NOT_IN_SYNC")
+        self.replicator = None
+        replicator.stop()
+        self.follower.leave_sync()
+        with self._lease_lock:
+            assert self.held is not None
+            self.held = self.lease.swap(self.held, replace(self.held, renewed_at=0.0,
+                                                             in_sync=(successor,)))
+        log.warning("primary handed over", extra={"successor": successor, "term": self.held.term})
+        return self.held.term + 1
 
     # -- what the edge asks ----------------------------------------------------------------
     @contextlib.contextmanager

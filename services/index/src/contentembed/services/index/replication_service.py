@@ -27,6 +27,7 @@ from contentembed.services.index.persistence import (
     encode_record,
 )
 from contentembed.services.index.primary import PeerUnreachable, Shipment
+from contentembed.services.index.replica_group import ReplicaGroup
 from contentembed.services.index.replication import (
     AliasSpec,
     CatalogState,
@@ -155,6 +156,17 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
             return rpb.InstallSnapshotResponse(seq=seq)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+class GroupServicer(ReplicationServicer):
+    """The replication servicer with what needs the whole group (the lease)."""
+
+    def __init__(self, group: ReplicaGroup) -> None:
+        super().__init__(group.follower, lambda: group.role)
+        self.group = group
+
+    def TransferPrimary(self, request: rpb.TransferPrimaryRequest, context: grpc.ServicerContext):
+        return rpb.TransferPrimaryResponse(term=self.group.transfer(request.successor_id))
 
 
 class GrpcReplicaPeer:

@@ -56,7 +56,7 @@ from contentembed.services.index.primary import ReplicationTimings
 from contentembed.services.index.replica_group import PRIMARY, LeaseTimings, ReplicaGroup
 from contentembed.services.index.replica_metrics import ReplicationCollector
 from contentembed.services.index.replication import Follower
-from contentembed.services.index.replication_service import GrpcReplicaPeer, ReplicationServicer
+from contentembed.services.index.replication_service import GroupServicer, GrpcReplicaPeer
 from contentembed.services.index.shard import ShardPosition, claim_data_dir
 from contentembed.services.index.store import CollectionStore
 from contentembed.services.index.version_log import Durability
@@ -327,8 +327,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
         names = [pb.DESCRIPTOR.services_by_name["IndexService"].full_name]
         group = self.replicas
         if group is not None:
-            rpb_grpc.add_ReplicationServiceServicer_to_server(
-                ReplicationServicer(group.follower, lambda: group.role), server)
+            rpb_grpc.add_ReplicationServiceServicer_to_server(GroupServicer(group), server)
             names.append(rpb.DESCRIPTOR.services_by_name["ReplicationService"].full_name)
         return names
 
