@@ -63,7 +63,7 @@ class ReplicaInfo(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., primary: _Optional[bool] = ..., term: _Optional[int] = ..., in_sync: _Optional[bool] = ..., in_sync_replicas: _Optional[_Iterable[str]] = ..., primary_id: _Optional[str] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard", "versions", "version_spaces", "pending_versions", "versions_fingerprint", "version_digests", "lexical")
+    __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "item_count", "version", "shard", "versions", "version_spaces", "pending_versions", "versions_fingerprint", "version_digests", "lexical", "candidate")
     class VersionSpacesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class Collection(_message.Message):
     VERSIONS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     VERSION_DIGESTS_FIELD_NUMBER: _ClassVar[int]
     LEXICAL_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     space_id: str
     dim: int
@@ -106,7 +107,32 @@ class Collection(_message.Message):
     versions_fingerprint: str
     version_digests: _containers.ScalarMap[str, str]
     lexical: _types_pb2.LexicalConfig
-    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., item_count: _Optional[int] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ..., pending_versions: _Optional[_Iterable[str]] = ..., versions_fingerprint: _Optional[str] = ..., version_digests: _Optional[_Mapping[str, str]] = ..., lexical: _Optional[_Union[_types_pb2.LexicalConfig, _Mapping]] = ...) -> None: ...
+    candidate: CandidateState
+    def __init__(self, name: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., item_count: _Optional[int] = ..., version: _Optional[str] = ..., shard: _Optional[_Union[ShardInfo, _Mapping]] = ..., versions: _Optional[_Iterable[str]] = ..., version_spaces: _Optional[_Mapping[str, str]] = ..., pending_versions: _Optional[_Iterable[str]] = ..., versions_fingerprint: _Optional[str] = ..., version_digests: _Optional[_Mapping[str, str]] = ..., lexical: _Optional[_Union[_types_pb2.LexicalConfig, _Mapping]] = ..., candidate: _Optional[_Union[CandidateState, _Mapping]] = ...) -> None: ...
+
+class CandidateState(_message.Message):
+    __slots__ = ("version", "shadow_fraction", "canary_weight")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    CANARY_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    shadow_fraction: float
+    canary_weight: float
+    def __init__(self, version: _Optional[str] = ..., shadow_fraction: _Optional[float] = ..., canary_weight: _Optional[float] = ...) -> None: ...
+
+class SetCandidateRequest(_message.Message):
+    __slots__ = ("collection", "candidate")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    candidate: CandidateState
+    def __init__(self, collection: _Optional[str] = ..., candidate: _Optional[_Union[CandidateState, _Mapping]] = ...) -> None: ...
+
+class SetCandidateResponse(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: Collection
+    def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "space_id", "dim", "metric", "hnsw", "exist_ok", "lexical")

@@ -115,6 +115,11 @@ class IndexServiceStub:
                 request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.DeleteVersionRequest.SerializeToString,
                 response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.DeleteVersionResponse.FromString,
                 _registered_method=True)
+        self.SetCandidate = channel.unary_unary(
+                '/contentembed.index.v1.IndexService/SetCandidate',
+                request_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.SetCandidateRequest.SerializeToString,
+                response_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.SetCandidateResponse.FromString,
+                _registered_method=True)
 
 
 class IndexServiceServicer:
@@ -242,6 +247,18 @@ class IndexServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetCandidate(self, request, context):
+        """Records the collection's candidate version with its shadow and canary shares (an
+        empty version clears it): kept with the alias, replicated, and read back by every
+        gateway, so all of them shadow and canary alike and a restarted one carries on. The
+        version must be loaded and not serving (FAILED_PRECONDITION VERSION_PENDING,
+        ALREADY_SERVING; NOT_FOUND VERSION_NOT_FOUND). Activating or deleting the candidate's
+        version clears it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -324,6 +341,11 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.DeleteVersion,
                     request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.DeleteVersionRequest.FromString,
                     response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.DeleteVersionResponse.SerializeToString,
+            ),
+            'SetCandidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCandidate,
+                    request_deserializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.SetCandidateRequest.FromString,
+                    response_serializer=contentembed_dot_index_dot_v1_dot_index__service__pb2.SetCandidateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -759,6 +781,33 @@ class IndexService:
             '/contentembed.index.v1.IndexService/DeleteVersion',
             contentembed_dot_index_dot_v1_dot_index__service__pb2.DeleteVersionRequest.SerializeToString,
             contentembed_dot_index_dot_v1_dot_index__service__pb2.DeleteVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCandidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/contentembed.index.v1.IndexService/SetCandidate',
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.SetCandidateRequest.SerializeToString,
+            contentembed_dot_index_dot_v1_dot_index__service__pb2.SetCandidateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,45 +26,45 @@ from contentembed.common.v1 import types_pb2 as contentembed_dot_common_dot_v1_d
 from contentembed.index.v1 import index_service_pb2 as contentembed_dot_index_dot_v1_dot_index__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/contentembed/index/v1/replication_service.proto\x12\x15\x63ontentembed.index.v1\x1a\"contentembed/common/v1/types.proto\x1a)contentembed/index/v1/index_service.proto\"\xac\x02\n\x0eReplicaVersion\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08space_id\x18\x03 \x01(\t\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12/\n\x04hnsw\x18\x05 \x01(\x0b\x32!.contentembed.index.v1.HnswParams\x12\x36\n\x07lexical\x18\x06 \x01(\x0b\x32%.contentembed.common.v1.LexicalConfig\x12\x0f\n\x07pending\x18\x07 \x01(\x08\x12\x15\n\rbundle_digest\x18\x08 \x01(\t\x12\x0b\n\x03seq\x18\t \x01(\x04\x12\x0c\n\x04term\x18\n \x01(\x04\x12\x12\n\nitem_count\x18\x0b \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x0c \x01(\t\"D\n\x0cReplicaAlias\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\t\x12\x10\n\x08previous\x18\x03 \x01(\t\"\xf7\x01\n\x0cReplicaState\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x13\n\x0b\x63\x61talog_seq\x18\x03 \x01(\x04\x12\x34\n\x07\x61liases\x18\x04 \x03(\x0b\x32#.contentembed.index.v1.ReplicaAlias\x12\x37\n\x08versions\x18\x05 \x03(\x0b\x32%.contentembed.index.v1.ReplicaVersion\x12\x0f\n\x07in_sync\x18\x06 \x01(\x08\x12\x30\n\x04role\x18\x07 \x01(\x0e\x32\".contentembed.index.v1.ReplicaRole\"7\n\x16GetReplicaStateRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07\x64igests\x18\x02 \x01(\x08\"M\n\x17GetReplicaStateResponse\x12\x32\n\x05state\x18\x01 \x01(\x0b\x32#.contentembed.index.v1.ReplicaState\"\xba\x01\n\x12SyncCatalogRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x12\n\nprimary_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61talog_seq\x18\x03 \x01(\x04\x12\x34\n\x07\x61liases\x18\x04 \x03(\x0b\x32#.contentembed.index.v1.ReplicaAlias\x12\x37\n\x08versions\x18\x05 \x03(\x0b\x32%.contentembed.index.v1.ReplicaVersion\"I\n\x13SyncCatalogResponse\x12\x32\n\x05state\x18\x01 \x01(\x0b\x32#.contentembed.index.v1.ReplicaState\"D\n\rShippedRecord\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06record\x18\x03 \x01(\x0c\"|\n\x10ReplicateRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x12\n\nprimary_id\x18\x02 \x01(\t\x12\x35\n\x07records\x18\x03 \x03(\x0b\x32$.contentembed.index.v1.ShippedRecord\x12\x0f\n\x07in_sync\x18\x04 \x01(\x08\"!\n\x11ReplicateResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\"\x8c\x01\n\x16InstallSnapshotRequest\x12\x37\n\x06header\x18\x01 \x01(\x0b\x32%.contentembed.index.v1.SnapshotHeaderH\x00\x12\x31\n\x05\x63hunk\x18\x02 \x01(\x0b\x32 .contentembed.index.v1.FileChunkH\x00\x42\x06\n\x04part\"|\n\x0eSnapshotHeader\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x12\n\nprimary_id\x18\x02 \x01(\t\x12\x36\n\x07version\x18\x03 \x01(\x0b\x32%.contentembed.index.v1.ReplicaVersion\x12\x10\n\x08manifest\x18\x04 \x01(\x0c\"&\n\x17InstallSnapshotResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\".\n\x16TransferPrimaryRequest\x12\x14\n\x0csuccessor_id\x18\x01 \x01(\t\"\'\n\x17TransferPrimaryResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04*`\n\x0bReplicaRole\x12\x1c\n\x18REPLICA_ROLE_UNSPECIFIED\x10\x00\x12\x18\n\x14REPLICA_ROLE_PRIMARY\x10\x01\x12\x19\n\x15REPLICA_ROLE_FOLLOWER\x10\x02\x32\xb2\x04\n\x12ReplicationService\x12p\n\x0fGetReplicaState\x12-.contentembed.index.v1.GetReplicaStateRequest\x1a..contentembed.index.v1.GetReplicaStateResponse\x12\x64\n\x0bSyncCatalog\x12).contentembed.index.v1.SyncCatalogRequest\x1a*.contentembed.index.v1.SyncCatalogResponse\x12^\n\tReplicate\x12\'.contentembed.index.v1.ReplicateRequest\x1a(.contentembed.index.v1.ReplicateResponse\x12r\n\x0fInstallSnapshot\x12-.contentembed.index.v1.InstallSnapshotRequest\x1a..contentembed.index.v1.InstallSnapshotResponse(\x01\x12p\n\x0fTransferPrimary\x12-.contentembed.index.v1.TransferPrimaryRequest\x1a..contentembed.index.v1.TransferPrimaryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/contentembed/index/v1/replication_service.proto\x12\x15\x63ontentembed.index.v1\x1a\"contentembed/common/v1/types.proto\x1a)contentembed/index/v1/index_service.proto\"\xac\x02\n\x0eReplicaVersion\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08space_id\x18\x03 \x01(\t\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12/\n\x04hnsw\x18\x05 \x01(\x0b\x32!.contentembed.index.v1.HnswParams\x12\x36\n\x07lexical\x18\x06 \x01(\x0b\x32%.contentembed.common.v1.LexicalConfig\x12\x0f\n\x07pending\x18\x07 \x01(\x08\x12\x15\n\rbundle_digest\x18\x08 \x01(\t\x12\x0b\n\x03seq\x18\t \x01(\x04\x12\x0c\n\x04term\x18\n \x01(\x04\x12\x12\n\nitem_count\x18\x0b \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x0c \x01(\t\"~\n\x0cReplicaAlias\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\t\x12\x10\n\x08previous\x18\x03 \x01(\t\x12\x38\n\tcandidate\x18\x04 \x01(\x0b\x32%.contentembed.index.v1.CandidateState\"\xf7\x01\n\x0cReplicaState\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x13\n\x0b\x63\x61talog_seq\x18\x03 \x01(\x04\x12\x34\n\x07\x61liases\x18\x04 \x03(\x0b\x32#.contentembed.index.v1.ReplicaAlias\x12\x37\n\x08versions\x18\x05 \x03(\x0b\x32%.contentembed.index.v1.ReplicaVersion\x12\x0f\n\x07in_sync\x18\x06 \x01(\x08\x12\x30\n\x04role\x18\x07 \x01(\x0e\x32\".contentembed.index.v1.ReplicaRole\"7\n\x16GetReplicaStateRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07\x64igests\x18\x02 \x01(\x08\"M\n\x17GetReplicaStateResponse\x12\x32\n\x05state\x18\x01 \x01(\x0b\x32#.contentembed.index.v1.ReplicaState\"\xba\x01\n\x12SyncCatalogRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x12\n\nprimary_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61talog_seq\x18\x03 \x01(\x04\x12\x34\n\x07\x61liases\x18\x04 \x03(\x0b\x32#.contentembed.index.v1.ReplicaAlias\x12\x37\n\x08versions\x18\x05 \x03(\x0b\x32%.contentembed.index.v1.ReplicaVersion\"I\n\x13SyncCatalogResponse\x12\x32\n\x05state\x18\x01 \x01(\x0b\x32#.contentembed.index.v1.ReplicaState\"D\n\rShippedRecord\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06record\x18\x03 \x01(\x0c\"|\n\x10ReplicateRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x12\n\nprimary_id\x18\x02 \x01(\t\x12\x35\n\x07records\x18\x03 \x03(\x0b\x32$.contentembed.index.v1.ShippedRecord\x12\x0f\n\x07in_sync\x18\x04 \x01(\x08\"!\n\x11ReplicateResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\"\x8c\x01\n\x16InstallSnapshotRequest\x12\x37\n\x06header\x18\x01 \x01(\x0b\x32%.contentembed.index.v1.SnapshotHeaderH\x00\x12\x31\n\x05\x63hunk\x18\x02 \x01(\x0b\x32 .contentembed.index.v1.FileChunkH\x00\x42\x06\n\x04part\"|\n\x0eSnapshotHeader\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x12\n\nprimary_id\x18\x02 \x01(\t\x12\x36\n\x07version\x18\x03 \x01(\x0b\x32%.contentembed.index.v1.ReplicaVersion\x12\x10\n\x08manifest\x18\x04 \x01(\x0c\"&\n\x17InstallSnapshotResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\".\n\x16TransferPrimaryRequest\x12\x14\n\x0csuccessor_id\x18\x01 \x01(\t\"\'\n\x17TransferPrimaryResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04*`\n\x0bReplicaRole\x12\x1c\n\x18REPLICA_ROLE_UNSPECIFIED\x10\x00\x12\x18\n\x14REPLICA_ROLE_PRIMARY\x10\x01\x12\x19\n\x15REPLICA_ROLE_FOLLOWER\x10\x02\x32\xb2\x04\n\x12ReplicationService\x12p\n\x0fGetReplicaState\x12-.contentembed.index.v1.GetReplicaStateRequest\x1a..contentembed.index.v1.GetReplicaStateResponse\x12\x64\n\x0bSyncCatalog\x12).contentembed.index.v1.SyncCatalogRequest\x1a*.contentembed.index.v1.SyncCatalogResponse\x12^\n\tReplicate\x12\'.contentembed.index.v1.ReplicateRequest\x1a(.contentembed.index.v1.ReplicateResponse\x12r\n\x0fInstallSnapshot\x12-.contentembed.index.v1.InstallSnapshotRequest\x1a..contentembed.index.v1.InstallSnapshotResponse(\x01\x12p\n\x0fTransferPrimary\x12-.contentembed.index.v1.TransferPrimaryRequest\x1a..contentembed.index.v1.TransferPrimaryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'contentembed.index.v1.replication_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICAROLE']._serialized_start=1805
-  _globals['_REPLICAROLE']._serialized_end=1901
+  _globals['_REPLICAROLE']._serialized_start=1863
+  _globals['_REPLICAROLE']._serialized_end=1959
   _globals['_REPLICAVERSION']._serialized_start=154
   _globals['_REPLICAVERSION']._serialized_end=454
   _globals['_REPLICAALIAS']._serialized_start=456
-  _globals['_REPLICAALIAS']._serialized_end=524
-  _globals['_REPLICASTATE']._serialized_start=527
-  _globals['_REPLICASTATE']._serialized_end=774
-  _globals['_GETREPLICASTATEREQUEST']._serialized_start=776
-  _globals['_GETREPLICASTATEREQUEST']._serialized_end=831
-  _globals['_GETREPLICASTATERESPONSE']._serialized_start=833
-  _globals['_GETREPLICASTATERESPONSE']._serialized_end=910
-  _globals['_SYNCCATALOGREQUEST']._serialized_start=913
-  _globals['_SYNCCATALOGREQUEST']._serialized_end=1099
-  _globals['_SYNCCATALOGRESPONSE']._serialized_start=1101
-  _globals['_SYNCCATALOGRESPONSE']._serialized_end=1174
-  _globals['_SHIPPEDRECORD']._serialized_start=1176
-  _globals['_SHIPPEDRECORD']._serialized_end=1244
-  _globals['_REPLICATEREQUEST']._serialized_start=1246
-  _globals['_REPLICATEREQUEST']._serialized_end=1370
-  _globals['_REPLICATERESPONSE']._serialized_start=1372
-  _globals['_REPLICATERESPONSE']._serialized_end=1405
-  _globals['_INSTALLSNAPSHOTREQUEST']._serialized_start=1408
-  _globals['_INSTALLSNAPSHOTREQUEST']._serialized_end=1548
-  _globals['_SNAPSHOTHEADER']._serialized_start=1550
-  _globals['_SNAPSHOTHEADER']._serialized_end=1674
-  _globals['_INSTALLSNAPSHOTRESPONSE']._serialized_start=1676
-  _globals['_INSTALLSNAPSHOTRESPONSE']._serialized_end=1714
-  _globals['_TRANSFERPRIMARYREQUEST']._serialized_start=1716
-  _globals['_TRANSFERPRIMARYREQUEST']._serialized_end=1762
-  _globals['_TRANSFERPRIMARYRESPONSE']._serialized_start=1764
-  _globals['_TRANSFERPRIMARYRESPONSE']._serialized_end=1803
-  _globals['_REPLICATIONSERVICE']._serialized_start=1904
-  _globals['_REPLICATIONSERVICE']._serialized_end=2466
+  _globals['_REPLICAALIAS']._serialized_end=582
+  _globals['_REPLICASTATE']._serialized_start=585
+  _globals['_REPLICASTATE']._serialized_end=832
+  _globals['_GETREPLICASTATEREQUEST']._serialized_start=834
+  _globals['_GETREPLICASTATEREQUEST']._serialized_end=889
+  _globals['_GETREPLICASTATERESPONSE']._serialized_start=891
+  _globals['_GETREPLICASTATERESPONSE']._serialized_end=968
+  _globals['_SYNCCATALOGREQUEST']._serialized_start=971
+  _globals['_SYNCCATALOGREQUEST']._serialized_end=1157
+  _globals['_SYNCCATALOGRESPONSE']._serialized_start=1159
+  _globals['_SYNCCATALOGRESPONSE']._serialized_end=1232
+  _globals['_SHIPPEDRECORD']._serialized_start=1234
+  _globals['_SHIPPEDRECORD']._serialized_end=1302
+  _globals['_REPLICATEREQUEST']._serialized_start=1304
+  _globals['_REPLICATEREQUEST']._serialized_end=1428
+  _globals['_REPLICATERESPONSE']._serialized_start=1430
+  _globals['_REPLICATERESPONSE']._serialized_end=1463
+  _globals['_INSTALLSNAPSHOTREQUEST']._serialized_start=1466
+  _globals['_INSTALLSNAPSHOTREQUEST']._serialized_end=1606
+  _globals['_SNAPSHOTHEADER']._serialized_start=1608
+  _globals['_SNAPSHOTHEADER']._serialized_end=1732
+  _globals['_INSTALLSNAPSHOTRESPONSE']._serialized_start=1734
+  _globals['_INSTALLSNAPSHOTRESPONSE']._serialized_end=1772
+  _globals['_TRANSFERPRIMARYREQUEST']._serialized_start=1774
+  _globals['_TRANSFERPRIMARYREQUEST']._serialized_end=1820
+  _globals['_TRANSFERPRIMARYRESPONSE']._serialized_start=1822
+  _globals['_TRANSFERPRIMARYRESPONSE']._serialized_end=1861
+  _globals['_REPLICATIONSERVICE']._serialized_start=1962
+  _globals['_REPLICATIONSERVICE']._serialized_end=2524
 # @@protoc_insertion_point(module_scope)

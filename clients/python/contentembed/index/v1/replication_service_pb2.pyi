@@ -47,14 +47,16 @@ class ReplicaVersion(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., version: _Optional[str] = ..., space_id: _Optional[str] = ..., dim: _Optional[int] = ..., hnsw: _Optional[_Union[_index_service_pb2.HnswParams, _Mapping]] = ..., lexical: _Optional[_Union[_types_pb2.LexicalConfig, _Mapping]] = ..., pending: _Optional[bool] = ..., bundle_digest: _Optional[str] = ..., seq: _Optional[int] = ..., term: _Optional[int] = ..., item_count: _Optional[int] = ..., content_sha256: _Optional[str] = ...) -> None: ...
 
 class ReplicaAlias(_message.Message):
-    __slots__ = ("collection", "active", "previous")
+    __slots__ = ("collection", "active", "previous", "candidate")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     active: str
     previous: str
-    def __init__(self, collection: _Optional[str] = ..., active: _Optional[str] = ..., previous: _Optional[str] = ...) -> None: ...
+    candidate: _index_service_pb2.CandidateState
+    def __init__(self, collection: _Optional[str] = ..., active: _Optional[str] = ..., previous: _Optional[str] = ..., candidate: _Optional[_Union[_index_service_pb2.CandidateState, _Mapping]] = ...) -> None: ...
 
 class ReplicaState(_message.Message):
     __slots__ = ("replica_id", "term", "catalog_seq", "aliases", "versions", "in_sync", "role")

@@ -9,6 +9,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from contentembed.services.common.errors import (
     FailedPrecondition,
@@ -34,6 +35,28 @@ def check_version_name(version: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class CandidateSpec:
+    """A collection's candidate version under shadow traffic and canary (SetCandidate)."""
+
+    version: str
+    shadow_fraction: float = 0.0
+    canary_weight: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "shadow_fraction": self.shadow_fraction,
+                "canary_weight": self.canary_weight}
+
+    @classmethod
+    def from_json(cls, value: Any) -> CandidateSpec | None:
+        if not value:
+            return None
+        return cls(str(value["version"]), float(value["shadow_fraction"]), float(value["canary_weight"]))
+
+
+_UNCHANGED: Any = object()
+
+
 @dataclass
 class Alias:
     """A collection name: its loaded versions, which one serves, and the pending ones."""
@@ -43,6 +66,8 @@ class Alias:
     previous: str | None = None
     # Opened by BeginVersion, waiting for their bundle: they take writes, serve nothing.
     pending: dict[str, HnswCollection] = field(default_factory=dict)
+    # Shadowed and canaried by every gateway; kept here so they all agree, durably.
+    candidate: CandidateSpec | None = None
     # Writes hold it shared while they pick their target versions and write them; a change
     # of the version set (load, begin, install, drop) holds it alone, so no write lands on
     # a version being replaced, or misses one being added, or checks a stale fingerprint.
@@ -156,20 +181,28 @@ class Catalog:
     def remove(self, name: str) -> bool:
         return self._aliases.pop(name, None) is not None
 
-    def write(self, name: str, alias: Alias) -> None:
-        """alias.json of ``name`` as ``alias`` says (nothing in memory)."""
-        if self.root is not None:
-            state = {"active": alias.active, "previous": alias.previous}
-            atomic_write(self.root / name / ALIAS_FILE, json.dumps(state).encode())
+    def write(self, name: str, alias: Alias, *, active: str = _UNCHANGED,
+              previous: str | None = _UNCHANGED, candidate: CandidateSpec | None = _UNCHANGED) -> None:
+        """alias.json of ``name``: ``alias`` with the changes given (nothing in memory:
+        disk first, so a crash never leaves memory ahead of what a restart finds)."""
+        if self.root is None:
+            return
+        active = alias.active if active is _UNCHANGED else active
+        previous = alias.previous if previous is _UNCHANGED else previous
+        candidate = alias.candidate if candidate is _UNCHANGED else candidate
+        state: dict[str, Any] = {"active": active, "previous": previous}
+        if candidate is not None:  # absent: none (as before candidates were kept here)
+            state["candidate"] = candidate.to_json()
+        atomic_write(self.root / name / ALIAS_FILE, json.dumps(state).encode())
 
     @staticmethod
-    def read(name_dir: Path) -> tuple[str, str | None] | None:
-        """(active, previous) from a name's alias.json; None when it has none."""
+    def read(name_dir: Path) -> tuple[str, str | None, CandidateSpec | None] | None:
+        """(active, previous, candidate) from a name's alias.json; None when it has none."""
         path = name_dir / ALIAS_FILE
         if not path.exists():
             return None
         state = json.loads(path.read_bytes())
-        return state["active"], state.get("previous")
+        return state["active"], state.get("previous"), CandidateSpec.from_json(state.get("candidate"))
 
     def activate(self, name: str, version: str) -> tuple[HnswCollection, str]:
         """Flips the alias; returns (now serving, previously serving version)."""
@@ -188,10 +221,40 @@ class Catalog:
             previous = alias.active
             if version != previous:
                 # Disk first: a crash after the rename serves the new version on restart,
-                # a crash before it the old one; never a mix.
-                self.write(name, Alias(alias.versions, version, previous))
-                alias.active, alias.previous = version, previous
+                # a crash before it the old one; never a mix. A candidate that now serves
+                # is a candidate no more.
+                candidate = alias.candidate
+                if candidate is not None and candidate.version == version:
+                    candidate = None
+                self.write(name, alias, active=version, previous=previous, candidate=candidate)
+                alias.active, alias.previous, alias.candidate = version, previous, candidate
             return alias.serving, previous
+
+    def set_candidate(self, name: str, candidate: CandidateSpec | None) -> HnswCollection:
+        """Records (or with None clears) the collection's candidate; returns the serving
+        version. The version must be loaded and not serving."""
+        with self.lock:
+            alias = self.alias(name)
+            if candidate is not None:
+                for label, share in (("shadow_fraction", candidate.shadow_fraction),
+                                     ("canary_weight", candidate.canary_weight)):
+                    if not 0.0 <= share <= 1.0:
+                        raise InvalidArgument(f"{label} must be between 0 and 1, got {share}",
+                                              reason="BAD_SHARE")
+                if candidate.version in alias.pending:
+                    raise FailedPrecondition(
+                        f"version {shown(candidate.version)} of {shown(name)} is pending: its "
+                        "bundle is not installed", reason="VERSION_PENDING")
+                if candidate.version not in alias.versions:
+                    raise NotFound(f"collection {shown(name)} has no version {shown(candidate.version)}",
+                                   reason="VERSION_NOT_FOUND")
+                if candidate.version == alias.active:
+                    raise FailedPrecondition(f"version {shown(candidate.version)} is already serving",
+                                             reason="ALREADY_SERVING")
+            if candidate != alias.candidate:
+                self.write(name, alias, candidate=candidate)
+                alias.candidate = candidate
+            return alias.serving
 
     def rollback(self, name: str) -> tuple[HnswCollection, str]:
         with self.lock:

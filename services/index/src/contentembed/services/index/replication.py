@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contentembed.services.common.errors import FailedPrecondition, Unavailable
-from contentembed.services.index.catalog import Alias
+from contentembed.services.index.catalog import Alias, CandidateSpec
 from contentembed.services.index.collection import HnswCollection
 from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.lexical import LexicalParams
@@ -74,6 +74,7 @@ class AliasSpec:
     collection: str
     active: str
     previous: str | None
+    candidate: CandidateSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def catalog_of(store: CollectionStore, stamp: tuple[int, int] = (0, 0)) -> Catal
             alias = store.catalog.find(name)
             if alias is None:
                 continue
-            aliases.append(AliasSpec(name, alias.active, alias.previous))
+            aliases.append(AliasSpec(name, alias.active, alias.previous, alias.candidate))
             versions.extend(VersionSpec.of(c) for c in alias.every_version().values())
     return CatalogState(stamp, tuple(aliases), tuple(versions))
 
@@ -308,9 +309,11 @@ class Follower:
                     alias.active = others[0]  # until the catalog says which serves
                 if alias.previous == version:
                     alias.previous = None
+                if alias.candidate is not None and alias.candidate.version == version:
+                    alias.candidate = None
                 # The alias first, as DeleteVersion: a crash never leaves one naming a
                 # version whose files are gone (unless it is replaced at once).
-                store.catalog.write(name, Alias(alias.versions, alias.active, alias.previous))
+                store.catalog.write(name, alias)
                 alias.versions.pop(version, None)
                 alias.pending.pop(version, None)
                 if store.logs is not None:
@@ -347,6 +350,10 @@ class Follower:
             if alias is None or spec.active not in alias.versions:
                 return  # its serving version is still to come (a snapshot)
             previous = spec.previous if spec.previous in alias.versions else None
-            if (alias.active, alias.previous) != (spec.active, previous):
-                store.catalog.write(spec.collection, Alias(alias.versions, spec.active, previous))
-                alias.active, alias.previous = spec.active, previous
+            candidate = spec.candidate
+            if candidate is not None and candidate.version not in alias.versions:
+                candidate = None  # its version is still to come: the next catalog brings it
+            if (alias.active, alias.previous, alias.candidate) != (spec.active, previous, candidate):
+                store.catalog.write(spec.collection, alias, active=spec.active, previous=previous,
+                                    candidate=candidate)
+                alias.active, alias.previous, alias.candidate = spec.active, previous, candidate

@@ -37,7 +37,13 @@ from contentembed.services.index.replication import (
     VersionSpec,
 )
 from contentembed.services.index.store import CollectionStore
-from contentembed.services.index.wire import lexical_from_pb, lexical_to_pb, params_from_pb
+from contentembed.services.index.wire import (
+    candidate_from_pb,
+    candidate_to_pb,
+    lexical_from_pb,
+    lexical_to_pb,
+    params_from_pb,
+)
 
 ROLE_PB = {"primary": rpb.REPLICA_ROLE_PRIMARY, "follower": rpb.REPLICA_ROLE_FOLLOWER}
 
@@ -63,7 +69,8 @@ def version_from_pb(message: rpb.ReplicaVersion, defaults: CollectionStore) -> V
 
 def catalog_to_pb(catalog: CatalogState) -> tuple[list[rpb.ReplicaAlias], list[rpb.ReplicaVersion]]:
     return (
-        [rpb.ReplicaAlias(collection=a.collection, active=a.active, previous=a.previous or "")
+        [rpb.ReplicaAlias(collection=a.collection, active=a.active, previous=a.previous or "",
+                          candidate=candidate_to_pb(a.candidate))
          for a in catalog.aliases],
         [version_to_pb(v) for v in catalog.versions],
     )
@@ -73,7 +80,8 @@ def catalog_from_pb(stamp: tuple[int, int], aliases: Iterable[rpb.ReplicaAlias],
                     versions: Iterable[rpb.ReplicaVersion], store: CollectionStore) -> CatalogState:
     return CatalogState(
         stamp,
-        tuple(AliasSpec(a.collection, a.active, a.previous or None) for a in aliases),
+        tuple(AliasSpec(a.collection, a.active, a.previous or None, candidate_from_pb(a.candidate))
+              for a in aliases),
         tuple(version_from_pb(v, store) for v in versions),
     )
 

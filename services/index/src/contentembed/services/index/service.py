@@ -60,7 +60,13 @@ from contentembed.services.index.replication_service import GroupServicer, GrpcR
 from contentembed.services.index.shard import ShardPosition, claim_data_dir
 from contentembed.services.index.store import CollectionStore
 from contentembed.services.index.version_log import Durability
-from contentembed.services.index.wire import lexical_from_pb, lexical_to_pb, params_from_pb
+from contentembed.services.index.wire import (
+    candidate_from_pb,
+    candidate_to_pb,
+    lexical_from_pb,
+    lexical_to_pb,
+    params_from_pb,
+)
 
 ResponseT = TypeVar("ResponseT", bound=Message)
 # A hit's encoding beyond its id and metadata bytes: field tags and lengths, 4 score bytes.
@@ -417,6 +423,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
             versions_fingerprint=alias.fingerprint,
             version_digests={version: c.bundle_digest for version, c in versions.items()},
             lexical=lexical_to_pb(collection.lexical_params),
+            candidate=candidate_to_pb(alias.candidate),
         )
 
     # -- RPCs -----------------------------------------------------------------------
@@ -803,6 +810,11 @@ class IndexService(pb_grpc.IndexServiceServicer):
         return pb.BeginVersionResponse(
             collection=self._collection_pb(self.store.get(request.collection)), created=created
         )
+
+    @replicated_write
+    def SetCandidate(self, request: pb.SetCandidateRequest, context: grpc.ServicerContext):
+        serving = self.store.set_candidate(request.collection, candidate_from_pb(request.candidate))
+        return pb.SetCandidateResponse(collection=self._collection_pb(serving))
 
     @replicated_write
     def DeleteVersion(self, request: pb.DeleteVersionRequest, context: grpc.ServicerContext):

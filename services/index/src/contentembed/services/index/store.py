@@ -35,7 +35,7 @@ from contentembed.services.index.bundles import (
     lexical_shown,
     upload_id_for,
 )
-from contentembed.services.index.catalog import Alias, Catalog, check_version_name
+from contentembed.services.index.catalog import Alias, CandidateSpec, Catalog, check_version_name
 from contentembed.services.index.collection import LIVE_VERSION, HnswCollection
 from contentembed.services.index.dense import HnswParams, check_hnsw_params
 from contentembed.services.index.lexical import LexicalParams, check_texts
@@ -119,8 +119,8 @@ class CollectionStore:
                         continue
                     collection = self.logs.recover(name_dir.name, version_dir)
                     (pending if collection.pending else versions)[version_dir.name] = collection
-                active, previous = state
-                self.catalog.add(name_dir.name, Alias(versions, active, previous, pending),
+                active, previous, candidate = state
+                self.catalog.add(name_dir.name, Alias(versions, active, previous, pending, candidate),
                                  durable=False)
             self._loaded = True
         self.logs.start_snapshots()
@@ -460,11 +460,16 @@ class CollectionStore:
                     reason="VERSION_NOT_FOUND",
                 )
             with alias.gate.write():
-                if alias.previous == version:
+                candidate = alias.candidate
+                if candidate is not None and candidate.version == version:
+                    candidate = None
+                if alias.previous == version or candidate != alias.candidate:
                     # Alias first: a crash before the files go brings the version back as
-                    # an ordinary candidate, never a rollback target that is half deleted.
-                    self.catalog.write(name, Alias(alias.versions, alias.active, None))
-                    alias.previous = None
+                    # an ordinary version, never a rollback target (or a candidate) that
+                    # is half deleted.
+                    previous = None if alias.previous == version else alias.previous
+                    self.catalog.write(name, alias, previous=previous, candidate=candidate)
+                    alias.previous, alias.candidate = previous, candidate
                 alias.versions.pop(version, None)
                 alias.pending.pop(version, None)
                 if self.logs is not None:
@@ -482,3 +487,10 @@ class CollectionStore:
         flipped = self.catalog.rollback(name)
         self._catalog_changed()
         return flipped
+
+    def set_candidate(self, name: str, candidate: CandidateSpec | None) -> HnswCollection:
+        """See Catalog.set_candidate."""
+        validate_collection_name(name)
+        serving = self.catalog.set_candidate(name, candidate)
+        self._catalog_changed()
+        return serving

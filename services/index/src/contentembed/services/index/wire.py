@@ -6,6 +6,7 @@ from __future__ import annotations
 from contentembed.common.v1 import types_pb2
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.services.common.errors import InvalidArgument
+from contentembed.services.index.catalog import CandidateSpec
 from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.lexical import LexicalParams
 
@@ -37,3 +38,17 @@ def lexical_to_pb(params: LexicalParams | None) -> types_pb2.LexicalConfig | Non
     return types_pb2.LexicalConfig(
         enabled=True, language=params.language, lexical_only=params.lexical_only
     )
+
+
+def candidate_to_pb(candidate: CandidateSpec | None) -> pb.CandidateState | None:
+    if candidate is None:
+        return None
+    return pb.CandidateState(version=candidate.version, shadow_fraction=candidate.shadow_fraction,
+                             canary_weight=candidate.canary_weight)
+
+
+def candidate_from_pb(message: pb.CandidateState) -> CandidateSpec | None:
+    """None for an unset or empty version (no candidate)."""
+    if not message.version:
+        return None
+    return CandidateSpec(message.version, message.shadow_fraction, message.canary_weight)
