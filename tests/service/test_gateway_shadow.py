@@ -175,3 +175,20 @@ def test_deleting_a_collection_forgets_its_candidate(text_encoder, tmp_path) -> 
             client.create_collection("shop")
             client.upsert_documents("shop", DOCUMENTS[:3])
             assert client.search("shop", text="coffee", top_k=1).version == "live"
+
+
+def test_a_second_gateway_and_a_restarted_one_carry_on_the_same_canary(text_encoder, tmp_path) -> None:
+    """The candidate is kept on the shards: a gateway started beside the first (or after
+    it went away) canaries it from its first refresh, with no call to it."""
+    with rollout_stack(text_encoder, tmp_path) as (gateway, shards):
+        with Client(gateway.address) as client:
+            client.set_candidate("shop", "v2", canary_weight=1.0)
+        for _ in range(2):  # beside the first, then again as if restarted
+            with running_service(GatewayService, settings_for_test(
+                GatewaySettings, encoder_endpoints=[text_encoder.address],
+                index_endpoints=[s.address for s in shards], downstream_wait_s=30.0,
+            )) as second, Client(second.address) as other:
+                assert {other.search("shop", text=q, top_k=2).version for q in QUERIES} == {"v2"}
+                assert other.shadow_report("shop").candidate_version == "v2"
+        with Client(gateway.address) as client:
+            client.set_candidate("shop", "")

@@ -34,6 +34,7 @@ from contentembed.services.gateway.merge import Hit
 from contentembed.services.gateway.metrics import GatewayMetrics
 from contentembed.services.gateway.ports import (
     TEXT,
+    CandidateInfo,
     Embedded,
     EncoderInfo,
     LexicalConfig,
@@ -131,6 +132,7 @@ class FakeCollection:
     lexical: LexicalConfig | None = None
     # version -> id -> the text it was written with
     texts: dict[str, dict[str, str]] = field(default_factory=dict)
+    candidate: CandidateInfo | None = None
 
     def fingerprint(self) -> str:
         return f"{self.changes}:{sorted(self.version_spaces.items())}"
@@ -214,7 +216,7 @@ class FakeShard:
             version=c.serving, version_spaces=dict(c.version_spaces),
             versions=tuple(sorted(set(c.version_spaces) - c.pending)),
             pending_versions=tuple(sorted(c.pending)), versions_fingerprint=c.fingerprint(),
-            lexical=c.lexical,
+            lexical=c.lexical, candidate=c.candidate,
         )
 
     def _lexical(self, c: FakeCollection, version: str, text: str, top_k: int,
@@ -381,6 +383,8 @@ class FakeShard:
                 c.previous.append(before)
                 c.serving = version
                 c.changes += 1
+            if c.candidate is not None and c.candidate.version == version:
+                c.candidate = None  # as a shard: a candidate that serves is none any more
             return before
 
         return self._call("activate_version", (name, version), run)
@@ -406,12 +410,26 @@ class FakeShard:
 
         return self._call("begin_version", (name, version, space_id), run)
 
+    def set_candidate(self, name, candidate, deadline):
+        def run() -> ShardCollection:
+            c = self._get(name)
+            if candidate is not None and (candidate.version not in c.version_spaces
+                                          or candidate.version in c.pending):
+                raise FailedPrecondition(f"version {candidate.version} not loaded",
+                                         reason="VERSION_NOT_LOADED")
+            c.candidate = candidate
+            return self._describe(c)
+
+        return self._call("set_candidate", (name, candidate), run)
+
     def delete_version(self, name, version, deadline):
         def run() -> ShardCollection:
             c = self._get(name)
             if version not in c.version_spaces:
                 raise NotFound(f"version {version} not found", reason="VERSION_NOT_FOUND")
             del c.version_spaces[version]
+            if c.candidate is not None and c.candidate.version == version:
+                c.candidate = None
             c.items.pop(version, None)
             c.texts.pop(version, None)
             c.pending.discard(version)

@@ -42,6 +42,7 @@ from contentembed.services.gateway.merge import Hit
 from contentembed.services.gateway.ports import (
     IMAGE,
     TEXT,
+    CandidateInfo,
     Embedded,
     EncoderInfo,
     LexicalConfig,
@@ -84,6 +85,9 @@ def _collection(message: index_pb.Collection) -> ShardCollection:
         version_digests=dict(message.version_digests),
         lexical=LexicalConfig(message.lexical.language, message.lexical.lexical_only)
         if message.lexical.enabled else None,
+        candidate=CandidateInfo(message.candidate.version, message.candidate.shadow_fraction,
+                                message.candidate.canary_weight)
+        if message.candidate.version else None,
     )
 
 
@@ -438,6 +442,16 @@ class IndexShardClient:
     ) -> PendingCall[Any, ShardCollection]:
         request = index_pb.DeleteVersionRequest(collection=name, version=version)
         return self._call("DeleteVersion", request, deadline, lambda r: _collection(r.collection))
+
+    def set_candidate(
+        self, name: str, candidate: CandidateInfo | None, deadline: float
+    ) -> PendingCall[Any, ShardCollection]:
+        state = index_pb.CandidateState(
+            version=candidate.version, shadow_fraction=candidate.shadow_fraction,
+            canary_weight=candidate.canary_weight,
+        ) if candidate is not None else index_pb.CandidateState()
+        request = index_pb.SetCandidateRequest(collection=name, candidate=state)
+        return self._call("SetCandidate", request, deadline, lambda r: _collection(r.collection))
 
     def delete_collection(self, name: str, deadline: float) -> PendingCall[Any, None]:
         request = index_pb.DeleteCollectionRequest(name=name)

@@ -193,6 +193,7 @@ class Gateway:
                 continue
             break
         self.check_limits(limits)
+        self.refresh_candidates(deadline)  # a restarted gateway carries on a canary at once
         self._refresher = threading.Thread(
             target=self._refresh_loop, args=(refresh_every_s,), name="encoder-routes", daemon=True
         )
@@ -236,9 +237,17 @@ class Gateway:
             self.refresh_collections(time.monotonic() + every_s)
 
     def refresh_collections(self, deadline: float) -> None:
-        """Keeps the collection spaces fresh and the quality gauges current."""
+        """Keeps the collection spaces fresh, the candidates as the shards keep them, and
+        the quality gauges current."""
         self.collection_spaces.refresh(deadline)
+        self.refresh_candidates(deadline)
         self.monitoring.update_gauges(lambda name: self.collections.get(name, deadline).item_count)
+
+    def refresh_candidates(self, deadline: float) -> None:
+        try:
+            self.rollout.refresh_candidates(deadline)
+        except ContentEmbedError as error:  # the shards may be restarting: keep what we have
+            log.warning("candidate refresh failed", extra={"error": error.message})
 
     def _forget_collection(self, name: str) -> None:
         self.collection_spaces.forget(name)

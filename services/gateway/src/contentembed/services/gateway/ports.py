@@ -59,6 +59,15 @@ def is_lexical_only(lexical: LexicalConfig | None) -> bool:
 
 
 @dataclass(frozen=True)
+class CandidateInfo:
+    """A collection's candidate as the shards keep it (every gateway reads it back)."""
+
+    version: str
+    shadow_fraction: float = 0.0
+    canary_weight: float = 0.0
+
+
+@dataclass(frozen=True)
 class ShardCollection:
     name: str
     space_id: str
@@ -71,6 +80,7 @@ class ShardCollection:
     versions_fingerprint: str = ""
     version_digests: dict[str, str] | None = None
     lexical: LexicalConfig | None = None  # None: dense only
+    candidate: CandidateInfo | None = None
 
     def spaces_written(self) -> set[str]:
         """Every space one of its versions (loaded or pending) is in: a write reaches all."""
@@ -267,6 +277,12 @@ class ShardPort(Protocol):
     ) -> Pending[tuple[ShardCollection, bool]]: ...
 
     def delete_version(self, name: str, version: str, deadline: float) -> Pending[ShardCollection]: ...
+
+    def set_candidate(
+        self, name: str, candidate: CandidateInfo | None, deadline: float
+    ) -> Pending[ShardCollection]:
+        """Records the collection's candidate on the shard (None clears it)."""
+        ...
 
     def delete_collection(self, name: str, deadline: float) -> Pending[None]: ...
 

@@ -47,6 +47,7 @@ from contentembed.services.common.errors import (
     caused_by_request,
 )
 from contentembed.services.gateway.ports import (
+    CandidateInfo,
     LexicalConfig,
     Pending,
     ReplicaPort,
@@ -597,6 +598,11 @@ class ReplicatedShard:
 
     def delete_version(self, name: str, version: str, deadline: float) -> Pending[ShardCollection]:
         return self._write(lambda port: port.delete_version(name, version, deadline), deadline)
+
+    def set_candidate(
+        self, name: str, candidate: CandidateInfo | None, deadline: float
+    ) -> Pending[ShardCollection]:
+        return self._write(lambda port: port.set_candidate(name, candidate, deadline), deadline)
 
     def delete_collection(self, name: str, deadline: float) -> Pending[None]:
         return self._write(lambda port: port.delete_collection(name, deadline), deadline)

@@ -27,6 +27,7 @@ from contentembed.services.gateway.background import BackgroundPool
 from contentembed.services.gateway.ingest import WritePlans
 from contentembed.services.gateway.metrics import GatewayMetrics
 from contentembed.services.gateway.ports import (
+    CandidateInfo,
     ShardCollection,
     ShardPort,
     is_lexical_only,
@@ -45,6 +46,7 @@ from contentembed.services.gateway.search import (
 log = logging.getLogger(__name__)
 
 SHADOW_TIMEOUT_S = 10.0  # a shadow copy runs after the answer: no caller waits on it
+CANDIDATE_PAGE = 200  # collections per ListCollections page when reading candidates back
 
 
 def overlap_at_k(primary: Sequence[str], candidate: Sequence[str]) -> float:
@@ -138,6 +140,10 @@ class Candidates:
             current = self._by_collection.get(collection)
             if current is not None and (version is None or current.version == version):
                 del self._by_collection[collection]
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._by_collection)
 
     def version_of(self, collection: str) -> str:
         candidate = self.get(collection)
@@ -291,6 +297,7 @@ class Rollout:
             if not 0.0 <= share <= 1.0:
                 raise InvalidArgument(f"{name} must be between 0 and 1, got {share}")
         if not version:
+            wait_all([s.set_candidate(collection, None, deadline) for s in self.shards])
             self.candidates.drop(collection)
             return
         per_shard = wait_all([s.get_collection(collection, deadline) for s in self.shards])
@@ -299,7 +306,38 @@ class Rollout:
         if any(c.version == version for c in per_shard):
             raise FailedPrecondition(f"version {shown(version)} is already serving", reason="ALREADY_SERVING")
         self.router.info_for_space(space)  # a candidate no encoder can query is refused now
+        # Kept on the shards: every gateway (and this one after a restart) reads it back in
+        # its refresh, so they all shadow and canary alike. A shard that fails leaves the
+        # call failed; repeating it finishes the job.
+        shared = CandidateInfo(version, shadow_fraction, canary_weight)
+        wait_all([s.set_candidate(collection, shared, deadline) for s in self.shards])
         self.candidates.set(collection, Candidate(version, space, shadow_fraction, canary_weight))
+
+    def refresh_candidates(self, deadline: float) -> None:
+        """Takes the candidates the shards keep (the first shard's word: every call that
+        sets one writes all of them), keeping the shadow statistics of a candidate that
+        did not change."""
+        seen: dict[str, tuple[CandidateInfo, str]] = {}
+        after, more = "", True
+        while more:
+            page, more = self.shards[0].list_collections(CANDIDATE_PAGE, after, deadline).result()
+            for collection in page:
+                candidate = collection.candidate
+                if candidate is not None and candidate.version in collection.version_spaces:
+                    seen[collection.name] = (candidate, collection.version_spaces[candidate.version])
+            after = page[-1].name if page else after
+            more = more and bool(page)
+        for name in self.candidates.names():
+            if name not in seen:
+                self.candidates.drop(name)
+        for name, (shared, space) in seen.items():
+            current = self.candidates.get(name)
+            if current is None or (current.version, current.space_id, current.shadow_fraction,
+                                   current.canary_weight) != (shared.version, space,
+                                                              shared.shadow_fraction,
+                                                              shared.canary_weight):
+                self.candidates.set(name, Candidate(shared.version, space, shared.shadow_fraction,
+                                                    shared.canary_weight))
 
     def shadow_report(self, collection: str, deadline: float) -> tuple[Candidate, str]:
         """(candidate with its stats, the serving version)."""
