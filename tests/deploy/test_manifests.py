@@ -260,21 +260,34 @@ def test_shard_count_replicas_and_gateway_endpoints_agree(
 
     objects = render(target)
     index = by_kind(objects, "StatefulSet")["index"]
-    namespace, replicas = index["metadata"]["namespace"], index["spec"]["replicas"]
+    namespace, pods = index["metadata"]["namespace"], index["spec"]["replicas"]
     container = pod_spec(index)["containers"][0]
-    assert env_of(container)["CONTENTEMBED_SHARD_COUNT"] == str(replicas), target
+    env = env_of(container)
+    shards, per_shard = int(env["CONTENTEMBED_SHARD_COUNT"]), int(env.get("CONTENTEMBED_REPLICAS_PER_SHARD", "1"))
+    assert pods == shards * per_shard, f"{target}: {pods} pods for {shards} shards x {per_shard}"
     assert "--shard-index-from-hostname" in container["args"], target
-    for ordinal in range(replicas):
-        shard = parse_settings(IndexSettings, container, monkeypatch, f"index-{ordinal}")
-        assert (shard.shard_index, shard.shard_count) == (ordinal, replicas)
     headless = by_kind(objects, "Service")[index["spec"]["serviceName"]]
     assert headless["spec"]["clusterIP"] == "None"
     shard_port = next(p["port"] for p in headless["spec"]["ports"] if p["name"] == "grpc")
+    for ordinal in range(pods):
+        replica = parse_settings(IndexSettings, container, monkeypatch, f"index-{ordinal}")
+        assert (replica.shard_index, replica.shard_count) == (ordinal // per_shard, shards)
+        if per_shard == 1:
+            assert replica.replica_id == "", target  # no replication: no lease, no peers
+            continue
+        assert replica.replica_id == str(ordinal % per_shard)
+        assert replica.replica_lease == "kubernetes"
+        first = ordinal - ordinal % per_shard
+        peers = dict(entry.split("=", 1) for entry in replica.replica_peers)
+        assert peers == {str(n): f"index-{first + n}.{headless['metadata']['name']}:{shard_port}"
+                         for n in range(per_shard) if first + n != ordinal}, target
     gateway = by_kind(objects, "Deployment")["gateway"]
     settings = parse_settings(GatewaySettings, pod_spec(gateway)["containers"][0], monkeypatch)
     assert settings.index_endpoints == [
-        f"index-{i}.index.{namespace}.svc.cluster.local:{shard_port}" for i in range(replicas)
-    ], f"{target}: the gateway must list exactly the {replicas} shards in order"
+        "|".join(f"index-{shard * per_shard + n}.index.{namespace}.svc.cluster.local:{shard_port}"
+                 for n in range(per_shard))
+        for shard in range(shards)
+    ], f"{target}: the gateway must list exactly the {shards} shards in order, with their replicas"
     services = by_kind(objects, "Service")
     for endpoint in settings.encoder_endpoints:
         host, port = endpoint.rsplit(":", 1)

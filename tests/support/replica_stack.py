@@ -19,6 +19,7 @@ from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import index_service_pb2_grpc as pb_grpc
 from contentembed.index.v1 import replication_service_pb2 as rpb
 from contentembed.index.v1 import replication_service_pb2_grpc as rpb_grpc
+from contentembed.services.common.downstream import RECONNECT_BACKOFF
 
 DIM = 8
 
@@ -35,7 +36,9 @@ class Replica:
 
     def _open(self) -> grpc.Channel:
         if self.channel is None:
-            self.channel = grpc.insecure_channel(self.address)
+            # Reconnecting as the gateway does (at most 1 s apart): a channel opened while
+            # the replica restarts would otherwise wait out gRPC's default backoff.
+            self.channel = grpc.insecure_channel(self.address, options=RECONNECT_BACKOFF)
         return self.channel
 
     @property
@@ -128,12 +131,19 @@ class ReplicaGroupStack:
             time.sleep(0.1)
 
     def wait_all_in_sync(self, timeout: float = 60.0) -> None:
+        """Until every live replica says it is in sync and the primary counts them all in
+        its in-sync set (a follower's own word can be a replaced primary's)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                states = [r.state(timeout=2.0) for r in self.alive()]
-                if all(s.in_sync for s in states):
-                    return
+                alive = self.alive()
+                states = [r.state(timeout=2.0) for r in alive]
+                primaries = [r for r, s in zip(alive, states) if s.role == rpb.REPLICA_ROLE_PRIMARY]
+                if primaries and all(s.in_sync for s in states):
+                    counted = primaries[0].index.ListCollections(
+                        pb.ListCollectionsRequest(page_size=1), timeout=2.0).shard.replica
+                    if set(counted.in_sync_replicas) >= {r.replica_id for r in alive}:
+                        return
             except grpc.RpcError:
                 pass
             if time.monotonic() > deadline:
