@@ -32,6 +32,7 @@ from contentembed.cli.retrieval import (
     retrieval_kwargs,
     retriever_score,
 )
+from contentembed.cli.shards import app as shards_app
 from contentembed.cli.signals import StopRequested, StopSignals
 from contentembed.cli.stack import LocalStack, StackError, StackEvent
 from contentembed.client import (
@@ -58,6 +59,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(shards_app, name="shards")
 console = Console()
 err_console = Console(stderr=True)
 
