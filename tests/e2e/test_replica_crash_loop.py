@@ -132,8 +132,11 @@ def test_replicas_lose_nothing_and_agree_through_a_crash_loop(tmp_path: Path) ->
                     stack.wait_all_in_sync(timeout=60)  # a shard never loses its last in-sync copy
                 except AssertionError:
                     continue
-                victim = rng.choice(stack.alive())
-                was_primary = victim is stack.primary(timeout=10)
+                primary = stack.primary(timeout=10)
+                # Every other kill takes the primary: failover is what most needs the chaos.
+                victim = primary if len(kills) % 2 == 0 else rng.choice(
+                    [r for r in stack.alive() if r is not primary])
+                was_primary = victim is primary
                 stack.kill(victim)
                 kills.append(f"shard {stack.shard_index} replica {victim.replica_id}"
                              + (" (primary)" if was_primary else ""))
@@ -171,7 +174,7 @@ def test_replicas_lose_nothing_and_agree_through_a_crash_loop(tmp_path: Path) ->
         primaries = sum("(primary)" in k for k in kills)
         print(f"crash loop: {len(kills)} kills ({primaries} of primaries), {ledger.acknowledged} "
               f"writes acknowledged, {ledger.failed} failed, {len(partial)} partial answers")
-        assert primaries >= 1 and len(kills) >= 5, kills
+        assert primaries >= 2 and len(kills) >= 4, kills
         assert not partial, f"searches that found a shard with no replica answering: {partial}"
     finally:
         stop.set()
