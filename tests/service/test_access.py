@@ -15,7 +15,7 @@ import pytest
 from contentembed.admin.v1 import admin_service_pb2
 from contentembed.client import ApiError, Client
 from contentembed.encoder.v1 import encoder_service_pb2
-from contentembed.index.v1 import index_service_pb2
+from contentembed.index.v1 import index_service_pb2, replication_service_pb2
 from contentembed.search.v1 import search_service_pb2
 from contentembed.services.gateway.service import GatewayService, GatewaySettings
 from contentembed.services.image_encoder.service import (
@@ -38,7 +38,8 @@ def documented_roles() -> dict[tuple[str, str], str]:
 
 
 def product_methods() -> set[tuple[str, str]]:
-    modules = (search_service_pb2, admin_service_pb2, index_service_pb2, encoder_service_pb2)
+    modules = (search_service_pb2, admin_service_pb2, index_service_pb2, replication_service_pb2,
+               encoder_service_pb2)
     return {
         (service.full_name, method.name)
         for module in modules
@@ -54,9 +55,14 @@ def keyed(settings_cls, **overrides):
 
 
 @pytest.fixture(scope="module")
-def keyed_services():
+def keyed_services(tmp_path_factory):
+    replica = tmp_path_factory.mktemp("replica")
     with ExitStack() as stack:
-        shard = stack.enter_context(running_service(IndexService, keyed(IndexSettings)))
+        # A replica (of a group whose other member never answers): it serves
+        # ReplicationService beside IndexService, and leads (replica 0 starts the lease).
+        shard = stack.enter_context(running_service(IndexService, keyed(
+            IndexSettings, data_dir=replica / "data", replica_id="0",
+            replica_peers=["1=127.0.0.1:9"], replica_lease_file=replica / "lease.json")))
         encoder = stack.enter_context(
             running_service(ImageEncoderService, keyed(ImageEncoderSettings))
         )
@@ -73,6 +79,7 @@ def keyed_services():
             "contentembed.search.v1.SearchService": gateway,
             "contentembed.admin.v1.AdminService": gateway,
             "contentembed.index.v1.IndexService": shard,
+            "contentembed.index.v1.ReplicationService": shard,
             "contentembed.encoder.v1.EncoderService": encoder,
         }
 

@@ -26,6 +26,7 @@ from contentembed.common.v1 import types_pb2 as types
 from contentembed.encoder.v1 import encoder_service_pb2 as encoder
 from contentembed.index.v1 import index_service_pb2 as index
 from contentembed.index.v1 import index_service_pb2_grpc as index_grpc
+from contentembed.index.v1 import replication_service_pb2 as replication
 from contentembed.search.v1 import search_service_pb2 as search
 from contentembed.services.gateway.service import GatewayService, GatewaySettings
 from contentembed.services.image_encoder.service import (
@@ -41,7 +42,11 @@ INDEX = "/contentembed.index.v1.IndexService/"
 ENCODER = "/contentembed.encoder.v1.EncoderService/"
 SEARCH = "/contentembed.search.v1.SearchService/"
 ADMIN = "/contentembed.admin.v1.AdminService/"
-SERVICES = {"index": INDEX, "text-encoder": ENCODER, "image-encoder": ENCODER, "gateway": None}
+REPLICATION = "/contentembed.index.v1.ReplicationService/"
+SERVICES = {"index": INDEX, "text-encoder": ENCODER, "image-encoder": ENCODER, "gateway": None,
+            "replica": REPLICATION}
+# The replica in the fixture leads in this term (it held the lease in the one before).
+REPLICA_TERM = 2
 
 INVALID = ("INVALID_ARGUMENT",)
 NOT_FOUND = ("NOT_FOUND",)
@@ -122,7 +127,7 @@ class Case:
 
 
 def cases() -> list[Case]:
-    I, E, S, A = INDEX, ENCODER, SEARCH, ADMIN  # noqa: E741 - short prefixes keep the table readable
+    I, E, S, A, R = INDEX, ENCODER, SEARCH, ADMIN, REPLICATION  # noqa: E741 - short prefixes keep the table readable
     up = index.UpsertRequest
     table = [
         # -- index shard -----------------------------------------------------------------
@@ -214,6 +219,22 @@ def cases() -> list[Case]:
         Case("index", I + "DeleteVersion", "empty", lambda: index.DeleteVersionRequest()),
         Case("index", I + "DeleteVersion", "serving", lambda: index.DeleteVersionRequest(collection="docs", version="live"), PRECONDITION),
         Case("index", I + "DeleteVersion", "unknown version", lambda: index.DeleteVersionRequest(collection="docs", version="v9"), NOT_FOUND),
+        Case("index", I + "SetCandidate", "empty", lambda: index.SetCandidateRequest()),
+        Case("index", I + "SetCandidate", "unknown collection", lambda: index.SetCandidateRequest(collection="nope", candidate=index.CandidateState(version="v2")), NOT_FOUND),
+        Case("index", I + "SetCandidate", "unknown version", lambda: index.SetCandidateRequest(collection="docs", candidate=index.CandidateState(version="v9")), NOT_FOUND),
+        Case("index", I + "SetCandidate", "the serving version", lambda: index.SetCandidateRequest(collection="docs", candidate=index.CandidateState(version="live")), PRECONDITION),
+        Case("index", I + "SetCandidate", "canary above 1", lambda: index.SetCandidateRequest(collection="docs", candidate=index.CandidateState(version="live", canary_weight=1.5))),
+        Case("index", I + "SetCandidate", "NaN shadow", lambda: index.SetCandidateRequest(collection="docs", candidate=index.CandidateState(version="live", shadow_fraction=float("nan")))),
+        # -- replication (a replica that leads term 2) -------------------------------------
+        Case("replica", R + "GetReplicaState", "a replaced primary asking", lambda: replication.GetReplicaStateRequest(term=REPLICA_TERM - 1), PRECONDITION),
+        Case("replica", R + "SyncCatalog", "stale term", lambda: replication.SyncCatalogRequest(term=REPLICA_TERM - 1), PRECONDITION),
+        Case("replica", R + "SyncCatalog", "its own term", lambda: replication.SyncCatalogRequest(term=REPLICA_TERM, primary_id="9"), PRECONDITION),
+        Case("replica", R + "Replicate", "stale term", lambda: replication.ReplicateRequest(term=REPLICA_TERM - 1), PRECONDITION),
+        Case("replica", R + "Replicate", "corrupt record", lambda: replication.ReplicateRequest(term=REPLICA_TERM, records=[replication.ShippedRecord(collection="docs", version="live", record=b"\x00" * 40)])),
+        Case("replica", R + "InstallSnapshot", "empty", lambda: replication.InstallSnapshotRequest()),
+        Case("replica", R + "InstallSnapshot", "manifest not JSON", lambda: replication.InstallSnapshotRequest(header=replication.SnapshotHeader(term=REPLICA_TERM - 1, manifest=b"{"))),
+        Case("replica", R + "TransferPrimary", "empty", lambda: replication.TransferPrimaryRequest(), PRECONDITION),
+        Case("replica", R + "TransferPrimary", "a replica not in sync", lambda: replication.TransferPrimaryRequest(successor_id="1"), PRECONDITION),
         # -- encoders --------------------------------------------------------------------
         Case("text-encoder", E + "Embed", "no inputs", lambda: encoder.EmbedRequest()),
         Case("text-encoder", E + "Embed", "too many inputs", lambda: encoder.EmbedRequest(inputs=[encoder.EmbedInput(text="a")] * 1000)),
@@ -334,6 +355,8 @@ def services(text_encoder, tmp_path_factory):
             IndexSettings, data_dir=data, bundle_root=bundles)))
         image = stack.enter_context(running_service(
             ImageEncoderService, settings_for_test(ImageEncoderSettings)))
+        replica = stack.enter_context(running_service(IndexService, replica_settings(
+            tmp_path_factory.mktemp("replica"))))
         gateway = stack.enter_context(running_service(GatewayService, settings_for_test(
             GatewaySettings,
             encoder_endpoints=[text_encoder.address, image.address],
@@ -354,7 +377,8 @@ def services(text_encoder, tmp_path_factory):
             ])
             client.create_collection("pictures", space_id=image_space_of(image.address))
             client.upsert_documents("pictures", [{"id": "p5", "image": PICTURE}])
-        yield {"index": shard, "text-encoder": text_encoder, "image-encoder": image, "gateway": gateway}
+        yield {"index": shard, "text-encoder": text_encoder, "image-encoder": image,
+               "gateway": gateway, "replica": replica}
 
 
 def image_space_of(address: str) -> str:
@@ -363,6 +387,19 @@ def image_space_of(address: str) -> str:
     with grpc.insecure_channel(address) as channel:
         stub = encoder_service_pb2_grpc.EncoderServiceStub(channel)
         return stub.GetEncoderInfo(encoder.GetEncoderInfoRequest()).space.space_id
+
+
+def replica_settings(root) -> IndexSettings:
+    """Replica 0 of a group whose other member never answers, restarted after leading term
+    REPLICA_TERM - 1: it leads again, in REPLICA_TERM."""
+    data = root / "data"
+    data.mkdir()
+    (data / "replica.json").write_text(json.dumps({"term": REPLICA_TERM - 1, "catalog_stamp": [0, 0]}))
+    (root / "lease.json").write_text(json.dumps({
+        "holder": "0", "term": REPLICA_TERM - 1, "in_sync": ["0"], "renewed_at": 0.0,
+        "duration_s": 3.0, "version": "1"}))
+    return settings_for_test(IndexSettings, data_dir=data, replica_id="0",
+                             replica_peers=["1=127.0.0.1:9"], replica_lease_file=root / "lease.json")
 
 
 def fingerprint(shard_address: str) -> str:

@@ -91,12 +91,17 @@ class FakeReplica(FakeShard):
         self.term = term
         self.in_sync_replicas: tuple[str, ...] = ()  # the primary's list
         self.delay = delay
+        self.patient_calls = 0  # attempts that were to wait for the connection (retries)
 
     def _call(self, method: str, args: tuple[Any, ...], run: Callable[[], T]) -> Any:
         call = super()._call(method, args, run)
         if not self.delay:
             return call
         return DelayedPending(call.result, self.delay)
+
+    def patient(self) -> FakeReplica:
+        self.patient_calls += 1
+        return self
 
     def replica_state(self, deadline: float) -> FakePending[ReplicaStatus]:
         return self._call("replica_state", (), lambda: ReplicaStatus(
@@ -238,6 +243,8 @@ def test_a_failed_read_is_retried_once_on_another_replica() -> None:
         assert search(group).shard_index == 0
     assert len(a.searches) == 1 and len(b.searches) + len(c.searches) == 3
     assert [r.retries for r in group.replicas] == [1, 0, 0]
+    # Only the retry waits for its replica's connection (it may have just come back).
+    assert (a.patient_calls, b.patient_calls + c.patient_calls) == (0, 1)
 
 
 def test_a_read_fails_when_two_replicas_fail_it() -> None:
@@ -341,6 +348,20 @@ def test_a_replica_catching_up_gets_no_reads_until_a_refresh_finds_it_in_sync() 
     for _ in range(6):
         search(group)
     assert len(b.searches) == 4
+
+
+def test_with_no_replica_left_to_try_a_read_refreshes_and_finds_one_that_caught_up() -> None:
+    """b refused a read while catching up, then caught up; a goes down before the refresh
+    loop came round: the read learns again and is answered by b, never failed."""
+    a, b = FakeReplica(0, "a", primary=True), FakeReplica(0, "b")
+    a.in_sync_replicas = ("a", "b")
+    group = group_of(a, b)
+    b.fail["search"] = [unavailable("REPLICA_CATCHING_UP")]
+    for _ in range(2):
+        search(group)
+    a.fail["search"] = [unavailable()]
+    assert search(group).shard_index == 0
+    assert len(b.searches) == 2 and b.patient_calls == 1
 
 
 def test_reads_with_no_replica_to_answer_fail_unavailable() -> None:

@@ -7,6 +7,7 @@ rollout modules work on numpy arrays and dataclasses and never see grpc.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -185,6 +186,16 @@ class IndexShardClient:
         # Asked only when the shard has replicas (replicas.ReplicatedShard): a stub costs
         # nothing until it is called.
         self._replication = replication_grpc.ReplicationServiceStub(self._channel)
+        self._wait_for_ready = False
+
+    def patient(self) -> IndexShardClient:
+        """This client on the same channel, its calls waiting (within their deadline) for
+        a channel that is reconnecting instead of failing at once: for a read retried on
+        another replica, which may have come back a moment ago (gRPC fails calls fast for
+        up to its 1 s reconnect backoff)."""
+        twin = copy.copy(self)
+        twin._wait_for_ready = True
+        return twin
 
     def _call(
         self, method: str, request: Any, deadline: float, convert: Any,
@@ -193,6 +204,8 @@ class IndexShardClient:
         """Starts IndexService/``method`` (or ReplicationService's); the result converted
         by ``convert``."""
         stub = self._replication if service == REPLICATION_SERVICE else self._stub
+        if self._wait_for_ready:
+            kwargs.setdefault("wait_for_ready", True)
         future = start_call(
             self.tracing, getattr(stub, method), f"/{service}/{method}", request,
             remaining_timeout(deadline, self.label), self.endpoint,

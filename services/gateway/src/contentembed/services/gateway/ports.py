@@ -293,6 +293,11 @@ class ReplicaPort(ShardPort, Protocol):
     """One replica of a shard (``replicas.ReplicatedShard`` spreads a shard's calls over
     them): a shard port that also says where it stands in its replica group."""
 
+    def patient(self) -> ReplicaPort:
+        """This replica's port whose calls wait for its connection to come back (within
+        their deadline) instead of failing at once."""
+        ...
+
     def replica_state(self, deadline: float) -> Pending[ReplicaStatus]:
         """Its role, term and in_sync (``in_sync_replicas`` empty: ``limits`` has them).
         Answered even while the replica is not ready for reads."""

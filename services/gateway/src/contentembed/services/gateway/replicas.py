@@ -219,11 +219,12 @@ class ReplicaCall(Generic[T]):
 Invoke = Callable[[ReplicaPort], Pending[T]]
 
 
-def _start(call: ReplicaCall[Any], invoke: Invoke[T], replica: Replica) -> Pending[T]:
+def _start(call: ReplicaCall[Any], invoke: Invoke[T], replica: Replica,
+           patient: bool = False) -> Pending[T]:
     """Starts one attempt in the trace context of the call's request."""
     token = otel_context.attach(call.trace_context)
     try:
-        return invoke(replica.port)
+        return invoke(replica.port.patient() if patient else replica.port)
     finally:
         otel_context.detach(token)
 
@@ -253,6 +254,7 @@ class ReplicatedShard:
         self._applied = 0  # the latest refresh applied (an older one finishing later is not)
         self._fresh_since = float("-inf")  # when the applied refresh started
         self._turn = 0  # rotates the preference among equally loaded replicas
+        self._last_failure = float("-inf")  # when a replica last failed a call
         self._retry_pool = ThreadPoolExecutor(
             WRITE_RETRY_WORKERS, thread_name_prefix=f"shard-{shard_index}-replicas"
         )
@@ -352,6 +354,7 @@ class ReplicatedShard:
         """A call failed for the replica's sake: ask the others first for a while (one
         catching up: not at all until a refresh finds it in sync)."""
         with self._lock:
+            self._last_failure = time.monotonic()
             if error.reason == REPLICA_CATCHING_UP:
                 replica.catching_up = True
             else:
@@ -373,8 +376,15 @@ class ReplicatedShard:
     def _read_on(
         self, call: ReplicaCall[T], invoke: Invoke[T], deadline: float,
         tried: tuple[Replica, ...], last_error: ContentEmbedError | None = None,
+        refreshed: bool = False,
     ) -> None:
         replica = self._pick_reader(tried)
+        if replica is None and not refreshed and deadline - time.monotonic() > MIN_RETRY_S:
+            # What the group knew may be stale (a replica that caught up since it refused a
+            # read waits for the refresh loop): learn again, then pick once more. Off the
+            # caller's thread, as a write retry.
+            self._retry_pool.submit(self._refresh_then_read, call, invoke, deadline, tried, last_error)
+            return
         if replica is None:
             call.settle(last_error or Unavailable(
                 f"{self.label}: no replica in sync to read from", reason="NO_IN_SYNC_REPLICA",
@@ -383,9 +393,12 @@ class ReplicatedShard:
             return
         if last_error is not None:
             self._count_retry(tried[-1], READ)
+        retry = bool(tried)
         tried = (*tried, replica)
         try:
-            pending = _start(call, invoke, replica)
+            # A retry waits for its replica's connection: it may be one that came back a
+            # moment ago, and the first attempt already failed.
+            pending = _start(call, invoke, replica, patient=retry)
         except ContentEmbedError as error:  # e.g. the deadline passed just now
             self._ended(replica)
             self._read_failed(call, invoke, deadline, tried, error)
@@ -396,6 +409,21 @@ class ReplicatedShard:
             )
         else:
             self._ended(replica)
+
+    def _refresh_then_read(
+        self, call: ReplicaCall[T], invoke: Invoke[T], deadline: float,
+        tried: tuple[Replica, ...], last_error: ContentEmbedError | None,
+    ) -> None:
+        try:
+            # A refresh that started after the last failure seen knows of it: reads that
+            # fail together share one.
+            with self._lock:
+                since = self._last_failure
+            self.refresh_unless_since(since, min(deadline, time.monotonic() + REFRESH_TIMEOUT_S))
+        except Exception:  # noqa: BLE001 - a failed refresh leaves the view as it was
+            log.exception("replica refresh failed")
+        if not call.closed:
+            self._read_on(call, invoke, deadline, tried, last_error, refreshed=True)
 
     def _read_done(
         self, call: ReplicaCall[T], invoke: Invoke[T], deadline: float,

@@ -186,6 +186,11 @@ class Follower:
         if term < self.standing.term:
             self.stale_term_refusals += 1
             raise StaleTerm(term, self.standing.term)
+        if term == self.standing.term and self.leading():
+            # One primary per term: a second one of the same term is a bug or a forgery.
+            raise FailedPrecondition(
+                f"replica {self.replica_id} is the primary of term {term}; it takes no "
+                "replication of its own term", reason="REPLICA_IS_PRIMARY")
         if term > self.standing.term and self.leading():
             # Still primary here: it steps down first (its lease loop), then follows.
             self.on_newer_term(term)
@@ -205,7 +210,11 @@ class Follower:
             )
 
     # -- what the primary calls --------------------------------------------------------
-    def state(self) -> CatalogState:
+    def state(self, term: int = 0) -> CatalogState:
+        """What this replica holds; a primary asking (term > 0) must not be a replaced one."""
+        if term and term < self.standing.term:
+            self.stale_term_refusals += 1
+            raise StaleTerm(term, self.standing.term)
         return catalog_of(self.store, self.standing.catalog_stamp)
 
     def sync_catalog(self, term: int, primary_id: str, catalog: CatalogState) -> CatalogState:

@@ -118,7 +118,8 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
         )
 
     def GetReplicaState(self, request: rpb.GetReplicaStateRequest, context: grpc.ServicerContext):
-        return rpb.GetReplicaStateResponse(state=self._state_pb(self.follower.state(), request.digests))
+        return rpb.GetReplicaStateResponse(
+            state=self._state_pb(self.follower.state(request.term), request.digests))
 
     def SyncCatalog(self, request: rpb.SyncCatalogRequest, context: grpc.ServicerContext):
         catalog = catalog_from_pb((request.term, request.catalog_seq), request.aliases,
@@ -205,10 +206,6 @@ class GrpcReplicaPeer:
         if domain.reason == "REPLICA_GAP":
             return ReplicaGap(domain.message)
         return PeerUnreachable(f"{domain.code} {domain.message}")
-
-    def state(self, term: int, digests: bool = False) -> rpb.ReplicaState:
-        return self._call("GetReplicaState",
-                          rpb.GetReplicaStateRequest(term=term, digests=digests)).state
 
     def sync_catalog(self, term: int, primary_id: str, catalog: CatalogState) -> CatalogState:
         aliases, versions = catalog_to_pb(catalog)
