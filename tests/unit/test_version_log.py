@@ -99,3 +99,24 @@ def test_records_after_never_runs_ahead_of_the_writers(tmp_path) -> None:
     thread.join()
     assert seen == 200
     store.close()
+
+
+def test_a_version_replaced_in_one_swap_survives_a_crash_on_either_side(tmp_path) -> None:
+    """A replica given its primary's copy of a version swaps directories: killed with the
+    old one moved aside and the new one not yet in place, the old one comes back."""
+    from contentembed.services.index.collection import HnswCollection
+
+    store = durable_store(tmp_path)
+    collection, _ = store.create("c", "s@1", DIM)
+    write(collection, 1)
+    store.close()
+    versions = tmp_path / "collections" / "c" / "versions"
+    (versions / "live").rename(versions / ".replaced-live")  # the crash: moved aside only
+    reopened = durable_store(tmp_path)
+    assert reopened.get("c").item_count == 3 and not (versions / ".replaced-live").exists()
+
+    copy = HnswCollection("c", "s@1", DIM, HnswParams())
+    copy.upsert(["x"], np.ones((1, DIM), np.float32), [{}])
+    reopened.logs.create(copy, snapshot=True, replace=True)
+    reopened.close()
+    assert durable_store(tmp_path).get("c").get(["x"])[0].id == "x"

@@ -280,7 +280,6 @@ class Follower:
         with self._lock:
             self._accept(term, primary_id)
             if spec.pending or directory is None:
-                self._drop_version(spec.collection, spec.version)
                 alias = self.store.catalog.find(spec.collection)
                 if alias is None:
                     raise ReplicaGap(f"pending version {spec.version!r} of a collection not here")
@@ -294,21 +293,19 @@ class Follower:
             collection.version = spec.version
             collection.bundle_digest = spec.bundle_digest
             collection.settle()
-            self._drop_version(spec.collection, spec.version, keep_collection=True)
             self._add_version(collection)
             return collection.seq
 
     # -- changes to the store ----------------------------------------------------------
-    def _drop_version(self, name: str, version: str, keep_collection: bool = False) -> None:
-        """Removes a version; with the last loaded one goes the collection, unless
-        ``keep_collection`` (a snapshot replaces it at once: the alias stays as it is)."""
+    def _drop_version(self, name: str, version: str) -> None:
+        """Removes a version; with the last loaded one goes the collection."""
         store = self.store
         with store.catalog.lock:
             alias = store.catalog.find(name)
             if alias is None or (version not in alias.versions and version not in alias.pending):
                 return
             others = [v for v in alias.versions if v != version]
-            if not others and not keep_collection:
+            if not others:
                 store.catalog.remove(name)
                 if store.logs is not None:
                     store.logs.drop_collection(name)
@@ -337,19 +334,24 @@ class Follower:
         self._add_version(collection)
 
     def _add_version(self, collection: HnswCollection) -> None:
-        """Adds a version (durably) to this replica, creating its collection if needed."""
+        """Adds a version (durably) to this replica, creating its collection if needed, or
+        replaces the one it has of that name in one swap on disk."""
         store = self.store
         with store.catalog.lock:
-            if store.logs is not None:
-                store.logs.create(collection, snapshot=collection.seq > 0)
             alias = store.catalog.find(collection.name)
             if alias is None:
+                if store.logs is not None:
+                    store.logs.create(collection, snapshot=collection.seq > 0)
                 alias = Alias({}, collection.version)
                 placed = alias.pending if collection.pending else alias.versions
                 placed[collection.version] = collection
                 store.catalog.add(collection.name, alias)
                 return
             with alias.gate.write():
+                if store.logs is not None:
+                    store.logs.create(collection, snapshot=collection.seq > 0, replace=True)
+                alias.versions.pop(collection.version, None)
+                alias.pending.pop(collection.version, None)
                 (alias.pending if collection.pending else alias.versions)[collection.version] = collection
 
     def _set_alias(self, spec: AliasSpec) -> None:

@@ -114,6 +114,7 @@ class CollectionStore:
                     continue
                 versions: dict[str, HnswCollection] = {}
                 pending: dict[str, HnswCollection] = {}
+                VersionLogs.restore_replaced(name_dir / "versions")
                 for version_dir in sorted((name_dir / "versions").iterdir()):
                     if version_dir.name.startswith("."):
                         continue

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 SNAPSHOT_RETRY_S = 10.0  # after a failed background snapshot
+# A version directory moved aside while a replica swaps in its primary's copy.
+REPLACED_PREFIX = ".replaced-"
 # In a version directory opened by BeginVersion: the version waits for its bundle. A
 # snapshot (CURRENT) whose manifest carries a bundle digest overrides it (installed).
 PENDING_MARKER = "PENDING"
@@ -345,10 +347,14 @@ class VersionLogs:
     def of(self, name: str, version: str) -> VersionLog:
         return self._logs[(name, version)]
 
-    def create(self, collection: HnswCollection, snapshot: bool = False) -> None:
+    def create(self, collection: HnswCollection, snapshot: bool = False,
+               replace: bool = False) -> None:
         """Creates the version's directory in one rename: spec, then a first snapshot (a
         bundle, whose manifest gets the bundle digest) or the pending marker; from then on
-        the collection journals into it."""
+        the collection journals into it. ``replace``: the version's directory exists and
+        is swapped for the new one (a replica given its primary's copy): moved aside, the
+        new one renamed in, the old one removed; a crash in between finds it moved aside
+        and puts it back (``restore_replaced``)."""
         directory = self.version_dir(collection.name, collection.version)
         staging = directory.with_name(f".staging-{collection.version}")
         remove_tree(staging)
@@ -367,13 +373,33 @@ class VersionLogs:
             atomic_write(staging / "CURRENT", str(collection.seq).encode())
         if collection.pending:
             atomic_write(staging / PENDING_MARKER, b"")
+        aside = directory.with_name(f"{REPLACED_PREFIX}{collection.version}")
+        if replace and directory.exists():
+            old = self._logs.pop((collection.name, collection.version), None)
+            if old is not None:
+                old.close()
+            remove_tree(aside)
+            directory.rename(aside)
         staging.rename(directory)
         fsync_dir(directory.parent)
+        remove_tree(aside)
         version_log = VersionLog(directory, self.durability, self._current_term)
         version_log.snapshot_seq = version_log.durable_seq = collection.seq
         version_log.open_segment(collection.seq + 1)
         collection.journal = self._journal(collection.name, collection.version, version_log)
         self._logs[(collection.name, collection.version)] = version_log
+
+    @staticmethod
+    def restore_replaced(versions_dir: Path) -> None:
+        """Puts back a version a crash left moved aside mid-replacement (its new copy never
+        took its place), and removes one whose replacement did."""
+        for aside in versions_dir.glob(f"{REPLACED_PREFIX}*"):
+            target = aside.with_name(aside.name.removeprefix(REPLACED_PREFIX))
+            if target.exists():
+                remove_tree(aside)
+            else:
+                aside.rename(target)
+                fsync_dir(versions_dir)
 
     def recover(self, name: str, directory: Path) -> HnswCollection:
         """A version as its directory holds it; CorruptData for anything that does not
