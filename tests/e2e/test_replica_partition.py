@@ -24,7 +24,7 @@ from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.index.v1 import replication_service_pb2 as rpb
 from contentembed.rpc_status import error_reason
 from tests.support.netns import Topology, free_subnet, ip, remove_leftovers
-from tests.support.replica_stack import DIM, Replica, ReplicaGroupStack, upsert_request
+from tests.support.replica_stack import DIM, Replica, ReplicaGroupStack, spawn, upsert_request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 PORT = 50061
@@ -72,7 +72,7 @@ def test_a_primary_cut_off_from_its_followers_and_the_lease_acknowledges_nothing
                 tmp_path, host=host.address, launcher=host.launcher,
             )
             stack.replicas.append(Replica(str(n), process))
-            process.start(env)
+            spawn(process, env=env)
         for replica in stack.replicas:
             replica.process.wait_for_port(time.monotonic() + 60)
             replica.process.wait_until_serving(time.monotonic() + 60)

@@ -45,7 +45,7 @@ class LocalPeer:
         return self.follower.sync_catalog(term, primary_id, catalog)
 
     def replicate(self, term: int, primary_id: str, records: list[tuple[str, str, WalRecord]],
-                  in_sync: bool) -> None:
+                  in_sync: bool, timeout_s: float | None = None) -> None:
         self._check()
         self.follower.replicate(term, primary_id, records, in_sync)
 

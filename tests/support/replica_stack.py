@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -22,6 +23,16 @@ from contentembed.index.v1 import replication_service_pb2_grpc as rpb_grpc
 from contentembed.services.common.downstream import RECONNECT_BACKOFF
 
 DIM = 8
+
+
+def spawn(process: ServiceProcess, restart: bool = False, env: dict[str, str] | None = None) -> None:
+    """Starts (or restarts) a service from a thread of its own. From the main thread the
+    launcher forks with a pre-exec hook, and with this process's gRPC client threads busy
+    such a child can abort before it execs (gRPC's fork handlers)."""
+    env = dict(os.environ) if env is None else env
+    thread = threading.Thread(target=process.restart if restart else process.start, args=(env,))
+    thread.start()
+    thread.join()
 
 
 @dataclass
@@ -89,7 +100,7 @@ class ReplicaGroupStack:
             )
             self.replicas.append(Replica(str(n), process))
         for replica in self.replicas:
-            replica.process.start(dict(os.environ))
+            spawn(replica.process)
         for replica in self.replicas:
             replica.process.wait_for_port(time.monotonic() + 60)
             replica.process.wait_until_serving(time.monotonic() + 60)
@@ -97,7 +108,7 @@ class ReplicaGroupStack:
 
     def restart(self, replica: Replica) -> None:
         replica.close_channel()
-        replica.process.restart(dict(os.environ))
+        spawn(replica.process, restart=True)
         replica.process.wait_for_port(time.monotonic() + 60)
         replica.process.wait_until_serving(time.monotonic() + 60)
 

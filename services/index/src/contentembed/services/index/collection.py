@@ -333,25 +333,30 @@ class HnswCollection:
             else:
                 self._apply_delete(record)
 
-    def apply_shipped(self, record: WalRecord, log: Callable[[WalRecord], object]) -> bool:
-        """Applies a write another replica logged (its seq and term as they are), after
-        ``log`` made it durable here; False for one already applied. The next seq only:
-        a gap is refused (ValueError), since what it skipped would be missing for good."""
+    def apply_shipped(self, records: Sequence[WalRecord],
+                      log: Callable[[list[WalRecord]], object]) -> int:
+        """Applies writes another replica logged (seq and term as they are), in order,
+        after ``log`` made them durable here together; those already applied are skipped.
+        Each must follow the one before: a gap is refused (ValueError) before anything is
+        logged, since what it skipped would be missing for good. Returns how many applied."""
         with self._writers:
-            if record.seq <= self.seq:
-                return False
-            if record.seq != self.seq + 1:
-                raise ValueError(f"record {record.seq} does not follow {self.seq}")
+            fresh = [r for r in records if r.seq > self.seq]
+            for expected, record in enumerate(fresh, start=self.seq + 1):
+                if record.seq != expected:
+                    raise ValueError(f"record {record.seq} does not follow {expected - 1}")
+            if not fresh:
+                return 0
             with self._lock.write():
-                log(record)
-            for start in range(0, len(record.ids), APPLY_SLICE):
-                with self._lock.write():
-                    if record.op == "upsert":
-                        self._apply_upsert(record.slice(start, start + APPLY_SLICE))
-                    else:
-                        self._apply_delete(record)
-                        break
-        return True
+                log(fresh)
+            for record in fresh:
+                for start in range(0, len(record.ids), APPLY_SLICE):
+                    with self._lock.write():
+                        if record.op == "upsert":
+                            self._apply_upsert(record.slice(start, start + APPLY_SLICE))
+                        else:
+                            self._apply_delete(record)
+                            break
+        return len(fresh)
 
     def _apply_upsert(self, record: WalRecord) -> None:
         assert record.vectors is not None and record.metadata is not None

@@ -54,7 +54,10 @@ class ReplicaPeer(Protocol):
 
     def sync_catalog(self, term: int, primary_id: str, catalog: CatalogState) -> CatalogState: ...
 
-    def replicate(self, term: int, primary_id: str, records: Shipment, in_sync: bool) -> None: ...
+    def replicate(self, term: int, primary_id: str, records: Shipment, in_sync: bool,
+                  timeout_s: float | None = None) -> None:
+        """``timeout_s``: None for the peer's own (the in-sync shipments' short one)."""
+        ...
 
     def install_snapshot(self, term: int, primary_id: str, spec: VersionSpec,
                          directory: Path | None) -> int: ...
@@ -69,6 +72,12 @@ class ReplicationTimings:
     rpc_timeout_s: float = 2.0  # a follower slower than this is dropped from the set
     heartbeat_s: float = 0.5
     max_batch_bytes: int = 4 << 20
+    # Catch-up reads the log in shipments this size, each given this long: nobody waits on
+    # them, and one that outlived rpc_timeout_s was refused again and again (the follower's
+    # admission learnt that Replicate takes seconds and shed the retries).
+    catch_up_batch_bytes: int = 1 << 20
+    catch_up_batch_records: int = 1024
+    catch_up_timeout_s: float = 30.0
     retry_s: float = 0.2  # between catch-up attempts of an unreachable follower
     write_timeout_s: float = 10.0  # the longest a write waits for its followers
 
@@ -93,6 +102,7 @@ class FollowerLink:
         self.caught_up_s: float | None = None  # how long the last catch-up took
         self.lag_records = 0
         self.out_since = time.monotonic()  # when it last left the in-sync set (or started)
+        self._reached_at: float | None = None  # this catch-up's first answer from it
         self._thread = threading.Thread(target=self._run, name=f"replica-{peer.replica_id}",
                                         daemon=True)
 
@@ -223,8 +233,9 @@ class FollowerLink:
 
     def _catch_up(self) -> None:
         replicator = self.replicator
-        started = time.monotonic()
         theirs = {key: spec.seq for key, spec in self._reconcile().items()}
+        # From the first time it answered: a catch-up may take several attempts.
+        started = self._reached_at = self._reached_at or time.monotonic()
         while not replicator.stopped:
             catalog = replicator.catalog()
             for key in catalog.version_map():
@@ -236,6 +247,7 @@ class FollowerLink:
         else:
             return
         self.caught_up_s = time.monotonic() - started
+        self._reached_at = None
         self.peer.replicate(replicator.term, replicator.replica_id, [], True)
         log.info("replica in sync", extra={"replica": self.replica_id,
                                            "seconds": round(self.caught_up_s, 2)})
@@ -250,8 +262,10 @@ class FollowerLink:
         except KeyError:
             return seq  # dropped meanwhile
         while True:
+            timings = self.replicator.timings
             try:
-                records = version_log.records_after(seq, self.replicator.timings.max_batch_bytes)
+                records = version_log.records_after(seq, timings.catch_up_batch_bytes,
+                                                    timings.catch_up_batch_records)
             except LogTruncated:
                 spec = catalog_of(store).version_map().get(key)
                 if spec is None:
@@ -263,7 +277,7 @@ class FollowerLink:
                 return seq
             self.lag_records = version_log.durable_seq - seq
             self.peer.replicate(self.replicator.term, self.replicator.replica_id,
-                                [(*key, r) for r in records], False)
+                                [(*key, r) for r in records], False, timings.catch_up_timeout_s)
             seq = records[-1].seq
 
     def peer_seq(self, key: tuple[str, str]) -> int:

@@ -102,6 +102,20 @@ def catalog_of(store: CollectionStore, stamp: tuple[int, int] = (0, 0)) -> Catal
     return CatalogState(stamp, tuple(aliases), tuple(versions))
 
 
+def runs_by_version(
+    records: list[tuple[str, str, WalRecord]],
+) -> list[tuple[tuple[str, str], list[WalRecord]]]:
+    """Consecutive records of one version grouped (in order), so each group is logged
+    with one fsync; the order between versions is kept."""
+    runs: list[tuple[tuple[str, str], list[WalRecord]]] = []
+    for name, version, record in records:
+        if runs and runs[-1][0] == (name, version):
+            runs[-1][1].append(record)
+        else:
+            runs.append(((name, version), [record]))
+    return runs
+
+
 class StaleTerm(FailedPrecondition):
     def __init__(self, term: int, current: int) -> None:
         super().__init__(
@@ -256,15 +270,15 @@ class Follower:
         of a version this replica lacks or one that skips a seq."""
         with self._lock:
             self._accept(term, primary_id)
-            for name, version, record in records:
+            for (name, version), run in runs_by_version(records):
                 alias = self.store.catalog.find(name)
                 collection = None if alias is None else alias.every_version().get(version)
                 if collection is None:
                     raise ReplicaGap(f"no version {version!r} of {name!r} here")
-                journal = (self.store.logs.of(name, version).append_shipped
-                           if self.store.logs is not None else (lambda record: None))
+                journal = (self.store.logs.of(name, version).append_all_shipped
+                           if self.store.logs is not None else (lambda records: None))
                 try:
-                    collection.apply_shipped(record, journal)
+                    collection.apply_shipped(run, journal)
                 except ValueError as error:
                     raise ReplicaGap(f"{name}/{version}: {error}") from None
             if in_sync:
@@ -350,9 +364,12 @@ class Follower:
             with alias.gate.write():
                 if store.logs is not None:
                     store.logs.create(collection, snapshot=collection.seq > 0, replace=True)
-                alias.versions.pop(collection.version, None)
-                alias.pending.pop(collection.version, None)
-                (alias.pending if collection.pending else alias.versions)[collection.version] = collection
+                # In place first, then out of the other kind: a read between never finds
+                # the version (its alias's serving one, perhaps) missing.
+                target, other = ((alias.pending, alias.versions) if collection.pending
+                                 else (alias.versions, alias.pending))
+                target[collection.version] = collection
+                other.pop(collection.version, None)
 
     def _set_alias(self, spec: AliasSpec) -> None:
         store = self.store

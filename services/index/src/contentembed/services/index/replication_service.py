@@ -215,11 +215,12 @@ class GrpcReplicaPeer:
         return catalog_from_pb((state.term, state.catalog_seq), state.aliases, state.versions,
                                self._store)
 
-    def replicate(self, term: int, primary_id: str, records: Shipment, in_sync: bool) -> None:
+    def replicate(self, term: int, primary_id: str, records: Shipment, in_sync: bool,
+                  timeout_s: float | None = None) -> None:
         self._call("Replicate", rpb.ReplicateRequest(
             term=term, primary_id=primary_id, in_sync=in_sync,
             records=[rpb.ShippedRecord(collection=name, version=version, record=encode_record(record))
-                     for name, version, record in records]))
+                     for name, version, record in records]), timeout=timeout_s)
 
     def install_snapshot(self, term: int, primary_id: str, spec: VersionSpec,
                          directory: Path | None) -> int:

@@ -162,12 +162,20 @@ class VersionLog:
 
     def append_shipped(self, record: WalRecord) -> None:
         """Logs a write as another replica logged it (its term kept)."""
+        self.append_all_shipped([record])
+
+    def append_all_shipped(self, records: list[WalRecord]) -> None:
+        """Logs writes as another replica logged them, in one write and one fsync."""
+        if not records:
+            return
         with self._lock:
             if self._wal is None:
                 raise NotFound(f"collection in {self.directory} was deleted", reason="COLLECTION_NOT_FOUND")
             try:
-                self.since_snapshot.add(record, self._wal.append(record))
-                self.durable_seq = record.seq
+                size = self._wal.append_all(records)
+                for record in records:
+                    self.since_snapshot.add(record, size // len(records))
+                self.durable_seq = records[-1].seq
             except (OSError, WalUnavailable) as error:
                 # Logged here: the interceptor leaves RESOURCE_EXHAUSTED (shed load) unlogged.
                 log.error("write-ahead log append failed", extra={"dir": str(self.directory),
@@ -187,10 +195,12 @@ class VersionLog:
             if self._wal is not None:
                 self._wal.sync_if_due()
 
-    def records_after(self, seq: int, max_bytes: int = 8 << 20) -> list[WalRecord]:
+    def records_after(self, seq: int, max_bytes: int = 8 << 20,
+                      max_records: int = 100_000) -> list[WalRecord]:
         """The logged records after ``seq``, in order, up to about ``max_bytes`` of vectors
-        (at least one record): a replica's catch-up by delta, read from the segments on
-        disk. LogTruncated when the log no longer starts at or before seq + 1."""
+        or ``max_records`` records (at least one record): a replica's catch-up by delta,
+        read from the segments on disk. LogTruncated when the log no longer starts at or
+        before seq + 1."""
         with self._lock:
             segments, durable = self.segments(), self.durable_seq
         if seq >= durable:
@@ -212,7 +222,7 @@ class VersionLog:
                         return records
                     records.append(record)
                     size += 0 if record.vectors is None else record.vectors.nbytes
-                    if size >= max_bytes:
+                    if size >= max_bytes or len(records) >= max_records:
                         return records
             except FileNotFoundError:
                 raise LogTruncated(self.snapshot_seq) from None  # a snapshot dropped it meanwhile
