@@ -58,14 +58,16 @@ class Ledger:
 
 
 def first_that_takes(replicas, call, errors: list[str] | None = None) -> bool:
-    for replica in replicas:
-        try:
-            call(replica)
-            return True
-        except grpc.RpcError as error:
-            if errors is not None:
-                errors.append(f"replica {replica.replica_id}: {error.code().name} {error.details()}")
-            continue
+    """Tries each replica; then, as the gateway retries, each once more waiting for its
+    connection (one that came back a moment ago may still be reconnecting)."""
+    for patient in (False, True):
+        for replica in replicas:
+            try:
+                call(replica, patient)
+                return True
+            except grpc.RpcError as error:
+                if errors is not None:
+                    errors.append(f"replica {replica.replica_id}: {error.code().name} {error.details()}")
     return False
 
 
@@ -91,11 +93,13 @@ def test_replicas_lose_nothing_and_agree_through_a_crash_loop(tmp_path: Path) ->
                 mine = [i for i in ids if shard_for_id(i, SHARDS) == shard]
                 if not mine:
                     continue
-                def call(replica, mine=mine):
+                def call(replica, patient, mine=mine):
                     if version is None:
-                        replica.index.DeleteItems(pb.DeleteItemsRequest(collection="c", ids=mine), timeout=5)
+                        replica.index.DeleteItems(pb.DeleteItemsRequest(collection="c", ids=mine),
+                                                  timeout=5, wait_for_ready=patient)
                     else:
-                        replica.index.Upsert(upsert_request("c", mine, version), timeout=5)
+                        replica.index.Upsert(upsert_request("c", mine, version), timeout=5,
+                                             wait_for_ready=patient)
                 if first_that_takes(stacks[shard].alive(), call):
                     ledger.done(mine, version)
                 else:
@@ -110,15 +114,16 @@ def test_replicas_lose_nothing_and_agree_through_a_crash_loop(tmp_path: Path) ->
                 write(ids, None if rng.random() < 0.2 else version)
                 if rng.random() < 0.02:  # a create (exist_ok) now and then
                     for stack in stacks:
-                        first_that_takes(stack.alive(), lambda r: r.index.CreateCollection(
+                        first_that_takes(stack.alive(), lambda r, patient: r.index.CreateCollection(
                             pb.CreateCollectionRequest(name="c", space_id="s@1", dim=DIM, exist_ok=True),
-                            timeout=5))
+                            timeout=5, wait_for_ready=patient))
 
         def reader() -> None:
             while not stop.is_set():
                 errors: list[str] = []
-                answered = [first_that_takes(stack.alive(), lambda r: r.index.Search(
-                    pb.SearchRequest(collection="c", query=vector("q"), top_k=5), timeout=5), errors)
+                answered = [first_that_takes(stack.alive(), lambda r, patient: r.index.Search(
+                    pb.SearchRequest(collection="c", query=vector("q"), top_k=5),
+                    timeout=2 if patient else 5, wait_for_ready=patient), errors)
                     for stack in stacks]
                 if not all(answered):
                     partial.append(f"{time.strftime('%H:%M:%S')} {answered}: {errors}")

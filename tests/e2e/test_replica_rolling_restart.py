@@ -21,6 +21,7 @@ from contentembed.services.common.server import READINESS_SERVICE
 from tests.support.documents import TEN_PRODUCTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+REFRESH_S = 1.0
 QUERIES = ["coffee grinder", "tent for camping", "running shoes", "bluetooth speaker", "yoga mat"]
 
 
@@ -40,8 +41,12 @@ def wait_ready(address: str, timeout: float = 120.0) -> None:
 
 
 def test_a_rolling_restart_of_every_replica_fails_no_search_and_loses_no_write(tmp_path: Path) -> None:
+    # The gateway learns its replicas' standing every second here (10 s by default): the
+    # roll waits twice that after each replica is ready, as Kubernetes waits
+    # minReadySeconds (15 s) against the default.
     stack = LocalStack(run_dir=tmp_path, shard_count=2, replicas=2, metrics_base_port=0,
-                       gateway_port=0, encoder_port=0, index_base_port=0)
+                       gateway_port=0, encoder_port=0, index_base_port=0,
+                       extra_env={"CONTENTEMBED_ENCODER_REFRESH_S": str(REFRESH_S)})
     stack.start()
     stop = threading.Event()
     latencies: list[tuple[float, float]] = []  # (when, seconds)
@@ -97,6 +102,7 @@ def test_a_rolling_restart_of_every_replica_fails_no_search_and_loses_no_write(t
                 process.restart(stack.child_env())
                 process.wait_for_port(time.monotonic() + 60)
                 wait_ready(process.address)
+                time.sleep(2 * REFRESH_S)  # minReadySeconds
 
         roller = threading.Thread(target=roll)
         roller.start()

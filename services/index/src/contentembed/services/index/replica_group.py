@@ -62,6 +62,7 @@ class ReplicaGroup:
         self._superseded = False
         self._lease_lock = threading.Lock()
         self._stop = threading.Event()
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="replica-lease", daemon=True)
         follower.leading = lambda: self.replicator is not None
         follower.on_newer_term = self._on_superseded
@@ -120,6 +121,11 @@ class ReplicaGroup:
             self._step_down(why)
 
     def _try_lead(self) -> None:
+        if time.monotonic() - self._started < self.lease_timings.duration_s and not self._first_in_line():
+            # Just started: the replicas that kept running (and serving reads) get the
+            # first chance at an expired lease. One that led from here would send them all
+            # back to catching up at once, leaving the shard one readable replica.
+            return
         try:
             record = take_over(self.lease, self.replica_id, self.lease_timings.duration_s,
                                seen_term=self.follower.term, may_bootstrap=self.may_bootstrap)
@@ -138,6 +144,17 @@ class ReplicaGroup:
         replicator.start()
         self.replicator = replicator
         log.warning("this replica is primary", extra={"term": record.term})
+
+    def _first_in_line(self) -> bool:
+        """Whether a replica that just started may lead at once: nobody ever held the
+        lease, it is the whole in-sync set (nobody else could lead), or the last primary
+        handed the lease over (stopped, or named a successor) and did not wait."""
+        try:
+            current = self.lease.read()
+        except LeaseUnavailable:
+            return False
+        return ((not current.holder and not current.term)
+                or current.in_sync == (self.replica_id,) or current.renewed_at == 0.0)
 
     def _record_in_sync(self, ids: tuple[str, ...]) -> None:
         with self._lease_lock:
