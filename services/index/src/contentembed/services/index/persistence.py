@@ -159,7 +159,15 @@ def decode_record(data: bytes) -> WalRecord:
 
 
 def read_wal(path: Path, *, last_segment: bool, cut_torn_tail: bool = True) -> Iterator[WalRecord]:
-    """Records in order.
+    """Records in order (``read_wal_from`` at the start, without the offsets)."""
+    for record, _ in read_wal_from(path, 0, last_segment=last_segment, cut_torn_tail=cut_torn_tail):
+        yield record
+
+
+def read_wal_from(path: Path, start: int, *, last_segment: bool,
+                  cut_torn_tail: bool = True) -> Iterator[tuple[WalRecord, int]]:
+    """Records in order from byte ``start`` (a record boundary), each with the offset just
+    past it (where a later read can resume).
 
     An append is one write of header + payload, so a crash can only leave a *prefix* of
     the last record: fewer bytes than a header, or a valid header whose payload runs past
@@ -170,7 +178,9 @@ def read_wal(path: Path, *, last_segment: bool, cut_torn_tail: bool = True) -> I
     ``cut_torn_tail=False`` reads a live log (records shipped to a replica): its tail
     may be an append in progress, which is left alone and not read.
     """
-    data = path.read_bytes()
+    with path.open("rb") as handle:
+        handle.seek(start)
+        data = handle.read()
     offset = 0
     while offset < len(data):
         header_end = offset + WAL_HEADER.size
@@ -179,25 +189,26 @@ def read_wal(path: Path, *, last_segment: bool, cut_torn_tail: bool = True) -> I
         else:
             magic, length, crc = WAL_HEADER.unpack_from(data, offset)
             if magic != WAL_MAGIC:
-                raise CorruptData(f"{path}: bad record header at byte {offset}")
+                raise CorruptData(f"{path}: bad record header at byte {start + offset}")
             torn = header_end + length > len(data)
             if not torn and zlib.crc32(data[header_end : header_end + length]) != crc:
-                raise CorruptData(f"{path}: record at byte {offset} fails its CRC")
+                raise CorruptData(f"{path}: record at byte {start + offset} fails its CRC")
         if torn:
             if not last_segment:
-                raise CorruptData(f"{path}: incomplete record at byte {offset} in an older segment")
+                raise CorruptData(f"{path}: incomplete record at byte {start + offset} in an older segment")
             if not cut_torn_tail:
                 return
-            log.warning("cutting a torn record off the WAL", extra={"wal": str(path), "at": offset})
+            log.warning("cutting a torn record off the WAL", extra={"wal": str(path), "at": start + offset})
             with path.open("rb+") as handle:
-                handle.truncate(offset)
+                handle.truncate(start + offset)
                 os.fsync(handle.fileno())
             return
         try:
-            yield decode_payload(data[header_end : header_end + length])
+            record = decode_payload(data[header_end : header_end + length])
         except (ValueError, KeyError, TypeError) as error:
-            raise CorruptData(f"{path}: undecodable record at byte {offset}: {error}") from None
+            raise CorruptData(f"{path}: undecodable record at byte {start + offset}: {error}") from None
         offset = header_end + length
+        yield record, start + offset
 
 
 class WalUnavailable(Exception):

@@ -32,6 +32,7 @@ from contentembed.services.index.persistence import (
     atomic_write,
     fsync_dir,
     read_wal,
+    read_wal_from,
     remove_tree,
     verify_manifest,
 )
@@ -128,6 +129,9 @@ class VersionLog:
         # The last record appended (as durable as the sync policy makes it): a replica is
         # never sent a record past it, so it never holds a write the log could still lose.
         self.durable_seq = 0
+        # Where the last read for a replica stopped (segment, byte offset, seq): the next
+        # one resumes there instead of decoding the segment from its start again.
+        self._read_cursor: tuple[Path, int, int] | None = None
 
     @property
     def wal_dir(self) -> Path:
@@ -210,17 +214,21 @@ class VersionLog:
             raise LogTruncated(self.snapshot_seq)
         records: list[WalRecord] = []
         size = 0
+        cursor = self._read_cursor
         for number, segment in enumerate(segments):
             if number + 1 < len(segments) and starts[number + 1] <= seq + 1:
                 continue  # every record in it is at or before seq
+            start = cursor[1] if cursor is not None and cursor[0] == segment and cursor[2] == seq else 0
             try:
-                for record in read_wal(segment, last_segment=number == len(segments) - 1,
-                                       cut_torn_tail=False):
+                for record, end in read_wal_from(segment, start,
+                                                 last_segment=number == len(segments) - 1,
+                                                 cut_torn_tail=False):
                     if record.seq <= seq:
                         continue
                     if record.seq > durable:
                         return records
                     records.append(record)
+                    self._read_cursor = (segment, end, record.seq)
                     size += 0 if record.vectors is None else record.vectors.nbytes
                     if size >= max_bytes or len(records) >= max_records:
                         return records
