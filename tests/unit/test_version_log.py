@@ -10,17 +10,10 @@ import pytest
 
 from contentembed.services.index.collection import HnswParams
 from contentembed.services.index.persistence import WalRecord, WriteAheadLog, read_wal
-from contentembed.services.index.store import CollectionStore
-from contentembed.services.index.version_log import Durability, LogTruncated
+from contentembed.services.index.version_log import LogTruncated
+from tests.support.local_replicas import durable_store
 
 DIM = 4
-
-
-def durable_store(path) -> CollectionStore:
-    store = CollectionStore(HnswParams(), 8, Durability(path, snapshot_every_ops=10**9,
-                                                        snapshot_interval_s=10**9))
-    store.load()
-    return store
 
 
 def write(collection, batch: int, count: int = 3) -> list[str]:

@@ -108,9 +108,15 @@ class Upload:
         self._handles[file].write(data)
         self.received[file] += len(data)
 
-    def incomplete(self) -> list[str]:
-        return [f"{f} ({self.received[f]} of {size} bytes)"
-                for f, size in self.sizes.items() if self.received[f] != size]
+    def require_complete(self) -> None:
+        """FAILED_PRECONDITION UPLOAD_INCOMPLETE unless every file has all its bytes."""
+        incomplete = [f"{f} ({self.received[f]} of {size} bytes)"
+                      for f, size in self.sizes.items() if self.received[f] != size]
+        if incomplete:
+            raise FailedPrecondition(
+                f"the stream ended before every file was complete: {', '.join(incomplete)}",
+                reason="UPLOAD_INCOMPLETE",
+            )
 
     def close_files(self) -> None:
         for handle in self._handles.values():
@@ -196,12 +202,7 @@ class BundleIntake:
     def finish_upload(self, upload: Upload) -> StagedUpload:
         """Once the stream ended: every file complete and verified, then staged under its
         id (replacing an earlier copy of the same part)."""
-        incomplete = upload.incomplete()
-        if incomplete:
-            raise FailedPrecondition(
-                f"the stream ended before every file was complete: {', '.join(incomplete)}",
-                reason="UPLOAD_INCOMPLETE",
-            )
+        upload.require_complete()
         upload.close_files()
         atomic_write(upload.staging / "manifest.json", upload.manifest_bytes)
         collection, _ = self.verified(upload.staging, upload.name, f"upload {upload.upload_id}")

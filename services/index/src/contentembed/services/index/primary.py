@@ -205,31 +205,33 @@ class FollowerLink:
         if theirs.seq == mine.seq:
             return theirs.term == mine.term
         try:
-            records = version_log.records_after(theirs.seq - 1, max_bytes=1)
+            records = version_log.records_after(theirs.seq - 1, max_records=1)
         except LogTruncated:
             return False  # cannot tell: the snapshot settles it
         return bool(records) and records[0].seq == theirs.seq and records[0].term == theirs.term
 
-    def _send_snapshot(self, spec: VersionSpec) -> None:
+    def _send_snapshot(self, spec: VersionSpec) -> int | None:
+        """Replaces the follower's copy of the version with a snapshot of this one's;
+        returns the follower's seq for it after (None: the version is gone here)."""
         replicator = self.replicator
         store = replicator.store
         alias = store.catalog.find(spec.collection)
         collection = None if alias is None else alias.every_version().get(spec.version)
         if collection is None:
-            return  # gone meanwhile: the next catalog drops it there too
+            return None  # gone meanwhile: the next catalog drops it there too
         if collection.pending:
             # A pending version's log holds all of it (it is never snapshotted).
-            self.peer.install_snapshot(replicator.term, replicator.replica_id, spec, None)
-            return
+            return self.peer.install_snapshot(replicator.term, replicator.replica_id, spec, None)
         started = time.monotonic()
         with replicator.transfer_dir() as directory:
             manifest = collection.write_snapshot(directory / "snapshot")
             sent = replace(spec, seq=int(manifest["seq"]), term=int(manifest.get("term", 0)))
-            self.peer.install_snapshot(replicator.term, replicator.replica_id, sent,
-                                       directory / "snapshot")
+            seq = self.peer.install_snapshot(replicator.term, replicator.replica_id, sent,
+                                             directory / "snapshot")
         log.info("snapshot sent to a replica", extra={
             "replica": self.replica_id, "collection": spec.collection, "version": spec.version,
             "items": int(manifest["count"]), "seconds": round(time.monotonic() - started, 2)})
+        return seq
 
     def _catch_up(self) -> None:
         replicator = self.replicator
@@ -267,11 +269,12 @@ class FollowerLink:
                 records = version_log.records_after(seq, timings.catch_up_batch_bytes,
                                                     timings.catch_up_batch_records)
             except LogTruncated:
-                spec = catalog_of(store).version_map().get(key)
-                if spec is None:
-                    return seq
-                self._send_snapshot(spec)
-                seq = self.peer_seq(key)
+                alias = store.catalog.find(key[0])
+                collection = None if alias is None else alias.every_version().get(key[1])
+                installed = None if collection is None else self._send_snapshot(VersionSpec.of(collection))
+                if installed is None:
+                    return seq  # dropped meanwhile
+                seq = installed
                 continue
             if not records:
                 return seq
@@ -279,12 +282,6 @@ class FollowerLink:
             self.peer.replicate(self.replicator.term, self.replicator.replica_id,
                                 [(*key, r) for r in records], False, timings.catch_up_timeout_s)
             seq = records[-1].seq
-
-    def peer_seq(self, key: tuple[str, str]) -> int:
-        replicator = self.replicator
-        state = self.peer.sync_catalog(replicator.term, replicator.replica_id, replicator.catalog())
-        spec = state.version_map().get(key)
-        return 0 if spec is None else spec.seq
 
 
 class Replicator:

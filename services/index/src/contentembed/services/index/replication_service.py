@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import grpc
@@ -31,7 +31,6 @@ from contentembed.services.index.replica_group import ReplicaGroup
 from contentembed.services.index.replication import (
     AliasSpec,
     CatalogState,
-    Follower,
     ReplicaGap,
     StaleTerm,
     VersionSpec,
@@ -43,6 +42,8 @@ from contentembed.services.index.wire import (
     lexical_from_pb,
     lexical_to_pb,
     params_from_pb,
+    split_header,
+    write_chunks,
 )
 
 ROLE_PB = {"primary": rpb.REPLICA_ROLE_PRIMARY, "follower": rpb.REPLICA_ROLE_FOLLOWER}
@@ -96,9 +97,9 @@ def decode_shipped(message: rpb.ShippedRecord) -> WalRecord:
 
 
 class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
-    def __init__(self, follower: Follower, role: Callable[[], str]) -> None:
-        self.follower = follower
-        self._role = role  # () -> "primary" | "follower"
+    def __init__(self, group: ReplicaGroup) -> None:
+        self.group = group
+        self.follower = group.follower
 
     def _state_pb(self, catalog: CatalogState, digests: bool = False) -> rpb.ReplicaState:
         aliases, _ = catalog_to_pb(catalog)
@@ -110,7 +111,7 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
                 versions.append(version_to_pb(spec, digest.count, digest.sha256))
             else:
                 versions.append(version_to_pb(spec))
-        role = self._role()
+        role = self.group.role
         return rpb.ReplicaState(
             replica_id=self.follower.replica_id, term=self.follower.term,
             catalog_seq=catalog.stamp[1], aliases=aliases, versions=versions,
@@ -134,11 +135,7 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
 
     def InstallSnapshot(self, request_iterator: Iterator[rpb.InstallSnapshotRequest],
                         context: grpc.ServicerContext):
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidArgument("the first message of a snapshot must be its header",
-                                  reason="UPLOAD_HEADER_MISSING")
-        header = first.header
+        header, chunks = split_header(request_iterator, "a snapshot")
         spec = version_from_pb(header.version, self.follower.store)
         if not header.manifest:
             seq = self.follower.install_snapshot(header.term, header.primary_id, spec, None)
@@ -147,15 +144,8 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
         try:
             sizes = manifest_sizes(header.manifest)
             with Upload(spec.collection, spec.version, header.manifest, sizes, staging) as upload:
-                for message in request_iterator:
-                    if message.WhichOneof("part") != "chunk":
-                        raise InvalidArgument("only the first message may be a header",
-                                              reason="UPLOAD_HEADER_REPEATED")
-                    upload.write(message.chunk.file, message.chunk.offset, message.chunk.data)
-                incomplete = upload.incomplete()
-                if incomplete:
-                    raise FailedPrecondition(f"the snapshot ended early: {', '.join(incomplete)}",
-                                             reason="UPLOAD_INCOMPLETE")
+                write_chunks(upload, chunks)
+                upload.require_complete()
             atomic_write(staging / "manifest.json", header.manifest)
             try:
                 seq = self.follower.install_snapshot(header.term, header.primary_id, spec, staging)
@@ -165,14 +155,6 @@ class ReplicationServicer(rpb_grpc.ReplicationServiceServicer):
             return rpb.InstallSnapshotResponse(seq=seq)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-
-
-class GroupServicer(ReplicationServicer):
-    """The replication servicer with what needs the whole group (the lease)."""
-
-    def __init__(self, group: ReplicaGroup) -> None:
-        super().__init__(group.follower, lambda: group.role)
-        self.group = group
 
     def TransferPrimary(self, request: rpb.TransferPrimaryRequest, context: grpc.ServicerContext):
         return rpb.TransferPrimaryResponse(term=self.group.transfer(request.successor_id))

@@ -56,7 +56,7 @@ from contentembed.services.index.primary import ReplicationTimings
 from contentembed.services.index.replica_group import PRIMARY, LeaseTimings, ReplicaGroup
 from contentembed.services.index.replica_metrics import ReplicationCollector
 from contentembed.services.index.replication import Follower
-from contentembed.services.index.replication_service import GroupServicer, GrpcReplicaPeer
+from contentembed.services.index.replication_service import GrpcReplicaPeer, ReplicationServicer
 from contentembed.services.index.shard import ShardPosition, claim_data_dir
 from contentembed.services.index.store import CollectionStore
 from contentembed.services.index.version_log import Durability
@@ -66,6 +66,8 @@ from contentembed.services.index.wire import (
     lexical_from_pb,
     lexical_to_pb,
     params_from_pb,
+    split_header,
+    write_chunks,
 )
 
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -333,7 +335,7 @@ class IndexService(pb_grpc.IndexServiceServicer):
         names = [pb.DESCRIPTOR.services_by_name["IndexService"].full_name]
         group = self.replicas
         if group is not None:
-            rpb_grpc.add_ReplicationServiceServicer_to_server(GroupServicer(group), server)
+            rpb_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(group), server)
             names.append(rpb.DESCRIPTOR.services_by_name["ReplicationService"].full_name)
         return names
 
@@ -779,18 +781,9 @@ class IndexService(pb_grpc.IndexServiceServicer):
 
     @replicated_write
     def UploadBundle(self, request_iterator: Iterator[pb.UploadBundleRequest], context: grpc.ServicerContext):
-        messages = iter(request_iterator)
-        first = next(messages, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidArgument("the first message of an upload must be its header",
-                                  reason="UPLOAD_HEADER_MISSING")
-        header = first.header
+        header, chunks = split_header(request_iterator, "an upload")
         with self.store.begin_upload(header.collection, header.version, header.manifest) as upload:
-            for position, message in enumerate(messages, start=1):
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidArgument(f"message {position}: only the first message is a header",
-                                          reason="UPLOAD_HEADER_REPEATED")
-                upload.write(message.chunk.file, message.chunk.offset, message.chunk.data)
+            write_chunks(upload, chunks)
             staged = self.store.finish_upload(upload)
         return pb.UploadBundleResponse(
             upload_id=staged.upload_id,

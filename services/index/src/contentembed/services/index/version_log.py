@@ -161,12 +161,8 @@ class VersionLog:
         term = self._term()
         if term != record.term:
             record = replace(record, term=term)
-        self.append_shipped(record)
-        return record
-
-    def append_shipped(self, record: WalRecord) -> None:
-        """Logs a write as another replica logged it (its term kept)."""
         self.append_all_shipped([record])
+        return record
 
     def append_all_shipped(self, records: list[WalRecord]) -> None:
         """Logs writes as another replica logged them, in one write and one fsync."""
@@ -177,8 +173,8 @@ class VersionLog:
                 raise NotFound(f"collection in {self.directory} was deleted", reason="COLLECTION_NOT_FOUND")
             try:
                 size = self._wal.append_all(records)
-                for record in records:
-                    self.since_snapshot.add(record, size // len(records))
+                for position, record in enumerate(records):
+                    self.since_snapshot.add(record, size if position == 0 else 0)
                 self.durable_seq = records[-1].seq
             except (OSError, WalUnavailable) as error:
                 # Logged here: the interceptor leaves RESOURCE_EXHAUSTED (shed load) unlogged.

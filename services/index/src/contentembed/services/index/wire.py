@@ -3,9 +3,13 @@ servicers (the IndexService edge and replication) use."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from contentembed.common.v1 import types_pb2
 from contentembed.index.v1 import index_service_pb2 as pb
 from contentembed.services.common.errors import InvalidArgument
+from contentembed.services.index.bundles import Upload
 from contentembed.services.index.catalog import CandidateSpec
 from contentembed.services.index.dense import HnswParams
 from contentembed.services.index.lexical import LexicalParams
@@ -52,3 +56,25 @@ def candidate_from_pb(message: pb.CandidateState) -> CandidateSpec | None:
     if not message.version:
         return None
     return CandidateSpec(message.version, message.shadow_fraction, message.canary_weight)
+
+
+def split_header(messages: Iterator[Any], what: str) -> tuple[Any, Iterator[Any]]:
+    """The header of a client stream of header-then-chunks (UploadBundle, InstallSnapshot)
+    and the messages after it; INVALID_ARGUMENT UPLOAD_HEADER_MISSING unless the first
+    message is one."""
+    messages = iter(messages)
+    first = next(messages, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise InvalidArgument(f"the first message of {what} must be its header",
+                              reason="UPLOAD_HEADER_MISSING")
+    return first.header, messages
+
+
+def write_chunks(upload: Upload, messages: Iterator[Any]) -> None:
+    """Every later message's chunk into ``upload``; INVALID_ARGUMENT UPLOAD_HEADER_REPEATED
+    for another header."""
+    for position, message in enumerate(messages, start=1):
+        if message.WhichOneof("part") != "chunk":
+            raise InvalidArgument(f"message {position}: only the first message is a header",
+                                  reason="UPLOAD_HEADER_REPEATED")
+        upload.write(message.chunk.file, message.chunk.offset, message.chunk.data)
